@@ -1,0 +1,116 @@
+"""When and how lookahead affinities are recorded (paper Sec. 3 and Table 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Optional, Tuple
+
+from tag_tf.lookahead import LOOKAHEAD_RULES, LookaheadRule
+
+# Named windows of training, as fractions of the total number of steps (paper Table 2).
+WINDOWS = {
+    "first": (0.0, 0.25),
+    "middle": (0.375, 0.625),
+    "final": (0.75, 1.0),
+}
+
+AffinityBatch = Literal["train", "validation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AffinityConfig:
+    """Settings of TAG's lookahead affinity recording.
+
+    Attributes:
+      every_n: record on every n-th training step (steps 0, n, 2n, ...). The
+        paper's experiments use 10.
+      rule: lookahead update, ``"sgd"`` (Eq. 1, default) or ``"optimizer"``
+        (the model optimizer's own step: momentum, Adam state; see
+        :mod:`tag_tf.lookahead`).
+      divide_by_lr: divide each Z by the current learning rate, as the original
+        code did. Default False: Z is Eq. 1 exactly.
+      window: restrict recording to part of training: a name from
+        :data:`WINDOWS` ("first", "middle", "final" 25 %), a fraction pair
+        ``(start, end)`` in [0, 1], or None for all of training. Fractions are
+        resolved against the steps ``fit()`` will run.
+      step_range: alternatively an explicit ``(start_step, end_step)`` range
+        (end exclusive) of global training steps.
+      batch: ``"train"`` measures the loss change on the training batch (paper
+        default); ``"validation"`` measures it on a batch drawn cyclically from
+        ``validation_data`` (the paper's train-vs-validation ablation). The
+        lookahead step always uses the training batch's gradient.
+      validation_data: a ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, w)``
+        batches; required when ``batch="validation"``.
+    """
+
+    every_n: int = 10
+    rule: LookaheadRule = "sgd"
+    divide_by_lr: bool = False
+    window: Optional[Any] = None
+    step_range: Optional[Tuple[int, int]] = None
+    batch: AffinityBatch = "train"
+    validation_data: Optional[Any] = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.every_n, int) or isinstance(self.every_n, bool) \
+                or self.every_n < 1:
+            raise ValueError(f"every_n must be a positive integer. Received: every_n={self.every_n!r}")
+        if self.rule not in LOOKAHEAD_RULES:
+            raise ValueError(f"rule must be one of {LOOKAHEAD_RULES}. Received: rule={self.rule!r}")
+        if self.batch not in ("train", "validation"):
+            raise ValueError(f"batch must be 'train' or 'validation'. Received: batch={self.batch!r}")
+        if self.batch == "validation" and self.validation_data is None:
+            raise ValueError("batch='validation' needs validation_data (a tf.data.Dataset).")
+        if self.window is not None and self.step_range is not None:
+            raise ValueError("Give either window (fractions) or step_range (steps), not both.")
+        self.window_fractions()  # validates
+        if self.step_range is not None:
+            start, end = self.step_range
+            if not 0 <= start < end:
+                raise ValueError(f"step_range must satisfy 0 <= start < end. "
+                                 f"Received: step_range={self.step_range!r}")
+
+    def window_fractions(self) -> Optional[Tuple[float, float]]:
+        """The window as ``(start, end)`` fractions of training, or None."""
+        if self.window is None:
+            return None
+        if isinstance(self.window, str):
+            if self.window not in WINDOWS:
+                raise ValueError(f"Unknown window. Expected one of {sorted(WINDOWS)} or a "
+                                 f"(start, end) fraction pair. Received: window={self.window!r}")
+            return WINDOWS[self.window]
+        try:
+            start, end = (float(v) for v in self.window)
+        except (TypeError, ValueError):
+            raise ValueError(f"window must be a name or a (start, end) pair. "
+                             f"Received: window={self.window!r}") from None
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"window fractions must satisfy 0 <= start < end <= 1. "
+                             f"Received: window={self.window!r}")
+        return start, end
+
+    def step_window(self, total_steps: Optional[int]) -> Tuple[int, Optional[int]]:
+        """Resolves the window to ``(start_step, end_step)``; end None = unbounded."""
+        if self.step_range is not None:
+            return self.step_range
+        fractions = self.window_fractions()
+        if fractions is None:
+            return 0, None
+        if not total_steps:
+            raise ValueError("A fractional affinity window needs the number of training steps; "
+                             "fit() with a known steps_per_epoch (or a finite dataset), or use "
+                             "step_range.")
+        start, end = fractions
+        return int(round(start * total_steps)), int(round(end * total_steps))
+
+    def to_json(self) -> dict:
+        """The settings as plain JSON values (the dataset is left out)."""
+        return {
+            "every_n": self.every_n,
+            "rule": self.rule,
+            "divide_by_lr": self.divide_by_lr,
+            "window": self.window if isinstance(self.window, str) or self.window is None
+            else list(self.window_fractions()),
+            "step_range": list(self.step_range) if self.step_range else None,
+            "batch": self.batch,
+        }

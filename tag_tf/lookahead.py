@@ -1,0 +1,125 @@
+"""Lookahead values of the shared parameters after one step on one task's gradient.
+
+TAG (Fifty et al., 2021, Eq. 1) measures how a step on the shared parameters
+taken with task i's gradient changes every task's loss. Two update rules:
+
+* ``"sgd"`` (default, Eq. 1): ``theta - lr * g``, lr = the optimizer's current
+  learning rate.
+* ``"optimizer"``: the step the model's own optimizer would take from its
+  current state (SGD with momentum / Nesterov, Adam / AdamW with their moments
+  and bias correction, decoupled weight decay, clipnorm / clipvalue), computed
+  from the optimizer's variables WITHOUT assigning to any of them. Keras 3's
+  ``optimizer.stateless_apply`` is not available on the TensorFlow backend,
+  so the supported optimizers' formulas are written out here and tested
+  against the real ``optimizer.apply``.
+
+References:
+  Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
+  Learning", NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import keras
+import tensorflow as tf
+
+LookaheadRule = Literal["sgd", "optimizer"]
+LOOKAHEAD_RULES = ("sgd", "optimizer")
+
+
+def base_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """Returns the optimizer that does the update (unwraps LossScaleOptimizer)."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    return inner if inner is not None else optimizer
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
+    """The learning rate the optimizer would use on its next step (schedules resolved)."""
+    return tf.convert_to_tensor(base_optimizer(optimizer).learning_rate)
+
+
+def check_supported(optimizer: keras.optimizers.Optimizer, rule: LookaheadRule) -> None:
+    """Raises a clear error if ``rule`` cannot be computed for ``optimizer``."""
+    if rule not in LOOKAHEAD_RULES:
+        raise ValueError(f"Unknown lookahead rule. Expected one of {LOOKAHEAD_RULES}. "
+                         f"Received: rule={rule!r}")
+    if rule == "sgd":
+        return
+    opt = base_optimizer(optimizer)
+    if not isinstance(opt, (keras.optimizers.SGD, keras.optimizers.Adam)):
+        raise ValueError(
+            "lookahead rule 'optimizer' supports SGD (with or without momentum / Nesterov), "
+            f"Adam and AdamW. Received: optimizer={type(opt).__name__}. Use rule='sgd'.")
+    if getattr(opt, "amsgrad", False):
+        raise ValueError("lookahead rule 'optimizer' does not support Adam(amsgrad=True).")
+    if opt.global_clipnorm:
+        raise ValueError("lookahead rule 'optimizer' does not support global_clipnorm "
+                         "(the global norm spans tasks); use clipnorm or clipvalue.")
+    if opt.gradient_accumulation_steps:
+        raise ValueError("lookahead rule 'optimizer' does not support "
+                         "gradient_accumulation_steps.")
+
+
+def _clip(opt: keras.optimizers.Optimizer, grad: tf.Tensor) -> tf.Tensor:
+    if opt.clipnorm and opt.clipnorm > 0:
+        return tf.clip_by_norm(grad, opt.clipnorm)
+    if opt.clipvalue and opt.clipvalue > 0:
+        return tf.clip_by_value(grad, -opt.clipvalue, opt.clipvalue)
+    return grad
+
+
+def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
+                    value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+    """The value ``variable`` would have after ``opt.apply`` with ``grad`` (no state change)."""
+    dtype = value.dtype
+    lr = tf.cast(lr, dtype)
+    grad = tf.cast(_clip(opt, grad), dtype)
+    if opt.weight_decay is not None and opt._use_weight_decay(variable):  # pylint: disable=protected-access
+        value = value - value * tf.cast(opt.weight_decay, dtype) * lr
+    index = opt._get_variable_index(variable)  # pylint: disable=protected-access
+    if isinstance(opt, keras.optimizers.SGD):
+        if not opt.momentum:
+            return value - lr * grad
+        momentum = tf.cast(opt.momentum, dtype)
+        velocity = opt.momentums[index] * momentum - lr * grad
+        if opt.nesterov:
+            return value + velocity * momentum - lr * grad
+        return value + velocity
+    # Adam / AdamW (AdamW differs only by the weight decay applied above).
+    step = tf.cast(opt.iterations + 1, dtype)
+    beta_1 = tf.cast(opt.beta_1, dtype)
+    beta_2 = tf.cast(opt.beta_2, dtype)
+    m = opt._momentums[index]  # pylint: disable=protected-access
+    v = opt._velocities[index]  # pylint: disable=protected-access
+    m = m + (grad - m) * (1 - beta_1)
+    v = v + (tf.square(grad) - v) * (1 - beta_2)
+    alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+    return value - m * alpha / (tf.sqrt(v) + tf.cast(opt.epsilon, dtype))
+
+
+def lookahead_values(rule: LookaheadRule, optimizer: keras.optimizers.Optimizer,
+                     variables: Sequence[keras.Variable], grads: Sequence[tf.Tensor],
+                     lr: tf.Tensor) -> list[tf.Tensor]:
+    """Values of ``variables`` after one lookahead step with ``grads``.
+
+    Args:
+      rule: ``"sgd"`` (theta - lr * g) or ``"optimizer"`` (the optimizer's own step).
+      optimizer: the model's optimizer (built on the model's trainable variables).
+      variables: the shared variables.
+      grads: unscaled gradients of one task's loss, aligned with ``variables``.
+      lr: the current learning rate (see :func:`current_learning_rate`).
+
+    Returns:
+      One tensor per variable. Nothing is assigned.
+    """
+    opt = base_optimizer(optimizer)
+    out = []
+    for variable, grad in zip(variables, grads):
+        value = tf.convert_to_tensor(variable.value)
+        if rule == "sgd":
+            out.append(value - tf.cast(lr, value.dtype) * tf.cast(grad, value.dtype))
+        else:
+            out.append(_optimizer_step(opt, variable, value, grad, lr))
+    return out

@@ -1,0 +1,385 @@
+"""A Keras model that records TAG's lookahead inter-task affinity during ``fit()``.
+
+Usage::
+
+    network = keras.Model(inputs, {"a": head_a, "b": head_b})   # any multi-output model
+    model = tag_tf.MultiTaskModel(network, shared=["trunk_1", "trunk_2"],
+                                  affinity=tag_tf.AffinityConfig(every_n=10))
+    model.compile(optimizer="sgd", loss={"a": "mse", "b": "mse"})
+    model.fit(dataset, epochs=5, callbacks=[tag_tf.AffinityLogger(output_dir="out")])
+    record = model.affinity_record()          # record.affinity[source, target]
+
+On a recording step, ``train_step`` (paper Eq. 1):
+  1. runs the forward pass once under a persistent tape and takes each task's
+     gradient of the shared variables, g_i;
+  2. for every source task i, evaluates all task losses with the shared
+     variables replaced by their lookahead values (``stateless_call``: no
+     variable, BatchNorm statistic or RNG state is changed; dropout masks are
+     those of the training forward pass), giving
+     ``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)``;
+  3. trains with the gradient Keras would use: the shared part is sum_i g_i
+     (plus regularisation), so step 1 is reused, not recomputed.
+Other steps run Keras' own ``train_step`` logic unchanged.
+
+References:
+  Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
+  Learning", NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tag_tf import lookahead
+from tag_tf.affinity_io import AffinityRecord, validate_tasks
+from tag_tf.config import AffinityConfig
+from tag_tf.task_losses import TaskLosses, resolve_task_losses
+
+_NO_END = np.iinfo(np.int64).max
+
+
+class _Holder:
+    """Keeps an object out of TF/Keras dependency tracking (e.g. a data iterator)."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+
+def network_task_names(network: keras.Model) -> list[str]:
+    """Task names of a functional multi-output model: its output names."""
+    names = getattr(network, "output_names", None)
+    if not names:
+        raise ValueError("Cannot read task names from the network; pass tasks=[...] (the keys "
+                         "of the dict the network returns).")
+    return validate_tasks(names)
+
+
+def resolve_shared_variables(network: keras.Model, shared: Sequence[Any]) -> list:
+    """Resolves layers, layer names or variables to the network's shared trainable variables."""
+    if isinstance(shared, (str, keras.layers.Layer, keras.Variable)):
+        shared = [shared]
+    by_id = {id(v): v for v in network.trainable_variables}
+    found = []
+    for item in shared:
+        if isinstance(item, str):
+            try:
+                item = network.get_layer(item)
+            except ValueError:
+                raise ValueError(f"shared names an unknown layer {item!r}. Layers: "
+                                 f"{[layer.name for layer in network.layers]}") from None
+        if isinstance(item, keras.layers.Layer):
+            variables = item.trainable_variables
+            if not variables:
+                raise ValueError(f"Shared layer {item.name!r} has no trainable variables.")
+        elif isinstance(item, keras.Variable):
+            variables = [item]
+        else:
+            raise ValueError(f"shared must hold layers, layer names or variables. "
+                             f"Received: {item!r}")
+        for variable in variables:
+            if id(variable) not in by_id:
+                raise ValueError(f"Shared variable {variable.path!r} is not a trainable "
+                                 "variable of the network.")
+            if all(variable is not v for v in found):
+                found.append(variable)
+    if not found:
+        raise ValueError("The shared set is empty: name the layers (or variables) that all "
+                         "tasks share. Received: shared=[]")
+    return found
+
+
+@keras.saving.register_keras_serializable(package="tag_tf")
+class MultiTaskModel(keras.Model):
+    """Wraps a multi-output network; records TAG affinities during ``fit()``.
+
+    Args:
+      network: a Keras model returning one output per task (a dict keyed by
+        task name, or a list in ``network.output_names`` order).
+      shared: the shared layers (objects or names) or variables: the trunk
+        whose lookahead step defines the affinity.
+      affinity: an :class:`AffinityConfig`, or None to train without recording
+        (plain Keras ``train_step``).
+      tasks: task names, needed only when the network has no ``output_names``.
+    """
+
+    def __init__(self, network: keras.Model, shared: Sequence[Any], *,
+                 affinity: Optional[AffinityConfig] = AffinityConfig(),
+                 tasks: Optional[Sequence[str]] = None, name: str = "multi_task_model",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.network = network
+        self.tasks = validate_tasks(tasks) if tasks is not None else network_task_names(network)
+        self._shared_spec = list(shared) if isinstance(shared, (list, tuple)) else [shared]
+        self.shared_variables = resolve_shared_variables(network, self._shared_spec)
+        if affinity is not None and not isinstance(affinity, AffinityConfig):
+            raise ValueError(f"affinity must be an AffinityConfig or None. Received: {affinity!r}")
+        self.affinity_config = affinity
+        self._task_losses: Optional[TaskLosses] = None
+        self._validation = _Holder()
+        n = len(self.tasks)
+        # Affinity state: non-trainable weights, so checkpoints carry it.
+        self.affinity_sum = self.add_weight(shape=(n, n), dtype="float64", initializer="zeros",
+                                            trainable=False, name="affinity_sum")
+        self.affinity_count = self.add_weight(shape=(n, n), dtype="int64", initializer="zeros",
+                                              trainable=False, name="affinity_count")
+        self.affinity_skipped = self.add_weight(shape=(n, n), dtype="int64",
+                                                initializer="zeros", trainable=False,
+                                                name="affinity_skipped")
+        self.affinity_steps = self.add_weight(shape=(), dtype="int64", initializer="zeros",
+                                              trainable=False, name="affinity_steps")
+        self.train_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros",
+                                                  trainable=False, name="train_step_counter")
+        self.window_start = self.add_weight(shape=(), dtype="int64", initializer="zeros",
+                                            trainable=False, name="window_start")
+        self.window_end = self.add_weight(
+            shape=(), dtype="int64", trainable=False, name="window_end",
+            initializer=keras.initializers.Constant(_NO_END))
+        if network.built:
+            self.built = True  # e.g. BackupAndRestore needs a built model before fit()
+
+    # ----------------------------------------------------------------- forward
+    def call(self, inputs, training=None):
+        return self._as_task_dict(self.network(inputs, training=training))
+
+    def _as_task_dict(self, outputs) -> dict:
+        if isinstance(outputs, dict):
+            missing = [t for t in self.tasks if t not in outputs]
+            if missing:
+                raise ValueError(f"The network's outputs lack task(s) {missing}. "
+                                 f"Outputs: {sorted(outputs)}")
+            return {t: outputs[t] for t in self.tasks}
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        if len(outputs) != len(self.tasks):
+            raise ValueError(f"The network returned {len(outputs)} outputs for "
+                             f"{len(self.tasks)} tasks {self.tasks}.")
+        return dict(zip(self.tasks, outputs))
+
+    # ----------------------------------------------------------------- compile
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, **kwargs):
+        """Keras ``compile``; ``loss`` / ``loss_weights`` also define each task's loss."""
+        self._task_losses = resolve_task_losses(self.tasks, loss, loss_weights)
+        keras_loss = dict(zip(self.tasks, self._task_losses.losses))
+        keras_weights = None if loss_weights is None else dict(
+            zip(self.tasks, self._task_losses.weights))
+        if self.affinity_config is not None:
+            # XLA on the unrolled lookahead was measured to allocate ~8 GB on CPU: opt-in only.
+            kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, loss=keras_loss, loss_weights=keras_weights,
+                        **kwargs)
+        config = self.affinity_config
+        if config is not None:
+            lookahead.check_supported(self.optimizer, config.rule)
+            if config.batch == "validation":
+                self._validation.value = iter(config.validation_data.repeat())
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """Keras ``fit``; also resolves a fractional affinity window to steps."""
+        callbacks = list(callbacks or [])
+        if self.affinity_config is not None:
+            callbacks.insert(0, _AffinityWindow())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # -------------------------------------------------------------- train step
+    def train_step(self, data):
+        if self.affinity_config is None:
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if not self.optimizer.built:  # the lookahead reads optimizer slots before apply()
+            self.optimizer.build(self.trainable_variables)
+        step = self.train_step_counter.value
+        record = tf.logical_and(
+            tf.equal(step % self.affinity_config.every_n, 0),
+            tf.logical_and(step >= self.window_start.value, step < self.window_end.value))
+        trainable = self.trainable_variables
+        none_grads = []  # indices Keras would leave without gradient (filled at trace time)
+        loss, y_pred, grads = tf.cond(
+            record,
+            functools.partial(self._affinity_phase, x, y, sample_weight, none_grads),
+            functools.partial(self._plain_phase, x, y, sample_weight, none_grads))
+        self.train_step_counter.assign_add(1)
+        self._loss_tracker.update_state(
+            loss, sample_weight=tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0])
+        grads = [None if i in none_grads else g for i, g in enumerate(grads)]
+        self.optimizer.apply_gradients(zip(grads, trainable))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _plain_phase(self, x, y, sample_weight, none_grads):
+        """Keras' own forward, loss and gradient (backend/tensorflow/trainer.py)."""
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                      training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, self.trainable_variables)
+        none_grads.extend(i for i, g in enumerate(grads) if g is None)
+        return loss, y_pred, _zeros_for_none(grads, self.trainable_variables)
+
+    def _affinity_phase(self, x, y, sample_weight, none_grads):
+        """Forward + per-task shared gradients + lookahead affinities + training gradient."""
+        task_losses = self._require_task_losses()
+        network = self.network
+        state_before = [tf.identity(v.value) for v in network.non_trainable_variables]
+
+        # Forward under one persistent tape.
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                      training=True)
+            weighted = task_losses.compute(y, y_pred, sample_weight)
+            scaled = [self.optimizer.scale_loss(value) for value in weighted]
+            scaled_loss = self.optimizer.scale_loss(loss)
+            scaled_extra = self.optimizer.scale_loss(keras.ops.sum(
+                [keras.ops.sum(keras.ops.cast(l, loss.dtype)) for l in self.losses])) \
+                if self.losses else None
+
+        # Per-task gradients of the shared variables (reused for training).
+        shared = self.shared_variables
+        task_grads = []
+        for task, value in zip(self.tasks, scaled):
+            grads = tape.gradient(value, shared)
+            if all(g is None for g in grads):
+                raise ValueError(f"The loss of task {task!r} does not depend on the shared "
+                                 "variables; check `shared` and the network's outputs.")
+            task_grads.append(_zeros_for_none(grads, shared))
+
+        # TAG lookahead (paper Eq. 1).
+        self._record_affinity(x, y, sample_weight, y_pred, task_grads, state_before)
+
+        # Training gradient = what Keras would compute: shared part summed from the tasks.
+        shared_ids = {id(v) for v in shared}
+        others = [v for v in self.trainable_variables if id(v) not in shared_ids]
+        other_grads = dict(zip(map(id, others), tape.gradient(scaled_loss, others)))
+        extra_grads = tape.gradient(scaled_extra, shared) if scaled_extra is not None \
+            else [None] * len(shared)
+        del tape
+        summed = {}
+        for k, variable in enumerate(shared):
+            total = tf.add_n([grads[k] for grads in task_grads])
+            if extra_grads[k] is not None:
+                total = total + extra_grads[k]
+            summed[id(variable)] = total
+        grads = [summed[id(v)] if id(v) in summed else other_grads[id(v)]
+                 for v in self.trainable_variables]
+        return loss, y_pred, _zeros_for_none(grads, self.trainable_variables)
+
+    def _record_affinity(self, x, y, sample_weight, y_pred, task_grads, state_before):
+        config = self.affinity_config
+        task_losses = self._task_losses
+        network = self.network
+        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
+        lr = lookahead.current_learning_rate(self.optimizer)
+
+        if config.batch == "validation":
+            x_eval, y_eval, w_eval = keras.utils.unpack_x_y_sample_weight(
+                next(self._validation.value))
+            eval_pred, _ = network.stateless_call(
+                [v.value for v in network.trainable_variables], state_before, x_eval,
+                training=True)
+            base = task_losses.compute(y_eval, self._as_task_dict(eval_pred), w_eval,
+                                       weighted=False)
+        else:
+            x_eval, y_eval, w_eval = x, y, sample_weight
+            base = task_losses.compute(y, y_pred, sample_weight, weighted=False)
+        base = tf.stack([tf.stop_gradient(v) for v in base])
+
+        shared_index = {id(v): k for k, v in enumerate(self.shared_variables)}
+        rows = []
+        for grads in task_grads:
+            unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+            new_shared = lookahead.lookahead_values(
+                config.rule, self.optimizer, self.shared_variables, unscaled, lr)
+            values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else v.value
+                      for v in network.trainable_variables]
+            outputs, _ = network.stateless_call(values, state_before, x_eval, training=True)
+            rows.append(tf.stack(task_losses.compute(
+                y_eval, self._as_task_dict(outputs), w_eval, weighted=False)))
+        after = tf.stack(rows)  # [source, target]
+
+        z = 1.0 - after / base[tf.newaxis, :]
+        if config.divide_by_lr:
+            z = z / tf.cast(lr, z.dtype)
+        valid = tf.math.is_finite(z) & tf.math.is_finite(after) & \
+            (tf.math.is_finite(base) & tf.not_equal(base, 0.0))[tf.newaxis, :]
+        z = tf.cast(tf.where(valid, z, tf.zeros_like(z)), "float64")
+        self.affinity_sum.assign_add(z)
+        self.affinity_count.assign_add(tf.cast(valid, "int64"))
+        self.affinity_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
+        self.affinity_steps.assign_add(1)
+
+    def _require_task_losses(self) -> TaskLosses:
+        if self._task_losses is None:
+            raise ValueError("Call compile(loss=...) before training a MultiTaskModel.")
+        return self._task_losses
+
+    # ----------------------------------------------------------------- results
+    def affinity_record(self) -> AffinityRecord:
+        """The overall mean affinity so far, ``[source, target]``; NaN where nothing was recorded."""
+        total = np.asarray(self.affinity_sum.numpy(), dtype=np.float64)
+        counts = np.asarray(self.affinity_count.numpy())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+        config = self.affinity_config.to_json() if self.affinity_config else {}
+        config["recorded_steps"] = int(self.affinity_steps.numpy())
+        config["train_steps"] = int(self.train_step_counter.numpy())
+        return AffinityRecord(list(self.tasks), mean, counts=counts,
+                              skipped=np.asarray(self.affinity_skipped.numpy()), config=config)
+
+    def reset_affinity(self) -> None:
+        """Zeroes the affinity accumulators (not the step counter)."""
+        for variable in (self.affinity_sum, self.affinity_count, self.affinity_skipped,
+                         self.affinity_steps):
+            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+
+    # ----------------------------------------------------------- serialisation
+    def get_config(self):
+        shared = []
+        for item in self._shared_spec:
+            if isinstance(item, keras.layers.Layer):
+                shared.append({"layer": item.name})
+            elif isinstance(item, keras.Variable):
+                shared.append({"variable": item.path})
+            else:
+                shared.append({"layer": item})
+        config = self.affinity_config
+        return {
+            "name": self.name,
+            "network": keras.saving.serialize_keras_object(self.network),
+            "shared": shared,
+            "tasks": list(self.tasks),
+            "affinity": None if config is None else config.to_json(),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        network = keras.saving.deserialize_keras_object(config["network"],
+                                                        custom_objects=custom_objects)
+        paths = {v.path: v for v in network.trainable_variables}
+        shared = [item["layer"] if "layer" in item else paths[item["variable"]]
+                  for item in config["shared"]]
+        affinity = config.get("affinity")
+        if affinity is not None:
+            affinity = AffinityConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in affinity.items()})
+        return cls(network, shared, affinity=affinity, tasks=config["tasks"], name=config["name"])
+
+
+def _zeros_for_none(grads, variables):
+    return [tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, variables)]
+
+
+class _AffinityWindow(keras.callbacks.Callback):
+    """Resolves the affinity window to global steps when ``fit()`` starts."""
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        epochs = self.params.get("epochs")
+        steps = self.params.get("steps")
+        total = epochs * steps if epochs and steps else None
+        start, end = model.affinity_config.step_window(total)
+        model.window_start.assign(start)
+        model.window_end.assign(_NO_END if end is None else end)

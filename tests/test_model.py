@@ -1,0 +1,301 @@
+"""MultiTaskModel inside fit(): schedule, state, training equivalence, resume, errors."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tag_tf
+from tag_tf import synthetic
+
+TASKS = ["a", "b", "c"]
+
+
+def bn_dropout_network(seed=0, dropout=0.3):
+    """Trunk with BatchNorm and Dropout (RNG state), three heads."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    # No bias before BatchNorm: its gradient is 0 up to rounding, which Adam would amplify.
+    h = keras.layers.Dense(8, use_bias=False, name="trunk")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Activation("relu")(h)
+    if dropout:
+        h = keras.layers.Dropout(dropout, seed=seed, name="drop")(h)
+    outputs = {t: keras.layers.Dense(1, name=t)(h) for t in TASKS}
+    return keras.Model(inputs, outputs)
+
+
+def data(num=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num, 6)).astype("float32")
+    y = {t: rng.normal(size=(num, 1)).astype("float32") for t in TASKS}
+    return x, y
+
+
+def make_model(config=tag_tf.AffinityConfig(every_n=1), seed=0, optimizer=None, dropout=0.3):
+    model = tag_tf.MultiTaskModel(bn_dropout_network(seed, dropout), shared=["trunk", "bn"],
+                                  affinity=config)
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.05, momentum=0.9), loss="mse",
+                  loss_weights={"b": 2.0})
+    return model
+
+
+# ------------------------------------------------------------------ schedule
+@pytest.mark.parametrize("config,expected_steps", [
+    (tag_tf.AffinityConfig(every_n=3), [0, 3, 6, 9]),
+    (tag_tf.AffinityConfig(every_n=2, step_range=(3, 9)), [4, 6, 8]),
+    (tag_tf.AffinityConfig(every_n=1, window="final"), [9, 10, 11]),  # 12 steps: [9, 12)
+    (tag_tf.AffinityConfig(every_n=2, window=(0.25, 0.5)), [4]),  # [3, 6) -> 4
+])
+def test_schedule_records_exactly_the_expected_steps(config, expected_steps):
+    model = make_model(config)
+    recorded = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.affinity_steps.numpy()) > len(recorded):
+                recorded.append(int(self.model.train_step_counter.numpy()) - 1)
+
+    x, y = data(96)
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[Watch()])
+    assert recorded == expected_steps
+    assert int(model.affinity_steps.numpy()) == len(expected_steps)
+    np.testing.assert_array_equal(model.affinity_count.numpy(), len(expected_steps))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="every_n"):
+        tag_tf.AffinityConfig(every_n=0)
+    with pytest.raises(ValueError, match="rule"):
+        tag_tf.AffinityConfig(rule="newton")
+    with pytest.raises(ValueError, match="window"):
+        tag_tf.AffinityConfig(window="late")
+    with pytest.raises(ValueError, match="window"):
+        tag_tf.AffinityConfig(window=(0.5, 0.2))
+    with pytest.raises(ValueError, match="validation_data"):
+        tag_tf.AffinityConfig(batch="validation")
+
+
+# ----------------------------------------------------- no mutation, training
+def test_lookahead_mutates_no_variable():
+    """The affinity measurement alone leaves every variable and BN statistic bit-identical."""
+    model = make_model()
+    x, y = data(16)
+    model.train_on_batch(x, y)  # build optimizer slots, non-zero momentum
+    model.train_on_batch(x, y)
+    watched = model.network.variables + model.optimizer.variables
+    before = [v.numpy().copy() for v in watched]
+    state = [tf.identity(v.value) for v in model.network.non_trainable_variables]
+    y_pred = model(x, training=False)
+    grads = [[tf.ones_like(v.value) * 0.1 for v in model.shared_variables] for _ in TASKS]
+    model._record_affinity(x, y, None, y_pred, grads, state)  # pylint: disable=protected-access
+    for value, variable in zip(before, watched):
+        np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
+    assert int(model.affinity_steps.numpy()) == 3
+
+
+@pytest.mark.parametrize("every_n", [1, 3])
+def test_training_with_tag_equals_training_without(every_n):
+    """Weights, BN statistics and optimizer state match plain Keras fit()."""
+    x, y = data(96)
+    plain = bn_dropout_network(0)
+    # Keras reads a partial loss_weights dict with a single loss as a global factor; spell
+    # out what MultiTaskModel means by loss="mse", loss_weights={"b": 2.0}.
+    plain.compile(optimizer=keras.optimizers.Adam(0.01), loss={t: "mse" for t in TASKS},
+                  loss_weights={"a": 1.0, "b": 2.0, "c": 1.0})
+    plain_history = plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+
+    model = make_model(tag_tf.AffinityConfig(every_n=every_n),
+                       optimizer=keras.optimizers.Adam(0.01))
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    assert int(model.affinity_steps.numpy()) > 0
+    for a, b in zip(plain.variables, model.network.variables):
+        # Recording steps sum per-task gradients instead of differentiating the sum:
+        # equal up to float32 rounding.
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    np.testing.assert_allclose(plain_history.history["loss"], history.history["loss"], rtol=1e-5)
+    assert set(plain_history.history) == set(history.history)
+
+
+def test_without_affinity_is_exactly_keras():
+    x, y = data(64)
+    plain = bn_dropout_network(0)
+    plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss={t: "mse" for t in TASKS}, loss_weights={"a": 1.0, "b": 2.0, "c": 1.0})
+    plain.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    model = make_model(None)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(plain.variables, model.network.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+# ------------------------------------------------------------ state, resume
+def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
+    # No dropout: Keras weight files do not carry Dropout's RNG state, so a resumed run
+    # with dropout draws other masks (plain Keras too); BatchNorm statistics are carried.
+    x, y = data(96)
+    straight = make_model(tag_tf.AffinityConfig(every_n=2), dropout=0)
+    straight.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("crash")
+
+    backup = str(tmp_path / "backup")
+    logger_dir = str(tmp_path / "out")
+    first = make_model(tag_tf.AffinityConfig(every_n=2), dropout=0)
+    with pytest.raises(RuntimeError):
+        first.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                  callbacks=[keras.callbacks.BackupAndRestore(backup),
+                             tag_tf.AffinityLogger(output_dir=logger_dir), Crash()])
+    resumed = make_model(tag_tf.AffinityConfig(every_n=2), seed=1, dropout=0)  # restored
+    logger = tag_tf.AffinityLogger(output_dir=logger_dir)
+    resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(backup), logger])
+    for name in ["affinity_sum", "affinity_count", "affinity_skipped", "affinity_steps",
+                 "train_step_counter"]:
+        np.testing.assert_allclose(getattr(straight, name).numpy(),
+                                   getattr(resumed, name).numpy(), rtol=1e-6, err_msg=name)
+    assert [e["epoch"] for e in logger.epochs] == [0, 1, 2, 3]
+
+
+def test_checkpoint_carries_affinity_state(tmp_path):
+    x, y = data(32)
+    model = make_model()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "ckpt")
+    tf.train.Checkpoint(model=model).write(path)
+    other = make_model(seed=3)
+    tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(other.affinity_sum.numpy(), model.affinity_sum.numpy())
+    np.testing.assert_array_equal(other.affinity_count.numpy(), model.affinity_count.numpy())
+
+
+def test_save_and_load_keras_file(tmp_path):
+    x, y = data(32)
+    model = make_model(tag_tf.AffinityConfig(every_n=2, window="middle"))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.tasks == TASKS
+    assert loaded.affinity_config == model.affinity_config
+    np.testing.assert_array_equal(loaded.affinity_sum.numpy(), model.affinity_sum.numpy())
+    for a, b in zip(model.predict(x, verbose=0).values(), loaded.predict(x, verbose=0).values()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ bad input
+class ZeroLossOnLargeTargets(keras.losses.Loss):
+    """MSE, but exactly zero when a target exceeds 100 (a batch where the task is 'solved')."""
+
+    def call(self, y_true, y_pred):
+        return tf.reduce_mean(tf.square(y_true - y_pred), axis=-1) * tf.cast(
+            tf.reduce_max(tf.abs(y_true)) < 100.0, y_pred.dtype)
+
+
+def test_zero_losses_are_skipped_and_counted_not_averaged():
+    model = tag_tf.MultiTaskModel(bn_dropout_network(0), shared=["trunk"],
+                                  affinity=tag_tf.AffinityConfig(every_n=1))
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss={"a": "mse", "b": "mse", "c": ZeroLossOnLargeTargets()})
+    x, y = data(32)
+    model.train_on_batch(x, y)  # every loss > 0: all recorded
+    np.testing.assert_array_equal(model.affinity_skipped.numpy(), 0)
+    first = model.affinity_record().affinity
+    model.train_on_batch(x, dict(y, c=y["c"] + 1000.0))  # L_c == 0: column c skipped
+    record = model.affinity_record()
+    np.testing.assert_array_equal(record.skipped[:, 2], [1, 1, 1])
+    np.testing.assert_array_equal(record.skipped[:, :2], 0)
+    np.testing.assert_array_equal(record.counts[:, 2], [1, 1, 1])
+    np.testing.assert_array_equal(record.counts[:, :2], 2)
+    np.testing.assert_array_equal(record.affinity[:, 2], first[:, 2])  # not diluted by a 0
+    assert np.all(np.isfinite(record.affinity))
+
+
+def test_clear_errors():
+    network = bn_dropout_network()
+    with pytest.raises(ValueError, match="unknown layer 'nope'"):
+        tag_tf.MultiTaskModel(network, shared=["nope"])
+    with pytest.raises(ValueError, match="shared set is empty"):
+        tag_tf.MultiTaskModel(network, shared=[])
+    with pytest.raises(ValueError, match="Duplicate task names"):
+        tag_tf.MultiTaskModel(network, shared=["trunk"], tasks=["a", "a", "b"])
+    model = tag_tf.MultiTaskModel(network, shared=["trunk"])
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['d'\]"):
+        model.compile(loss={"a": "mse", "b": "mse", "c": "mse", "d": "mse"})
+    with pytest.raises(ValueError, match=r"no loss for task\(s\) \['c'\]"):
+        model.compile(loss={"a": "mse", "b": "mse"})
+    with pytest.raises(ValueError, match="rule 'optimizer' supports"):
+        tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=tag_tf.AffinityConfig(
+            rule="optimizer")).compile(optimizer="rmsprop", loss="mse")
+
+
+def test_task_that_ignores_the_shared_trunk_is_rejected():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    trunk = keras.layers.Dense(4, name="trunk")(inputs)
+    outputs = {"a": keras.layers.Dense(1, name="a")(trunk),
+               "b": keras.layers.Dense(1, name="b")(inputs)}  # skips the trunk
+    model = tag_tf.MultiTaskModel(keras.Model(inputs, outputs), shared=["trunk"],
+                                  affinity=tag_tf.AffinityConfig(every_n=1))
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((8, 4), "float32")
+    with pytest.raises(ValueError, match="task 'b' does not depend on the shared"):
+        model.fit(x, {"a": np.ones((8, 1)), "b": np.ones((8, 1))}, verbose=0)
+
+
+def test_fractional_window_needs_known_steps():
+    model = make_model(tag_tf.AffinityConfig(window="first"))
+    x, y = data(32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    with pytest.raises(ValueError, match="fractional affinity window"):
+        model.fit(ds.filter(lambda *_: True).take(4), epochs=1, verbose=0)
+
+
+# ---------------------------------------------------- reproducibility, demo
+def run_planted(seed, steps=300):
+    keras.utils.set_random_seed(seed)
+    problem = synthetic.planted_tasks(6, 2, seed=seed)
+    network = synthetic.planted_network(problem.tasks, problem.input_dim, seed=seed)
+    model = tag_tf.MultiTaskModel(network, shared=list(synthetic.SHARED_LAYERS),
+                                  affinity=tag_tf.AffinityConfig(every_n=5))
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    ds = problem.dataset(4096, batch_size=64, seed=seed + 1).repeat()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return problem, model.affinity_record()
+
+
+def test_seeded_runs_are_identical_and_recover_planted_clusters():
+    tf.config.experimental.enable_op_determinism()
+    problem, first = run_planted(0)
+    _, second = run_planted(0)
+    np.testing.assert_array_equal(first.affinity, second.affinity)
+    same = np.equal.outer(problem.cluster_of, problem.cluster_of)
+    off = ~np.eye(len(problem.tasks), dtype=bool)
+    within, across = first.affinity[same & off].mean(), first.affinity[~same].mean()
+    assert within > across + 0.005, (within, across)
+
+
+def test_logger_exports_json_npz_png_and_tensorboard(tmp_path):
+    x, y = data(64)
+    model = make_model(tag_tf.AffinityConfig(every_n=2))
+    out, logs = str(tmp_path / "out"), str(tmp_path / "tb")
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0,
+              callbacks=[tag_tf.AffinityLogger(output_dir=out, log_dir=logs)])
+    record = tag_tf.load_affinity(os.path.join(out, "affinity.json"))
+    assert record.tasks == TASKS
+    np.testing.assert_allclose(record.affinity, model.affinity_record().affinity)
+    assert [e["epoch"] for e in record.epochs] == [0, 1, 2]
+    assert sum(np.asarray(e["counts"])[0, 0] for e in record.epochs) == record.counts[0, 0] == 6
+    with open(os.path.join(out, "affinity.json")) as f:
+        assert "source" in json.load(f)["orientation"]
+    npz = np.load(os.path.join(out, "affinity.npz"))
+    assert npz["epoch_affinity"].shape == (3, 3, 3)
+    png = tf.io.decode_png(tf.io.read_file(os.path.join(out, "affinity.png")))
+    assert png.shape[-1] == 3 and png.shape[0] > 0
+    assert any(name.startswith("events") for name in os.listdir(logs))
