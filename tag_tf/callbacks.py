@@ -15,9 +15,8 @@ from tag_tf.affinity_io import AffinityRecord, save_affinity_json, save_affinity
 from tag_tf.heatmap import heatmap_image, write_heatmap_png
 
 TRACE_FILE = "affinity_trace.json"
-AFFINITY_JSON = "affinity.json"
-AFFINITY_NPZ = "affinity.npz"
-HEATMAP_PNG = "affinity.png"
+# Output file stem per measure: affinity.{json,npz,png} and cosine_affinity.{json,npz,png}.
+FILE_STEMS = {"lookahead": "affinity", "cosine": "cosine_affinity"}
 
 
 def _epoch_mean(total: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -30,20 +29,21 @@ class AffinityLogger(keras.callbacks.Callback):
 
     Args:
       output_dir: if given, writes ``affinity.json`` (format ``tag_tf.affinity/v1``),
-        ``affinity.npz`` and ``affinity.png`` when training ends, and the trace so
+        ``affinity.npz`` and ``affinity.png`` when training ends (``cosine_affinity.*``
+        too when the cosine measure is recorded), and the trace so
         far after every epoch (``affinity_trace.json``), which a resumed run
         (``BackupAndRestore``) reads back so no epoch is lost.
       log_dir: if given, TensorBoard scalars ``affinity/<source>-><target>`` and a
         heatmap image per epoch.
 
-    The trace is also available as :attr:`epochs` and through :meth:`record`.
+    The trace is also available as :attr:`epochs` (per measure) and through :meth:`record`.
     """
 
     def __init__(self, output_dir: Optional[str] = None, log_dir: Optional[str] = None):
         super().__init__()
         self.output_dir = output_dir
         self.log_dir = log_dir
-        self.epochs: list[dict] = []
+        self.epochs: dict[str, list[dict]] = {}
         self._start = None
         self._writer = None
 
@@ -54,53 +54,67 @@ class AffinityLogger(keras.callbacks.Callback):
             if os.path.exists(path) and not self.epochs:
                 with open(path) as f:
                     self.epochs = json.load(f)["epochs"]
+        for measure in self._measures():
+            self.epochs.setdefault(measure, [])
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
-    def _state(self):
-        model = self.model
-        return (np.asarray(model.affinity_sum.numpy()), np.asarray(model.affinity_count.numpy()),
-                np.asarray(model.affinity_skipped.numpy()))
+    def _measures(self):
+        return self.model.affinity_config.measures if self.model.affinity_config else ()
+
+    def _state(self, measure):
+        return [np.asarray(v.numpy()) for v in self.model.measure_state(measure)]
 
     def on_epoch_begin(self, epoch, logs=None):
         # A resumed run replays from `epoch`: drop trace entries from that epoch on.
-        self.epochs = [e for e in self.epochs if e["epoch"] < epoch]
-        self._start = self._state()
+        self.epochs = {m: [e for e in trace if e["epoch"] < epoch]
+                       for m, trace in self.epochs.items()}
+        self._start = {m: self._state(m) for m in self._measures()}
 
     def on_epoch_end(self, epoch, logs=None):
-        total, counts, skipped = (now - before for now, before in zip(self._state(), self._start))
+        for measure in self._measures():
+            self._end_epoch(measure, epoch)
+        if self._writer is not None:
+            self._writer.flush()
+        if self.output_dir:
+            self._write_json(os.path.join(self.output_dir, TRACE_FILE),
+                             {"tasks": list(self.model.tasks), "epochs": self.epochs})
+
+    def _end_epoch(self, measure, epoch):
+        total, counts, skipped = (now - before for now, before in
+                                  zip(self._state(measure), self._start[measure]))
         mean = _epoch_mean(total, counts)
-        self.epochs.append({"epoch": int(epoch), "affinity": mean.tolist(),
-                            "counts": counts.tolist(), "skipped": skipped.tolist()})
+        self.epochs[measure].append({"epoch": int(epoch), "affinity": mean.tolist(),
+                                     "counts": counts.tolist(), "skipped": skipped.tolist()})
         tasks = self.model.tasks
-        if skipped.any():
+        if np.any(skipped):
             pairs = [(tasks[i], tasks[j], int(skipped[i, j])) for i, j in zip(*np.nonzero(skipped))]
-            logging.warning("Epoch %d: skipped %d affinity entries with a zero or non-finite "
-                            "loss, (source, target, count): %s", epoch, int(skipped.sum()),
+            logging.warning("Epoch %d: skipped %d %s entries with a zero or non-finite "
+                            "loss, (source, target, count): %s", epoch, int(skipped.sum()), measure,
                             pairs[:10])
         if self._writer is not None:
+            stem = FILE_STEMS[measure]
             with self._writer.as_default(step=epoch):
                 for i, source in enumerate(tasks):
                     for j, target in enumerate(tasks):
                         if np.isfinite(mean[i, j]):
-                            tf.summary.scalar(f"affinity/{source}->{target}", mean[i, j])
-                tf.summary.image("affinity_heatmap", heatmap_image(mean)[None])
-            self._writer.flush()
-        if self.output_dir:
-            self._write_json(os.path.join(self.output_dir, TRACE_FILE),
-                             {"tasks": list(tasks), "epochs": self.epochs})
+                            tf.summary.scalar(f"{stem}/{source}->{target}", mean[i, j])
+                tf.summary.image(f"{stem}_heatmap", heatmap_image(mean)[None])
 
-    def record(self) -> AffinityRecord:
-        """The model's overall mean affinity with this logger's per-epoch trace."""
-        return self.model.affinity_record()._replace(epochs=list(self.epochs))
+    def record(self, measure: str = "lookahead") -> AffinityRecord:
+        """The model's overall mean for ``measure`` with this logger's per-epoch trace."""
+        return self.model.affinity_record(measure)._replace(
+            epochs=list(self.epochs.get(measure, [])))
 
     def on_train_end(self, logs=None):
         if not self.output_dir:
             return
-        record = self.record()
-        save_affinity_json(os.path.join(self.output_dir, AFFINITY_JSON), record)
-        save_affinity_npz(os.path.join(self.output_dir, AFFINITY_NPZ), record)
-        write_heatmap_png(os.path.join(self.output_dir, HEATMAP_PNG), record.affinity)
+        for measure in self._measures():
+            record = self.record(measure)
+            stem = os.path.join(self.output_dir, FILE_STEMS[measure])
+            save_affinity_json(stem + ".json", record)
+            save_affinity_npz(stem + ".npz", record)
+            write_heatmap_png(stem + ".png", record.affinity)
 
     @staticmethod
     def _write_json(path, payload):

@@ -15,6 +15,9 @@ WINDOWS = {
 }
 
 AffinityBatch = Literal["train", "validation"]
+# What a recording step measures: TAG's lookahead affinity (Eq. 1) and/or the cosine
+# similarity of the per-task shared gradients (the paper's CS baseline).
+MEASURES = ("lookahead", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,10 @@ class AffinityConfig:
         lookahead step always uses the training batch's gradient.
       validation_data: a ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, w)``
         batches; required when ``batch="validation"``.
+      measures: what to record: ``("lookahead",)`` (TAG), ``("cosine",)`` (CS
+        baseline) or both, from the same per-task gradients.
+      cosine_kernels_only: cosine over rank >= 2 shared variables only, as the
+        original CS code (BatchNorm scales and biases left out).
     """
 
     every_n: int = 10
@@ -50,6 +57,8 @@ class AffinityConfig:
     step_range: Optional[Tuple[int, int]] = None
     batch: AffinityBatch = "train"
     validation_data: Optional[Any] = dataclasses.field(default=None, compare=False)
+    measures: Tuple[str, ...] = ("lookahead",)
+    cosine_kernels_only: bool = True
 
     def __post_init__(self):
         if not isinstance(self.every_n, int) or isinstance(self.every_n, bool) \
@@ -61,6 +70,12 @@ class AffinityConfig:
             raise ValueError(f"batch must be 'train' or 'validation'. Received: batch={self.batch!r}")
         if self.batch == "validation" and self.validation_data is None:
             raise ValueError("batch='validation' needs validation_data (a tf.data.Dataset).")
+        measures = (self.measures,) if isinstance(self.measures, str) else tuple(self.measures)
+        object.__setattr__(self, "measures", measures)
+        if not measures or any(m not in MEASURES for m in measures) \
+                or len(set(measures)) != len(measures):
+            raise ValueError(f"measures must be a non-empty subset of {MEASURES}. "
+                             f"Received: measures={self.measures!r}")
         if self.window is not None and self.step_range is not None:
             raise ValueError("Give either window (fractions) or step_range (steps), not both.")
         self.window_fractions()  # validates
@@ -113,4 +128,6 @@ class AffinityConfig:
             else list(self.window_fractions()),
             "step_range": list(self.step_range) if self.step_range else None,
             "batch": self.batch,
+            "measures": list(self.measures),
+            "cosine_kernels_only": self.cosine_kernels_only,
         }

@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -37,8 +37,10 @@ import tensorflow as tf
 
 from tag_tf import lookahead
 from tag_tf.affinity_io import AffinityRecord, validate_tasks
-from tag_tf.config import AffinityConfig
+from tag_tf.config import MEASURES, AffinityConfig
+from tag_tf.pcgrad import PCGrad
 from tag_tf.task_losses import TaskLosses, resolve_task_losses
+from tag_tf.weighting import GradNorm, UncertaintyWeighting
 
 _NO_END = np.iinfo(np.int64).max
 
@@ -102,13 +104,20 @@ class MultiTaskModel(keras.Model):
         task name, or a list in ``network.output_names`` order).
       shared: the shared layers (objects or names) or variables: the trunk
         whose lookahead step defines the affinity.
-      affinity: an :class:`AffinityConfig`, or None to train without recording
-        (plain Keras ``train_step``).
+      affinity: an :class:`AffinityConfig`, or None to train without recording.
+      weighting: None, :class:`tag_tf.UncertaintyWeighting` or :class:`tag_tf.GradNorm`:
+        turns the per-task losses into the training loss.
+      gradient: None or :class:`tag_tf.PCGrad`: combines the per-task gradients of the
+        shared variables.
       tasks: task names, needed only when the network has no ``output_names``.
+
+    With none of ``affinity``, ``weighting`` and ``gradient``, ``train_step`` is Keras' own.
     """
 
     def __init__(self, network: keras.Model, shared: Sequence[Any], *,
                  affinity: Optional[AffinityConfig] = AffinityConfig(),
+                 weighting: Optional[keras.layers.Layer] = None,
+                 gradient: Optional[PCGrad] = None,
                  tasks: Optional[Sequence[str]] = None, name: str = "multi_task_model",
                  **kwargs):
         super().__init__(name=name, **kwargs)
@@ -119,6 +128,15 @@ class MultiTaskModel(keras.Model):
         if affinity is not None and not isinstance(affinity, AffinityConfig):
             raise ValueError(f"affinity must be an AffinityConfig or None. Received: {affinity!r}")
         self.affinity_config = affinity
+        if weighting is not None and not isinstance(weighting, (UncertaintyWeighting, GradNorm)):
+            raise ValueError("weighting must be UncertaintyWeighting, GradNorm or None. "
+                             f"Received: {weighting!r}")
+        if gradient is not None and not isinstance(gradient, PCGrad):
+            raise ValueError(f"gradient must be PCGrad or None. Received: {gradient!r}")
+        self.weighting = weighting
+        if weighting is not None:
+            weighting.attach(self.tasks, self.shared_variables)
+        self.gradient = gradient
         self._task_losses: Optional[TaskLosses] = None
         self._validation = _Holder()
         n = len(self.tasks)
@@ -130,6 +148,12 @@ class MultiTaskModel(keras.Model):
         self.affinity_skipped = self.add_weight(shape=(n, n), dtype="int64",
                                                 initializer="zeros", trainable=False,
                                                 name="affinity_skipped")
+        self.cosine_sum = self.add_weight(shape=(n, n), dtype="float64", initializer="zeros",
+                                          trainable=False, name="cosine_sum")
+        self.cosine_count = self.add_weight(shape=(n, n), dtype="int64", initializer="zeros",
+                                            trainable=False, name="cosine_count")
+        self.cosine_skipped = self.add_weight(shape=(n, n), dtype="int64", initializer="zeros",
+                                              trainable=False, name="cosine_skipped")
         self.affinity_steps = self.add_weight(shape=(), dtype="int64", initializer="zeros",
                                               trainable=False, name="affinity_steps")
         self.train_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros",
@@ -184,97 +208,173 @@ class MultiTaskModel(keras.Model):
             callbacks.insert(0, _AffinityWindow())
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
+    # ------------------------------------------------------------------- loss
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss; in training with a ``weighting``, the weighted per-task terms instead.
+
+        Keras' own computation still runs (it tracks the per-task loss metrics); validation
+        losses stay the plain ``loss_weights`` sum, comparable across methods.
+        """
+        total = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        if self.weighting is None or not training:
+            return total
+        terms = self.weighting.task_terms(
+            self._require_task_losses().compute(y, y_pred, sample_weight))
+        extra = self._extra_loss(total.dtype)
+        return tf.add_n(terms) + extra if extra is not None else tf.add_n(terms)
+
+    def _extra_loss(self, dtype):
+        """Regularisation and ``add_loss`` terms, summed as Keras does (None if there are none)."""
+        if not self.losses:
+            return None
+        return tf.add_n([keras.ops.sum(keras.ops.cast(l, dtype)) for l in self.losses])
+
     # -------------------------------------------------------------- train step
     def train_step(self, data):
-        if self.affinity_config is None:
+        if self.affinity_config is None and self.weighting is None and self.gradient is None:
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not self.optimizer.built:  # the lookahead reads optimizer slots before apply()
             self.optimizer.build(self.trainable_variables)
-        step = self.train_step_counter.value
-        record = tf.logical_and(
-            tf.equal(step % self.affinity_config.every_n, 0),
-            tf.logical_and(step >= self.window_start.value, step < self.window_end.value))
         trainable = self.trainable_variables
         none_grads = []  # indices Keras would leave without gradient (filled at trace time)
-        loss, y_pred, grads = tf.cond(
-            record,
-            functools.partial(self._affinity_phase, x, y, sample_weight, none_grads),
-            functools.partial(self._plain_phase, x, y, sample_weight, none_grads))
+        record = self._should_record()
+        if self.gradient is not None:  # PCGrad needs the per-task gradients every step
+            outputs = self._task_phase(x, y, sample_weight, none_grads, record)
+        elif record is not None:
+            outputs = tf.cond(
+                record,
+                functools.partial(self._task_phase, x, y, sample_weight, none_grads, True),
+                functools.partial(self._plain_phase, x, y, sample_weight, none_grads))
+        else:
+            outputs = self._plain_phase(x, y, sample_weight, none_grads)
+        loss, y_pred, grads, task_losses, kernel_norms = outputs
         self.train_step_counter.assign_add(1)
         self._loss_tracker.update_state(
             loss, sample_weight=tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0])
         grads = [None if i in none_grads else g for i, g in enumerate(grads)]
+        lr = lookahead.current_learning_rate(self.optimizer)
         self.optimizer.apply_gradients(zip(grads, trainable))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if isinstance(self.weighting, GradNorm):
+            self.weighting.update(task_losses, kernel_norms, lr)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if self.weighting is not None:
+            logs = dict(logs)
+            logs.update({f"{task}_weight": w
+                         for task, w in self.weighting.weights_by_task().items()})
+        return logs
+
+    def _should_record(self):
+        """Whether this step records affinities (a bool tensor), or None without affinity."""
+        if self.affinity_config is None:
+            return None
+        step = self.train_step_counter.value
+        return tf.logical_and(
+            tf.equal(step % self.affinity_config.every_n, 0),
+            tf.logical_and(step >= self.window_start.value, step < self.window_end.value))
+
+    def _kernel_norms(self, tape, task_losses):
+        """``||dL_t/dW||`` at GradNorm's kernel (zeros without GradNorm)."""
+        if not isinstance(self.weighting, GradNorm):
+            return tf.zeros([len(self.tasks)])
+        norms = [tf.norm(tape.gradient(value, self.weighting.kernel)) for value in task_losses]
+        return tf.cast(tf.stack(norms), "float32")
 
     def _plain_phase(self, x, y, sample_weight, none_grads):
         """Keras' own forward, loss and gradient (backend/tensorflow/trainer.py)."""
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=isinstance(self.weighting, GradNorm)) as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                       training=True)
+            task_losses = self._require_task_losses().compute(y, y_pred, sample_weight)
             scaled_loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, self.trainable_variables)
+        kernel_norms = self._kernel_norms(tape, task_losses)
+        del tape
         none_grads.extend(i for i, g in enumerate(grads) if g is None)
-        return loss, y_pred, _zeros_for_none(grads, self.trainable_variables)
+        return (loss, y_pred, _zeros_for_none(grads, self.trainable_variables), task_losses,
+                kernel_norms)
 
-    def _affinity_phase(self, x, y, sample_weight, none_grads):
-        """Forward + per-task shared gradients + lookahead affinities + training gradient."""
-        task_losses = self._require_task_losses()
+    def _task_phase(self, x, y, sample_weight, none_grads, record):
+        """Forward + per-task shared gradients (+ affinities when ``record``) + training gradient.
+
+        The shared part of the training gradient is assembled from the per-task gradients
+        (their sum, or PCGrad's combination), so they are not recomputed.
+        """
         network = self.network
         state_before = [tf.identity(v.value) for v in network.non_trainable_variables]
-
-        # Forward under one persistent tape.
         with tf.GradientTape(persistent=True) as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                       training=True)
-            weighted = task_losses.compute(y, y_pred, sample_weight)
-            scaled = [self.optimizer.scale_loss(value) for value in weighted]
+            task_losses = self._require_task_losses().compute(y, y_pred, sample_weight)
+            terms = self.weighting.task_terms(task_losses) if self.weighting else task_losses
+            scaled = [self.optimizer.scale_loss(value) for value in terms]
             scaled_loss = self.optimizer.scale_loss(loss)
-            scaled_extra = self.optimizer.scale_loss(keras.ops.sum(
-                [keras.ops.sum(keras.ops.cast(l, loss.dtype)) for l in self.losses])) \
-                if self.losses else None
-
-        # Per-task gradients of the shared variables (reused for training).
+            extra = self._extra_loss(loss.dtype)
+            scaled_extra = self.optimizer.scale_loss(extra) if extra is not None else None
         shared = self.shared_variables
-        task_grads = []
-        for task, value in zip(self.tasks, scaled):
-            grads = tape.gradient(value, shared)
+
+        def task_gradient(k):
+            grads = tape.gradient(scaled[k], shared)
             if all(g is None for g in grads):
-                raise ValueError(f"The loss of task {task!r} does not depend on the shared "
-                                 "variables; check `shared` and the network's outputs.")
-            task_grads.append(_zeros_for_none(grads, shared))
+                raise ValueError(f"The loss of task {self.tasks[k]!r} does not depend on the "
+                                 "shared variables; check `shared` and the network's outputs.")
+            return _zeros_for_none(grads, shared)
 
-        # TAG lookahead (paper Eq. 1).
-        self._record_affinity(x, y, sample_weight, y_pred, task_grads, state_before)
+        if self.gradient is None:  # recording step: gradients interleaved with lookaheads
+            task_grads = self._record_affinity(x, y, sample_weight, y_pred, state_before,
+                                               task_gradient)
+        else:
+            task_grads, previous = [], []
+            for k in range(len(self.tasks)):
+                with tf.control_dependencies(previous):  # one backward pass at a time
+                    task_grads.append(task_gradient(k))
+                previous = task_grads[-1][:1]
+            if record is not None:
+                tf.cond(record, lambda: self._record_affinity(
+                    x, y, sample_weight, y_pred, state_before, lambda k: task_grads[k])[0],
+                    lambda: [tf.zeros_like(v.value) for v in shared])
 
-        # Training gradient = what Keras would compute: shared part summed from the tasks.
+        # Training gradient: shared part from the per-task gradients, the rest as Keras does.
         shared_ids = {id(v) for v in shared}
         others = [v for v in self.trainable_variables if id(v) not in shared_ids]
         other_grads = dict(zip(map(id, others), tape.gradient(scaled_loss, others)))
         extra_grads = tape.gradient(scaled_extra, shared) if scaled_extra is not None \
             else [None] * len(shared)
+        kernel_norms = self._kernel_norms(tape, task_losses)
         del tape
-        summed = {}
-        for k, variable in enumerate(shared):
-            total = tf.add_n([grads[k] for grads in task_grads])
-            if extra_grads[k] is not None:
-                total = total + extra_grads[k]
-            summed[id(variable)] = total
+        if self.gradient is not None:
+            combined = self.gradient.combine(task_grads)
+        else:
+            combined = [tf.add_n([grads[k] for grads in task_grads]) for k in range(len(shared))]
+        summed = {id(v): g if e is None else g + e
+                  for v, g, e in zip(shared, combined, extra_grads)}
         grads = [summed[id(v)] if id(v) in summed else other_grads[id(v)]
                  for v in self.trainable_variables]
-        return loss, y_pred, _zeros_for_none(grads, self.trainable_variables)
+        return (loss, y_pred, _zeros_for_none(grads, self.trainable_variables), task_losses,
+                kernel_norms)
 
-    def _record_affinity(self, x, y, sample_weight, y_pred, task_grads, state_before):
+    def _record_affinity(self, x, y, sample_weight, y_pred, state_before,
+                         task_gradient: Callable[[int], list]) -> list:
+        """Adds one step's affinities to the accumulators; returns the task gradients.
+
+        Lookahead (paper Eq. 1): sources are processed one after another (gradient,
+        lookahead forward, losses), chained by control dependencies: run concurrently,
+        their activation gradients coexist, which was measured to triple peak memory and
+        slow the step down on CPU. Cosine: cos(g_i, g_j) over the shared variables
+        (kernels only by default, as the original CS baseline).
+        """
         config = self.affinity_config
         task_losses = self._task_losses
         network = self.network
         loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
         lr = lookahead.current_learning_rate(self.optimizer)
+        lookahead_on = "lookahead" in config.measures
 
-        if config.batch == "validation":
+        if not lookahead_on:
+            pass
+        elif config.batch == "validation":
             x_eval, y_eval, w_eval = keras.utils.unpack_x_y_sample_weight(
                 next(self._validation.value))
             eval_pred, _ = network.stateless_call(
@@ -285,31 +385,58 @@ class MultiTaskModel(keras.Model):
         else:
             x_eval, y_eval, w_eval = x, y, sample_weight
             base = task_losses.compute(y, y_pred, sample_weight, weighted=False)
-        base = tf.stack([tf.stop_gradient(v) for v in base])
 
         shared_index = {id(v): k for k, v in enumerate(self.shared_variables)}
-        rows = []
-        for grads in task_grads:
-            unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
-            new_shared = lookahead.lookahead_values(
-                config.rule, self.optimizer, self.shared_variables, unscaled, lr)
-            values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else v.value
-                      for v in network.trainable_variables]
-            outputs, _ = network.stateless_call(values, state_before, x_eval, training=True)
-            rows.append(tf.stack(task_losses.compute(
-                y_eval, self._as_task_dict(outputs), w_eval, weighted=False)))
-        after = tf.stack(rows)  # [source, target]
+        rows, task_grads, previous = [], [], []
+        for k in range(len(self.tasks)):
+            with tf.control_dependencies(previous):
+                grads = task_gradient(k)
+                if not lookahead_on:
+                    task_grads.append(grads)
+                    previous = grads[:1]
+                    continue
+                unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+                new_shared = lookahead.lookahead_values(
+                    config.rule, self.optimizer, self.shared_variables, unscaled, lr)
+                values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else v.value
+                          for v in network.trainable_variables]
+                outputs, _ = network.stateless_call(values, state_before, x_eval, training=True)
+                row = tf.stack(task_losses.compute(
+                    y_eval, self._as_task_dict(outputs), w_eval, weighted=False))
+            rows.append(row)
+            task_grads.append(grads)
+            previous = [row]
 
-        z = 1.0 - after / base[tf.newaxis, :]
-        if config.divide_by_lr:
-            z = z / tf.cast(lr, z.dtype)
-        valid = tf.math.is_finite(z) & tf.math.is_finite(after) & \
-            (tf.math.is_finite(base) & tf.not_equal(base, 0.0))[tf.newaxis, :]
-        z = tf.cast(tf.where(valid, z, tf.zeros_like(z)), "float64")
-        self.affinity_sum.assign_add(z)
-        self.affinity_count.assign_add(tf.cast(valid, "int64"))
-        self.affinity_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
+        if lookahead_on:
+            base = tf.stack([tf.stop_gradient(v) for v in base])
+            after = tf.stack(rows)  # [source, target]
+            z = 1.0 - after / base[tf.newaxis, :]
+            if config.divide_by_lr:
+                z = z / tf.cast(lr, z.dtype)
+            valid = tf.math.is_finite(z) & tf.math.is_finite(after) & \
+                (tf.math.is_finite(base) & tf.not_equal(base, 0.0))[tf.newaxis, :]
+            z = tf.cast(tf.where(valid, z, tf.zeros_like(z)), "float64")
+            self.affinity_sum.assign_add(z)
+            self.affinity_count.assign_add(tf.cast(valid, "int64"))
+            self.affinity_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
+        if "cosine" in config.measures:
+            self._record_cosine(task_grads)
         self.affinity_steps.assign_add(1)
+        return task_grads
+
+    def _record_cosine(self, task_grads):
+        """Adds cos(g_i, g_j) of the per-task shared gradients (CS baseline)."""
+        kernels_only = self.affinity_config.cosine_kernels_only
+        keep = [k for k, v in enumerate(self.shared_variables)
+                if len(v.shape) >= 2 or not kernels_only] or range(len(self.shared_variables))
+        flat = tf.stack([tf.cast(tf.concat([tf.reshape(grads[k], [-1]) for k in keep], 0),
+                                 "float64") for grads in task_grads])
+        norms = tf.norm(flat, axis=1)
+        cosine = tf.matmul(flat, flat, transpose_b=True) / (norms[:, None] * norms[None, :])
+        valid = tf.math.is_finite(cosine)
+        self.cosine_sum.assign_add(tf.where(valid, cosine, tf.zeros_like(cosine)))
+        self.cosine_count.assign_add(tf.cast(valid, "int64"))
+        self.cosine_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
 
     def _require_task_losses(self) -> TaskLosses:
         if self._task_losses is None:
@@ -317,25 +444,66 @@ class MultiTaskModel(keras.Model):
         return self._task_losses
 
     # ----------------------------------------------------------------- results
-    def affinity_record(self) -> AffinityRecord:
-        """The overall mean affinity so far, ``[source, target]``; NaN where nothing was recorded."""
-        total = np.asarray(self.affinity_sum.numpy(), dtype=np.float64)
-        counts = np.asarray(self.affinity_count.numpy())
+    def affinity_record(self, measure: str = "lookahead") -> AffinityRecord:
+        """The overall mean so far, ``[source, target]``; NaN where nothing was recorded.
+
+        Args:
+          measure: ``"lookahead"`` (TAG, Eq. 1) or ``"cosine"`` (gradient cosine similarity).
+        """
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {MEASURES}. Received: measure={measure!r}")
+        total_var, count_var = self.measure_state(measure)[:2]
+        total = np.asarray(total_var.numpy(), dtype=np.float64)
+        counts = np.asarray(count_var.numpy())
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
         config = self.affinity_config.to_json() if self.affinity_config else {}
+        config["measure"] = measure
         config["recorded_steps"] = int(self.affinity_steps.numpy())
         config["train_steps"] = int(self.train_step_counter.numpy())
         return AffinityRecord(list(self.tasks), mean, counts=counts,
-                              skipped=np.asarray(self.affinity_skipped.numpy()), config=config)
+                              skipped=np.asarray(self.measure_state(measure)[2].numpy()),
+                              config=config)
+
+    def measure_state(self, measure: str):
+        """(sum, count, skipped) variables of one measure."""
+        if measure == "cosine":
+            return self.cosine_sum, self.cosine_count, self.cosine_skipped
+        return self.affinity_sum, self.affinity_count, self.affinity_skipped
 
     def reset_affinity(self) -> None:
         """Zeroes the affinity accumulators (not the step counter)."""
         for variable in (self.affinity_sum, self.affinity_count, self.affinity_skipped,
+                         self.cosine_sum, self.cosine_count, self.cosine_skipped,
                          self.affinity_steps):
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
 
     # ----------------------------------------------------------- serialisation
+    def _rng_states(self) -> list:
+        """RNG state variables (Dropout, PCGrad's order...), which Keras weight files omit."""
+        saved = {id(v) for v in self.weights}
+        return [v for v in self.non_trainable_variables if id(v) not in saved]
+
+    def save_own_variables(self, store):
+        """Saves this model's variables and the network's RNG states (exact resumes)."""
+        super().save_own_variables(store)
+        for i, variable in enumerate(self._rng_states()):
+            store[f"rng_{i}"] = variable
+
+    def load_own_variables(self, store):
+        """Loads what :meth:`save_own_variables` wrote (RNG states when present)."""
+        own = self._trainable_variables + self._non_trainable_variables
+        keys = set(store.keys())
+        missing = [str(i) for i in range(len(own)) if str(i) not in keys]
+        if missing:
+            raise ValueError(f"{self.name}: the saved state lacks {len(missing)} of "
+                             f"{len(own)} variables (affinity accumulators, counters).")
+        for i, variable in enumerate(own):
+            variable.assign(store[str(i)])
+        for i, variable in enumerate(self._rng_states()):
+            if f"rng_{i}" in keys:
+                variable.assign(store[f"rng_{i}"])
+
     def get_config(self):
         shared = []
         for item in self._shared_spec:
@@ -352,6 +520,10 @@ class MultiTaskModel(keras.Model):
             "shared": shared,
             "tasks": list(self.tasks),
             "affinity": None if config is None else config.to_json(),
+            "weighting": None if self.weighting is None else
+            keras.saving.serialize_keras_object(self.weighting),
+            "gradient": None if self.gradient is None else
+            keras.saving.serialize_keras_object(self.gradient),
         }
 
     @classmethod
@@ -365,7 +537,10 @@ class MultiTaskModel(keras.Model):
         if affinity is not None:
             affinity = AffinityConfig(**{k: tuple(v) if isinstance(v, list) else v
                                          for k, v in affinity.items()})
-        return cls(network, shared, affinity=affinity, tasks=config["tasks"], name=config["name"])
+        parts = {key: keras.saving.deserialize_keras_object(config[key])
+                 if config.get(key) else None for key in ("weighting", "gradient")}
+        return cls(network, shared, affinity=affinity, tasks=config["tasks"], name=config["name"],
+                   **parts)
 
 
 def _zeros_for_none(grads, variables):

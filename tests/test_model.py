@@ -91,7 +91,8 @@ def test_lookahead_mutates_no_variable():
     state = [tf.identity(v.value) for v in model.network.non_trainable_variables]
     y_pred = model(x, training=False)
     grads = [[tf.ones_like(v.value) * 0.1 for v in model.shared_variables] for _ in TASKS]
-    model._record_affinity(x, y, None, y_pred, grads, state)  # pylint: disable=protected-access
+    model._record_affinity(x, y, None, y_pred, state,  # pylint: disable=protected-access
+                           lambda k: grads[k])
     for value, variable in zip(before, watched):
         np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
     assert int(model.affinity_steps.numpy()) == 3
@@ -134,10 +135,9 @@ def test_without_affinity_is_exactly_keras():
 
 # ------------------------------------------------------------ state, resume
 def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
-    # No dropout: Keras weight files do not carry Dropout's RNG state, so a resumed run
-    # with dropout draws other masks (plain Keras too); BatchNorm statistics are carried.
+    # With Dropout: MultiTaskModel also saves the RNG state that Keras weight files omit.
     x, y = data(96)
-    straight = make_model(tag_tf.AffinityConfig(every_n=2), dropout=0)
+    straight = make_model(tag_tf.AffinityConfig(every_n=2))
     straight.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
 
     class Crash(keras.callbacks.Callback):
@@ -147,20 +147,22 @@ def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
 
     backup = str(tmp_path / "backup")
     logger_dir = str(tmp_path / "out")
-    first = make_model(tag_tf.AffinityConfig(every_n=2), dropout=0)
+    first = make_model(tag_tf.AffinityConfig(every_n=2))
     with pytest.raises(RuntimeError):
         first.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                   callbacks=[keras.callbacks.BackupAndRestore(backup),
                              tag_tf.AffinityLogger(output_dir=logger_dir), Crash()])
-    resumed = make_model(tag_tf.AffinityConfig(every_n=2), seed=1, dropout=0)  # restored
+    resumed = make_model(tag_tf.AffinityConfig(every_n=2), seed=1)  # other init: restored
     logger = tag_tf.AffinityLogger(output_dir=logger_dir)
     resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(backup), logger])
     for name in ["affinity_sum", "affinity_count", "affinity_skipped", "affinity_steps",
                  "train_step_counter"]:
-        np.testing.assert_allclose(getattr(straight, name).numpy(),
-                                   getattr(resumed, name).numpy(), rtol=1e-6, err_msg=name)
-    assert [e["epoch"] for e in logger.epochs] == [0, 1, 2, 3]
+        np.testing.assert_array_equal(getattr(straight, name).numpy(),
+                                      getattr(resumed, name).numpy(), err_msg=name)
+    for a, b in zip(straight.network.variables, resumed.network.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert [e["epoch"] for e in logger.epochs["lookahead"]] == [0, 1, 2, 3]
 
 
 def test_checkpoint_carries_affinity_state(tmp_path):
@@ -258,7 +260,7 @@ def test_fractional_window_needs_known_steps():
 
 
 # ---------------------------------------------------- reproducibility, demo
-def run_planted(seed, steps=300):
+def run_planted(seed, steps=500):
     keras.utils.set_random_seed(seed)
     problem = synthetic.planted_tasks(6, 2, seed=seed)
     network = synthetic.planted_network(problem.tasks, problem.input_dim, seed=seed)
@@ -278,7 +280,7 @@ def test_seeded_runs_are_identical_and_recover_planted_clusters():
     same = np.equal.outer(problem.cluster_of, problem.cluster_of)
     off = ~np.eye(len(problem.tasks), dtype=bool)
     within, across = first.affinity[same & off].mean(), first.affinity[~same].mean()
-    assert within > across + 0.005, (within, across)
+    assert within > 3 * abs(across) and within > across + 0.002, (within, across)
 
 
 def test_logger_exports_json_npz_png_and_tensorboard(tmp_path):
