@@ -1,0 +1,1 @@
+"""CelebA dataset folder: model, training scripts and published tables."""

@@ -1,0 +1,81 @@
+"""Selects TAG networks for several budgets from an affinity file.
+
+  python -m tag_tf.select --affinity=runs/affinity.json --budgets=1,2,3,4,5 \
+      [--minimize] [--singletons=diagonal] [--output=selection.json]
+
+Reads the ``tag_tf.affinity/v1`` JSON written by the affinity core (or a plain
+``{"tasks", "matrix"}`` JSON / ``.npy`` / ``.npz``), prints one table per budget (networks,
+who serves whom, helper-only tasks, objective, bound, gap, time) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("affinity", None, "Affinity file ([source, target]): JSON, .npy or .npz.")
+flags.DEFINE_list("budgets", ["1", "2", "3", "4", "5"],
+                  "Comma-separated budgets (maximum numbers of networks).")
+flags.DEFINE_bool("minimize", False, "Minimise (errors/losses) instead of maximising.")
+flags.DEFINE_string(
+    "singletons", None,
+    "Single-task networks: unset = not allowed; 'diagonal' = use the matrix diagonal; a JSON "
+    "file {task: score}; or comma-separated scores in task order.")
+flags.DEFINE_enum("method", "auto", ["auto", "dp", "milp", "exhaustive", "large"],
+                  "Solver; 'auto' = exact subset DP up to 16 tasks, else 'large'.")
+flags.DEFINE_list("tasks", None, "Task names (needed for .npy files).")
+flags.DEFINE_string("output", None, "Where to write the JSON (default: next to the input, "
+                    "<input stem>.selection.json).")
+flags.DEFINE_float("time_limit", 60.0, "Seconds per budget for the large-scale solver.")
+flags.DEFINE_integer("seed", 0, "Seed of the large-scale solver.")
+
+
+def parse_singletons(value: str | None):
+    """Turns the --singletons flag into what ``make_problem`` accepts."""
+    if value is None or value.strip() == "" or value == "none":
+        return None
+    if value == "diagonal":
+        return "diagonal"
+    if os.path.exists(value):
+        with open(value) as f:
+            loaded = json.load(f)
+        if not isinstance(loaded, (dict, list)):
+            raise app.UsageError(f"--singletons file must hold a JSON object or list: {value}")
+        return loaded
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError as e:
+        raise app.UsageError(
+            f"--singletons must be 'diagonal', a JSON file or comma-separated numbers. "
+            f"Received: {value!r}") from e
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.affinity:
+        raise app.UsageError("--affinity is required.")
+    try:
+        budgets = [int(b) for b in FLAGS.budgets]
+    except ValueError as e:
+        raise app.UsageError(f"--budgets must be integers. Received: {FLAGS.budgets}") from e
+    output = FLAGS.output
+    if output is None:
+        stem = os.path.splitext(FLAGS.affinity)[0]
+        output = f"{stem}.selection.json"
+    from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
+    report = api.run_selection(
+        affinity_path=FLAGS.affinity, budgets=budgets, minimize=FLAGS.minimize,
+        singletons=parse_singletons(FLAGS.singletons), method=FLAGS.method,
+        tasks=FLAGS.tasks, output_path=output, time_limit=FLAGS.time_limit, seed=FLAGS.seed)
+    print(report.text)
+    print(f"\nWrote {output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,282 @@
+"""One entry point over the solvers, plus reading, reporting and writing selections.
+
+``select_networks`` picks the solver: the subset DP (exact, ``n <= 16`` by default), or the
+large-scale solver with a certified gap above that. ``run_selection`` is what the
+``python -m tag_tf.select`` CLI calls: it reads an affinity file, solves every budget,
+returns a readable report and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Literal, NamedTuple, Sequence
+
+import numpy as np
+
+from tag_tf import affinity_io
+from tag_tf.selection import exhaustive
+from tag_tf.selection import large
+from tag_tf.selection import milp
+from tag_tf.selection import problem as problem_lib
+from tag_tf.selection import result as result_lib
+from tag_tf.selection import scoring
+from tag_tf.selection import subset_dp
+
+Method = Literal["auto", "dp", "milp", "exhaustive", "large"]
+# Largest n for which "auto" uses the exact subset DP (3^16 pairs take ~2 s).
+AUTO_EXACT_MAX_TASKS = 16
+OUTPUT_FORMAT = "tag_tf.selection/v1"
+
+
+def select_networks(affinity: Any, budgets: int | Sequence[int], *,
+                    tasks: Sequence[str] | None = None, minimize: bool = False,
+                    singletons: problem_lib.Singletons = None, method: Method = "auto",
+                    time_limit: float = 60.0, seed: int = 0,
+                    ) -> list[result_lib.Selection]:
+    """Selects at most ``b`` networks for each budget ``b``.
+
+    References:
+      Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task Learning",
+      NeurIPS 2021, Sec. 3.2.
+
+    Args:
+      affinity: square ``[source, target]`` matrix (affinities; errors/losses with
+        ``minimize=True``).
+      budgets: one budget or a sequence of budgets, each ``1 <= b <= n``.
+      tasks: task names.
+      minimize: minimise instead of maximise.
+      singletons: single-task network scores (see :func:`make_problem`).
+      method: ``"auto"`` (exact DP up to 16 tasks, else ``"large"``), ``"dp"``,
+        ``"milp"``, ``"exhaustive"`` or ``"large"``.
+      time_limit: seconds per budget for ``"large"`` (and ``"milp"``).
+      seed: seed for ``"large"``.
+
+    Returns:
+      One :class:`Selection` per budget, in the given order.
+
+    Example:
+      >>> [s.objective for s in select_networks([[0., 2.], [4., 0.]], [1, 2])]
+      [3.0, 3.0]
+    """
+    problem = problem_lib.make_problem(affinity, tasks=tasks, minimize=minimize,
+                                       singletons=singletons)
+    budgets = [budgets] if isinstance(budgets, (int, np.integer)) else list(budgets)
+    if not budgets:
+        raise ValueError("At least one budget is needed. Received: budgets=[]")
+    budgets = [problem_lib.check_budget(b, problem.n) for b in budgets]
+    if method == "auto":
+        method = "dp" if problem.n <= AUTO_EXACT_MAX_TASKS else "large"
+    if method == "dp":
+        return _solve_dp_budgets(problem, budgets)
+    if method == "milp":
+        values, _ = scoring.block_values(problem)
+        return [milp.solve_problem_milp(problem, b, values=values, time_limit=time_limit)
+                for b in budgets]
+    if method == "exhaustive":
+        return [exhaustive.solve_problem_exhaustive(problem, b) for b in budgets]
+    if method == "large":
+        return [large.solve_problem_large(problem, b, seed=seed, time_limit=time_limit)
+                for b in budgets]
+    raise ValueError(
+        "method must be 'auto', 'dp', 'milp', 'exhaustive' or 'large'. "
+        f"Received: method={method!r}")
+
+
+def _solve_dp_budgets(problem: problem_lib.SelectionProblem,
+                      budgets: list[int]) -> list[result_lib.Selection]:
+    """Shares the block values (and their cost) between budgets."""
+    start = time.perf_counter()
+    values, _ = scoring.block_values(problem)
+    shared = time.perf_counter() - start
+    out = []
+    for b in budgets:
+        selection = subset_dp.solve_problem_subset_dp(problem, b, values=values)
+        out.append(selection._replace(seconds=selection.seconds + shared / len(budgets)))
+    return out
+
+
+class SelectionReport(NamedTuple):
+    """What :func:`run_selection` produced: the selections, a text report and the JSON."""
+
+    selections: list[result_lib.Selection]
+    text: str
+    payload: dict[str, Any]
+
+
+def run_selection(*, affinity_path: str, budgets: Sequence[int], minimize: bool = False,
+                  singletons: problem_lib.Singletons = None, method: Method = "auto",
+                  tasks: Sequence[str] | None = None, output_path: str | None = None,
+                  time_limit: float = 60.0, seed: int = 0) -> SelectionReport:
+    """Reads an affinity file, selects networks for every budget, reports and writes JSON.
+
+    Args:
+      affinity_path: file read with :func:`tag_tf.affinity_io.load_affinity`
+        (``tag_tf.affinity/v1`` JSON, plain ``{"tasks", "matrix"}`` JSON, ``.npy``/``.npz``).
+      budgets: budgets to solve.
+      minimize: minimise (errors, losses).
+      singletons: single-task scores (see :func:`make_problem`).
+      method: solver (see :func:`select_networks`).
+      tasks: task names (needed for ``.npy``).
+      output_path: where to write the JSON (``None``: do not write).
+      time_limit: seconds per budget for the large-scale solver.
+      seed: seed of the large-scale solver.
+
+    Returns:
+      A :class:`SelectionReport`.
+    """
+    record = affinity_io.load_affinity(affinity_path, tasks=tasks)
+    selections = select_networks(record.affinity, budgets, tasks=record.tasks,
+                                 minimize=minimize, singletons=singletons, method=method,
+                                 time_limit=time_limit, seed=seed)
+    payload = {
+        "format": OUTPUT_FORMAT,
+        "affinity_path": os.path.abspath(affinity_path),
+        "tasks": list(record.tasks),
+        "minimize": bool(minimize),
+        "singletons": _describe_singletons(singletons),
+        "method": method,
+        "selections": [result_lib.selection_to_dict(s) for s in selections],
+    }
+    if output_path:
+        write_json(output_path, payload)
+    return SelectionReport(selections, format_selections(selections), payload)
+
+
+def _describe_singletons(singletons: problem_lib.Singletons) -> Any:
+    if singletons is None or isinstance(singletons, str):
+        return singletons
+    if isinstance(singletons, dict):
+        return {k: float(v) for k, v in singletons.items()}
+    return [float(v) for v in np.asarray(singletons).reshape(-1)]
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes ``payload`` as indented JSON, creating the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, allow_nan=False)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
+
+def format_selection(selection: result_lib.Selection) -> str:
+    """A readable table: networks, who serves whom, helpers, objective, time and gap."""
+    goal = "minimised" if selection.minimize else "maximised"
+    proof = "optimal" if selection.optimal else f"gap {_fmt(100 * selection.gap)}%"
+    lines = [
+        f"budget {selection.budget}: objective {_fmt(selection.objective)} ({goal}), "
+        f"bound {_fmt(selection.bound)}, {proof}, method {selection.method}, "
+        f"{selection.seconds:.3f} s",
+    ]
+    width = max(len(t) for t in selection.tasks)
+    for k, net in enumerate(selection.networks, start=1):
+        lines.append(f"  network {k}: {{{', '.join(net.tasks)}}}")
+        served = ", ".join(f"{t} ({_fmt(s)})" for t, s in zip(net.serves, net.scores))
+        lines.append(f"    serves:  {served}")
+        lines.append(f"    helpers: {', '.join(net.helpers) if net.helpers else '-'}")
+    lines.append(f"  {'task'.ljust(width)}  network  score")
+    for task, k, score in zip(selection.tasks, selection.served_by, selection.task_scores):
+        lines.append(f"  {task.ljust(width)}  {str(k + 1).rjust(7)}  {_fmt(score)}")
+    return "\n".join(lines)
+
+
+def format_selections(selections: Sequence[result_lib.Selection]) -> str:
+    """All budgets' tables, then a one-line-per-budget summary."""
+    blocks = [format_selection(s) for s in selections]
+    summary = ["| budget | networks | objective | bound | gap | method | seconds |",
+               "|---|---|---|---|---|---|---|"]
+    for s in selections:
+        nets = " ".join("{" + ",".join(net.tasks) + "}" for net in s.networks)
+        gap = "0 (optimal)" if s.optimal else _fmt(s.gap)
+        summary.append(f"| {s.budget} | {nets} | {_fmt(s.objective)} | {_fmt(s.bound)} | "
+                       f"{gap} | {s.method} | {s.seconds:.3f} |")
+    return "\n\n".join(blocks + ["\n".join(summary)])
+
+
+class TableSpec(NamedTuple):
+    """One published table to select from (see :func:`reproduce_tables`).
+
+    Attributes:
+      name: label (e.g. the method, "TAG").
+      path: JSON with nested ``values[recipient][source]`` (see :mod:`published`).
+      field: which nested mapping to read.
+      minimize: minimise (errors, losses).
+      singletons: ``"diagonal"`` to allow single-task networks scored by the diagonal.
+    """
+
+    name: str
+    path: str
+    field: str = "values"
+    minimize: bool = False
+    singletons: problem_lib.Singletons = None
+
+
+def reproduce_tables(*, tables: Sequence[TableSpec], budgets: Sequence[int],
+                     output_path: str | None = None, method: Method = "auto",
+                     random_samples: int = 1000, seed: int = 0) -> SelectionReport:
+    """Selects networks from published tables for every budget, with an RG reference.
+
+    Args:
+      tables: the tables (loaded with :func:`load_published_table`, transposed to
+        ``[source, target]``).
+      budgets: budgets to solve for every table.
+      output_path: where to write the JSON (``None``: do not write).
+      method: solver (see :func:`select_networks`).
+      random_samples: samples of the random-grouping baseline per budget (0 to skip).
+      seed: seed of the random groupings.
+
+    Returns:
+      A :class:`SelectionReport` over all tables (selections concatenated in order).
+    """
+    from tag_tf.selection import baselines  # pylint: disable=g-import-not-at-top
+    from tag_tf.selection import published  # pylint: disable=g-import-not-at-top
+    all_selections, texts, entries = [], [], []
+    for spec in tables:
+        table = published.load_published_table(spec.path, field=spec.field)
+        selections = select_networks(table.matrix, budgets, tasks=table.tasks,
+                                     minimize=spec.minimize, singletons=spec.singletons,
+                                     method=method)
+        random = []
+        if random_samples:
+            random = [baselines.random_groupings(
+                table.matrix, b, tasks=table.tasks, minimize=spec.minimize,
+                singletons=spec.singletons, samples=random_samples, seed=seed)
+                for b in budgets]
+        goal = "minimised" if spec.minimize else "maximised"
+        header = (f"== {spec.name}: {os.path.basename(spec.path)} [{spec.field}], {goal}, "
+                  f"single-task networks: {spec.singletons or 'not allowed'}")
+        lines = [header, format_selections(selections)]
+        if random:
+            lines.append("Random groupings (same objective, seed "
+                         f"{seed}, {random_samples} samples):\n"
+                         "| budget | networks | mean | std | min | max |\n"
+                         "|---|---|---|---|---|---|\n"
+                         + "\n".join(f"| {r.budget} | {r.networks} | {_fmt(r.mean)} | "
+                                     f"{_fmt(r.std)} | {_fmt(r.min)} | {_fmt(r.max)} |"
+                                     for r in random))
+        texts.append("\n\n".join(lines))
+        all_selections.extend(selections)
+        entries.append({
+            "name": spec.name,
+            "path": os.path.abspath(spec.path),
+            "field": spec.field,
+            "minimize": spec.minimize,
+            "singletons": _describe_singletons(spec.singletons),
+            "source": table.metadata.get("source"),
+            "tasks": list(table.tasks),
+            "selections": [result_lib.selection_to_dict(s) for s in selections],
+            "random_groupings": [
+                {"budget": r.budget, "networks": r.networks, "mean": r.mean, "std": r.std,
+                 "min": r.min, "max": r.max, "samples": len(r.objectives), "seed": r.seed}
+                for r in random],
+        })
+    payload = {"format": OUTPUT_FORMAT, "budgets": list(budgets), "tables": entries}
+    if output_path:
+        write_json(output_path, payload)
+    return SelectionReport(all_selections, "\n\n".join(texts), payload)

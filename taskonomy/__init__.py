@@ -1,0 +1,1 @@
+"""Taskonomy dataset folder: model, training scripts and published tables."""

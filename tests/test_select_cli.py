@@ -1,0 +1,77 @@
+"""End-to-end runs of ``python -m tag_tf.select`` (in process, with flagsaver)."""
+
+import json
+
+import numpy as np
+import pytest
+from absl import app
+from absl.testing import flagsaver
+
+from tag_tf import affinity_io
+from tag_tf import select
+from tag_tf.selection import subset_dp
+
+
+@pytest.fixture(autouse=True)
+def _parse_flags():
+    if not select.FLAGS.is_parsed():
+        select.FLAGS(["select"])
+
+
+def _write(tmp_path, matrix, tasks):
+    path = str(tmp_path / "affinity.json")
+    affinity_io.save_affinity_json(path, affinity_io.AffinityRecord(tasks, matrix))
+    return path
+
+
+def test_round_trip(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(6)]
+    matrix = rng.normal(size=(6, 6))
+    path = _write(tmp_path, matrix, tasks)
+    out = str(tmp_path / "sel.json")
+    with flagsaver.flagsaver(affinity=path, budgets=["1", "2", "3"], output=out):
+        select.main(["select"])
+    text = capsys.readouterr().out
+    assert "budget 3:" in text and "helpers:" in text and f"Wrote {out}" in text
+    payload = json.loads(open(out).read())
+    assert payload["tasks"] == tasks
+    for entry, budget in zip(payload["selections"], [1, 2, 3]):
+        expected = subset_dp.solve_subset_dp(matrix, budget, tasks=tasks)
+        assert entry["objective"] == pytest.approx(expected.objective)
+        assert [n["tasks"] for n in entry["networks"]] == [
+            list(n.tasks) for n in expected.networks]
+        assert entry["optimal"] and entry["gap"] == 0.0
+        served = {t for n in entry["networks"] for t in n["serves"]}
+        assert served == set(tasks)
+
+
+def test_minimize_with_singletons_and_plain_matrix(tmp_path):
+    err = np.array([[5., 2., 9.], [2., 5., 9.], [9., 9., 1.]])
+    path = tmp_path / "plain.json"
+    # Plain format in [target][source] orientation exercises load_affinity's transpose.
+    path.write_text(json.dumps({"tasks": ["a", "b", "c"], "matrix": err.T.tolist(),
+                                "orientation": "target_source"}))
+    out = str(tmp_path / "sel.json")
+    with flagsaver.flagsaver(affinity=str(path), budgets=["2"], minimize=True,
+                             singletons="diagonal", output=out):
+        select.main(["select"])
+    entry = json.loads(open(out).read())["selections"][0]
+    assert [n["tasks"] for n in entry["networks"]] == [["a", "b"], ["c"]]
+    assert entry["objective"] == pytest.approx(5 / 3)
+
+
+def test_bad_flags(tmp_path):
+    with flagsaver.flagsaver(affinity=None):
+        with pytest.raises(app.UsageError, match="--affinity"):
+            select.main(["select"])
+    path = _write(tmp_path, np.zeros((3, 3)), ["a", "b", "c"])
+    with flagsaver.flagsaver(affinity=path, budgets=["x"]):
+        with pytest.raises(app.UsageError, match="integers"):
+            select.main(["select"])
+    with flagsaver.flagsaver(affinity=path, budgets=["4"], output=str(tmp_path / "o.json")):
+        with pytest.raises(ValueError, match="Received: budget=4"):
+            select.main(["select"])
+    assert select.parse_singletons("1,2,3") == [1.0, 2.0, 3.0]
+    with pytest.raises(app.UsageError, match="--singletons"):
+        select.parse_singletons("diag")
