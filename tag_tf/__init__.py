@@ -1,25 +1,40 @@
-"""tag_tf: Task Affinity Grouping (Fifty et al., NeurIPS 2021) for TensorFlow/Keras."""
+"""tag_tf: Task Affinity Grouping (Fifty et al., NeurIPS 2021) for TensorFlow/Keras.
 
-from tag_tf.affinity_io import (AffinityRecord, load_affinity, save_affinity_json,
-                                save_affinity_npz)
-from tag_tf.callbacks import AffinityLogger
-from tag_tf.config import MEASURES, WINDOWS, AffinityConfig
-from tag_tf.model import MultiTaskModel
-from tag_tf.pcgrad import PCGrad, project_conflicting
-from tag_tf.weighting import GradNorm, UncertaintyWeighting
+Public names are loaded on first use (PEP 562), so NumPy-only parts such as
+``tag_tf.selection`` and ``python -m tag_tf.select`` do not import TensorFlow.
+"""
 
-__all__ = [
-    "AffinityConfig",
-    "AffinityLogger",
-    "AffinityRecord",
-    "GradNorm",
-    "MultiTaskModel",
-    "PCGrad",
-    "UncertaintyWeighting",
-    "MEASURES",
-    "WINDOWS",
-    "load_affinity",
-    "project_conflicting",
-    "save_affinity_json",
-    "save_affinity_npz",
-]
+import importlib
+
+_EXPORTS = {
+    "AffinityConfig": "tag_tf.config",
+    "AffinityLogger": "tag_tf.callbacks",
+    "AffinityRecord": "tag_tf.affinity_io",
+    "GradNorm": "tag_tf.weighting",
+    "MEASURES": "tag_tf.config",
+    "MultiTaskModel": "tag_tf.model",
+    "PCGrad": "tag_tf.pcgrad",
+    "UncertaintyWeighting": "tag_tf.weighting",
+    "WINDOWS": "tag_tf.config",
+    "load_affinity": "tag_tf.affinity_io",
+    "project_conflicting": "tag_tf.pcgrad",
+    "save_affinity_json": "tag_tf.affinity_io",
+    "save_affinity_npz": "tag_tf.affinity_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    try:
+        return importlib.import_module(f"tag_tf.{name}")  # submodules, e.g. tag_tf.lookahead
+    except ModuleNotFoundError as e:
+        if e.name != f"tag_tf.{name}":
+            raise  # the submodule exists but a dependency of it is missing
+        raise AttributeError(f"module 'tag_tf' has no attribute {name!r}") from None
+
+
+def __dir__():
+    return __all__

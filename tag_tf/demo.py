@@ -5,11 +5,12 @@ r"""TAG on the built-in planted-cluster data: train once, print affinities and g
 Trains a shared-trunk network on synthetic tasks with planted clusters
 (:mod:`tag_tf.synthetic`), records the lookahead inter-task affinity every n
 steps, prints the averaged matrix, writes ``affinity.json`` / ``.npz`` / ``.png``
-and, when the selector is available, the chosen groups per budget.
+and ``selection.json``: the networks chosen for each budget.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tag_tf import synthetic
+from tag_tf import selection, synthetic
 from tag_tf.callbacks import AffinityLogger
 from tag_tf.config import AffinityConfig
 from tag_tf.heatmap import format_matrix
@@ -68,8 +69,8 @@ def run_demo(*, num_tasks: int, num_clusters: int, steps: int, steps_per_epoch: 
     off = ~np.eye(num_tasks, dtype=bool)
     print(f"\nMean off-diagonal affinity within clusters: {np.nanmean(record.affinity[same & off]):.4f}"
           f"; across clusters: {np.nanmean(record.affinity[~same]):.4f}")
-    selections = _select(record, budgets)
-    print(f"\nWrote {os.path.join(output_dir, 'affinity.json')} (+ .npz, .png).")
+    selections = _select(record, budgets, output_dir)
+    print(f"\nWrote {os.path.join(output_dir, 'affinity.json')} (+ .npz, .png, selection.json).")
     return {"record": record, "selections": selections, "seconds": seconds,
             "cluster_of": problem.cluster_of}
 
@@ -81,13 +82,19 @@ def _groups_text(tasks, cluster_of):
     return " | ".join("{" + ", ".join(g) + "}" for g in groups.values())
 
 
-def _select(record, budgets):
-    try:
-        from tag_tf import selection  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        logging.info("tag_tf.selection is not available; skipping group selection.")
-        return {}
-    return selection.print_demo_selection(record, budgets)
+def _select(record, budgets, output_dir):
+    """Chooses networks for each budget from the mean affinity; prints and writes them."""
+    budgets = [b for b in budgets if 1 <= b <= len(record.tasks)]
+    if not budgets:
+        return []
+    selections = selection.select_networks(record.affinity, budgets, tasks=record.tasks)
+    print("\nTask groupings chosen from the affinities (paper Sec. 3.2):")
+    print(selection.format_selections(selections))
+    with open(os.path.join(output_dir, "selection.json"), "w") as f:
+        json.dump({"tasks": record.tasks,
+                   "selections": [selection.selection_to_dict(s) for s in selections]}, f,
+                  indent=1)
+    return selections
 
 
 def main(argv):
