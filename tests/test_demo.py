@@ -2,17 +2,18 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
-from absl import flags
-from absl.testing import flagsaver
 
-from tag_tf import demo, load_affinity
+from tag_tf import load_affinity
+from tag_tf.planted_demo import run_demo
 
 
 def test_run_demo_writes_affinity_and_selection(tmp_path, capsys):
     out = str(tmp_path / "demo")
-    result = demo.run_demo(num_tasks=4, num_clusters=2, steps=200, steps_per_epoch=100,
+    result = run_demo(num_tasks=4, num_clusters=2, steps=200, steps_per_epoch=100,
                            batch_size=32, learning_rate=0.05, every_n=5, rule="sgd", seed=0,
                            budgets=[1, 2], output_dir=out)
     printed = capsys.readouterr().out
@@ -29,11 +30,11 @@ def test_run_demo_writes_affinity_and_selection(tmp_path, capsys):
     assert len(result["selections"]) == 2
 
 
-def test_main_parses_flags(tmp_path):
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    out = str(tmp_path / "flags")
-    with flagsaver.flagsaver(tasks=3, clusters=1, steps=20, steps_per_epoch=20, every_n=10,
-                             budgets=["1"], output_dir=out):
-        demo.main(["demo"])
+def test_command_line(tmp_path):
+    out = str(tmp_path / "cli")
+    subprocess.run([sys.executable, "-m", "tag_tf.demo", "--tasks=3", "--clusters=1",
+                    "--steps=20", "--steps_per_epoch=20", "--every_n=10", "--budgets=1",
+                    f"--output_dir={out}"], check=True, capture_output=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert os.path.exists(os.path.join(out, "affinity.json"))
+    assert os.path.exists(os.path.join(out, "selection.json"))
