@@ -7,7 +7,9 @@ taken with task i's gradient changes every task's loss. Two update rules:
   learning rate.
 * ``"optimizer"``: the step the model's own optimizer would take from its
   current state (SGD with momentum / Nesterov, Adam / AdamW with their moments
-  and bias correction, decoupled weight decay, clipnorm / clipvalue), computed
+  and bias correction, decoupled weight decay, clipnorm / clipvalue; a subclass
+  that changes the gradient in ``update_step`` declares it with a
+  ``lookahead_gradient(gradient, value)`` method), computed
   from the optimizer's variables WITHOUT assigning to any of them. Keras 3's
   ``optimizer.stateless_apply`` is not available on the TensorFlow backend,
   so the supported optimizers' formulas are written out here and tested
@@ -52,6 +54,13 @@ def check_supported(optimizer: keras.optimizers.Optimizer, rule: LookaheadRule) 
         raise ValueError(
             "lookahead rule 'optimizer' supports SGD (with or without momentum / Nesterov), "
             f"Adam and AdamW. Received: optimizer={type(opt).__name__}. Use rule='sgd'.")
+    known = (keras.optimizers.SGD.update_step, keras.optimizers.Adam.update_step)
+    if type(opt).update_step not in known and not hasattr(opt, "lookahead_gradient"):
+        raise ValueError(
+            f"{type(opt).__name__} overrides update_step, so its step is unknown to the "
+            "'optimizer' lookahead rule. Give it a method lookahead_gradient(gradient, value) "
+            "returning the gradient its update_step feeds to the parent's rule, or use "
+            "rule='sgd'.")
     if getattr(opt, "amsgrad", False):
         raise ValueError("lookahead rule 'optimizer' does not support Adam(amsgrad=True).")
     if opt.global_clipnorm:
@@ -76,6 +85,8 @@ def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
     dtype = value.dtype
     lr = tf.cast(lr, dtype)
     grad = tf.cast(_clip(opt, grad), dtype)
+    if hasattr(opt, "lookahead_gradient"):  # e.g. coupled (PyTorch-style) weight decay
+        grad = opt.lookahead_gradient(grad, value)
     if opt.weight_decay is not None and opt._use_weight_decay(variable):  # pylint: disable=protected-access
         value = value - value * tf.cast(opt.weight_decay, dtype) * lr
     index = opt._get_variable_index(variable)  # pylint: disable=protected-access

@@ -137,3 +137,37 @@ def test_optimizer_rule_equals_the_real_optimizer_step():
                                    err_msg=name)
         assert any(not np.array_equal(a, v.numpy())
                    for a, v in zip(before, model.optimizer.variables))
+
+
+class L2SGD(keras.optimizers.SGD):
+    """SGD with coupled L2 (gradient + l2 * w), declaring it for the lookahead."""
+
+    def lookahead_gradient(self, gradient, value):
+        return gradient + 0.1 * value
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(self.lookahead_gradient(gradient, variable), variable, learning_rate)
+
+
+class SecretSGD(keras.optimizers.SGD):
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(2 * gradient, variable, learning_rate)
+
+
+def test_optimizer_subclass_hook_and_rejection():
+    network = linear_network()
+    model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None)
+    model.compile(optimizer=L2SGD(0.1, momentum=0.9), loss="mse")
+    for batch in batches(2):
+        model.train_on_batch(*as_f32(batch))
+    kernel = network.get_layer("trunk").kernel
+    grad = tf.random.stateless_normal(kernel.shape, seed=(3, 4), dtype=kernel.dtype)
+    tag_tf.lookahead.check_supported(model.optimizer, "optimizer")
+    predicted = tag_tf.lookahead.lookahead_values(
+        "optimizer", model.optimizer, [kernel], [grad],
+        tag_tf.lookahead.current_learning_rate(model.optimizer))[0].numpy()
+    model.optimizer.apply([grad if v is kernel else tf.zeros_like(v)
+                           for v in model.trainable_variables], model.trainable_variables)
+    np.testing.assert_allclose(kernel.numpy(), predicted, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="SecretSGD overrides update_step"):
+        tag_tf.lookahead.check_supported(SecretSGD(0.1), "optimizer")
