@@ -479,6 +479,35 @@ class MultiTaskModel(keras.Model):
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
 
     # ----------------------------------------------------------- serialisation
+    def _bookkeeping(self) -> list:
+        """Affinity accumulators and step counters: the record of the run, not its weights."""
+        return [self.affinity_sum, self.affinity_count, self.affinity_skipped, self.cosine_sum,
+                self.cosine_count, self.cosine_skipped, self.affinity_steps,
+                self.train_step_counter, self.window_start, self.window_end]
+
+    def get_weights(self) -> list:
+        """Keras ``get_weights`` without the affinity bookkeeping.
+
+        ``EarlyStopping(restore_best_weights=True)`` swaps weights with these methods;
+        the affinities recorded after the best epoch must not be rolled back with the
+        network (checkpoint files still carry everything).
+        """
+        skip = {id(v) for v in self._bookkeeping()}
+        return [v.numpy() for v in self.weights if id(v) not in skip]
+
+    def set_weights(self, weights) -> None:
+        """Inverse of :meth:`get_weights` (the bookkeeping is left as it is)."""
+        skip = {id(v) for v in self._bookkeeping()}
+        variables = [v for v in self.weights if id(v) not in skip]
+        if len(variables) != len(weights):
+            raise ValueError(f"set_weights expected {len(variables)} arrays (affinity "
+                             f"bookkeeping excluded). Received: {len(weights)}")
+        for variable, value in zip(variables, weights):
+            if tuple(variable.shape) != tuple(np.shape(value)):
+                raise ValueError(f"Shape mismatch for {variable.path}: {variable.shape} vs "
+                                 f"{np.shape(value)}")
+            variable.assign(value)
+
     def _rng_states(self) -> list:
         """RNG state variables (Dropout, PCGrad's order...), which Keras weight files omit."""
         saved = {id(v) for v in self.weights}

@@ -301,3 +301,25 @@ def test_logger_exports_json_npz_png_and_tensorboard(tmp_path):
     png = tf.io.decode_png(tf.io.read_file(os.path.join(out, "affinity.png")))
     assert png.shape[-1] == 3 and png.shape[0] > 0
     assert any(name.startswith("events") for name in os.listdir(logs))
+
+
+def test_early_stopping_restores_weights_but_keeps_the_recorded_affinities():
+    x, y = data(64)
+    model = make_model(tag_tf.AffinityConfig(every_n=1), dropout=0)
+    weights_after_first = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                weights_after_first.extend(v.numpy().copy() for v in model.network.weights)
+
+    # mode="max" on the training loss: epoch 0 stays "best", so its weights are restored.
+    stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=5,
+                                         restore_best_weights=True)
+    model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
+              callbacks=[Snapshot(), stop])
+    for before, variable in zip(weights_after_first, model.network.weights):
+        np.testing.assert_array_equal(before, variable.numpy(), err_msg=variable.path)
+    assert int(model.affinity_steps.numpy()) == 12  # 3 epochs x 4 steps, none rolled back
+    assert int(model.train_step_counter.numpy()) == 12
+    np.testing.assert_array_equal(model.affinity_count.numpy(), 12)

@@ -14,9 +14,12 @@ from tests.test_affinity_exact import TASKS, as_f32, batches, linear_network
 
 @pytest.fixture(autouse=True)
 def float64():
+    previous = keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # also when an earlier test pinned a policy
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy(previous)
 
 
 def numpy_pcgrad(grads, order):
@@ -198,6 +201,7 @@ def test_cosine_affinity_matches_reference_and_shares_the_step():
 # ------------------------------------------------- fit(), callbacks, save/load
 def test_fit_with_tag_pcgrad_and_uw_end_to_end(tmp_path):
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
     network = linear_network()
     model = tag_tf.MultiTaskModel(
         network, shared=["trunk"],
