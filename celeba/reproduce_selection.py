@@ -16,24 +16,14 @@ from absl import flags
 
 from tag_tf import selection
 
+from celeba.published_tables import tables
+
 FLAGS = flags.FLAGS
-PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published")
 
 flags.DEFINE_list("budgets", [str(b) for b in range(1, 9)], "Budgets (numbers of networks).")
 flags.DEFINE_string("output", os.path.join("outputs", "celeba_selection.json"),
                     "Where to write the JSON.")
 flags.DEFINE_integer("random_samples", 1000, "Random groupings per budget (0 to skip).")
-
-
-def tables(published_dir: str = PUBLISHED) -> list:
-    """The CelebA tables and how the paper selects from each."""
-    return [
-        selection.TableSpec("TAG", os.path.join(published_dir, "celeba_tag_affinity.json")),
-        selection.TableSpec("CS", os.path.join(published_dir, "celeba_cs_affinity.json")),
-        selection.TableSpec("HOA", os.path.join(published_dir, "celeba_hoa_pairwise.json"),
-                            field="error_values_as_computed", minimize=True,
-                            singletons="diagonal"),
-    ]
 
 
 def main(argv):

@@ -1,0 +1,236 @@
+"""The paper's CelebA experiment: ``python -m celeba.main --mode=...``.
+
+  # once: build TFDS celeb_a from the original files (no network)
+  python -m celeba.main --mode=prepare --files_dir=~/celeba_original --data_dir=~/tfds
+  # TAG affinities + network selection for budgets 1..8
+  python -m celeba.main --mode=affinity --data_dir=~/tfds --output_dir=runs/celeba/affinity
+  # train the chosen networks of one budget, test error per task and in total
+  python -m celeba.main --mode=groups --data_dir=~/tfds \
+      --selection=runs/celeba/affinity/selection.json --budget=3 --output_dir=runs/celeba/tag3
+  # baselines
+  python -m celeba.main --mode={cs,mtl,stl,uw,gradnorm,pcgrad} --data_dir=~/tfds ...
+
+Hyper-parameters follow google-research ``tag/celeba/CelebA.ipynb``: SGD lr 5e-4 with
+momentum 0.9, batch 256, 64 x 64 images, the learning rate halved every 15 epochs, at most
+100 epochs, early stopping (patience 10) on the summed validation loss restoring the best
+weights; GradNorm alpha 0.1 on the residual block's last conv; uncertainty weights clipped
+to [0.01, 10] (``uw`` and ``pcgrad``). Every mode prints a summary and writes
+``<output_dir>/results.json`` (see celeba/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+
+# Own flag registry: names such as --tasks, --seed and --budgets are also defined by
+# tag_tf.select and celeba.reproduce_selection, which may be imported in the same process.
+FLAGS = flags.FlagValues()
+
+# The original notebook's settings.
+LEARNING_RATE = 5e-4
+MOMENTUM = 0.9
+BATCH_SIZE = 256
+EPOCHS = 100
+PATIENCE = 10
+LR_HALVING_EPOCHS = 15
+GRADNORM_ALPHA = 0.1
+GRADNORM_LAYER = "res_conv2"  # the original's ResBase.trainable_weights[-3]
+BUDGETS = tuple(range(1, 9))
+MODES = ("prepare", "affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups")
+
+_IN = {"flag_values": FLAGS}
+flags.DEFINE_enum("mode", None, list(MODES), "What to run (see celeba/README.md).", **_IN)
+flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or receiving) celeb_a; "
+                    "default: TFDS's (~/tensorflow_datasets).", **_IN)
+flags.DEFINE_string("files_dir", None, "--mode=prepare: folder with the original files "
+                    "img_align_celeba.zip, list_attr_celeba.txt, list_eval_partition.txt, "
+                    "list_landmarks_align_celeba.txt, identity_CelebA.txt.", **_IN)
+flags.DEFINE_bool("verify_checksums", True, "--mode=prepare: compare the files' SHA-256 with "
+                  "the originals (a mismatch only warns).", **_IN)
+flags.DEFINE_string("output_dir", None, "Where results go; default runs/celeba/<mode>.", **_IN)
+flags.DEFINE_list("tasks", None, "Attributes to predict (any of the 40); default: the "
+                  "paper's 9. Mode 'groups' takes them from the selection.", **_IN)
+flags.DEFINE_integer("seed", 0, "Seed of initialisation and shuffling.", **_IN)
+flags.DEFINE_integer("epochs", EPOCHS, "Maximum epochs per network.", **_IN)
+flags.DEFINE_integer("batch_size", BATCH_SIZE, "Examples per batch.", **_IN)
+flags.DEFINE_integer("image_size", 64, "Images are resized to image_size x image_size.", **_IN)
+flags.DEFINE_float("learning_rate", LEARNING_RATE, "Initial SGD learning rate.", **_IN)
+flags.DEFINE_integer("lr_halving_epochs", LR_HALVING_EPOCHS,
+                     "Halve the learning rate every this many epochs (0: never).", **_IN)
+flags.DEFINE_integer("patience", PATIENCE, "Early-stopping patience (epochs) on the summed "
+                     "validation loss; -1 disables early stopping.", **_IN)
+flags.DEFINE_integer("every_n", 10, "affinity / cs: record every n training steps (the "
+                     "notebook records every step: 1).", **_IN)
+flags.DEFINE_enum("affinity_batch", "train", ["train", "validation"],
+                  "affinity / cs: measure the loss change on the training batch or on a "
+                  "validation batch.", **_IN)
+flags.DEFINE_enum("lookahead_rule", "optimizer", ["sgd", "optimizer"],
+                  "affinity: lookahead step; 'optimizer' = SGD with momentum, as the notebook; "
+                  "'sgd' = theta - lr * g (paper Eq. 1).", **_IN)
+flags.DEFINE_bool("divide_by_lr", True, "affinity: divide Z by the learning rate, as the "
+                  "notebook (false: Eq. 1 exactly).", **_IN)
+flags.DEFINE_enum("affinity_epochs", "until_best", ["all", "until_best"],
+                  "affinity / cs: average over all epochs, or (notebook) only up to the best "
+                  "epoch when early stopping triggers.", **_IN)
+flags.DEFINE_list("budgets", [str(b) for b in BUDGETS], "affinity / cs: select networks for "
+                  "these budgets (empty: no selection).", **_IN)
+flags.DEFINE_string("selection", None, "groups: selection JSON (affinity mode's "
+                    "selection.json, python -m tag_tf.select or celeba.reproduce_selection).",
+                    **_IN)
+flags.DEFINE_integer("budget", None, "groups: which budget of the selection file.", **_IN)
+flags.DEFINE_string("selection_table", None, "groups: which table (TAG, CS, HOA) of a "
+                    "celeba.reproduce_selection file.", **_IN)
+flags.DEFINE_bool("uw_clipped", True, "uw / pcgrad: the notebook's clipped uncertainty "
+                  "weights (false: Kendall et al.'s log-variance form).", **_IN)
+flags.DEFINE_float("gradnorm_alpha", GRADNORM_ALPHA, "gradnorm: alpha.", **_IN)
+flags.DEFINE_string("cache", None, "Cache decoded images: 'memory' or a file prefix.", **_IN)
+flags.DEFINE_integer("shuffle_buffer", None, "Training shuffle buffer (default: the split).",
+                     **_IN)
+flags.DEFINE_integer("limit", None, "Debugging: use only the first N examples of each split.",
+                     **_IN)
+flags.DEFINE_integer("steps_per_epoch", None, "Debugging: steps per epoch.", **_IN)
+flags.DEFINE_bool("save_weights", False, "Write each network's weights to the output dir.",
+                  **_IN)
+flags.DEFINE_bool("tensorboard", False, "Log affinity scalars/heatmaps to <output_dir>/tb.",
+                  **_IN)
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.", **_IN)
+
+
+def learning_rate_at(epoch: int, base: float = LEARNING_RATE,
+                     halving_epochs: int = LR_HALVING_EPOCHS) -> float:
+    """The notebook's schedule: halved at the start of epochs 15, 30, ... (1-based 15, 30)."""
+    if halving_epochs <= 0:
+        return base
+    return base * 0.5 ** ((epoch + 1) // halving_epochs)
+
+
+def prepare(*, files_dir: str, data_dir: Optional[str], verify_checksums: bool = True) -> None:
+    """Builds TFDS celeb_a from the original files and prints the split sizes."""
+    from celeba import data  # pylint: disable=g-import-not-at-top
+    if data_dir is None:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        data_dir = os.path.expanduser(tfds.core.constants.DATA_DIR)
+    builder = data.prepare_from_files(files_dir, data_dir, verify_checksums=verify_checksums)
+    sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
+    print(f"celeb_a {builder.info.version} prepared in {builder.data_dir}: {sizes}")
+    differs = {k: v for k, v in sizes.items() if data.SPLIT_SIZES.get(k) != v}
+    if differs:
+        print(f"Note: split sizes differ from the full CelebA {data.SPLIT_SIZES}.")
+
+
+def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
+               tasks: Optional[Sequence[str]] = None, seed: int = 0, epochs: int = EPOCHS,
+               batch_size: int = BATCH_SIZE, image_size: int = 64,
+               learning_rate: float = LEARNING_RATE,
+               lr_halving_epochs: int = LR_HALVING_EPOCHS, patience: Optional[int] = PATIENCE,
+               every_n: int = 10, affinity_batch: str = "train",
+               lookahead_rule: str = "optimizer", divide_by_lr: bool = True,
+               affinity_epochs: str = "until_best", budgets: Sequence[int] = BUDGETS,
+               selection: Optional[str] = None, budget: Optional[int] = None,
+               selection_table: Optional[str] = None, uw_clipped: bool = True,
+               gradnorm_alpha: float = GRADNORM_ALPHA, cache: Optional[str] = None,
+               shuffle_buffer: Optional[int] = None, limit: Optional[int] = None,
+               steps_per_epoch: Optional[int] = None, save_weights: bool = False,
+               tensorboard: bool = False, verbose: int = 2) -> dict:
+    """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results."""
+    import keras  # pylint: disable=g-import-not-at-top
+    from celeba import data  # pylint: disable=g-import-not-at-top
+    from celeba import model as celeba_model  # pylint: disable=g-import-not-at-top
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+
+    if mode == "groups":
+        if not selection:
+            raise ValueError("Mode 'groups' needs a selection JSON (--selection).")
+        chosen = pipeline.load_selection(selection, budget=budget, table=selection_table)
+        trained = {t for network in chosen.networks for t in network.tasks}
+        tasks = [t for t in data.ATTRIBUTES if t in trained]
+    tasks = data.check_tasks(tasks or data.DEFAULT_TASKS)
+    splits = data.load_splits(data_dir, tasks=tasks, batch_size=batch_size,
+                              image_size=image_size, seed=seed, cache=cache,
+                              shuffle_buffer=shuffle_buffer, limit=limit)
+
+    def schedule(epoch, lr=None):
+        del lr
+        return learning_rate_at(epoch, learning_rate, lr_halving_epochs)
+
+    experiment = pipeline.Experiment(
+        tasks=tasks,
+        network_fn=lambda names: celeba_model.celeba_network(names, image_size=image_size,
+                                                             seed=seed),
+        shared=list(celeba_model.TRUNK_LAYERS),
+        loss_fn=lambda task: celeba_model.task_loss(),
+        train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
+        optimizer_fn=lambda: keras.optimizers.SGD(learning_rate, momentum=MOMENTUM),
+        callbacks_fn=lambda: [keras.callbacks.LearningRateScheduler(schedule)],
+        error_fn=lambda task: celeba_model.error_metric(),
+        error_name="error_percent",
+        gradnorm_layer=GRADNORM_LAYER)
+    options = pipeline.Options(
+        epochs=epochs, patience=None if patience is None or patience < 0 else patience,
+        seed=seed, steps_per_epoch=steps_per_epoch, verbose=verbose, every_n=every_n,
+        affinity_batch=affinity_batch, lookahead_rule=lookahead_rule,
+        divide_by_lr=divide_by_lr, affinity_epochs=affinity_epochs,
+        budgets=tuple(budgets), selection_path=selection, budget=budget,
+        selection_table=selection_table, uw_clipped=uw_clipped,
+        gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
+    results = pipeline.run(mode, experiment, options, output_dir=output_dir)
+    print(pipeline.format_summary(results))
+    print(f"Wrote {os.path.join(output_dir, pipeline.RESULTS_FILE)}")
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.mode is None:
+        raise app.UsageError(f"--mode is required: one of {MODES}.")
+    if FLAGS.mode == "prepare":
+        if not FLAGS.files_dir:
+            raise app.UsageError("--mode=prepare needs --files_dir (the original files).")
+        prepare(files_dir=FLAGS.files_dir, data_dir=FLAGS.data_dir,
+                verify_checksums=FLAGS.verify_checksums)
+        return
+    if FLAGS.mode == "groups" and not FLAGS.selection:
+        raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
+    try:
+        budgets = [int(b) for b in FLAGS.budgets]
+    except ValueError as e:
+        raise app.UsageError(f"--budgets must be integers. Received: {FLAGS.budgets}") from e
+    run_celeba(
+        FLAGS.mode, data_dir=FLAGS.data_dir,
+        output_dir=FLAGS.output_dir or os.path.join("runs", "celeba", FLAGS.mode),
+        tasks=FLAGS.tasks, seed=FLAGS.seed, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+        image_size=FLAGS.image_size, learning_rate=FLAGS.learning_rate,
+        lr_halving_epochs=FLAGS.lr_halving_epochs, patience=FLAGS.patience,
+        every_n=FLAGS.every_n, affinity_batch=FLAGS.affinity_batch,
+        lookahead_rule=FLAGS.lookahead_rule, divide_by_lr=FLAGS.divide_by_lr,
+        affinity_epochs=FLAGS.affinity_epochs, budgets=budgets, selection=FLAGS.selection,
+        budget=FLAGS.budget, selection_table=FLAGS.selection_table,
+        uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, cache=FLAGS.cache,
+        shuffle_buffer=FLAGS.shuffle_buffer, limit=FLAGS.limit,
+        steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses this script's flags, then absl's own (``--verbosity``...) from what is left."""
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help(include_special_flags=False))
+        raise SystemExit(0)
+    try:
+        remaining = FLAGS(argv, known_only=True)
+        return flags.FLAGS(remaining)
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}\nPass --help to see the flags.", file=sys.stderr)
+        raise SystemExit(1) from e
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,617 @@
+"""Runs the paper's experiment modes on any multi-task dataset (dataset-agnostic).
+
+A dataset folder (``celeba/``, ``taskonomy/``) describes its data and model once as an
+:class:`Experiment`, picks :class:`Options`, and calls :func:`run`::
+
+    experiment = pipeline.Experiment(
+        tasks=["a", "b", "c"],
+        network_fn=lambda tasks: build_network(tasks),      # outputs named by task
+        shared=["trunk_1", "trunk_2"],                       # layers every network shares
+        loss_fn=lambda task: keras.losses.MeanSquaredError(),
+        train_data=train, validation_data=val, test_data=test,   # (x, {task: y}) batches
+        optimizer_fn=lambda: keras.optimizers.SGD(5e-4, momentum=0.9),
+        callbacks_fn=lambda: [keras.callbacks.LearningRateScheduler(schedule)],
+        error_fn=lambda task: MyErrorMetric(name="error"),   # optional; default: the loss
+    )
+    results = pipeline.run("affinity", experiment, pipeline.Options(epochs=100),
+                           output_dir="runs/affinity")
+    print(pipeline.format_summary(results))
+
+Modes (:data:`MODES`); every one trains with early stopping on the summed (unweighted)
+validation loss, restores the best weights and evaluates each task on the test split:
+
+* ``affinity``: one network on all tasks recording TAG's lookahead affinity (Eq. 1) every
+  ``every_n`` steps; writes ``affinity.{json,npz,png}`` and, for ``budgets``, the network
+  selection ``selection.json`` (:func:`tag_tf.selection.run_selection`).
+* ``cs``: the same with the gradient cosine similarity baseline; ``cosine_affinity.*``.
+* ``mtl``: one network on all tasks, summed loss. ``stl``: one network per task.
+* ``uw``: uncertainty weighting; ``gradnorm``: GradNorm; ``pcgrad``: PCGrad with
+  uncertainty weighting (as the original CelebA code).
+* ``groups``: reads a selection JSON (``python -m tag_tf.select`` or
+  ``selection.reproduce_tables`` output, or a bare ``{"networks": [...]}``), trains every
+  chosen network on its tasks and serves each task from its serving network.
+
+:func:`run` returns and writes ``results.json`` (format :data:`RESULTS_FORMAT`)::
+
+  {"format", "mode", "tasks", "options", "seconds", "error_name",
+   "networks": [{"tasks", "serves", "epochs_run", "best_epoch", "stopped_early",
+                 "best_validation_loss", "seconds", "history": {key: [per epoch]},
+                 "test": {task: {"error", "loss"}}}],
+   "test_error": {task: error of its serving network}, "test_loss": {task: ...},
+   "total_test_error": sum over tasks, "mean_test_error": mean over tasks,
+   "affinity": {"measure", "path", "tasks", "matrix", "epochs_used"}   # affinity / cs
+   "selection": {"path", "budgets", "selections": [...]}               # affinity / cs
+   "groups": {"selection_path", "budget", "table"}}                    # groups
+
+References:
+  Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task Learning",
+  NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tag_tf
+from tag_tf import affinity_io
+from tag_tf import heatmap
+
+MODES = ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups")
+RESULTS_FORMAT = "tag_tf.pipeline/v1"
+RESULTS_FILE = "results.json"
+SELECTION_FILE = "selection.json"
+SUMMED_LOSS = "val_summed_loss"  # the early-stopping monitor
+_UNWEIGHTED = "unweighted_loss"  # per-task metric name: the task's loss, never re-weighted
+_MEASURE_OF_MODE = {"affinity": "lookahead", "cs": "cosine"}
+_FILE_STEMS = {"lookahead": "affinity", "cosine": "cosine_affinity"}
+
+Mode = Literal["affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything dataset-specific about an experiment.
+
+    Attributes:
+      tasks: the task names (network output names; label keys of the datasets).
+      network_fn: ``network_fn(tasks) -> keras.Model`` with one output per task, named by
+        task; called once per trained network (after seeding).
+      shared: the layers (names) every network shares: TAG's theta_s.
+      loss_fn: ``loss_fn(task)`` -> a Keras loss (name, ``Loss`` or callable) for the task.
+      train_data: batches of ``(x, {task: y})`` holding at least every task's labels
+        (shuffled by the dataset itself).
+      validation_data: the same for early stopping (and ``affinity_batch="validation"``).
+      test_data: the same for the final per-task error; None evaluates on validation.
+      optimizer_fn: ``optimizer_fn() -> keras.optimizers.Optimizer`` (a fresh one per network).
+      callbacks_fn: ``callbacks_fn() -> list`` of extra Keras callbacks per network, e.g.
+        the learning-rate schedule.
+      error_fn: ``error_fn(task) -> keras.metrics.Metric`` whose result is the task's test
+        error (lower is better; e.g. classification error in %). None: the task's loss.
+      error_name: what the error is, for reports (e.g. ``"error_percent"``).
+      gradnorm_layer: GradNorm's shared layer (None: :class:`tag_tf.GradNorm`'s default).
+    """
+
+    tasks: Sequence[str]
+    network_fn: Callable[[Sequence[str]], keras.Model]
+    shared: Sequence[str]
+    loss_fn: Callable[[str], Any]
+    train_data: tf.data.Dataset
+    validation_data: tf.data.Dataset
+    test_data: Optional[tf.data.Dataset]
+    optimizer_fn: Callable[[], keras.optimizers.Optimizer]
+    callbacks_fn: Callable[[], list] = list
+    error_fn: Optional[Callable[[str], keras.metrics.Metric]] = None
+    error_name: str = "loss"
+    gradnorm_layer: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to train and what to record (defaults follow the paper where it says).
+
+    Attributes:
+      epochs: maximum epochs per network.
+      patience: early-stopping patience in epochs on the summed validation loss (best
+        weights restored); None trains all ``epochs`` and keeps the final weights.
+      seed: ``keras.utils.set_random_seed`` before building each network.
+      steps_per_epoch: limit the steps of an epoch (debugging); None = the whole dataset.
+      verbose: Keras ``fit`` verbosity.
+      every_n: record affinities every n steps (``affinity``, ``cs``).
+      affinity_batch: ``"train"`` or ``"validation"`` (see :class:`tag_tf.AffinityConfig`).
+      lookahead_rule: ``"sgd"`` (Eq. 1) or ``"optimizer"`` (the optimizer's own step, e.g.
+        SGD momentum as the original CelebA code).
+      divide_by_lr: divide affinities by the learning rate (the original code).
+      affinity_window: record only in part of training: ``AffinityConfig.window`` (a name
+        of :data:`tag_tf.WINDOWS` or a ``(start, end)`` fraction pair); None = all.
+      affinity_epochs: ``"all"``: average over every epoch; ``"until_best"``: when early
+        stopping triggers, only over epochs up to the best one (the original code drops
+        the epochs after the best one). The affinity files are rewritten accordingly.
+      budgets: budgets to select networks for after ``affinity`` / ``cs`` (those above the
+        number of tasks are dropped); empty = no selection.
+      selection_path: the selection JSON for ``groups``.
+      budget: which budget of that file (needed when it holds several).
+      selection_table: which table of a ``reproduce_tables`` file (e.g. ``"TAG"``).
+      uw_clipped: ``UncertaintyWeighting(clipped=...)`` for ``uw`` and ``pcgrad``
+        (True: the original CelebA code's clipped variant).
+      gradnorm_alpha: GradNorm's alpha.
+      save_weights: write each trained network's weights to ``network_<k>.weights.h5``.
+      log_dir: TensorBoard directory (affinity scalars and heatmaps), or None.
+    """
+
+    epochs: int = 100
+    patience: Optional[int] = 10
+    seed: int = 0
+    steps_per_epoch: Optional[int] = None
+    verbose: int = 2
+    every_n: int = 10
+    affinity_batch: Literal["train", "validation"] = "train"
+    lookahead_rule: Literal["sgd", "optimizer"] = "sgd"
+    divide_by_lr: bool = False
+    affinity_window: Optional[Any] = None
+    affinity_epochs: Literal["all", "until_best"] = "all"
+    budgets: Sequence[int] = ()
+    selection_path: Optional[str] = None
+    budget: Optional[int] = None
+    selection_table: Optional[str] = None
+    uw_clipped: bool = True
+    gradnorm_alpha: float = 0.1
+    save_weights: bool = False
+    log_dir: Optional[str] = None
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be >= 0 or None. Received: patience={self.patience}")
+        if self.affinity_epochs not in ("all", "until_best"):
+            raise ValueError("affinity_epochs must be 'all' or 'until_best'. Received: "
+                             f"affinity_epochs={self.affinity_epochs!r}")
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+# --------------------------------------------------------------------------- selection input
+class ChosenNetwork(NamedTuple):
+    """A network to train: its tasks and the tasks it serves."""
+
+    tasks: tuple[str, ...]
+    serves: tuple[str, ...]
+
+
+class LoadedSelection(NamedTuple):
+    """Networks read from a selection JSON."""
+
+    tasks: tuple[str, ...]  # every served task, in file order
+    networks: tuple[ChosenNetwork, ...]
+    budget: Optional[int]
+    table: Optional[str]
+
+
+def load_selection(path: str, *, budget: Optional[int] = None,
+                   table: Optional[str] = None) -> LoadedSelection:
+    """Reads one selection: the networks to train and whom each serves.
+
+    Accepts ``tag_tf.selection/v1`` from ``python -m tag_tf.select`` / :func:`run` (a
+    ``selections`` list, one per budget), from ``reproduce_tables`` (a ``tables`` list;
+    pick one with ``table``), or a single selection ``{"networks": [{"tasks", "serves"}]}``
+    (``serves`` defaults to ``tasks``; a task served twice keeps its first network).
+    """
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Selection file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if "tables" in payload:
+        names = [t.get("name") for t in payload["tables"]]
+        if table is None and len(names) == 1:
+            table = names[0]
+        if table not in names:
+            raise ValueError(f"{path} holds tables {names}; choose one (selection_table). "
+                             f"Received: {table!r}")
+        payload = payload["tables"][names.index(table)]
+    if "selections" in payload:
+        selections = payload["selections"]
+        budgets = [s.get("budget") for s in selections]
+        if budget is None and len(selections) == 1:
+            budget = budgets[0]
+        if budget not in budgets:
+            raise ValueError(f"{path} holds budgets {budgets}; choose one (budget). "
+                             f"Received: {budget!r}")
+        payload = selections[budgets.index(budget)]
+    if "networks" not in payload or not payload["networks"]:
+        raise ValueError(f"{path}: no 'networks' in the selection.")
+    networks, served = [], []
+    for entry in payload["networks"]:
+        tasks = tuple(entry["tasks"])
+        serves = tuple(t for t in entry.get("serves", tasks) if t not in served)
+        unknown = [t for t in serves if t not in tasks]
+        if unknown:
+            raise ValueError(f"{path}: network {list(tasks)} serves {unknown}, which it does "
+                             "not train.")
+        served.extend(serves)
+        networks.append(ChosenNetwork(tasks, serves))
+    return LoadedSelection(tuple(served), tuple(networks), payload.get("budget", budget), table)
+
+
+# --------------------------------------------------------------------------- training pieces
+class SummedValidationLoss(keras.callbacks.Callback):
+    """Adds ``val_summed_loss`` (sum of the tasks' unweighted validation losses) to the logs.
+
+    Must come before ``EarlyStopping`` in the callback list.
+    """
+
+    def __init__(self, tasks: Sequence[str]):
+        super().__init__()
+        self.tasks = list(tasks)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        values = [_metric_value(logs, task, _UNWEIGHTED, self.tasks, prefix="val_")
+                  for task in self.tasks]
+        if all(v is not None for v in values):
+            logs[SUMMED_LOSS] = float(sum(values))
+
+
+def _metric_value(logs: Mapping[str, Any], task: str, name: str, tasks: Sequence[str], *,
+                  prefix: str = "") -> Optional[float]:
+    """A task's metric from Keras logs: ``<prefix><task>_<name>`` (``<prefix><name>`` when
+    the model has a single output, which Keras does not prefix)."""
+    key = f"{prefix}{task}_{name}"
+    if key in logs:
+        return logs[key]
+    if len(tasks) == 1 and f"{prefix}{name}" in logs:
+        return logs[f"{prefix}{name}"]
+    return None
+
+
+def _per_example(loss_spec: Any) -> Callable:
+    """The per-example form of a loss (for a metric averaged over examples)."""
+    loss = keras.losses.get(loss_spec) if not isinstance(loss_spec, keras.losses.Loss) \
+        else loss_spec
+    if isinstance(loss, keras.losses.Loss):
+        return loss.call
+    if callable(loss):
+        return loss
+    raise ValueError(f"Unsupported loss {loss_spec!r}.")
+
+
+def _select_labels(dataset: tf.data.Dataset, tasks: Sequence[str]) -> tf.data.Dataset:
+    """Keeps only ``tasks`` in the label (and sample-weight) dicts of each element."""
+    tasks = list(tasks)
+
+    def keep(*element):
+        x, y = element[0], element[1]
+        missing = [t for t in tasks if t not in y]
+        if missing:
+            raise ValueError(f"The dataset has no labels for task(s) {missing}; "
+                             f"labels: {sorted(y)}")
+        out = (x, {t: y[t] for t in tasks})
+        if len(element) > 2:
+            w = element[2]
+            out += ({t: w[t] for t in tasks} if isinstance(w, Mapping) else w,)
+        return out
+
+    return dataset.map(keep)
+
+
+def _method(mode: str, options: Options, experiment: Experiment) -> dict:
+    """MultiTaskModel keyword arguments for the training method of ``mode``."""
+    def need(name):
+        if not hasattr(tag_tf, name):
+            raise NotImplementedError(f"Mode {mode!r} needs tag_tf.{name}, which this tag_tf "
+                                      "does not provide.")
+        return getattr(tag_tf, name)
+
+    if mode == "uw":
+        return {"weighting": need("UncertaintyWeighting")(clipped=options.uw_clipped)}
+    if mode == "gradnorm":
+        return {"weighting": need("GradNorm")(alpha=options.gradnorm_alpha,
+                                              layer=experiment.gradnorm_layer)}
+    if mode == "pcgrad":
+        return {"weighting": need("UncertaintyWeighting")(clipped=options.uw_clipped),
+                "gradient": need("PCGrad")(seed=options.seed)}
+    return {}
+
+
+def _affinity_config(mode: str, options: Options, validation) -> Optional[tag_tf.AffinityConfig]:
+    if mode not in _MEASURE_OF_MODE:
+        return None
+    kwargs = dict(every_n=options.every_n, rule=options.lookahead_rule,
+                  divide_by_lr=options.divide_by_lr, batch=options.affinity_batch,
+                  window=options.affinity_window,
+                  validation_data=validation if options.affinity_batch == "validation"
+                  else None)
+    if mode == "cs":
+        kwargs["measures"] = ("cosine",)
+    return tag_tf.AffinityConfig(**kwargs)
+
+
+def _finite(value: Any) -> Optional[float]:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def train_network(experiment: Experiment, options: Options, tasks: Sequence[str], *,
+                  mode: str = "mtl", output_dir: Optional[str] = None,
+                  index: int = 0) -> tuple[tag_tf.MultiTaskModel, dict]:
+    """Builds, trains (early stopping) and tests one network on ``tasks``.
+
+    Returns the trained model and a JSON-ready description (history, best epoch, test
+    error and loss per task). In ``affinity`` / ``cs`` mode, ``output_dir`` receives the
+    affinity files.
+    """
+    tasks = list(tasks)
+    keras.utils.set_random_seed(options.seed)
+    start = time.perf_counter()
+    train = _select_labels(experiment.train_data, tasks)
+    validation = _select_labels(experiment.validation_data, tasks)
+    test_source = experiment.test_data if experiment.test_data is not None \
+        else experiment.validation_data
+    test = _select_labels(test_source, tasks)
+
+    network = experiment.network_fn(tasks)
+    model = tag_tf.MultiTaskModel(network, shared=list(experiment.shared),
+                                  affinity=_affinity_config(mode, options, validation),
+                                  **_method(mode, options, experiment))
+    losses = {task: experiment.loss_fn(task) for task in tasks}
+    metrics = {}
+    for task in tasks:
+        task_metrics = [keras.metrics.MeanMetricWrapper(_per_example(losses[task]),
+                                                        name=_UNWEIGHTED)]
+        if experiment.error_fn is not None:
+            task_metrics.append(experiment.error_fn(task))
+        metrics[task] = task_metrics
+    model.compile(optimizer=experiment.optimizer_fn(), loss=losses, metrics=metrics)
+
+    callbacks = list(experiment.callbacks_fn()) + [SummedValidationLoss(tasks)]
+    stopper = None
+    if options.patience is not None:
+        stopper = keras.callbacks.EarlyStopping(monitor=SUMMED_LOSS, mode="min",
+                                                patience=options.patience,
+                                                restore_best_weights=True)
+        callbacks.append(stopper)
+    if model.affinity_config is not None:
+        callbacks.append(tag_tf.AffinityLogger(output_dir=output_dir, log_dir=options.log_dir))
+    history = model.fit(train, validation_data=validation, epochs=options.epochs, shuffle=False,
+                        steps_per_epoch=options.steps_per_epoch, callbacks=callbacks,
+                        verbose=options.verbose)
+    summed = history.history.get(SUMMED_LOSS, [])
+    epochs_run = len(history.history.get("loss", []))
+    stopped_early = bool(stopper is not None and stopper.stopped_epoch > 0)
+    finite = [v if v is not None and math.isfinite(v) else math.inf for v in summed]
+    best_epoch = int(np.argmin(finite)) if finite else epochs_run - 1  # EarlyStopping's choice
+
+    evaluation = model.evaluate(test, return_dict=True, verbose=0)
+    error_key = None if experiment.error_fn is None else metrics[tasks[0]][1].name
+    test_result = {}
+    for task in tasks:
+        loss = _metric_value(evaluation, task, _UNWEIGHTED, tasks)
+        error = _metric_value(evaluation, task, error_key, tasks) if error_key else loss
+        if loss is None or error is None:
+            raise RuntimeError(f"evaluate() did not report task {task!r}'s metrics: "
+                               f"{sorted(evaluation)}")
+        test_result[task] = {"error": _finite(error), "loss": _finite(loss)}
+    if options.save_weights and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        model.save_weights(os.path.join(output_dir, f"network_{index}.weights.h5"))
+    info = {
+        "tasks": tasks,
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "stopped_early": stopped_early,
+        "best_validation_loss": _finite(summed[best_epoch]) if summed else None,
+        "seconds": time.perf_counter() - start,
+        "history": {k: [_finite(v) for v in values] for k, values in history.history.items()},
+        "test": test_result,
+        "test_split": "test" if experiment.test_data is not None else "validation",
+    }
+    return model, info
+
+
+# --------------------------------------------------------------------------- affinity output
+def _restrict_epochs(record: affinity_io.AffinityRecord,
+                     last_epoch: int) -> affinity_io.AffinityRecord:
+    """The count-weighted mean over the trace's epochs ``<= last_epoch``."""
+    kept = [e for e in (record.epochs or []) if e["epoch"] <= last_epoch]
+    if not kept:
+        return record
+    total = np.zeros_like(np.asarray(record.affinity, dtype=np.float64))
+    counts = np.zeros_like(total)
+    for epoch in kept:
+        mean = np.array([[np.nan if v is None else v for v in row] for row in epoch["affinity"]],
+                        dtype=np.float64)
+        count = np.asarray(epoch["counts"], dtype=np.float64)
+        total += np.where(count > 0, np.nan_to_num(mean) * count, 0.0)
+        counts += count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        affinity = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+    skipped = None
+    if all("skipped" in e for e in kept):
+        skipped = sum(np.asarray(e["skipped"], dtype=np.int64) for e in kept)
+    config = dict(record.config or {})
+    config["epochs_used"] = [int(e["epoch"]) for e in kept]
+    return record._replace(affinity=affinity, counts=counts.astype(np.int64), skipped=skipped,
+                           config=config)
+
+
+def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Optional[str],
+                     model: tag_tf.MultiTaskModel) -> dict:
+    """Applies ``affinity_epochs``, (re)writes the files, selects networks; returns the entry."""
+    measure = _MEASURE_OF_MODE[mode]
+    stem = _FILE_STEMS[measure]
+    path = os.path.join(output_dir, stem + ".json") if output_dir else None
+    if path and os.path.exists(path):
+        record = affinity_io.load_affinity(path)
+    else:
+        record = model.affinity_record(measure)
+    # Recompute the mean from the per-epoch trace: EarlyStopping(restore_best_weights) also
+    # rolls the model's affinity accumulators back to the best epoch.
+    last = max((e["epoch"] for e in record.epochs or []), default=None)
+    if options.affinity_epochs == "until_best" and info["stopped_early"]:
+        last = info["best_epoch"]
+    if last is not None:
+        record = _restrict_epochs(record, last)
+        if path:
+            affinity_io.save_affinity_json(path, record)
+            affinity_io.save_affinity_npz(os.path.join(output_dir, stem + ".npz"), record)
+            heatmap.write_heatmap_png(os.path.join(output_dir, stem + ".png"), record.affinity)
+    epochs_used = (record.config or {}).get("epochs_used") or \
+        [int(e["epoch"]) for e in (record.epochs or [])]
+    entry = {"measure": measure, "path": path, "tasks": list(record.tasks),
+             "matrix": [[_finite(v) for v in row] for row in np.asarray(record.affinity)],
+             "epochs_used": epochs_used}
+    return entry
+
+
+def _select(affinity_path: str, tasks: Sequence[str], budgets: Sequence[int],
+            output_dir: str) -> dict:
+    from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
+    usable = sorted({int(b) for b in budgets if 1 <= int(b) <= len(tasks)})
+    if not usable:
+        return {}
+    path = os.path.join(output_dir, SELECTION_FILE)
+    report = api.run_selection(affinity_path=affinity_path, budgets=usable, output_path=path)
+    return {"path": path, "budgets": usable, "selections": report.payload["selections"]}
+
+
+# --------------------------------------------------------------------------- entry point
+def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
+        output_dir: Optional[str] = None) -> dict:
+    """Runs one mode end to end; returns the results and writes ``results.json``.
+
+    Args:
+      mode: one of :data:`MODES`.
+      experiment: the dataset's :class:`Experiment`.
+      options: :class:`Options`.
+      output_dir: where to write ``results.json`` (and affinity / selection / weight
+        files); None writes nothing (affinity selection then needs a directory: skipped).
+
+    Returns:
+      The results dict (see the module docstring).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
+    tasks = affinity_io.validate_tasks(experiment.tasks)
+    start = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if mode == "groups":
+        if not options.selection_path:
+            raise ValueError("Mode 'groups' needs options.selection_path (a selection JSON).")
+        chosen = load_selection(options.selection_path, budget=options.budget,
+                                table=options.selection_table)
+        unknown = sorted({t for n in chosen.networks for t in n.tasks} - set(tasks))
+        if unknown:
+            raise ValueError(f"The selection trains task(s) {unknown} that the experiment "
+                             f"lacks; experiment tasks: {tasks}")
+        networks = list(chosen.networks)
+        tasks = [t for t in tasks if t in chosen.tasks]
+        extra["groups"] = {"selection_path": os.path.abspath(options.selection_path),
+                           "budget": chosen.budget, "table": chosen.table}
+    elif mode == "stl":
+        networks = [ChosenNetwork((t,), (t,)) for t in tasks]
+    else:
+        networks = [ChosenNetwork(tuple(tasks), tuple(tasks))]
+
+    infos = []
+    for k, chosen_network in enumerate(networks):
+        model, info = train_network(experiment, options, chosen_network.tasks, mode=mode,
+                                    output_dir=output_dir, index=k)
+        info["serves"] = list(chosen_network.serves)
+        infos.append(info)
+        if mode in _MEASURE_OF_MODE:
+            extra["affinity"] = _finish_affinity(mode, options, info, output_dir, model)
+            if options.budgets and output_dir and extra["affinity"]["path"]:
+                extra["selection"] = _select(extra["affinity"]["path"], tasks,
+                                             options.budgets, output_dir)
+        del model
+        keras.backend.clear_session()
+
+    test_error, test_loss = {}, {}
+    for info in infos:
+        for task in info["serves"]:
+            test_error[task] = info["test"][task]["error"]
+            test_loss[task] = info["test"][task]["loss"]
+    errors = [test_error[t] for t in tasks if test_error.get(t) is not None]
+    results = {
+        "format": RESULTS_FORMAT,
+        "mode": mode,
+        "tasks": list(tasks),
+        "error_name": experiment.error_name,
+        "options": options.to_json(),
+        "seconds": time.perf_counter() - start,
+        "networks": infos,
+        "test_error": {t: test_error.get(t) for t in tasks},
+        "test_loss": {t: test_loss.get(t) for t in tasks},
+        "total_test_error": float(sum(errors)) if len(errors) == len(tasks) else None,
+        "mean_test_error": float(np.mean(errors)) if len(errors) == len(tasks) else None,
+        **extra,
+    }
+    if output_dir:
+        write_results(os.path.join(output_dir, RESULTS_FILE), results)
+    return results
+
+
+def write_results(path: str, results: dict) -> None:
+    """Writes ``results`` as indented JSON (non-finite numbers become null)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _fmt(value: Optional[float], spec: str = ".4g") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_summary(results: Mapping[str, Any]) -> str:
+    """A short human summary: networks, per-task test error and loss, total, affinity."""
+    tasks = results["tasks"]
+    lines = [f"mode {results['mode']}: {len(tasks)} task(s), {len(results['networks'])} "
+             f"network(s), {results['seconds']:.1f} s"]
+    for k, net in enumerate(results["networks"], start=1):
+        stop = "early stop" if net["stopped_early"] else "no early stop"
+        lines.append(f"  network {k}: {{{', '.join(net['tasks'])}}}  {net['epochs_run']} "
+                     f"epoch(s), best {net['best_epoch'] + 1} ({stop}), summed val loss "
+                     f"{_fmt(net['best_validation_loss'])}, {net['seconds']:.1f} s")
+    served_by = {t: k for k, net in enumerate(results["networks"], start=1)
+                 for t in net["serves"]}
+    width = max(len(t) for t in tasks + ["total"])
+    name = results.get("error_name", "error")
+    lines.append(f"  {'task'.ljust(width)}  network  test {name:>10}  test loss")
+    for task in tasks:
+        lines.append(f"  {task.ljust(width)}  {str(served_by.get(task, '-')).rjust(7)}  "
+                     f"{_fmt(results['test_error'][task]).rjust(15)}  "
+                     f"{_fmt(results['test_loss'][task])}")
+    lines.append(f"  {'total'.ljust(width)}  {''.rjust(7)}  "
+                 f"{_fmt(results['total_test_error']).rjust(15)}")
+    if "affinity" in results:
+        entry = results["affinity"]
+        matrix = np.array([[np.nan if v is None else v for v in row] for row in entry["matrix"]])
+        lines.append(f"  {entry['measure']} affinity [source, target] over epochs "
+                     f"{entry['epochs_used']} -> {entry['path']}")
+        lines.append("    " + heatmap.format_matrix(matrix, entry["tasks"]).replace("\n", "\n    "))
+    if results.get("selection"):
+        lines.append(f"  selection -> {results['selection']['path']}")
+        for s in results["selection"]["selections"]:
+            nets = " ".join("{" + ",".join(n["tasks"]) + "}" for n in s["networks"])
+            lines.append(f"    budget {s['budget']}: {nets}  objective {_fmt(s['objective'])}")
+    if "groups" in results:
+        g = results["groups"]
+        lines.append(f"  selection {g['selection_path']} (budget {g['budget']}"
+                     + (f", table {g['table']}" if g["table"] else "") + ")")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""tag_tf.pipeline: selection input, epoch restriction, early-stopping monitor, and tiny runs."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tag_tf import affinity_io
+from tag_tf import pipeline
+from tag_tf import synthetic
+from tag_tf.selection import api as selection_api
+
+
+# ----------------------------------------------------------------------------- fast
+def _write(path, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f)
+    return str(path)
+
+
+def test_load_selection_formats(tmp_path):
+    tasks = ["a", "b", "c", "d"]
+    matrix = np.array([[0, 3, -1, -1], [3, 0, -1, -1], [-1, -1, 0, 2], [-1, -1, 2, 0.]])
+    affinity_path = str(tmp_path / "affinity.json")
+    affinity_io.save_affinity_json(affinity_path, affinity_io.AffinityRecord(tasks, matrix))
+    path = str(tmp_path / "selection.json")
+    selection_api.run_selection(affinity_path=affinity_path, budgets=[1, 2], output_path=path)
+    chosen = pipeline.load_selection(path, budget=2)
+    assert chosen.budget == 2 and sorted(chosen.tasks) == tasks
+    assert [n.tasks for n in chosen.networks] == [("a", "b"), ("c", "d")]
+    with pytest.raises(ValueError, match="budgets"):
+        pipeline.load_selection(path)  # two budgets: which one?
+
+    with open(path) as f:
+        one = json.load(f)["selections"][1]
+    tables = _write(tmp_path / "tables.json", {"tables": [
+        {"name": "TAG", "selections": [one]}, {"name": "CS", "selections": [one]}]})
+    assert pipeline.load_selection(tables, table="CS").networks == chosen.networks
+    with pytest.raises(ValueError, match="tables"):
+        pipeline.load_selection(tables)
+
+    bare = _write(tmp_path / "bare.json", {"networks": [
+        {"tasks": ["a", "b", "c"], "serves": ["a", "b"]}, {"tasks": ["c", "a"]}]})
+    chosen = pipeline.load_selection(bare)
+    assert chosen.networks[1].serves == ("c",)  # "a" is already served by network 1
+    bad = _write(tmp_path / "bad.json", {"networks": [{"tasks": ["a"], "serves": ["b"]}]})
+    with pytest.raises(ValueError, match="does not train"):
+        pipeline.load_selection(bad)
+    with pytest.raises(FileNotFoundError):
+        pipeline.load_selection(str(tmp_path / "missing.json"))
+
+
+def test_restrict_epochs_is_the_count_weighted_mean():
+    epochs = [
+        {"epoch": 0, "affinity": [[1.0, 2.0], [None, 4.0]], "counts": [[1, 1], [0, 1]],
+         "skipped": [[0, 0], [1, 0]]},
+        {"epoch": 1, "affinity": [[3.0, 2.0], [5.0, 0.0]], "counts": [[3, 1], [2, 1]],
+         "skipped": [[0, 0], [0, 0]]},
+        {"epoch": 2, "affinity": [[9.0, 9.0], [9.0, 9.0]], "counts": [[1, 1], [1, 1]],
+         "skipped": [[0, 0], [0, 0]]},
+    ]
+    record = affinity_io.AffinityRecord(["a", "b"], np.zeros((2, 2)), epochs=epochs, config={})
+    restricted = pipeline._restrict_epochs(record, 1)
+    np.testing.assert_allclose(restricted.affinity, [[2.5, 2.0], [5.0, 2.0]])
+    np.testing.assert_array_equal(restricted.counts, [[4, 2], [2, 2]])
+    np.testing.assert_array_equal(restricted.skipped, [[0, 0], [1, 0]])
+    assert restricted.config["epochs_used"] == [0, 1]
+    assert len(restricted.epochs) == 3  # the trace itself is kept
+
+
+def test_summed_validation_loss():
+    callback = pipeline.SummedValidationLoss(["a", "b"])
+    logs = {"val_a_unweighted_loss": 1.0, "val_b_unweighted_loss": 2.5, "val_loss": 9.0}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_summed_loss"] == 3.5
+    single = {"val_unweighted_loss": 0.5}  # Keras does not prefix a single output's metrics
+    pipeline.SummedValidationLoss(["a"]).on_epoch_end(0, single)
+    assert single["val_summed_loss"] == 0.5
+
+
+def _experiment(num_tasks=3, **overrides):
+    problem = synthetic.planted_tasks(num_tasks, min(num_tasks, 3))
+    kwargs = dict(
+        tasks=problem.tasks,
+        network_fn=lambda tasks: synthetic.planted_network(list(tasks), problem.input_dim),
+        shared=list(synthetic.SHARED_LAYERS),
+        loss_fn=lambda task: "mse",
+        train_data=problem.dataset(64, batch_size=16, seed=0),
+        validation_data=problem.dataset(32, batch_size=16, seed=1, shuffle=False),
+        test_data=problem.dataset(32, batch_size=16, seed=2, shuffle=False),
+        optimizer_fn=lambda: keras.optimizers.SGD(0.05, momentum=0.9))
+    kwargs.update(overrides)
+    return pipeline.Experiment(**kwargs)
+
+
+def test_argument_errors(tmp_path):
+    experiment = _experiment()
+    with pytest.raises(ValueError, match="mode"):
+        pipeline.run("tag", experiment)
+    with pytest.raises(ValueError, match="selection_path"):
+        pipeline.run("groups", experiment)
+    other = _write(tmp_path / "sel.json", {"networks": [{"tasks": ["task_0", "zzz"]}]})
+    with pytest.raises(ValueError, match="zzz"):
+        pipeline.run("groups", experiment, pipeline.Options(selection_path=other))
+    for bad in (dict(epochs=0), dict(patience=-1), dict(affinity_epochs="best")):
+        with pytest.raises(ValueError):
+            pipeline.Options(**bad)
+
+
+def test_format_summary():
+    results = {
+        "mode": "groups", "tasks": ["a", "b"], "seconds": 1.0, "error_name": "error",
+        "networks": [{"tasks": ["a", "b"], "serves": ["a"], "epochs_run": 3, "best_epoch": 1,
+                      "stopped_early": True, "best_validation_loss": 0.5, "seconds": 0.5},
+                     {"tasks": ["b"], "serves": ["b"], "epochs_run": 2, "best_epoch": 1,
+                      "stopped_early": False, "best_validation_loss": None, "seconds": 0.5}],
+        "test_error": {"a": 1.5, "b": None}, "test_loss": {"a": 0.1, "b": None},
+        "total_test_error": None,
+        "groups": {"selection_path": "s.json", "budget": 2, "table": "TAG"},
+    }
+    text = pipeline.format_summary(results)
+    assert "mode groups: 2 task(s), 2 network(s)" in text
+    assert "best 2 (early stop)" in text and "n/a" in text and "table TAG" in text
+
+
+def test_affinity_config_of_each_mode():
+    options = pipeline.Options(every_n=3, lookahead_rule="optimizer", divide_by_lr=True,
+                               affinity_window="first")
+    config = pipeline._affinity_config("affinity", options, None)
+    assert (config.every_n, config.rule, config.divide_by_lr, config.window) == (
+        3, "optimizer", True, "first")
+    assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
+    assert pipeline._affinity_config("mtl", options, None) is None
+    assert options.to_json()["affinity_window"] == "first"
+
+
+# ----------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_affinity_selection_groups_chain(tmp_path):
+    experiment = _experiment()
+    options = pipeline.Options(epochs=2, patience=1, verbose=0, every_n=1, budgets=(1, 2, 9),
+                               affinity_epochs="until_best")
+    out = str(tmp_path / "affinity")
+    results = pipeline.run("affinity", experiment, options, output_dir=out)
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    network = results["networks"][0]
+    summed = network["history"]["val_summed_loss"]
+    assert network["best_epoch"] == int(np.argmin(summed))
+    record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
+    used = results["affinity"]["epochs_used"]
+    last = network["best_epoch"] if network["stopped_early"] else network["epochs_run"] - 1
+    assert used == list(range(last + 1)) == record.config["epochs_used"]
+    expected = pipeline._restrict_epochs(record, last)
+    np.testing.assert_allclose(record.affinity, expected.affinity)
+    assert np.isfinite(record.affinity).all() and record.affinity.shape == (3, 3)
+    assert results["selection"]["budgets"] == [1, 2]  # 9 > 3 tasks is dropped
+    for task in experiment.tasks:  # error_fn=None: the error is the test loss
+        assert results["test_error"][task] == results["test_loss"][task] > 0
+
+    groups = pipeline.run("groups", experiment, pipeline.Options(
+        epochs=1, verbose=0, patience=None, selection_path=results["selection"]["path"],
+        budget=2), output_dir=str(tmp_path / "groups"))
+    chosen = pipeline.load_selection(results["selection"]["path"], budget=2)
+    assert [tuple(n["tasks"]) for n in groups["networks"]] == [n.tasks for n in chosen.networks]
+    assert sorted(groups["test_error"]) == sorted(experiment.tasks)
+    assert groups["total_test_error"] == pytest.approx(sum(groups["test_error"].values()))
+    assert "mode groups" in pipeline.format_summary(groups)
+
+
+@pytest.mark.slow
+def test_stl_with_an_error_metric(tmp_path):
+    experiment = _experiment(2, error_fn=lambda task: keras.metrics.MeanAbsoluteError(
+        name="mae"), error_name="mae", test_data=None)
+    results = pipeline.run("stl", experiment, pipeline.Options(epochs=1, verbose=0),
+                           output_dir=str(tmp_path))
+    assert [n["tasks"] for n in results["networks"]] == [["task_0"], ["task_1"]]
+    for network in results["networks"]:
+        assert network["test_split"] == "validation"
+        (task,) = network["tasks"]
+        assert results["test_error"][task] == network["test"][task]["error"] > 0
+        assert results["test_error"][task] != results["test_loss"][task]
+
