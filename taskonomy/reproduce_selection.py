@@ -17,23 +17,14 @@ from absl import flags
 
 from tag_tf import selection
 
+from taskonomy.published_tables import tables
+
 FLAGS = flags.FLAGS
-PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published")
 
 flags.DEFINE_list("budgets", ["1", "2", "3", "4"], "Budgets (numbers of networks).")
 flags.DEFINE_string("output", os.path.join("outputs", "taskonomy_selection.json"),
                     "Where to write the JSON.")
 flags.DEFINE_integer("random_samples", 1000, "Random groupings per budget (0 to skip).")
-
-
-def tables(published_dir: str = PUBLISHED) -> list:
-    """The Taskonomy tables and how the paper selects from each."""
-    return [
-        selection.TableSpec("TAG", os.path.join(published_dir, "taskonomy_tag_affinity.json")),
-        selection.TableSpec("CS", os.path.join(published_dir, "taskonomy_cs_affinity.json")),
-        selection.TableSpec("HOA", os.path.join(published_dir, "taskonomy_hoa_pairwise.json"),
-                            minimize=True, singletons="diagonal"),
-    ]
 
 
 def main(argv):

@@ -1,0 +1,436 @@
+"""The paper's Taskonomy experiment: ``python -m taskonomy.main --mode=...``.
+
+  # TAG affinities (every 10 steps) + network selection for budgets 1..4
+  python -m taskonomy.main --mode=affinity --data_dir=/data/taskonomy \\
+      --output_dir=runs/taskonomy/affinity --mixed_precision
+  # train the chosen networks of one budget; test loss per task and in total
+  python -m taskonomy.main --mode=groups --data_dir=/data/taskonomy \\
+      --selection=runs/taskonomy/affinity/selection.json --budget=3 --output_dir=runs/taskonomy/tag3
+  # baselines
+  python -m taskonomy.main --mode={cs,mtl,stl,uw,gradnorm,pcgrad} --data_dir=/data/taskonomy ...
+  # optional: pack the PNGs of the three splits into TFRecords, then train from them
+  python -m taskonomy.main --mode=convert --data_dir=/data/taskonomy --output_dir=/data/tfrec
+  python -m taskonomy.main --mode=mtl --tfrecord_dir=/data/tfrec ...
+
+Hyper-parameters follow google-research ``tag/taskonomy/tag.patch`` (over Standley et al.'s
+``train_taskonomy.py``): tasks ``sdntk``, 256 x 256 inputs, batch 96 (evaluation batch 48),
+SGD lr 0.1, momentum 0.9, weight decay 1e-4 (PyTorch style: added to the gradient), the
+original's plateau test halving the learning rate (:class:`PlateauHalving`), training stops
+when the learning rate falls below 3e-5 or after 100 epochs (an epoch is a fifth of the data
+past 10000 batches), the test split is evaluated with the weights of the best validation
+epoch; shift-tolerant depth and normal losses (``--rotate_loss``, on in ``tag.patch``);
+lookahead every 10 steps with the optimizer's momentum step, divided by the learning rate as
+the original; GradNorm alpha 1.5 at the shared representation. Every mode prints a summary and
+writes ``<output_dir>/results.json`` (see taskonomy/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+import keras
+from absl import app
+from absl import flags
+from absl import logging
+
+# Own flag registry (names such as --tasks also exist in tag_tf.select and other scripts).
+FLAGS = flags.FlagValues()
+
+# tag.patch settings.
+TASKS = "sdntk"
+BATCH_SIZE = 96
+EPOCHS = 100
+LEARNING_RATE = 0.1
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+MIN_LEARNING_RATE = 3e-5
+LOSS_WINDOW = 500_000  # examples; loss_tracking_window_initial
+MAX_LOSS_WINDOW = 2_000_000  # maximum_loss_tracking_window
+PLATEAU_START_EPOCH = 2  # "don't reduce learning rate until the second epoch has ended"
+GRADNORM_ALPHA = 1.5  # GradNormRepFunction: r_i ** 1.5
+BUDGETS = (1, 2, 3, 4)
+MODES = ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups", "convert")
+
+_IN = {"flag_values": FLAGS}
+flags.DEFINE_enum("mode", None, list(MODES), "What to run (see taskonomy/README.md).", **_IN)
+flags.DEFINE_string("data_dir", None, "Taskonomy root: rgb/<building>/*.png and one folder "
+                    "per task domain.", **_IN)
+flags.DEFINE_string("tfrecord_dir", None, "Read the splits from --mode=convert output instead "
+                    "of --data_dir.", **_IN)
+flags.DEFINE_string("splits_dir", None, "Folder with {train,val,test}_models.txt; default: "
+                    "taskonomy/splits (the original lists).", **_IN)
+flags.DEFINE_string("output_dir", None, "Where results go; default runs/taskonomy/<mode>.",
+                    **_IN)
+flags.DEFINE_string("tasks", TASKS, "Tasks as letters (s=segment_semantic, d=depth_zbuffer, "
+                    "n=normal, t=edge_texture, k=keypoints2d) or comma-separated names. "
+                    "Mode 'groups' takes them from the selection.", **_IN)
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and flips.", **_IN)
+flags.DEFINE_integer("epochs", EPOCHS, "Maximum epochs per network.", **_IN)
+flags.DEFINE_integer("batch_size", BATCH_SIZE, "Training batch size.", **_IN)
+flags.DEFINE_integer("eval_batch_size", None, "Validation/test batch size (default half the "
+                     "training batch).", **_IN)
+flags.DEFINE_integer("image_size", 256, "Inputs and targets are resized to this (multiple "
+                     "of 16).", **_IN)
+flags.DEFINE_enum("widths", "tag", ["tag", "standley", "tiny"], "Network widths preset "
+                  "(taskonomy.model.PRESETS); 'tag' is the paper's.", **_IN)
+flags.DEFINE_float("learning_rate", LEARNING_RATE, "Initial SGD learning rate.", **_IN)
+flags.DEFINE_float("momentum", MOMENTUM, "SGD momentum.", **_IN)
+flags.DEFINE_float("weight_decay", WEIGHT_DECAY, "L2 weight decay added to the gradient "
+                   "(PyTorch SGD's weight_decay).", **_IN)
+flags.DEFINE_float("min_learning_rate", MIN_LEARNING_RATE, "Stop when the learning rate "
+                   "falls below this.", **_IN)
+flags.DEFINE_integer("loss_window", LOSS_WINDOW, "Plateau test window, in examples.", **_IN)
+flags.DEFINE_integer("max_loss_window", MAX_LOSS_WINDOW, "Largest plateau test window.", **_IN)
+flags.DEFINE_integer("patience", -1, "Early-stopping patience (epochs) on the summed "
+                     "validation loss; -1 (the original): never stop early, but test the "
+                     "best validation epoch's weights.", **_IN)
+flags.DEFINE_bool("rotate_loss", True, "Shift-tolerant depth/normal losses (tag.patch's "
+                  "default).", **_IN)
+flags.DEFINE_bool("augment", True, "Random horizontal flips for training.", **_IN)
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute with loss scaling "
+                  "(affinities use unscaled losses).", **_IN)
+flags.DEFINE_integer("every_n", 10, "affinity / cs: record every n training steps.", **_IN)
+flags.DEFINE_enum("affinity_batch", "train", ["train", "validation"],
+                  "affinity / cs: measure the loss change on the training batch or on a "
+                  "validation batch.", **_IN)
+flags.DEFINE_enum("lookahead_rule", "optimizer", ["sgd", "optimizer"],
+                  "affinity: lookahead step; 'optimizer' = SGD with momentum (the original "
+                  "meant this but never applied the momentum); 'sgd' = Eq. 1.", **_IN)
+flags.DEFINE_bool("divide_by_lr", True, "affinity: divide Z by the learning rate, as the "
+                  "original (false: Eq. 1 exactly).", **_IN)
+flags.DEFINE_list("budgets", [str(b) for b in BUDGETS], "affinity / cs: select networks for "
+                  "these budgets (empty: no selection).", **_IN)
+flags.DEFINE_string("selection", None, "groups: selection JSON (affinity mode's "
+                    "selection.json, python -m tag_tf.select or "
+                    "taskonomy.reproduce_selection).", **_IN)
+flags.DEFINE_integer("budget", None, "groups: which budget of the selection file.", **_IN)
+flags.DEFINE_string("selection_table", None, "groups: which table (TAG, CS, HOA) of a "
+                    "reproduce_selection file.", **_IN)
+flags.DEFINE_bool("uw_clipped", False, "uw / pcgrad: clipped uncertainty weights (the CelebA "
+                  "notebook's form); false: Kendall et al.'s log-variance form.", **_IN)
+flags.DEFINE_float("gradnorm_alpha", GRADNORM_ALPHA, "gradnorm: alpha.", **_IN)
+flags.DEFINE_integer("limit", None, "Debugging: at most N images per building.", **_IN)
+flags.DEFINE_integer("steps_per_epoch", None, "Debugging: steps per epoch (default: the "
+                     "original's rule).", **_IN)
+flags.DEFINE_integer("shards", None, "convert: shards per split (default one per 2000 "
+                     "images).", **_IN)
+flags.DEFINE_bool("save_weights", False, "Write each network's weights to the output dir.",
+                  **_IN)
+flags.DEFINE_bool("tensorboard", False, "Log affinity scalars/heatmaps to <output_dir>/tb.",
+                  **_IN)
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.", **_IN)
+
+
+# --------------------------------------------------------------------------- training schedule
+class PlateauHalving(keras.callbacks.Callback):
+    """The original's learning-rate schedule (``Trainer.learning_rate_schedule``).
+
+    After every step from epoch ``start_epoch`` on, once more than ``window // batch_size``
+    steps have passed since the last change: compare the first 3/8 and the last 3/8 of the
+    last window of per-step training losses (each sorted, 5 % trimmed at both ends, cut to a
+    common length) with a paired t-test; if the loss went up (t < 0) or the difference is not
+    significant (p > 0.99), halve the learning rate (``lr0 * 0.5 ** halvings``) and double the
+    window (at most ``max_window``). Training stops at the end of an epoch whose learning rate
+    is below ``min_learning_rate`` (the original checks before the next epoch).
+
+    Per-step losses are recovered from Keras' running epoch mean (equal batch sizes).
+
+    Args:
+      batch_size: training batch size (the window is in examples).
+      window, max_window: initial and largest window, in examples.
+      min_learning_rate: stop below this.
+      start_epoch: first epoch (0-based) allowed to halve.
+    """
+
+    def __init__(self, batch_size: int, *, window: int = LOSS_WINDOW,
+                 max_window: int = MAX_LOSS_WINDOW,
+                 min_learning_rate: float = MIN_LEARNING_RATE,
+                 start_epoch: int = PLATEAU_START_EPOCH):
+        super().__init__()
+        if batch_size < 1 or window < batch_size:
+            raise ValueError(f"Need 1 <= batch_size <= window. Received: batch_size="
+                             f"{batch_size}, window={window}")
+        self.batch_size = batch_size
+        self.window = window
+        self.max_window = max_window
+        self.min_learning_rate = min_learning_rate
+        self.start_epoch = start_epoch
+        self.history: list[float] = []
+        self.halvings = 0
+        self.last_change = 0
+        self.lr0 = None
+        self._epoch = 0
+        self._previous_mean = 0.0
+
+    def _lr(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_begin(self, logs=None):
+        if self.lr0 is None:
+            self.lr0 = self._lr()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._previous_mean = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs or "loss" not in logs:
+            return
+        mean = float(logs["loss"])
+        step_loss = (batch + 1) * mean - batch * self._previous_mean
+        self._previous_mean = mean
+        self.history.append(step_loss)
+        if self._epoch < self.start_epoch:
+            return
+        steps = self.window // self.batch_size
+        if len(self.history) - self.last_change <= steps:
+            return
+        t, p = plateau_test(self.history[-steps:])
+        if t < 0 or p > 0.99:
+            self.halvings += 1
+            self.last_change = len(self.history)
+            self.model.optimizer.learning_rate.assign(self.lr0 * 0.5 ** self.halvings)
+            self.window = min(self.max_window, self.window * 2)
+            logging.info("Step %d: learning rate halved to %g (t=%.3g, p=%.3g).",
+                         len(self.history), self._lr(), t, p)
+
+    def on_epoch_end(self, epoch, logs=None):
+        lr = self._lr()
+        if logs is not None:
+            logs["learning_rate"] = lr
+        if lr < self.min_learning_rate:
+            logging.info("Learning rate %g < %g: stopping.", lr, self.min_learning_rate)
+            self.model.stop_training = True
+
+
+def plateau_test(window: Sequence[float]) -> tuple[float, float]:
+    """The original's paired t-test between the first and last 3/8 of a loss window."""
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    wind = len(window)
+    a = sorted(window[:wind - wind * 5 // 8])
+    b = sorted(window[wind - wind * 3 // 8:])
+    a = a[int(len(a) * .05):int(len(a) * .95)]
+    b = b[int(len(b) * .05):int(len(b) * .95)]
+    length = min(len(a), len(b))
+    if length < 2:
+        return float("nan"), float("nan")
+    result = stats.ttest_rel(a[:length], b[:length], nan_policy="omit")
+    return float(result.statistic), float(result.pvalue)
+
+
+class CoupledSGD(keras.optimizers.SGD):
+    """SGD whose weight decay is added to the gradient before momentum (PyTorch's SGD).
+
+    Keras' own ``weight_decay`` is decoupled (``w -= lr * wd * w`` beside the momentum
+    update); the original's ``torch.optim.SGD(weight_decay=1e-4)`` adds ``wd * w`` to every
+    parameter's gradient, BatchNorm and biases included.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, *, l2: float = 0.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        self.l2 = float(l2)
+
+    def lookahead_gradient(self, gradient, value):
+        """The gradient the SGD rule sees (also used by TAG's 'optimizer' lookahead)."""
+        if not self.l2:
+            return gradient
+        return gradient + keras.ops.cast(self.l2, gradient.dtype) * \
+            keras.ops.cast(value, gradient.dtype)
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(self.lookahead_gradient(gradient, variable), variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "l2": self.l2}
+
+
+# --------------------------------------------------------------------------- runner
+def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
+                  tasks: str | Sequence[str] = TASKS, tfrecord_dir: Optional[str] = None,
+                  splits_dir: Optional[str] = None, seed: int = 0, epochs: int = EPOCHS,
+                  batch_size: int = BATCH_SIZE, eval_batch_size: Optional[int] = None,
+                  image_size: int = 256, widths: str = "tag",
+                  learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM,
+                  weight_decay: float = WEIGHT_DECAY,
+                  min_learning_rate: float = MIN_LEARNING_RATE, loss_window: int = LOSS_WINDOW,
+                  max_loss_window: int = MAX_LOSS_WINDOW, patience: Optional[int] = None,
+                  rotate_loss: bool = True, augment: bool = True,
+                  mixed_precision: bool = False, every_n: int = 10,
+                  affinity_batch: str = "train", lookahead_rule: str = "optimizer",
+                  divide_by_lr: bool = True, budgets: Sequence[int] = BUDGETS,
+                  selection: Optional[str] = None, budget: Optional[int] = None,
+                  selection_table: Optional[str] = None, uw_clipped: bool = False,
+                  gradnorm_alpha: float = GRADNORM_ALPHA, limit: Optional[int] = None,
+                  steps_per_epoch: Optional[int] = None, save_weights: bool = False,
+                  tensorboard: bool = False, verbose: int = 2) -> dict:
+    """Runs one training mode on Taskonomy (see :mod:`tag_tf.pipeline`); returns the results.
+
+    ``patience`` None (the original) never stops early but still tests the weights of the best
+    validation epoch.
+    """
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from taskonomy import data  # pylint: disable=g-import-not-at-top
+    from taskonomy import losses as taskonomy_losses  # pylint: disable=g-import-not-at-top
+    from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
+
+    splits_dir = splits_dir or data.SPLITS_DIR
+    if mode == "groups":
+        if not selection:
+            raise ValueError("Mode 'groups' needs a selection JSON (--selection).")
+        selection, budget, selection_table, tasks = canonical_selection(
+            selection, budget=budget, table=selection_table, output_dir=output_dir)
+    tasks = data.parse_tasks(tasks)
+    splits = data.load_splits(data_dir, tasks, batch_size=batch_size,
+                              eval_batch_size=eval_batch_size, image_size=image_size,
+                              splits_dir=splits_dir, seed=seed, augment=augment, limit=limit,
+                              tfrecord_dir=tfrecord_dir)
+    logging.info("Taskonomy: %d training images, %d steps per epoch, tasks %s.",
+                 splits.train_examples, splits.steps_per_epoch, tasks)
+
+    experiment = pipeline.Experiment(
+        tasks=tasks,
+        network_fn=lambda names: taskonomy_model.taskonomy_network(
+            names, image_size=image_size, widths=widths, seed=seed),
+        shared=_shared_layers(tasks, image_size, widths),
+        loss_fn=lambda task: taskonomy_losses.task_loss(task, shift_tolerant=rotate_loss),
+        train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
+        optimizer_fn=lambda: CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay),
+        callbacks_fn=lambda: [PlateauHalving(batch_size, window=loss_window,
+                                             max_window=max_loss_window,
+                                             min_learning_rate=min_learning_rate)],
+        error_name="loss",
+        # None: the last shared kernel, the final conv's pointwise kernel, whose output is
+        # the representation the original's GradNormRepFunction balanced.
+        gradnorm_layer=None)
+    options = pipeline.Options(
+        epochs=epochs, patience=epochs if patience is None or patience < 0 else patience,
+        seed=seed, steps_per_epoch=steps_per_epoch or splits.steps_per_epoch, verbose=verbose,
+        every_n=every_n, affinity_batch=affinity_batch, lookahead_rule=lookahead_rule,
+        divide_by_lr=divide_by_lr, affinity_epochs="all", budgets=tuple(budgets),
+        selection_path=selection, budget=budget, selection_table=selection_table,
+        uw_clipped=uw_clipped, gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        results = pipeline.run(mode, experiment, options, output_dir=output_dir)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    print(pipeline.format_summary(results))
+    print(f"Wrote {os.path.join(output_dir, pipeline.RESULTS_FILE)}")
+    return results
+
+
+def canonical_selection(path: str, *, budget: Optional[int], table: Optional[str],
+                        output_dir: str) -> tuple[str, Optional[int], Optional[str], list[str]]:
+    """Reads a selection; names given as loss keys (``ss_l``...) or letters become task names.
+
+    The published tables (``taskonomy.reproduce_selection``) name tasks ``ss_l, depth_l, ...``
+    (TAG, CS) or by Standley's letters (HOA). When a translation is needed, the chosen
+    networks are rewritten to ``<output_dir>/selection_tasks.json`` (a bare selection).
+
+    Returns:
+      ``(path, budget, table, tasks)`` to hand to the pipeline.
+    """
+    import json  # pylint: disable=g-import-not-at-top
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from taskonomy import data  # pylint: disable=g-import-not-at-top
+    chosen = pipeline.load_selection(path, budget=budget, table=table)
+    aliases = {**{v: k for k, v in data.LOSS_KEYS.items()}, **data.TASK_LETTERS,
+               **{t: t for t in data.TASKS}}
+    names = {t for network in chosen.networks for t in network.tasks}
+    unknown = sorted(names - set(aliases))
+    if unknown:
+        raise ValueError(f"The selection {path} names unknown task(s) {unknown}; expected "
+                         f"task names, loss keys {sorted(data.LOSS_KEYS.values())} or letters.")
+    tasks = sorted({aliases[t] for t in names})
+    if names <= set(data.TASKS):
+        return path, budget, table, tasks
+    networks = [{"tasks": [aliases[t] for t in n.tasks], "serves": [aliases[t] for t in n.serves]}
+                for n in chosen.networks]
+    os.makedirs(output_dir, exist_ok=True)
+    translated = os.path.join(output_dir, "selection_tasks.json")
+    with open(translated, "w") as f:
+        json.dump({"source": os.path.abspath(path), "budget": chosen.budget, "table": chosen.table,
+                   "networks": networks}, f, indent=1)
+    return translated, None, None, tasks
+
+
+def _shared_layers(tasks: Sequence[str], image_size: int, widths: str) -> list[str]:
+    """Names of the encoder layers (identical for every task subset)."""
+    from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
+    probe = taskonomy_model.taskonomy_network(tasks[:1], image_size=image_size, widths=widths)
+    names = taskonomy_model.shared_layer_names(probe)
+    del probe
+    keras.backend.clear_session()
+    return names
+
+
+def convert(*, data_dir: str, output_dir: str, tasks: str | Sequence[str] = TASKS,
+            splits_dir: Optional[str] = None, shards: Optional[int] = None,
+            limit: Optional[int] = None) -> dict:
+    """``--mode=convert``: TFRecord shards of the three splits; prints the counts."""
+    from taskonomy import data  # pylint: disable=g-import-not-at-top
+    num_shards = None if shards is None else {s: shards for s in data.SPLITS}
+    info = data.convert_splits(data_dir, tasks, output_dir, splits_dir=splits_dir or
+                               data.SPLITS_DIR, num_shards=num_shards, limit=limit)
+    counts = {split: v["examples"] for split, v in info["splits"].items()}
+    print(f"Wrote TFRecords of {info['tasks']} to {output_dir}: {counts}")
+    return info
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.mode is None:
+        raise app.UsageError(f"--mode is required: one of {MODES}.")
+    if not FLAGS.data_dir and not (FLAGS.tfrecord_dir and FLAGS.mode != "convert"):
+        raise app.UsageError("--data_dir (or, for training, --tfrecord_dir) is required.")
+    output_dir = FLAGS.output_dir or os.path.join("runs", "taskonomy", FLAGS.mode)
+    if FLAGS.mode == "convert":
+        convert(data_dir=FLAGS.data_dir, output_dir=output_dir, tasks=FLAGS.tasks,
+                splits_dir=FLAGS.splits_dir, shards=FLAGS.shards, limit=FLAGS.limit)
+        return
+    if FLAGS.mode == "groups" and not FLAGS.selection:
+        raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
+    try:
+        budgets = [int(b) for b in FLAGS.budgets]
+    except ValueError as e:
+        raise app.UsageError(f"--budgets must be integers. Received: {FLAGS.budgets}") from e
+    run_taskonomy(
+        FLAGS.mode, data_dir=FLAGS.data_dir, output_dir=output_dir, tasks=FLAGS.tasks,
+        tfrecord_dir=FLAGS.tfrecord_dir, splits_dir=FLAGS.splits_dir, seed=FLAGS.seed,
+        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+        eval_batch_size=FLAGS.eval_batch_size, image_size=FLAGS.image_size,
+        widths=FLAGS.widths, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay, min_learning_rate=FLAGS.min_learning_rate,
+        loss_window=FLAGS.loss_window, max_loss_window=FLAGS.max_loss_window,
+        patience=FLAGS.patience, rotate_loss=FLAGS.rotate_loss, augment=FLAGS.augment,
+        mixed_precision=FLAGS.mixed_precision, every_n=FLAGS.every_n,
+        affinity_batch=FLAGS.affinity_batch, lookahead_rule=FLAGS.lookahead_rule,
+        divide_by_lr=FLAGS.divide_by_lr, budgets=budgets, selection=FLAGS.selection,
+        budget=FLAGS.budget, selection_table=FLAGS.selection_table,
+        uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, limit=FLAGS.limit,
+        steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses this script's flags, then absl's own (``--verbosity``...) from what is left."""
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help(include_special_flags=False))
+        raise SystemExit(0)
+    try:
+        remaining = FLAGS(argv, known_only=True)
+        return flags.FLAGS(remaining)
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}\nPass --help to see the flags.", file=sys.stderr)
+        raise SystemExit(1) from e
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
