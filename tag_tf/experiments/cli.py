@@ -1,0 +1,42 @@
+"""Flags shared by the table scripts (``python -m tag_tf.experiments.<table>``)."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from tag_tf.experiments import adapter as adapter_lib
+from tag_tf.experiments.harness import Harness
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(default_output: str) -> None:
+    flags.DEFINE_string("adapter", "synthetic",
+                        "'synthetic' or 'package.module:factory' returning an adapter "
+                        "(see tag_tf.experiments.adapter).")
+    flags.DEFINE_string("adapter_args", "",
+                        'JSON keyword arguments for the adapter, e.g. \'{"num_tasks": 9}\'.')
+    flags.DEFINE_string("output_dir", default_output, "Where to write the table/plot/JSON.")
+    flags.DEFINE_string("cache_dir", "runs/cache",
+                        "Training cache shared by all tables (reruns reuse trainings).")
+    flags.DEFINE_list("budgets", ["2", "3", "4"], "Network budgets.")
+    flags.DEFINE_integer("rg_samples", 2, "Random groupings trained per budget (RG).")
+    flags.DEFINE_integer("seed", 0, "Seed of the random groupings.")
+    flags.DEFINE_bool("deterministic", True,
+                      "tf.config.experimental.enable_op_determinism(): the same settings "
+                      "give the same numbers (what the cache assumes).")
+
+
+def budgets() -> list[int]:
+    return [int(b) for b in FLAGS.budgets]
+
+
+def harness_from_flags() -> Harness:
+    if FLAGS.deterministic:
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        tf.config.experimental.enable_op_determinism()
+    adapter = adapter_lib.load_adapter(FLAGS.adapter, FLAGS.adapter_args)
+    os.makedirs(FLAGS.cache_dir, exist_ok=True)
+    return Harness(adapter, FLAGS.cache_dir)

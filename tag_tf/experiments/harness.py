@@ -1,0 +1,281 @@
+"""The shared machinery of the tables: cached trainings, affinities, groupings, scores.
+
+Every training is one :func:`tag_tf.pipeline.run` of a network on a subset of the tasks,
+cached by its settings (:mod:`tag_tf.experiments.cache`). Groupings are evaluated network
+by network, so a network chosen by several methods or budgets is trained once. A task's
+error is the test error of the network serving it; a grouping's total is the sum over
+all tasks (Fifty et al., NeurIPS 2021, Sec. 4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import keras
+import numpy as np
+
+from tag_tf import affinity_io
+from tag_tf import pipeline
+from tag_tf import selection as selection_lib
+from tag_tf.experiments import cache as cache_lib
+
+# Option fields that do not change a training's numbers (left out of cache keys).
+_NOT_IN_KEY = ("verbose", "log_dir", "save_weights", "budgets", "selection_path", "budget",
+               "selection_table")
+_LATER_OPTIONS = ("affinity_window",)
+_MEASURE_MODE = {"lookahead": "affinity", "cosine": "cs"}
+
+
+# pipeline.Options gained ``affinity_window``; older pipelines need the wrapper below.
+_HAS_WINDOW_OPTION = "affinity_window" in {f.name for f in dataclasses.fields(pipeline.Options)}
+
+
+@contextlib.contextmanager
+def _affinity_window(window: Any):
+    """Records affinities only in ``window`` (``AffinityConfig.window``) during the block.
+
+    Only for a ``pipeline.Options`` without ``affinity_window``: wraps the pipeline's
+    (private) affinity config builder for the duration of one training.
+    """
+    if window is None:
+        yield
+        return
+    original = pipeline._affinity_config  # pylint: disable=protected-access
+
+    def windowed(mode, options, validation):
+        config = original(mode, options, validation)
+        return None if config is None else dataclasses.replace(config, window=window)
+
+    pipeline._affinity_config = windowed  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        pipeline._affinity_config = original  # pylint: disable=protected-access
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch (``seconds``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def steady_seconds(results: dict) -> Optional[float]:
+    """Training wall time without the first epoch (tracing, warm-up), or None."""
+    epochs = (results.get("epoch_seconds") or [[]])[0]
+    return float(sum(epochs[1:])) if len(epochs) > 1 else None
+
+
+class AffinityRun(NamedTuple):
+    """One affinity (TAG lookahead or CS cosine) training."""
+
+    tasks: list[str]
+    matrix: np.ndarray  # [source, target], mean over the epochs used
+    seconds: float  # wall time of the training that recorded it
+    path: str  # affinity JSON (holds the per-epoch trace)
+    settings: dict
+    results: dict
+
+    def record(self) -> affinity_io.AffinityRecord:
+        return affinity_io.load_affinity(self.path)
+
+
+class Harness:
+    """Cached trainings on one adapter's experiment.
+
+    Args:
+      adapter: a :class:`tag_tf.experiments.adapter.Adapter`.
+      cache_dir: the training cache directory (shared by every table).
+      log: progress printer.
+    """
+
+    def __init__(self, adapter, cache_dir: str, *, log: Callable[[str], None] = print):
+        self.adapter = adapter
+        self.cache = cache_lib.Cache(cache_dir)
+        self.base_options = adapter.options()
+        self.log = log
+        experiment = adapter.experiment()
+        self.tasks = list(experiment.tasks)
+        self.error_name = experiment.error_name
+
+    # ------------------------------------------------------------------ trainings
+    def options(self, **overrides) -> pipeline.Options:
+        return dataclasses.replace(self.base_options, **overrides)
+
+    def training_settings(self, mode: str, tasks: Sequence[str], options: pipeline.Options,
+                          window: Any = None) -> dict:
+        # Options the pipeline added later are left out at their None default, so the
+        # existing cache stays valid (the window is keyed as "window" below).
+        opts = {k: v for k, v in options.to_json().items()
+                if k not in _NOT_IN_KEY and not (k in _LATER_OPTIONS and v is None)}
+        return cache_lib.to_json_value({"adapter": self.adapter.settings(), "mode": mode,
+                                        "tasks": list(tasks), "options": opts,
+                                        "window": window})
+
+    def train(self, tasks: Sequence[str], mode: str = "mtl", *, window: Any = None,
+              **overrides) -> dict:
+        """Results JSON of ``mode`` on ``tasks`` (one network; trained or from the cache)."""
+        tasks = [t for t in self.tasks if t in set(tasks)]
+        options = self.options(**overrides)
+        settings = self.training_settings(mode, tasks, options, window)
+        native_window = window is not None and _HAS_WINDOW_OPTION
+        if native_window:
+            options = dataclasses.replace(options, affinity_window=window)
+
+        def produce(directory):
+            self.log(f"  training {mode} on {{{', '.join(tasks)}}}"
+                     + (f" {overrides}" if overrides else "")
+                     + (f" window={window}" if window else "") + " ...")
+            # Same global seed state before the datasets are built, whatever ran before.
+            keras.utils.set_random_seed(options.seed)
+            base = self.adapter.experiment()
+            timers = []
+
+            def callbacks():
+                timers.append(EpochTimer())
+                return list(base.callbacks_fn()) + [timers[-1]]
+
+            experiment = dataclasses.replace(base, tasks=tasks, callbacks_fn=callbacks)
+            with _affinity_window(None if native_window else window):
+                results = pipeline.run(mode, experiment, options, output_dir=directory)
+            # Per-epoch wall times (the first epoch includes tracing), one list per network.
+            results["epoch_seconds"] = [t.seconds for t in timers]
+            pipeline.write_results(os.path.join(directory, cache_lib.RESULTS_FILE), results)
+            self.log(f"    done in {results['seconds']:.1f} s, total test "
+                     f"{results['error_name']} {results['total_test_error']}")
+            return results
+
+        results, directory = self.cache.get_or_run(settings, produce)
+        results["cache_dir"] = directory
+        return results
+
+    def affinity(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
+                 window: Any = None, batch: str = "train") -> AffinityRun:
+        """A TAG (``"lookahead"``) or CS (``"cosine"``) affinity training on all tasks."""
+        overrides = {"affinity_batch": batch}
+        if every_n is not None:
+            overrides["every_n"] = every_n
+        mode = _MEASURE_MODE[measure]
+        results = self.train(self.tasks, mode, window=window, **overrides)
+        entry = results["affinity"]
+        matrix = np.array([[np.nan if v is None else v for v in row] for row in entry["matrix"]],
+                          dtype=np.float64)
+        settings = self.training_settings(mode, self.tasks, self.options(**overrides), window)
+        return AffinityRun(list(entry["tasks"]), matrix, float(results["seconds"]),
+                           entry["path"], settings, results)
+
+    # ------------------------------------------------------------------ groupings
+    def select(self, matrix: np.ndarray, budgets: Sequence[int], *, minimize: bool = False,
+               singletons: Any = None) -> tuple[list, float]:
+        """``select_networks`` for each usable budget; returns (selections, seconds)."""
+        start = time.perf_counter()
+        usable = [b for b in budgets if 1 <= b <= len(self.tasks)]
+        matrix = np.nan_to_num(np.asarray(matrix, dtype=np.float64))
+        selections = selection_lib.select_networks(matrix, usable, tasks=self.tasks,
+                                                   minimize=minimize, singletons=singletons)
+        return selections, time.perf_counter() - start
+
+    def evaluate(self, networks: Sequence[tuple[Sequence[str], Sequence[str]]],
+                 mode: str = "mtl") -> dict:
+        """Trains each ``(tasks, serves)`` network; each task's error from its server."""
+        error, seconds, served = {}, 0.0, []
+        for tasks, serves in networks:
+            results = self.train(tasks, mode)
+            seconds += results["seconds"]
+            for task in serves:
+                if task not in error:
+                    error[task] = results["test_error"][task]
+            served.append({"tasks": list(tasks), "serves": list(serves),
+                           "cache_dir": results["cache_dir"]})
+        missing = [t for t in self.tasks if t not in error]
+        if missing:
+            raise ValueError(f"The grouping serves no network for tasks {missing}.")
+        return {"networks": served, "task_error": {t: error[t] for t in self.tasks},
+                "total_error": _total(error[t] for t in self.tasks),
+                "training_seconds": seconds}
+
+    def evaluate_selection(self, chosen, mode: str = "mtl") -> dict:
+        """:meth:`evaluate` of a :class:`tag_tf.selection.Selection`."""
+        out = self.evaluate([(n.tasks, n.serves) for n in chosen.networks], mode)
+        out["selection"] = selection_lib.selection_to_dict(chosen)
+        return out
+
+    def random_partitions(self, budget: int, samples: int, seed: int = 0) -> list:
+        """RG: ``samples`` random splits of the tasks into ``min(budget, n // 2)`` groups of
+        at least 2 tasks (as :func:`tag_tf.selection.random_groupings` samples them)."""
+        n = len(self.tasks)
+        k = max(1, min(budget, n // 2))
+        rng = np.random.default_rng(seed)
+        partitions = []
+        for _ in range(samples):
+            order = rng.permutation(n)
+            labels = np.empty(n, dtype=np.int64)
+            size = min(2, n // k)
+            labels[order[:k * size]] = np.arange(k * size) % k
+            labels[order[k * size:]] = rng.integers(0, k, n - k * size)
+            groups = [[self.tasks[i] for i in range(n) if labels[i] == j] for j in range(k)]
+            partitions.append([(g, g) for g in groups if g])
+        return partitions
+
+    def random_baseline(self, budgets: Sequence[int], samples: int, seed: int = 0) -> dict:
+        """RG: ``{budget: {"total_error" (mean), "std", "samples"}}`` of trained random
+        groupings (shared with Figure 3 through the cache)."""
+        out = {}
+        for b in budgets:
+            runs = [self.evaluate(p) for p in self.random_partitions(b, samples, seed)]
+            totals = [r["total_error"] for r in runs]
+            ok = [t for t in totals if t is not None]
+            out[b] = {"total_error": float(np.mean(ok)) if ok else None,
+                      "std": float(np.std(ok)) if ok else None, "samples": runs}
+        return out
+
+    # ------------------------------------------------------------------ pairwise (HOA)
+    def pairwise(self) -> dict:
+        """Trains every single task and every pair. Returns the validation and test tables
+        ``{task: {partner: value}}`` (``partner == task``: single-task) and the seconds."""
+        validation, test, seconds = {}, {}, 0.0
+        groups = [(t,) for t in self.tasks] + list(itertools.combinations(self.tasks, 2))
+        for group in groups:
+            results = self.train(group, "mtl")
+            seconds += results["seconds"]
+            net = results["networks"][0]
+            for task in group:
+                partner = next((p for p in group if p != task), task)
+                validation.setdefault(task, {})[partner] = _validation_error(net, task, group)
+                test.setdefault(task, {})[partner] = results["test_error"][task]
+        return {"validation": validation, "test": test, "seconds": seconds,
+                "trainings": len(groups)}
+
+
+def _validation_error(net: dict, task: str, group: Sequence[str]) -> float:
+    """The task's unweighted validation loss at the network's best epoch."""
+    history = net["history"]
+    key = f"val_{task}_unweighted_loss"
+    if key not in history and len(group) == 1:
+        key = "val_unweighted_loss"
+    values = history.get(key)
+    if not values:
+        return net["test"][task]["error"]
+    value = values[net["best_epoch"]]
+    return float("inf") if value is None else float(value)
+
+
+def _total(values) -> Optional[float]:
+    values = list(values)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return float(sum(values))

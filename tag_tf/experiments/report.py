@@ -1,0 +1,62 @@
+"""Writing the tables: markdown, JSON (every number with its settings), formatting."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def fmt(value: Optional[float], spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return format(value, spec)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def groups_text(networks: Sequence[dict]) -> str:
+    return " ".join("{" + ",".join(t.replace("task_", "") for t in n["tasks"]) + "}"
+                    for n in networks)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_outputs(output_dir: str, stem: str, payload: dict, markdown: str) -> dict:
+    """Writes ``<stem>.json`` (payload + environment) and ``<stem>.md``; returns paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    payload = dict(payload)
+    payload.setdefault("environment", {
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
+        "machine": platform.machine(), "cpus": os.cpu_count()})
+    json_path = os.path.join(output_dir, stem + ".json")
+    with open(json_path, "w") as f:
+        json.dump(_clean(payload), f, indent=1, allow_nan=False)
+    md_path = os.path.join(output_dir, stem + ".md")
+    with open(md_path, "w") as f:
+        f.write(markdown.rstrip() + "\n")
+    return {"json": json_path, "markdown": md_path}

@@ -1,0 +1,130 @@
+r"""Table 2: affinity every {1, 5, 10, 25, 50, 100} steps and in first/middle/final 25 %.
+
+For each setting: one TAG affinity training, the groups it selects for each budget and
+their trained total test error; reported as the improvement over random groupings (RG,
+the same trained random groupings as Figure 3), ``100 * (RG - error) / RG`` per budget
+and averaged, and the measured speed-up of the affinity training relative to recording
+every step (its wall time over this setting's).
+
+  python -m tag_tf.experiments.table2 --output_dir=runs/table2
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from tag_tf.experiments import report
+from tag_tf.experiments.harness import Harness, steady_seconds
+
+FREQUENCIES = (1, 5, 10, 25, 50, 100)
+WINDOWS = ("first", "middle", "final")
+
+
+def improvement(error, random_error):
+    """``100 * (random - error) / random`` (None when either is missing)."""
+    if error is None or random_error is None or random_error == 0:
+        return None
+    return 100.0 * (random_error - error) / random_error
+
+
+def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
+        frequencies: Sequence[int] = FREQUENCIES, windows: Sequence[str] = WINDOWS,
+        window_every_n: int | None = None, rg_samples: int = 2, seed: int = 0,
+        output_dir: str = "runs/table2") -> dict:
+    """Runs every setting (cached); writes ``table2.{md,json}``."""
+    start = time.perf_counter()
+    budgets = [int(b) for b in budgets if 1 <= int(b) <= len(harness.tasks)]
+    window_every_n = window_every_n or harness.base_options.every_n
+    harness.log("Table 2: random groupings")
+    random = harness.random_baseline(budgets, rg_samples, seed)
+    settings = [{"every_n": int(n), "window": None} for n in frequencies]
+    settings += [{"every_n": int(window_every_n), "window": w} for w in windows]
+    rows = []
+    for setting in settings:
+        harness.log(f"Table 2: {setting}")
+        run_ = harness.affinity("lookahead", every_n=setting["every_n"],
+                                window=setting["window"])
+        selections, sel_seconds = harness.select(run_.matrix, budgets)
+        per_budget = {}
+        for chosen in selections:
+            evaluated = harness.evaluate_selection(chosen)
+            per_budget[chosen.budget] = {
+                **evaluated,
+                "vs_random_percent": improvement(evaluated["total_error"],
+                                                 random[chosen.budget]["total_error"])}
+        gains = [v["vs_random_percent"] for v in per_budget.values()
+                 if v["vs_random_percent"] is not None]
+        recorded = (run_.record().config or {}).get("recorded_steps")
+        rows.append({**setting, "affinity_seconds": run_.seconds,
+                     "affinity_seconds_after_first_epoch": steady_seconds(run_.results),
+                     "selection_seconds": sel_seconds, "recorded_steps": recorded,
+                     "affinity": run_.matrix, "affinity_path": run_.path,
+                     "settings": run_.settings, "budgets": per_budget,
+                     "mean_vs_random_percent": float(np.mean(gains)) if gains else None})
+    reference = next((r for r in rows if r["every_n"] == 1 and r["window"] is None), None)
+    for row in rows:
+        row["speedup_vs_every_step"] = (reference["affinity_seconds"] / row["affinity_seconds"]
+                                        if reference else None)
+        steady = row["affinity_seconds_after_first_epoch"]
+        ref = reference and reference["affinity_seconds_after_first_epoch"]
+        row["steady_speedup_vs_every_step"] = ref / steady if ref and steady else None
+    payload = {"table": "2", "adapter": harness.adapter.name,
+               "adapter_settings": harness.adapter.settings(),
+               "options": harness.base_options.to_json(), "budgets": budgets,
+               "tasks": harness.tasks, "error_name": harness.error_name,
+               "random": random, "rg_samples": rg_samples, "seed": seed, "rows": rows,
+               "seconds": time.perf_counter() - start,
+               "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
+    markdown = format_markdown(payload)
+    payload["outputs"] = report.write_outputs(output_dir, "table2", payload, markdown)
+    payload["markdown"] = markdown
+    return payload
+
+
+def format_markdown(payload: dict) -> str:
+    budgets = payload["budgets"]
+    body = []
+    for row in payload["rows"]:
+        label = f"every {row['every_n']}" + (f", {row['window']} 25 %" if row["window"] else "")
+        body.append([label, row["recorded_steps"], report.fmt(row["affinity_seconds"], ".1f"),
+                     report.fmt(row["speedup_vs_every_step"], ".2f") + "x",
+                     report.fmt(row["affinity_seconds_after_first_epoch"], ".1f"),
+                     report.fmt(row["steady_speedup_vs_every_step"], ".2f") + "x"]
+                    + [report.fmt(row["budgets"][b]["vs_random_percent"], "+.1f")
+                       for b in budgets]
+                    + [report.fmt(row["mean_vs_random_percent"], "+.1f")])
+    name = payload["error_name"]
+    random = ", ".join(f"{b}: {report.fmt(payload['random'][b]['total_error'])}"
+                       for b in budgets)
+    return "\n".join([
+        f"## Table 2 ({payload['adapter']}: {len(payload['tasks'])} tasks)", "",
+        f"Improvement of the selected groups' total test {name} over random groupings, "
+        "`100 * (RG - error) / RG` in % (higher is better), and the affinity training's "
+        "measured speed-up relative to recording every step: over the whole training, and "
+        "over epochs 2+ (without the first epoch's tracing and warm-up).", "",
+        report.markdown_table(["affinity recorded", "recorded steps", "training (s)",
+                               "speed-up", "epochs 2+ (s)", "speed-up, epochs 2+"] + [f"vs RG, {b} nets (%)" for b in budgets]
+                              + ["mean (%)"], body), "",
+        f"RG total test {name} (mean of {payload['rg_samples']} trained random groupings): "
+        f"{random}.",
+        f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
+        f"from the cache; {payload['seconds']:.0f} s in all."])
+
+
+def main(argv):
+    del argv
+    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    harness = cli.harness_from_flags()
+    payload = run(harness, budgets=cli.budgets(), rg_samples=cli.FLAGS.rg_samples,
+                  seed=cli.FLAGS.seed, output_dir=cli.FLAGS.output_dir)
+    print(payload["markdown"])
+
+
+if __name__ == "__main__":
+    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top,reimported
+    cli.define_flags(default_output="runs/table2")
+    app.run(main)
