@@ -27,12 +27,13 @@ writes ``<output_dir>/results.json`` (see taskonomy/README.md).
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional, Sequence
 
 import keras
 from absl import app
 from absl import flags
+
+from tag_tf.script_flags import own_registry_parser
 from absl import logging
 
 # Own flag registry (names such as --tasks also exist in tag_tf.select and other scripts).
@@ -418,19 +419,5 @@ def main(argv):
         tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this script's flags, then absl's own (``--verbosity``...) from what is left."""
-    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(FLAGS.get_help(include_special_flags=False))
-        raise SystemExit(0)
-    try:
-        remaining = FLAGS(argv, known_only=True)
-        return flags.FLAGS(remaining)
-    except flags.Error as e:
-        print(f"FATAL Flags parsing error: {e}\nPass --help to see the flags.", file=sys.stderr)
-        raise SystemExit(1) from e
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=own_registry_parser(FLAGS, __doc__))
