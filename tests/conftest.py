@@ -10,3 +10,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+import keras  # noqa: E402  (after the environment above)
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def float64_keras():
+    """Float64 Keras, so a small Z (1 - a ratio near 1) is not lost to float32 rounding.
+
+    Sets the dtype policy too, in case an earlier test pinned one.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy(previous)

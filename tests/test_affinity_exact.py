@@ -31,15 +31,7 @@ def batches(count, seed=1):
     return out
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Float64 Keras, so a small Z (1 - a ratio near 1) is not lost to float32 rounding."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")  # also when an earlier test pinned a policy
-    yield
-    keras.config.set_floatx("float32")
-    keras.config.set_dtype_policy(previous)
+pytestmark = pytest.mark.usefixtures("float64_keras")
 
 
 def as_f32(batch):

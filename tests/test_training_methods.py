@@ -12,14 +12,7 @@ from tests import numpy_reference as ref
 from tests.test_affinity_exact import TASKS, as_f32, batches, linear_network
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")  # also when an earlier test pinned a policy
-    yield
-    keras.config.set_floatx("float32")
-    keras.config.set_dtype_policy(previous)
+pytestmark = pytest.mark.usefixtures("float64_keras")
 
 
 def numpy_pcgrad(grads, order):
