@@ -372,9 +372,7 @@ class MultiTaskModel(keras.Model):
         lr = lookahead.current_learning_rate(self.optimizer)
         lookahead_on = "lookahead" in config.measures
 
-        if not lookahead_on:
-            pass
-        elif config.batch == "validation":
+        if lookahead_on and config.batch == "validation":
             x_eval, y_eval, w_eval = keras.utils.unpack_x_y_sample_weight(
                 next(self._validation.value))
             eval_pred, _ = network.stateless_call(
@@ -382,7 +380,7 @@ class MultiTaskModel(keras.Model):
                 training=True)
             base = task_losses.compute(y_eval, self._as_task_dict(eval_pred), w_eval,
                                        weighted=False)
-        else:
+        elif lookahead_on:
             x_eval, y_eval, w_eval = x, y, sample_weight
             base = task_losses.compute(y, y_pred, sample_weight, weighted=False)
 
