@@ -37,6 +37,21 @@ def traces(record, target: str) -> dict:
     return {"epochs": epochs, "sources": out}
 
 
+def plot_trace(trace: dict, target: str, path: str) -> None:
+    """Writes one PNG: ``Z[source -> target]`` per epoch (1-based, as in the markdown)."""
+    sources = list(trace["sources"])
+    epochs = [e + 1 for e in trace["epochs"]]
+    ys = [v for s in sources for v in trace["sources"][s] if v is not None]
+    canvas = plot.Canvas(epochs, ys, x_integer=True,
+                         title=f"Figure 4: affinity onto {target} per epoch",
+                         x_label="epoch", y_label=f"affinity Z[source -> {target}]")
+    canvas.zero_line()
+    for k, source in enumerate(sources):
+        canvas.line(epochs, trace["sources"][source], plot.colour(k)[1],
+                    label=f"{source} -> {target}")
+    canvas.write(path)
+
+
 def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
         output_dir: str = "runs/fig4") -> dict:
     """Writes ``figure4.{md,json}`` and ``figure4_<target>.png``."""
@@ -55,14 +70,8 @@ def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
     for target in targets:
         trace = traces(record, target)
         per_target[target] = trace
-        sources = list(trace["sources"])
-        ys = [v for s in sources for v in trace["sources"][s] if v is not None]
-        canvas = plot.Canvas(trace["epochs"], ys)
-        canvas.zero_line()
-        for k, source in enumerate(sources):
-            canvas.line(trace["epochs"], trace["sources"][source], plot.colour(k)[1])
         path = os.path.join(output_dir, f"figure4_{target}.png")
-        canvas.write(path)
+        plot_trace(trace, target, path)
         pngs.append(path)
     payload = {"figure": "4", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
