@@ -14,9 +14,18 @@ An adapter turns settings into a :class:`tag_tf.pipeline.Experiment` plus defaul
   cache would hold numbers that depend on the order the tables ran in;
 * ``adapter.options()`` -- the default training :class:`~tag_tf.pipeline.Options`.
 
+Table 3 (hyper-parameter sensitivity) also needs
+
+* ``adapter.vary(*, batch_size_scale=1.0, learning_rate_scale=1.0)`` -- a *new* adapter
+  training with the batch size and the learning rate multiplied by these factors (the
+  batch size rounded to an integer >= 1). Its ``settings()`` must show the change, so its
+  trainings get their own cache keys; the original adapter is left unchanged. The other
+  tables never call it (``load_adapter`` does not require it).
+
 The built-in :class:`SyntheticAdapter` uses :mod:`tag_tf.synthetic` at CPU-small size.
-A CelebA or Taskonomy adapter is any object with the same four members; the scripts load
-one with ``--adapter=package.module:factory`` (``factory(**json.loads(--adapter_args))``).
+Another dataset's adapter is any object with the same four members (plus ``vary`` for
+Table 3); the scripts load one with ``--adapter=package.module:factory``
+(``factory(**json.loads(--adapter_args))``). ``isinstance(x, Adapter)`` checks all five.
 """
 
 from __future__ import annotations
@@ -43,6 +52,11 @@ class Adapter(Protocol):
     def experiment(self) -> pipeline.Experiment: ...
 
     def options(self) -> pipeline.Options: ...
+
+    def vary(self, *, batch_size_scale: float = 1.0,
+             learning_rate_scale: float = 1.0) -> "Adapter":
+        """A new adapter with scaled batch size / learning rate (only Table 3 needs it)."""
+        ...
 
 
 @dataclasses.dataclass
@@ -104,6 +118,23 @@ class SyntheticAdapter:
     def options(self) -> pipeline.Options:
         return pipeline.Options(epochs=self.epochs, patience=None, seed=self.seed, verbose=0,
                                 every_n=10)
+
+    def vary(self, *, batch_size_scale: float = 1.0,
+             learning_rate_scale: float = 1.0) -> "SyntheticAdapter":
+        """A copy with ``batch_size * batch_size_scale`` (rounded, >= 1) and
+        ``learning_rate * learning_rate_scale``; same data, model and epochs."""
+        check_scales(batch_size_scale, learning_rate_scale)
+        return dataclasses.replace(
+            self, batch_size=max(1, round(self.batch_size * batch_size_scale)),
+            learning_rate=self.learning_rate * learning_rate_scale)
+
+
+def check_scales(batch_size_scale: float, learning_rate_scale: float) -> None:
+    """Raises ValueError unless both ``vary`` factors are finite and positive."""
+    for name, value in (("batch_size_scale", batch_size_scale),
+                        ("learning_rate_scale", learning_rate_scale)):
+        if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+            raise ValueError(f"{name} must be a positive number. Received: {value!r}")
 
 
 def load_adapter(spec: str, args: Any = None) -> Adapter:

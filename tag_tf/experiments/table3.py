@@ -1,0 +1,467 @@
+r"""Table 3: groupings found under other hyper-parameters vs the ground-truth optimum.
+
+Ground truth (small ``n`` only): every one of the ``2^n - 1`` task groups is trained as one
+multi-task network with the base settings, giving ``err[G][t]``, the test error of task
+``t`` in network ``G``. Any grouping's total error is read off this table (each task's
+error is that of the network serving it), with no further training. For each budget ``b``:
+
+* **optimal**: at most ``b`` networks, each task served by its lowest-error chosen network
+  (networks may overlap), minimising the total. Exact: the value of a *served set* ``S``
+  is ``min_{G >= S} sum_{t in S} err[G][t]`` and a subset DP partitions the tasks into at
+  most ``b`` served sets (:func:`best_partition`);
+* **worst**: the partition of the tasks into exactly ``b`` disjoint networks with the
+  highest total;
+* **random**: the mean of random partitions (the RG groupings of the other tables,
+  :meth:`Harness.random_partitions`), each read off the table.
+
+Then TAG's affinity training is run under each hyper-parameter variant (base, batch size
+0.5x, learning rate 2x by default; ``adapter.vary``), groups are selected from it for each
+budget, and the selected networks are scored on the *base* ground truth (each task from the
+network the selection serves it by). Reported: total error, ``100 * (total - optimal) /
+optimal`` (% above optimal, 0 is best) and ``100 * (random - total) / (random - optimal)``
+(% of the random-to-optimal gap closed, 100 is optimal), the Pearson correlation of each
+variant's affinity matrix with the base one, and CS (cosine similarity) under the base
+settings.
+
+  python -m tag_tf.experiments.table3 --output_dir=runs/table3
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from tag_tf.experiments import report
+from tag_tf.experiments.harness import Harness
+from tag_tf.experiments.train_val import pearson
+
+MAX_TASKS = 8
+MIN_GAP = 1e-3  # random within 0.1 % of optimal: no "gap closed" (n/a)
+
+
+class Variant(NamedTuple):
+    """Hyper-parameters of one affinity training, as factors of the base adapter's."""
+
+    name: str
+    batch_size_scale: float = 1.0
+    learning_rate_scale: float = 1.0
+
+    @property
+    def is_base(self) -> bool:
+        return self.batch_size_scale == 1.0 and self.learning_rate_scale == 1.0
+
+
+BASE = Variant("base")
+VARIANTS = (BASE, Variant("batch 0.5x", batch_size_scale=0.5),
+            Variant("lr 2x", learning_rate_scale=2.0))
+
+
+def parse_variant(text: str) -> Variant:
+    """``"base"``, ``"batch=0.5"``, ``"lr=2"`` or ``"batch=0.5+lr=2"`` -> :class:`Variant`."""
+    text = text.strip()
+    if text == "base":
+        return BASE
+    scales = {"batch": 1.0, "lr": 1.0}
+    for part in text.split("+"):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in scales:
+            raise ValueError(f"A variant is 'base' or 'batch=<factor>', 'lr=<factor>' joined "
+                             f"by '+'. Received: {text!r}")
+        scales[key] = float(value)
+    name = " + ".join(f"{k} {scales[k]:g}x" for k in ("batch", "lr") if scales[k] != 1.0)
+    return Variant(name or "base", scales["batch"], scales["lr"])
+
+
+# ----------------------------------------------------------------------------- exact DP
+def mask_of(tasks: Sequence[str], group: Sequence[str]) -> int:
+    """Bitmask of ``group`` (bit ``i`` = ``tasks[i]``)."""
+    return sum(1 << tasks.index(t) for t in set(group))
+
+
+def members(mask: int, n: int) -> list[int]:
+    return [i for i in range(n) if mask >> i & 1]
+
+
+def _submasks(mask: int):
+    """Every non-empty submask of ``mask``, in increasing order."""
+    sub = mask & -mask
+    while sub:
+        yield sub
+        sub = (sub - mask) & mask  # next submask in increasing order
+
+
+def served_values(err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best network for every served set ``S``: ``min_{G >= S} sum_{t in S} err[G, t]``.
+
+    ``err`` is ``[2^n, n]`` (row = group bitmask, ``nan`` for non-members / untrained).
+    Returns ``(values, network)`` indexed by ``S`` (``inf`` / ``0`` when none serves ``S``;
+    ties: the smaller network bitmask).
+    """
+    size, n = err.shape
+    values = np.full(size, np.inf)
+    network = np.zeros(size, dtype=np.int64)
+    full = size - 1
+    for s in range(1, size):
+        idx = members(s, n)
+        for g in [s] + [s | r for r in _submasks(full ^ s)]:
+            total = float(np.sum(err[g, idx]))
+            if np.isfinite(total) and total < values[s]:
+                values[s], network[s] = total, g
+    return values, network
+
+
+def best_partition(values: np.ndarray, n: int, blocks: int, *, maximize: bool = False,
+                   exact: bool = False) -> tuple[float, list[int]]:
+    """Partition of all ``n`` tasks into at most (``exact``: exactly) ``blocks`` sets
+    minimising (``maximize``: maximising) the sum of ``values[set]``.
+
+    ``values`` is indexed by bitmask; non-finite entries are not allowed as sets. Memoised
+    recursion on (remaining tasks, sets left): the set holding the lowest remaining task is
+    chosen first, so each partition is visited once (``O(blocks * 3^n)``). Returns
+    ``(total, sets)``; ``(nan, [])`` when no partition exists.
+    """
+    sign = -1.0 if maximize else 1.0
+
+    @functools.lru_cache(maxsize=None)
+    def solve(rest: int, k: int) -> tuple[float, tuple[int, ...]]:
+        if rest == 0:
+            return (0.0, ()) if (k == 0 or not exact) else (np.inf, ())
+        if k == 0:
+            return np.inf, ()
+        low = rest & -rest
+        best = (np.inf, ())
+        for sub in [0, *_submasks(rest ^ low)]:
+            block = low | sub
+            value = sign * float(values[block])
+            if not np.isfinite(value):
+                continue
+            tail, sets = solve(rest ^ block, k - 1)
+            if value + tail < best[0]:
+                best = (value + tail, (block,) + sets)
+        return best
+
+    total, sets = solve((1 << n) - 1, blocks)
+    if not np.isfinite(total):
+        return float("nan"), []
+    return sign * total, list(sets)
+
+
+# ----------------------------------------------------------------------------- ground truth
+def ground_truth(harness: Harness) -> dict:
+    """Trains (or reuses) every non-empty task group with the base settings.
+
+    Returns ``{"err": [2^n, n] array (nan: non-member or no error), "groups": [JSON row
+    per group], "training_seconds"}``.
+    """
+    tasks, n = harness.tasks, len(harness.tasks)
+    err = np.full((1 << n, n), np.nan)
+    rows, seconds = [], 0.0
+    for mask in range(1, 1 << n):
+        group = [tasks[i] for i in members(mask, n)]
+        results = harness.train(group, "mtl")
+        seconds += float(results["seconds"])
+        for i in members(mask, n):
+            value = results["test_error"][tasks[i]]
+            err[mask, i] = np.nan if value is None else float(value)
+        rows.append({"tasks": group, "test_error": {t: results["test_error"][t] for t in group},
+                     "total_test_error": results["total_test_error"],
+                     "seconds": results["seconds"], "cache_dir": results["cache_dir"]})
+    return {"err": err, "groups": rows, "training_seconds": seconds}
+
+
+def score_networks(err: np.ndarray, tasks: Sequence[str],
+                   networks: Sequence[tuple[Sequence[str], Sequence[str]]]) -> dict:
+    """Total error of ``(tasks, serves)`` networks read off the ground truth: each task from
+    the first network serving it; also the total when each task takes its best chosen
+    network (``oracle``, the serving rule of the optimum)."""
+    served, oracle = {}, {}
+    for group, serves in networks:
+        g = mask_of(tasks, group)
+        for t in serves:
+            served.setdefault(t, float(err[g, tasks.index(t)]))
+        for t in group:
+            value = float(err[g, tasks.index(t)])
+            if np.isfinite(value):
+                oracle[t] = min(oracle.get(t, np.inf), value)
+    missing = [t for t in tasks if t not in served]
+    if missing:
+        raise ValueError(f"The grouping serves no network for tasks {missing}.")
+    return {"networks": [{"tasks": list(g), "serves": list(s)} for g, s in networks],
+            "task_error": {t: served[t] for t in tasks},
+            "total_error": _finite_sum(served[t] for t in tasks),
+            "total_error_oracle_serving": _finite_sum(oracle.get(t, np.nan) for t in tasks)}
+
+
+def _finite_sum(values) -> Optional[float]:
+    values = [float(v) for v in values]
+    return float(sum(values)) if all(np.isfinite(values)) else None
+
+
+def _score_sets(err: np.ndarray, tasks: Sequence[str], networks: list) -> dict:
+    """:func:`score_networks`, or an empty entry when the DP found no grouping (only when
+    some ground-truth errors are missing)."""
+    if not networks:
+        return {"networks": [], "task_error": {}, "total_error": None,
+                "total_error_oracle_serving": None}
+    return score_networks(err, tasks, networks)
+
+
+def reference_groupings(err: np.ndarray, tasks: Sequence[str], budgets: Sequence[int],
+                        partitions: dict) -> dict:
+    """Optimal, worst and random groupings for each budget, on the ground truth."""
+    n = len(tasks)
+    values, network = served_values(err)
+    own = np.array([np.sum(err[g, members(g, n)]) if g else np.nan for g in range(1 << n)])
+    out = {}
+    for b in budgets:
+        total, sets = best_partition(values, n, b)
+        chosen: dict[int, list[str]] = {}
+        for s in sets:
+            chosen.setdefault(int(network[s]), []).extend(tasks[i] for i in members(s, n))
+        optimal = _score_sets(err, tasks, [
+            ([tasks[i] for i in members(g, n)], [t for t in tasks if t in serves])
+            for g, serves in sorted(chosen.items())])
+        _, worst_sets = best_partition(own, n, b, maximize=True, exact=True)
+        worst = _score_sets(err, tasks, [([tasks[i] for i in members(g, n)],) * 2
+                                         for g in sorted(worst_sets)])
+        samples = [score_networks(err, tasks, p)["total_error"] for p in partitions[b]]
+        ok = [v for v in samples if v is not None]
+        out[b] = {"optimal": {**optimal, "dp_total": total}, "worst": worst,
+                  "random": {"total_error": float(np.mean(ok)) if ok else None,
+                             "std": float(np.std(ok)) if ok else None,
+                             "min": min(ok) if ok else None, "max": max(ok) if ok else None,
+                             "samples": len(samples), "totals": samples}}
+    return out
+
+
+def relative(total: Optional[float], optimal: Optional[float],
+             random: Optional[float]) -> dict:
+    """``above_optimal_percent`` and ``gap_closed_percent`` (None when undefined).
+
+    The gap closed is None when the random groupings are within :data:`MIN_GAP` (relative)
+    of the optimum: dividing by that gap would only amplify noise.
+    """
+    above = gap = None
+    if total is not None and optimal:
+        above = 100.0 * (total - optimal) / optimal
+    if (total is not None and optimal is not None and random is not None
+            and random - optimal > MIN_GAP * abs(optimal)):
+        gap = 100.0 * (random - total) / (random - optimal)
+    return {"above_optimal_percent": above, "gap_closed_percent": gap}
+
+
+# ----------------------------------------------------------------------------- variants
+def variant_harness(harness: Harness, variant: Variant) -> Harness:
+    """The base harness for the base variant, else one on ``adapter.vary(...)`` sharing
+    the cache directory (the varied settings give their own cache keys)."""
+    if variant.is_base:
+        return harness
+    adapter = harness.adapter
+    if not callable(getattr(adapter, "vary", None)):
+        raise TypeError(
+            f"Table 3 needs adapter.vary(batch_size_scale=..., learning_rate_scale=...) for "
+            f"the variant {variant.name!r}, but adapter {getattr(adapter, 'name', adapter)!r} "
+            f"({type(adapter).__module__}.{type(adapter).__qualname__}) has no vary method "
+            f"(see tag_tf.experiments.adapter).")
+    varied = adapter.vary(batch_size_scale=variant.batch_size_scale,
+                          learning_rate_scale=variant.learning_rate_scale)
+    return Harness(varied, harness.cache.root, log=harness.log)
+
+
+def selection_rows(harness: Harness, label: str, measure: str, budgets: Sequence[int],
+                   err: np.ndarray, references: dict) -> dict:
+    """One affinity training (cached), its selections, scored on the ground truth."""
+    harness.log(f"Table 3: {label} affinity training")
+    run_ = harness.affinity(measure)
+    selections, sel_seconds = harness.select(run_.matrix, budgets)
+    per_budget = {}
+    for chosen in selections:
+        ref = references[chosen.budget]
+        scored = score_networks(err, harness.tasks,
+                                [(n.tasks, n.serves) for n in chosen.networks])
+        per_budget[chosen.budget] = {
+            **scored, **relative(scored["total_error"], ref["optimal"]["total_error"],
+                                 ref["random"]["total_error"])}
+    return {"measure": measure, "adapter_settings": harness.adapter.settings(),
+            "settings": run_.settings, "affinity": run_.matrix, "affinity_path": run_.path,
+            "affinity_seconds": run_.seconds, "selection_seconds": sel_seconds,
+            "budgets": per_budget}
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+# ----------------------------------------------------------------------------- the table
+def check_size(harness: Harness, max_tasks: int) -> None:
+    """Refuses more than ``max_tasks`` tasks: the ground truth is ``2^n - 1`` trainings."""
+    n = len(harness.tasks)
+    if n > max_tasks:
+        raise ValueError(
+            f"Table 3 trains every task group: 2^{n} - 1 = {(1 << n) - 1} trainings for "
+            f"{n} tasks, above max_tasks={max_tasks} ({(1 << max_tasks) - 1} trainings). "
+            "Use fewer tasks or raise --max_tasks.")
+
+
+def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
+        variants: Sequence[Variant] = VARIANTS, include_cs: bool = True,
+        rg_samples: int = 1000, seed: int = 0, max_tasks: int = MAX_TASKS,
+        output_dir: str = "runs/table3") -> dict:
+    """Ground truth, references and every variant (all cached); writes ``table3.{md,json}``.
+
+    The base variant is always included (first) as the reference of the correlations.
+    """
+    start = time.perf_counter()
+    check_size(harness, max_tasks)
+    tasks = harness.tasks
+    budgets = [int(b) for b in budgets if 1 <= int(b) <= len(tasks)]
+    variants = [BASE] + [v for v in variants if not v.is_base]
+    harnesses = [variant_harness(harness, v) for v in variants]  # fails early without vary
+    harness.log(f"Table 3: ground truth ({(1 << len(tasks)) - 1} task groups)")
+    truth = ground_truth(harness)
+    err = truth["err"]
+    partitions = {b: harness.random_partitions(b, rg_samples, seed) for b in budgets}
+    references = reference_groupings(err, tasks, budgets, partitions)
+    rows = {}
+    for variant, h in zip(variants, harnesses):
+        rows[f"TAG, {variant.name}"] = {
+            **selection_rows(h, variant.name, "lookahead", budgets, err, references),
+            "method": "TAG", "variant": variant._asdict()}
+    if include_cs:
+        rows["CS, base"] = {**selection_rows(harness, "CS", "cosine", budgets, err, references),
+                            "method": "CS", "variant": BASE._asdict()}
+    base_matrix = rows[f"TAG, {BASE.name}"]["affinity"]
+    for row in rows.values():
+        row["pearson_vs_base_tag"] = pearson(base_matrix, row["affinity"])
+        row["mean_above_optimal_percent"] = _mean(
+            v["above_optimal_percent"] for v in row["budgets"].values())
+        row["mean_gap_closed_percent"] = _mean(
+            v["gap_closed_percent"] for v in row["budgets"].values())
+    caches = [harness.cache] + [h.cache for h in harnesses if h is not harness]
+    payload = {"table": "3", "adapter": harness.adapter.name,
+               "adapter_settings": harness.adapter.settings(),
+               "options": harness.base_options.to_json(), "budgets": budgets, "tasks": tasks,
+               "error_name": harness.error_name, "ground_truth": truth["groups"],
+               "ground_truth_training_seconds": truth["training_seconds"],
+               "references": references, "rg_samples": rg_samples, "seed": seed,
+               "rows": rows, "seconds": time.perf_counter() - start,
+               "trainings_run": sum(c.misses for c in caches),
+               "trainings_reused": sum(c.hits for c in caches)}
+    markdown = format_markdown(payload)
+    payload["outputs"] = report.write_outputs(output_dir, "table3", payload, markdown)
+    payload["markdown"] = markdown
+    return payload
+
+
+def _groups(entry: dict) -> str:
+    """``{0,1} {2}``; a network serving only some of its members marks them ``*``."""
+    parts = []
+    for net in entry["networks"]:
+        names = [t.replace("task_", "") + ("" if t in net["serves"] else "*")
+                 for t in net["tasks"]]
+        parts.append("{" + ",".join(names) + "}")
+    return " ".join(parts)
+
+
+def _nets(budget: int) -> str:
+    return f"{budget} network" + ("" if budget == 1 else "s")
+
+
+def format_markdown(payload: dict) -> str:
+    budgets, name, refs = payload["budgets"], payload["error_name"], payload["references"]
+    n = len(payload["tasks"])
+    ref_body = []
+    for label, key in (("optimal", "optimal"), ("random (mean ± std)", "random"),
+                       ("worst", "worst")):
+        cells = [label]
+        for b in budgets:
+            entry = refs[b][key]
+            text = report.fmt(entry["total_error"])
+            if key == "random":
+                text += f" ± {report.fmt(entry['std'], '.2g')}"
+            else:
+                text += " " + _groups(entry)
+            cells.append(text)
+        ref_body.append(cells)
+    rel_body, total_body = [], []
+    for label, row in payload["rows"].items():
+        rel_body.append(
+            [label, report.fmt(row["pearson_vs_base_tag"], ".3f")]
+            + [report.fmt(row["budgets"][b]["above_optimal_percent"], "+.1f") for b in budgets]
+            + [report.fmt(row["mean_above_optimal_percent"], "+.1f")]
+            + [report.fmt(row["budgets"][b]["gap_closed_percent"], ".0f") for b in budgets]
+            + [report.fmt(row["mean_gap_closed_percent"], ".0f")])
+        total_body.append([label, report.fmt(row["affinity_seconds"], ".1f")]
+                          + [f"{report.fmt(row['budgets'][b]['total_error'])} "
+                             f"{_groups(row['budgets'][b])}" for b in budgets])
+    settings = payload["adapter_settings"]
+    base = ", ".join(f"{k} {settings[k]}" for k in ("batch_size", "learning_rate")
+                     if k in settings)
+    return "\n".join([
+        f"## Table 3 ({payload['adapter']}: {n} tasks)", "",
+        f"Ground truth: all {(1 << n) - 1} task groups trained with the base settings"
+        + (f" ({base})" if base else "") + f"; every grouping's total test {name} over all "
+        "tasks is read off these trainings (each task from the network serving it). "
+        "Groupings found by TAG's affinity training under each hyper-parameter variant "
+        "(and by CS under the base settings), relative to the optimal grouping of the "
+        "same budget:", "",
+        f"* *above optimal*: `100 * (total - optimal) / optimal` in % (0 = optimal, lower "
+        "is better);",
+        "* *gap closed*: `100 * (random - total) / (random - optimal)` in % (100 = optimal, "
+        "0 = as good as the mean random grouping, negative = worse; n/a when random is "
+        f"within {100 * MIN_GAP:g} % of optimal);",
+        "* *r*: Pearson correlation of the variant's affinity matrix with the base TAG one "
+        "(off-diagonal entries).", "",
+        report.markdown_table(
+            ["groups found with", "r vs base"]
+            + [f"above optimal, {_nets(b)} (%)" for b in budgets] + ["mean (%)"]
+            + [f"gap closed, {_nets(b)} (%)" for b in budgets] + ["mean (%)"], rel_body), "",
+        f"Total test {name} of the selected groups (task indices; `*` = trained as a helper, "
+        "not served) and the affinity training's wall time:", "",
+        report.markdown_table(["groups found with", "affinity training (s)"]
+                              + [f"total {name}, {_nets(b)}" for b in budgets], total_body), "",
+        f"Reference groupings on the ground truth (total test {name}): optimal = at most "
+        "b networks, each task served by its best chosen network (exact subset DP); worst = "
+        "the partition into exactly b disjoint networks with the highest total; random = "
+        f"mean of {payload['rg_samples']} random partitions (as RG elsewhere, not "
+        "trained again).", "",
+        report.markdown_table(["grouping"] + [_nets(b) for b in budgets], ref_body),
+        "", f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
+        f"from the cache; {payload['seconds']:.0f} s in all."])
+
+
+def main(argv):
+    del argv
+    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    flags = cli.FLAGS
+    harness = cli.harness_from_flags()
+    payload = run(harness, budgets=cli.budgets(),
+                  variants=[parse_variant(v) for v in flags.variants],
+                  include_cs=flags.include_cs, rg_samples=flags.rg_samples, seed=flags.seed,
+                  max_tasks=flags.max_tasks, output_dir=flags.output_dir)
+    print(payload["markdown"])
+
+
+def define_flags() -> None:
+    """The shared flags plus Table 3's own (random groupings are free here: default 1000)."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    cli.define_flags(default_output="runs/table3")
+    flags.FLAGS.set_default("rg_samples", 1000)
+    flags.DEFINE_list("variants", ["batch=0.5", "lr=2"],
+                      "Hyper-parameter variants besides the base: 'batch=<factor>', "
+                      "'lr=<factor>' or both joined by '+' (e.g. 'lr=0.5,batch=2+lr=2').")
+    flags.DEFINE_bool("include_cs", True, "Also score CS (cosine) groups under the base.")
+    flags.DEFINE_integer("max_tasks", MAX_TASKS,
+                         "Refuse more tasks: the ground truth is 2^n - 1 trainings.")
+
+
+if __name__ == "__main__":
+    from absl import app  # pylint: disable=g-import-not-at-top
+    define_flags()
+    app.run(main)
