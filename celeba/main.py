@@ -21,12 +21,15 @@ to [0.01, 10] (``uw`` and ``pcgrad``). Every mode prints a summary and writes
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import own_registry_parser
+from tag_tf.script_flags import define_pipeline_flags, own_registry_parser
+
+if TYPE_CHECKING:
+    from tag_tf import pipeline
 
 # Own flag registry: names such as --tasks, --seed and --budgets are also defined by
 # tag_tf.select and celeba.reproduce_selection, which may be imported in the same process.
@@ -45,6 +48,9 @@ BUDGETS = tuple(range(1, 9))
 MODES = ("prepare", "affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups")
 
 _IN = {"flag_values": FLAGS}
+# --output_dir --seed --epochs --batch_size --learning_rate --every_n --budgets --selection ...
+define_pipeline_flags(FLAGS, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
+                      budgets=BUDGETS, uw_clipped=True, gradnorm_alpha=GRADNORM_ALPHA)
 flags.DEFINE_enum("mode", None, list(MODES), "What to run (see celeba/README.md).", **_IN)
 flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or receiving) celeb_a; "
                     "default: TFDS's (~/tensorflow_datasets).", **_IN)
@@ -53,53 +59,21 @@ flags.DEFINE_string("files_dir", None, "--mode=prepare: folder with the original
                     "list_landmarks_align_celeba.txt, identity_CelebA.txt.", **_IN)
 flags.DEFINE_bool("verify_checksums", True, "--mode=prepare: compare the files' SHA-256 with "
                   "the originals (a mismatch only warns).", **_IN)
-flags.DEFINE_string("output_dir", None, "Where results go; default runs/celeba/<mode>.", **_IN)
 flags.DEFINE_list("tasks", None, "Attributes to predict (any of the 40); default: the "
                   "paper's 9. Mode 'groups' takes them from the selection.", **_IN)
-flags.DEFINE_integer("seed", 0, "Seed of initialisation and shuffling.", **_IN)
-flags.DEFINE_integer("epochs", EPOCHS, "Maximum epochs per network.", **_IN)
-flags.DEFINE_integer("batch_size", BATCH_SIZE, "Examples per batch.", **_IN)
 flags.DEFINE_integer("image_size", 64, "Images are resized to image_size x image_size.", **_IN)
-flags.DEFINE_float("learning_rate", LEARNING_RATE, "Initial SGD learning rate.", **_IN)
 flags.DEFINE_integer("lr_halving_epochs", LR_HALVING_EPOCHS,
                      "Halve the learning rate every this many epochs (0: never).", **_IN)
 flags.DEFINE_integer("patience", PATIENCE, "Early-stopping patience (epochs) on the summed "
                      "validation loss; -1 disables early stopping.", **_IN)
-flags.DEFINE_integer("every_n", 10, "affinity / cs: record every n training steps (the "
-                     "notebook records every step: 1).", **_IN)
-flags.DEFINE_enum("affinity_batch", "train", ["train", "validation"],
-                  "affinity / cs: measure the loss change on the training batch or on a "
-                  "validation batch.", **_IN)
-flags.DEFINE_enum("lookahead_rule", "optimizer", ["sgd", "optimizer"],
-                  "affinity: lookahead step; 'optimizer' = SGD with momentum, as the notebook; "
-                  "'sgd' = theta - lr * g (paper Eq. 1).", **_IN)
-flags.DEFINE_bool("divide_by_lr", True, "affinity: divide Z by the learning rate, as the "
-                  "notebook (false: Eq. 1 exactly).", **_IN)
 flags.DEFINE_enum("affinity_epochs", "until_best", ["all", "until_best"],
                   "affinity / cs: average over all epochs, or (notebook) only up to the best "
                   "epoch when early stopping triggers.", **_IN)
-flags.DEFINE_list("budgets", [str(b) for b in BUDGETS], "affinity / cs: select networks for "
-                  "these budgets (empty: no selection).", **_IN)
-flags.DEFINE_string("selection", None, "groups: selection JSON (affinity mode's "
-                    "selection.json, python -m tag_tf.select or celeba.reproduce_selection).",
-                    **_IN)
-flags.DEFINE_integer("budget", None, "groups: which budget of the selection file.", **_IN)
-flags.DEFINE_string("selection_table", None, "groups: which table (TAG, CS, HOA) of a "
-                    "celeba.reproduce_selection file.", **_IN)
-flags.DEFINE_bool("uw_clipped", True, "uw / pcgrad: the notebook's clipped uncertainty "
-                  "weights (false: Kendall et al.'s log-variance form).", **_IN)
-flags.DEFINE_float("gradnorm_alpha", GRADNORM_ALPHA, "gradnorm: alpha.", **_IN)
 flags.DEFINE_string("cache", None, "Cache decoded images: 'memory' or a file prefix.", **_IN)
 flags.DEFINE_integer("shuffle_buffer", None, "Training shuffle buffer (default: the split).",
                      **_IN)
 flags.DEFINE_integer("limit", None, "Debugging: use only the first N examples of each split.",
                      **_IN)
-flags.DEFINE_integer("steps_per_epoch", None, "Debugging: steps per epoch.", **_IN)
-flags.DEFINE_bool("save_weights", False, "Write each network's weights to the output dir.",
-                  **_IN)
-flags.DEFINE_bool("tensorboard", False, "Log affinity scalars/heatmaps to <output_dir>/tb.",
-                  **_IN)
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.", **_IN)
 
 
 def learning_rate_at(epoch: int, base: float = LEARNING_RATE,
@@ -124,6 +98,53 @@ def prepare(*, files_dir: str, data_dir: Optional[str], verify_checksums: bool =
         print(f"Note: split sizes differ from the full CelebA {data.SPLIT_SIZES}.")
 
 
+def build_experiment(*, data_dir: Optional[str], tasks: Sequence[str], seed: int = 0,
+                     batch_size: int = BATCH_SIZE, image_size: int = 64,
+                     learning_rate: float = LEARNING_RATE,
+                     lr_halving_epochs: int = LR_HALVING_EPOCHS, cache: Optional[str] = None,
+                     shuffle_buffer: Optional[int] = None,
+                     limit: Optional[int] = None) -> pipeline.Experiment:
+    """The CelebA :class:`tag_tf.pipeline.Experiment`, with fresh datasets on every call.
+
+    The one definition of the experiment, shared by :func:`run_celeba` and
+    :class:`celeba.adapter.CelebAAdapter` (the reproduction harness).
+    """
+    import keras  # pylint: disable=g-import-not-at-top
+    from celeba import data  # pylint: disable=g-import-not-at-top
+    from celeba import model as celeba_model  # pylint: disable=g-import-not-at-top
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+
+    tasks = data.check_tasks(tasks)
+    splits = data.load_splits(data_dir, tasks=tasks, batch_size=batch_size,
+                              image_size=image_size, seed=seed, cache=cache,
+                              shuffle_buffer=shuffle_buffer, limit=limit)
+
+    def schedule(epoch, lr=None):
+        del lr
+        return learning_rate_at(epoch, learning_rate, lr_halving_epochs)
+
+    return pipeline.Experiment(
+        tasks=tasks,
+        network_fn=lambda names: celeba_model.celeba_network(names, image_size=image_size,
+                                                             seed=seed),
+        shared=list(celeba_model.TRUNK_LAYERS),
+        loss_fn=lambda task: celeba_model.task_loss(),
+        train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
+        optimizer_fn=lambda: keras.optimizers.SGD(learning_rate, momentum=MOMENTUM),
+        callbacks_fn=lambda: [keras.callbacks.LearningRateScheduler(schedule)],
+        error_fn=lambda task: celeba_model.error_metric(),
+        error_name="error_percent",
+        gradnorm_layer=GRADNORM_LAYER)
+
+
+def build_options(*, patience: Optional[int] = PATIENCE, **fields) -> pipeline.Options:
+    """:class:`tag_tf.pipeline.Options` as celeba.main trains (``patience`` < 0 or None: no
+    early stopping); ``fields`` are the other Options fields. Shared with the adapter."""
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.Options(patience=None if patience is None or patience < 0 else patience,
+                            **fields)
+
+
 def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                tasks: Optional[Sequence[str]] = None, seed: int = 0, epochs: int = EPOCHS,
                batch_size: int = BATCH_SIZE, image_size: int = 64,
@@ -139,9 +160,7 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                steps_per_epoch: Optional[int] = None, save_weights: bool = False,
                tensorboard: bool = False, verbose: int = 2) -> dict:
     """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results."""
-    import keras  # pylint: disable=g-import-not-at-top
     from celeba import data  # pylint: disable=g-import-not-at-top
-    from celeba import model as celeba_model  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
 
     if mode == "groups":
@@ -151,33 +170,17 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
         trained = {t for network in chosen.networks for t in network.tasks}
         tasks = [t for t in data.ATTRIBUTES if t in trained]
     tasks = data.check_tasks(tasks or data.DEFAULT_TASKS)
-    splits = data.load_splits(data_dir, tasks=tasks, batch_size=batch_size,
-                              image_size=image_size, seed=seed, cache=cache,
-                              shuffle_buffer=shuffle_buffer, limit=limit)
-
-    def schedule(epoch, lr=None):
-        del lr
-        return learning_rate_at(epoch, learning_rate, lr_halving_epochs)
-
-    experiment = pipeline.Experiment(
-        tasks=tasks,
-        network_fn=lambda names: celeba_model.celeba_network(names, image_size=image_size,
-                                                             seed=seed),
-        shared=list(celeba_model.TRUNK_LAYERS),
-        loss_fn=lambda task: celeba_model.task_loss(),
-        train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
-        optimizer_fn=lambda: keras.optimizers.SGD(learning_rate, momentum=MOMENTUM),
-        callbacks_fn=lambda: [keras.callbacks.LearningRateScheduler(schedule)],
-        error_fn=lambda task: celeba_model.error_metric(),
-        error_name="error_percent",
-        gradnorm_layer=GRADNORM_LAYER)
-    options = pipeline.Options(
-        epochs=epochs, patience=None if patience is None or patience < 0 else patience,
-        seed=seed, steps_per_epoch=steps_per_epoch, verbose=verbose, every_n=every_n,
-        affinity_batch=affinity_batch, lookahead_rule=lookahead_rule,
-        divide_by_lr=divide_by_lr, affinity_epochs=affinity_epochs,
-        budgets=tuple(budgets), selection_path=selection, budget=budget,
-        selection_table=selection_table, uw_clipped=uw_clipped,
+    experiment = build_experiment(
+        data_dir=data_dir, tasks=tasks, seed=seed, batch_size=batch_size,
+        image_size=image_size, learning_rate=learning_rate,
+        lr_halving_epochs=lr_halving_epochs, cache=cache, shuffle_buffer=shuffle_buffer,
+        limit=limit)
+    options = build_options(
+        epochs=epochs, patience=patience, seed=seed, steps_per_epoch=steps_per_epoch,
+        verbose=verbose, every_n=every_n, affinity_batch=affinity_batch,
+        lookahead_rule=lookahead_rule, divide_by_lr=divide_by_lr,
+        affinity_epochs=affinity_epochs, budgets=tuple(budgets), selection_path=selection,
+        budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
         log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
     results = pipeline.run(mode, experiment, options, output_dir=output_dir)

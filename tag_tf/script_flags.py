@@ -3,14 +3,87 @@
 Dataset scripts define ``--tasks``, ``--seed``, ``--budgets``... which other tag_tf modules
 also define in absl's global registry; a private ``flags.FlagValues`` avoids
 ``DuplicateFlagError`` when several such modules are imported in one process.
+:func:`define_pipeline_flags` defines the runner flags every such script shares.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from absl import flags
+
+# Flags defined here belong to the script calling define_pipeline_flags (its --help).
+flags.disclaim_key_flags()
+
+# Defaults of define_pipeline_flags; a script overrides them with its own (keyword args).
+PIPELINE_FLAG_DEFAULTS: dict[str, Any] = {
+    "output_dir": None, "seed": 0, "epochs": 100, "batch_size": 32, "learning_rate": 0.01,
+    "every_n": 10, "affinity_batch": "train", "lookahead_rule": "optimizer",
+    "divide_by_lr": True, "budgets": (), "selection": None, "budget": None,
+    "selection_table": None, "uw_clipped": True, "gradnorm_alpha": 0.1,
+    "steps_per_epoch": None, "save_weights": False, "tensorboard": False, "verbose": 2,
+}
+
+
+def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
+    """Defines the :mod:`tag_tf.pipeline` runner flags shared by the dataset scripts.
+
+    Training (``--seed --epochs --batch_size --learning_rate --steps_per_epoch``), affinity
+    (``--every_n --affinity_batch --lookahead_rule --divide_by_lr --budgets``), groups
+    (``--selection --budget --selection_table``), baselines (``--uw_clipped
+    --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
+    --verbose``). Flags whose meaning differs per dataset (``--mode``, ``--tasks``,
+    ``--patience``, ...) stay in the scripts.
+
+    Args:
+      registry: the script's private flag registry.
+      **defaults: the script's defaults, overriding :data:`PIPELINE_FLAG_DEFAULTS`.
+    """
+    unknown = sorted(set(defaults) - set(PIPELINE_FLAG_DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown pipeline flag(s) {unknown}; known: "
+                         f"{sorted(PIPELINE_FLAG_DEFAULTS)}.")
+    d = {**PIPELINE_FLAG_DEFAULTS, **defaults}
+    at = {"flag_values": registry}
+    flags.DEFINE_string("output_dir", d["output_dir"], "Where results go; default "
+                        "runs/<dataset>/<mode>.", **at)
+    flags.DEFINE_integer("seed", d["seed"], "Seed of initialisation, shuffling and "
+                         "augmentation.", **at)
+    flags.DEFINE_integer("epochs", d["epochs"], "Maximum epochs per network.", **at)
+    flags.DEFINE_integer("batch_size", d["batch_size"], "Training batch size.", **at)
+    flags.DEFINE_float("learning_rate", d["learning_rate"], "Initial SGD learning rate.",
+                       **at)
+    flags.DEFINE_integer("steps_per_epoch", d["steps_per_epoch"], "Steps per epoch "
+                         "(default: the script's rule, e.g. the whole training split).", **at)
+    flags.DEFINE_integer("every_n", d["every_n"], "affinity / cs: record every n training "
+                         "steps.", **at)
+    flags.DEFINE_enum("affinity_batch", d["affinity_batch"], ["train", "validation"],
+                      "affinity / cs: measure the loss change on the training batch or on a "
+                      "validation batch.", **at)
+    flags.DEFINE_enum("lookahead_rule", d["lookahead_rule"], ["sgd", "optimizer"],
+                      "affinity: lookahead step; 'optimizer' = the optimizer's own step (e.g. "
+                      "SGD with momentum); 'sgd' = theta - lr * g (paper Eq. 1).", **at)
+    flags.DEFINE_bool("divide_by_lr", d["divide_by_lr"], "affinity: divide Z by the "
+                      "learning rate, as the original code (false: Eq. 1 exactly).", **at)
+    flags.DEFINE_list("budgets", [str(b) for b in d["budgets"]], "affinity / cs: select "
+                      "networks for these budgets (empty: no selection).", **at)
+    flags.DEFINE_string("selection", d["selection"], "groups: selection JSON (affinity "
+                        "mode's selection.json, python -m tag_tf.select or the dataset's "
+                        "reproduce_selection).", **at)
+    flags.DEFINE_integer("budget", d["budget"], "groups: which budget of the selection "
+                         "file.", **at)
+    flags.DEFINE_string("selection_table", d["selection_table"], "groups: which table (TAG, "
+                        "CS, HOA) of a reproduce_selection file.", **at)
+    flags.DEFINE_bool("uw_clipped", d["uw_clipped"], "uw / pcgrad: clipped uncertainty "
+                      "weights (tag_tf.UncertaintyWeighting(clipped=True)); false: Kendall et "
+                      "al.'s log-variance form.", **at)
+    flags.DEFINE_float("gradnorm_alpha", d["gradnorm_alpha"], "gradnorm: alpha.", **at)
+    flags.DEFINE_bool("save_weights", d["save_weights"], "Write each network's weights to "
+                      "the output dir.", **at)
+    flags.DEFINE_bool("tensorboard", d["tensorboard"], "Log affinity scalars/heatmaps to "
+                      "<output_dir>/tb.", **at)
+    flags.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity.", **at)
 
 
 def own_registry_parser(registry: flags.FlagValues,

@@ -26,15 +26,20 @@ writes ``<output_dir>/results.json`` (see taskonomy/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import keras
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import own_registry_parser
+from tag_tf.script_flags import define_pipeline_flags, own_registry_parser
 from absl import logging
+from taskonomy import data as data_lib
+
+if TYPE_CHECKING:
+    from tag_tf import pipeline
 
 # Own flag registry (names such as --tasks also exist in tag_tf.select and other scripts).
 FLAGS = flags.FlagValues()
@@ -55,6 +60,9 @@ BUDGETS = (1, 2, 3, 4)
 MODES = ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups", "convert")
 
 _IN = {"flag_values": FLAGS}
+# --output_dir --seed --epochs --batch_size --learning_rate --every_n --budgets --selection ...
+define_pipeline_flags(FLAGS, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
+                      budgets=BUDGETS, uw_clipped=False, gradnorm_alpha=GRADNORM_ALPHA)
 flags.DEFINE_enum("mode", None, list(MODES), "What to run (see taskonomy/README.md).", **_IN)
 flags.DEFINE_string("data_dir", None, "Taskonomy root: rgb/<building>/*.png and one folder "
                     "per task domain.", **_IN)
@@ -62,21 +70,15 @@ flags.DEFINE_string("tfrecord_dir", None, "Read the splits from --mode=convert o
                     "of --data_dir.", **_IN)
 flags.DEFINE_string("splits_dir", None, "Folder with {train,val,test}_models.txt; default: "
                     "taskonomy/splits (the original lists).", **_IN)
-flags.DEFINE_string("output_dir", None, "Where results go; default runs/taskonomy/<mode>.",
-                    **_IN)
 flags.DEFINE_string("tasks", TASKS, "Tasks as letters (s=segment_semantic, d=depth_zbuffer, "
                     "n=normal, t=edge_texture, k=keypoints2d) or comma-separated names. "
                     "Mode 'groups' takes them from the selection.", **_IN)
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and flips.", **_IN)
-flags.DEFINE_integer("epochs", EPOCHS, "Maximum epochs per network.", **_IN)
-flags.DEFINE_integer("batch_size", BATCH_SIZE, "Training batch size.", **_IN)
 flags.DEFINE_integer("eval_batch_size", None, "Validation/test batch size (default half the "
                      "training batch).", **_IN)
 flags.DEFINE_integer("image_size", 256, "Inputs and targets are resized to this (multiple "
                      "of 16).", **_IN)
 flags.DEFINE_enum("widths", "tag", ["tag", "standley", "tiny"], "Network widths preset "
                   "(taskonomy.model.PRESETS); 'tag' is the paper's.", **_IN)
-flags.DEFINE_float("learning_rate", LEARNING_RATE, "Initial SGD learning rate.", **_IN)
 flags.DEFINE_float("momentum", MOMENTUM, "SGD momentum.", **_IN)
 flags.DEFINE_float("weight_decay", WEIGHT_DECAY, "L2 weight decay added to the gradient "
                    "(PyTorch SGD's weight_decay).", **_IN)
@@ -92,36 +94,9 @@ flags.DEFINE_bool("rotate_loss", True, "Shift-tolerant depth/normal losses (tag.
 flags.DEFINE_bool("augment", True, "Random horizontal flips for training.", **_IN)
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute with loss scaling "
                   "(affinities use unscaled losses).", **_IN)
-flags.DEFINE_integer("every_n", 10, "affinity / cs: record every n training steps.", **_IN)
-flags.DEFINE_enum("affinity_batch", "train", ["train", "validation"],
-                  "affinity / cs: measure the loss change on the training batch or on a "
-                  "validation batch.", **_IN)
-flags.DEFINE_enum("lookahead_rule", "optimizer", ["sgd", "optimizer"],
-                  "affinity: lookahead step; 'optimizer' = SGD with momentum (the original "
-                  "meant this but never applied the momentum); 'sgd' = Eq. 1.", **_IN)
-flags.DEFINE_bool("divide_by_lr", True, "affinity: divide Z by the learning rate, as the "
-                  "original (false: Eq. 1 exactly).", **_IN)
-flags.DEFINE_list("budgets", [str(b) for b in BUDGETS], "affinity / cs: select networks for "
-                  "these budgets (empty: no selection).", **_IN)
-flags.DEFINE_string("selection", None, "groups: selection JSON (affinity mode's "
-                    "selection.json, python -m tag_tf.select or "
-                    "taskonomy.reproduce_selection).", **_IN)
-flags.DEFINE_integer("budget", None, "groups: which budget of the selection file.", **_IN)
-flags.DEFINE_string("selection_table", None, "groups: which table (TAG, CS, HOA) of a "
-                    "reproduce_selection file.", **_IN)
-flags.DEFINE_bool("uw_clipped", False, "uw / pcgrad: clipped uncertainty weights (the CelebA "
-                  "notebook's form); false: Kendall et al.'s log-variance form.", **_IN)
-flags.DEFINE_float("gradnorm_alpha", GRADNORM_ALPHA, "gradnorm: alpha.", **_IN)
 flags.DEFINE_integer("limit", None, "Debugging: at most N images per building.", **_IN)
-flags.DEFINE_integer("steps_per_epoch", None, "Debugging: steps per epoch (default: the "
-                     "original's rule).", **_IN)
 flags.DEFINE_integer("shards", None, "convert: shards per split (default one per 2000 "
                      "images).", **_IN)
-flags.DEFINE_bool("save_weights", False, "Write each network's weights to the output dir.",
-                  **_IN)
-flags.DEFINE_bool("tensorboard", False, "Log affinity scalars/heatmaps to <output_dir>/tb.",
-                  **_IN)
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.", **_IN)
 
 
 # --------------------------------------------------------------------------- training schedule
@@ -247,6 +222,94 @@ class CoupledSGD(keras.optimizers.SGD):
         return {**super().get_config(), "l2": self.l2}
 
 
+# --------------------------------------------------------------------------- experiment
+def load_data(data_dir: Optional[str], tasks: str | Sequence[str], *,
+              tfrecord_dir: Optional[str] = None, splits_dir: Optional[str] = None,
+              seed: int = 0, batch_size: int = BATCH_SIZE,
+              eval_batch_size: Optional[int] = None, image_size: int = 256,
+              augment: bool = True, limit: Optional[int] = None) -> data_lib.Splits:
+    """Fresh datasets of the three splits (:func:`taskonomy.data.load_splits`), logged."""
+    tasks = data_lib.parse_tasks(tasks)
+    splits = data_lib.load_splits(data_dir, tasks, batch_size=batch_size,
+                                  eval_batch_size=eval_batch_size, image_size=image_size,
+                                  splits_dir=splits_dir or data_lib.SPLITS_DIR, seed=seed,
+                                  augment=augment, limit=limit, tfrecord_dir=tfrecord_dir)
+    logging.info("Taskonomy: %d training images, %d steps per epoch, tasks %s.",
+                 splits.train_examples, splits.steps_per_epoch, tasks)
+    return splits
+
+
+def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, seed: int = 0,
+                     batch_size: int = BATCH_SIZE, image_size: int = 256,
+                     widths: str = "tag", learning_rate: float = LEARNING_RATE,
+                     momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY,
+                     min_learning_rate: float = MIN_LEARNING_RATE,
+                     loss_window: int = LOSS_WINDOW, max_loss_window: int = MAX_LOSS_WINDOW,
+                     rotate_loss: bool = True,
+                     mixed_precision: bool = False) -> pipeline.Experiment:
+    """The Taskonomy :class:`tag_tf.pipeline.Experiment` on ``splits`` (:func:`load_data`).
+
+    The one definition of the experiment, shared by :func:`run_taskonomy` and
+    :class:`taskonomy.adapter.TaskonomyAdapter`. Every network gets a new optimizer and a
+    new :class:`PlateauHalving`. ``mixed_precision`` builds each network under
+    ``mixed_float16`` and wraps the optimizer in a ``LossScaleOptimizer`` (what ``compile``
+    does under a global mixed policy), so it also works when nobody sets the global policy.
+    """
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from taskonomy import losses as taskonomy_losses  # pylint: disable=g-import-not-at-top
+    from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
+
+    tasks = data_lib.parse_tasks(tasks)
+
+    def network(names):
+        with _policy("mixed_float16" if mixed_precision else None):
+            return taskonomy_model.taskonomy_network(names, image_size=image_size,
+                                                     widths=widths, seed=seed)
+
+    def optimizer():
+        sgd = CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
+        return keras.optimizers.LossScaleOptimizer(sgd) if mixed_precision else sgd
+
+    return pipeline.Experiment(
+        tasks=tasks,
+        network_fn=network,
+        shared=_shared_layers(tasks, image_size, widths),
+        loss_fn=lambda task: taskonomy_losses.task_loss(task, shift_tolerant=rotate_loss),
+        train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
+        optimizer_fn=optimizer,
+        callbacks_fn=lambda: [PlateauHalving(batch_size, window=loss_window,
+                                             max_window=max_loss_window,
+                                             min_learning_rate=min_learning_rate)],
+        error_name="loss",
+        # None: the last shared kernel, the final conv's pointwise kernel, whose output is
+        # the representation the original's GradNormRepFunction balanced.
+        gradnorm_layer=None)
+
+
+def build_options(*, epochs: int = EPOCHS, patience: Optional[int] = None,
+                  **fields) -> pipeline.Options:
+    """:class:`tag_tf.pipeline.Options` as taskonomy.main trains: ``patience`` None or < 0
+    (the original) never stops early but tests the best validation epoch's weights;
+    affinities average over all epochs. ``fields``: the other Options fields."""
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    fields.setdefault("affinity_epochs", "all")
+    return pipeline.Options(
+        epochs=epochs, patience=epochs if patience is None or patience < 0 else patience,
+        **fields)
+
+
+@contextlib.contextmanager
+def _policy(name: Optional[str]):
+    """Sets the global Keras dtype policy to ``name`` (None: unchanged) during the block."""
+    previous = keras.config.dtype_policy()
+    if name:
+        keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 # --------------------------------------------------------------------------- runner
 def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
                   tasks: str | Sequence[str] = TASKS, tfrecord_dir: Optional[str] = None,
@@ -273,45 +336,29 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
     """
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
     from taskonomy import data  # pylint: disable=g-import-not-at-top
-    from taskonomy import losses as taskonomy_losses  # pylint: disable=g-import-not-at-top
-    from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
 
-    splits_dir = splits_dir or data.SPLITS_DIR
     if mode == "groups":
         if not selection:
             raise ValueError("Mode 'groups' needs a selection JSON (--selection).")
         selection, budget, selection_table, tasks = canonical_selection(
             selection, budget=budget, table=selection_table, output_dir=output_dir)
     tasks = data.parse_tasks(tasks)
-    splits = data.load_splits(data_dir, tasks, batch_size=batch_size,
-                              eval_batch_size=eval_batch_size, image_size=image_size,
-                              splits_dir=splits_dir, seed=seed, augment=augment, limit=limit,
-                              tfrecord_dir=tfrecord_dir)
-    logging.info("Taskonomy: %d training images, %d steps per epoch, tasks %s.",
-                 splits.train_examples, splits.steps_per_epoch, tasks)
-
-    experiment = pipeline.Experiment(
-        tasks=tasks,
-        network_fn=lambda names: taskonomy_model.taskonomy_network(
-            names, image_size=image_size, widths=widths, seed=seed),
-        shared=_shared_layers(tasks, image_size, widths),
-        loss_fn=lambda task: taskonomy_losses.task_loss(task, shift_tolerant=rotate_loss),
-        train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
-        optimizer_fn=lambda: CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay),
-        callbacks_fn=lambda: [PlateauHalving(batch_size, window=loss_window,
-                                             max_window=max_loss_window,
-                                             min_learning_rate=min_learning_rate)],
-        error_name="loss",
-        # None: the last shared kernel, the final conv's pointwise kernel, whose output is
-        # the representation the original's GradNormRepFunction balanced.
-        gradnorm_layer=None)
-    options = pipeline.Options(
-        epochs=epochs, patience=epochs if patience is None or patience < 0 else patience,
-        seed=seed, steps_per_epoch=steps_per_epoch or splits.steps_per_epoch, verbose=verbose,
+    splits = load_data(data_dir, tasks, tfrecord_dir=tfrecord_dir, splits_dir=splits_dir,
+                       seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                       image_size=image_size, augment=augment, limit=limit)
+    experiment = build_experiment(
+        tasks, splits, seed=seed, batch_size=batch_size, image_size=image_size, widths=widths,
+        learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
+        min_learning_rate=min_learning_rate, loss_window=loss_window,
+        max_loss_window=max_loss_window, rotate_loss=rotate_loss,
+        mixed_precision=mixed_precision)
+    options = build_options(
+        epochs=epochs, patience=patience, seed=seed,
+        steps_per_epoch=steps_per_epoch or splits.steps_per_epoch, verbose=verbose,
         every_n=every_n, affinity_batch=affinity_batch, lookahead_rule=lookahead_rule,
-        divide_by_lr=divide_by_lr, affinity_epochs="all", budgets=tuple(budgets),
-        selection_path=selection, budget=budget, selection_table=selection_table,
-        uw_clipped=uw_clipped, gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
+        divide_by_lr=divide_by_lr, budgets=tuple(budgets), selection_path=selection,
+        budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
+        gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
         log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
     previous_policy = keras.config.dtype_policy()
     if mixed_precision:
