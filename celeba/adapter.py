@@ -15,13 +15,13 @@ A task's error is its test classification error in % (``error_percent``).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Optional, Sequence
 
 from celeba import data
 from celeba import main as celeba_main
 from tag_tf import pipeline
+from tag_tf.experiments import adapter as adapter_lib
 
 ADAPTER_ID = "celeba.adapter.CelebAAdapter"
 # Fields that do not change a training's numbers (left out of settings(), the cache key).
@@ -72,9 +72,7 @@ class CelebAAdapter:
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""
-        values = {k: list(v) if isinstance(v, tuple) else v
-                  for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_SETTINGS}
-        return {"adapter": ADAPTER_ID, **values}
+        return adapter_lib.dataclass_settings(self, ADAPTER_ID, _NOT_IN_SETTINGS)
 
     def experiment(self) -> pipeline.Experiment:
         """``celeba.main``'s Experiment, with fresh datasets on every call."""
@@ -98,9 +96,7 @@ class CelebAAdapter:
              learning_rate_scale: float = 1.0) -> CelebAAdapter:
         """A new adapter with the batch size (rounded, >= 1) and learning rate scaled (the
         halving schedule keeps its epochs)."""
-        for scale in (batch_size_scale, learning_rate_scale):
-            if not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
-                raise ValueError(f"Scales must be finite and positive. Received: {scale!r}")
+        adapter_lib.check_scales(batch_size_scale, learning_rate_scale)
         return dataclasses.replace(
-            self, batch_size=max(1, int(round(self.batch_size * batch_size_scale))),
+            self, batch_size=adapter_lib.scaled_batch_size(self.batch_size, batch_size_scale),
             learning_rate=self.learning_rate * learning_rate_scale)

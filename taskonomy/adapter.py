@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 from typing import Optional, Sequence
 
 from tag_tf import pipeline
+from tag_tf.experiments import adapter as adapter_lib
 from taskonomy import data
 from taskonomy import main as taskonomy_main
 
@@ -86,9 +86,7 @@ class TaskonomyAdapter:
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""
-        values = {k: list(v) if isinstance(v, tuple) else v
-                  for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_SETTINGS}
-        return {"adapter": ADAPTER_ID, **values}
+        return adapter_lib.dataclass_settings(self, ADAPTER_ID, _NOT_IN_SETTINGS)
 
     def _splits(self) -> data.Splits:
         return taskonomy_main.load_data(
@@ -128,10 +126,8 @@ class TaskonomyAdapter:
         ``min_learning_rate`` scales with the learning rate, so training still stops after
         the same number of PlateauHalving halvings; the plateau window stays in examples.
         """
-        for scale in (batch_size_scale, learning_rate_scale):
-            if not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
-                raise ValueError(f"Scales must be finite and positive. Received: {scale!r}")
+        adapter_lib.check_scales(batch_size_scale, learning_rate_scale)
         return dataclasses.replace(
-            self, batch_size=max(1, int(round(self.batch_size * batch_size_scale))),
+            self, batch_size=adapter_lib.scaled_batch_size(self.batch_size, batch_size_scale),
             learning_rate=self.learning_rate * learning_rate_scale,
             min_learning_rate=self.min_learning_rate * learning_rate_scale)

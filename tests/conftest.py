@@ -28,3 +28,12 @@ def float64_keras():
     yield
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy(previous)
+
+
+@pytest.fixture
+def eager():
+    """Runs tf.functions eagerly: tracing costs more than the few steps of a toy training."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)

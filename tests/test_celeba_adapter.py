@@ -15,16 +15,15 @@ from unittest import mock
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from tensorflow_datasets.core.download import download_manager
 
 from celeba import adapter as celeba_adapter
 from celeba import data
 from celeba import main as celeba_main
 from celeba import testing
-from tag_tf import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
+from tests.harness_testing import no_training
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
 
@@ -53,13 +52,6 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny(data_dir):
     return {"data_dir": data_dir, **TINY}
-
-
-@pytest.fixture
-def eager():
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
 
 
 def test_defaults_are_celeba_main_flags():
@@ -143,9 +135,7 @@ def test_harness_trains_and_reuses_the_cache(tiny, tmp_path, eager, monkeypatch)
     assert run.settings["adapter"]["adapter"] == "celeba.adapter.CelebAAdapter"
     assert harness.cache.misses == 2
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("pipeline.run called although the cache holds the training")
-    monkeypatch.setattr(pipeline, "run", no_training)
+    no_training(monkeypatch)
     again = Harness(adapter_lib.load_adapter(SPEC, json.dumps(tiny)), str(tmp_path),
                     log=lambda _: None)
     assert again.train(TASKS[:2], "mtl")["test_error"] == results["test_error"]

@@ -14,6 +14,7 @@ from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
 from tag_tf.experiments import figure3, figure4, plot, table1, table2, train_val
 from tag_tf.experiments.harness import Harness
+from tests.harness_testing import assert_finite_numbers, no_training
 
 TOY = dict(num_tasks=4, num_clusters=2, train_examples=320, validation_examples=64,
            test_examples=64, batch_size=32, epochs=3, hidden=8, bottleneck=2, head_hidden=4)
@@ -21,24 +22,6 @@ TOY = dict(num_tasks=4, num_clusters=2, train_examples=320, validation_examples=
 
 def _toy_harness(cache_dir):
     return Harness(adapter_lib.SyntheticAdapter(**TOY), str(cache_dir), log=lambda _: None)
-
-
-def _no_training(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("pipeline.run called although the cache holds the training")
-    monkeypatch.setattr(pipeline, "run", fail)
-
-
-def _finite_numbers(value, path="$"):
-    """Every number in a JSON tree is finite (JSON null allowed only where noted)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _finite_numbers(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for k, v in enumerate(value):
-            _finite_numbers(v, f"{path}[{k}]")
-    elif isinstance(value, float):
-        assert math.isfinite(value), path
 
 
 # ----------------------------------------------------------------------------- fast
@@ -129,7 +112,7 @@ def test_train_is_cached_across_harnesses(tmp_path, monkeypatch):
     assert harness.cache.misses == 1
     assert math.isfinite(first["total_test_error"])
     assert len(first["epoch_seconds"]) == 1 and len(first["epoch_seconds"][0]) == 3
-    _no_training(monkeypatch)
+    no_training(monkeypatch)
     again = _toy_harness(tmp_path)  # a fresh process would look the same
     second = again.train(["task_2", "task_0"])  # order does not matter
     assert (again.cache.hits, again.cache.misses) == (1, 0)
@@ -157,8 +140,8 @@ def test_figure4_toy(tmp_path, monkeypatch):
     assert os.path.exists(out["outputs"]["png"][0])
     assert "Z[source -> task_1]" in open(out["outputs"]["markdown"]).read()
     with open(out["outputs"]["json"]) as f:
-        _finite_numbers(json.load(f))
-    _no_training(monkeypatch)
+        assert_finite_numbers(json.load(f))
+    no_training(monkeypatch)
     again = figure4.run(_toy_harness(tmp_path / "cache"), targets=["task_1"],
                         output_dir=str(tmp_path / "fig4b"))
     assert again["targets"] == out["targets"]
@@ -190,12 +173,12 @@ def test_figure3_toy_and_rerun_without_training(tmp_path, monkeypatch):
         assert tf.io.decode_png(tf.io.read_file(png)).shape == (plot.HEIGHT, plot.WIDTH, 3)
     with open(out["outputs"]["json"]) as f:
         payload = json.load(f)
-    _finite_numbers(payload)
+    assert_finite_numbers(payload)
     assert payload["adapter_settings"]["num_tasks"] == 4
     trained = out["trainings_run"]
     assert trained >= 15
 
-    _no_training(monkeypatch)
+    no_training(monkeypatch)
     again = figure3.run(_toy_harness(tmp_path / "cache"), budgets=[1, 2], rg_samples=1,
                         output_dir=str(tmp_path / "f3b"))
     assert again["trainings_run"] == 0 and again["trainings_reused"] >= trained
@@ -214,7 +197,7 @@ def test_figure3_toy_and_rerun_without_training(tmp_path, monkeypatch):
             <= row["optimal_vs_random_percent"]
     assert "| mean |" in open(t1["outputs"]["markdown"]).read()
     with open(t1["outputs"]["json"]) as f:
-        _finite_numbers(json.load(f))
+        assert_finite_numbers(json.load(f))
 
 
 @pytest.mark.slow
@@ -236,7 +219,7 @@ def test_table2_and_train_val_toy(tmp_path):
         assert math.isfinite(row["budgets"][2]["vs_random_percent"])
     assert "| every 5 |" in open(out["outputs"]["markdown"]).read()
     with open(out["outputs"]["json"]) as f:
-        _finite_numbers(json.load(f))
+        assert_finite_numbers(json.load(f))
 
     out = train_val.run(harness, budgets=[2], output_dir=str(tmp_path / "tv"))
     assert -1.0 <= out["pearson_off_diagonal"] <= 1.0

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from tag_tf import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import table3
 from tag_tf.experiments.harness import Harness
+from tests.harness_testing import assert_finite_numbers, no_training
 from tag_tf.selection.subset_dp import solve_levels
 
 TOY = dict(num_tasks=3, num_clusters=2, train_examples=128, validation_examples=32,
@@ -20,23 +20,6 @@ TOY = dict(num_tasks=3, num_clusters=2, train_examples=128, validation_examples=
 def _toy_harness(cache_dir, **overrides):
     adapter = adapter_lib.SyntheticAdapter(**{**TOY, **overrides})
     return Harness(adapter, str(cache_dir), log=lambda _: None)
-
-
-def _no_training(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("pipeline.run called although the cache holds the training")
-    monkeypatch.setattr(pipeline, "run", fail)
-
-
-def _finite_numbers(value, path="$"):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _finite_numbers(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for k, v in enumerate(value):
-            _finite_numbers(v, f"{path}[{k}]")
-    elif isinstance(value, float):
-        assert math.isfinite(value), path
 
 
 # ----------------------------------------------------------------------------- exact DP
@@ -180,7 +163,7 @@ class _NoVary:
 
 
 def test_guards_refuse_before_training(tmp_path, monkeypatch):
-    _no_training(monkeypatch)
+    no_training(monkeypatch)
     with pytest.raises(ValueError, match=r"2\^4 - 1 = 15 trainings.*max_tasks=3"):
         table3.run(_toy_harness(tmp_path, num_tasks=4), max_tasks=3,
                    output_dir=str(tmp_path / "out"))
@@ -213,7 +196,7 @@ def _check_payload(out, variant_rows, budgets):
     assert "| optimal |" in md and "| worst |" in md
     with open(out["outputs"]["json"]) as f:
         payload = json.load(f)
-    _finite_numbers(payload)
+    assert_finite_numbers(payload)
     assert payload["references"][str(budgets[0])]["random"]["samples"] == 20
 
 
@@ -233,7 +216,7 @@ def test_table3_toy_and_rerun_without_training(tmp_path, monkeypatch):
     stl = sum(g["total_test_error"] for g in out["ground_truth"] if len(g["tasks"]) == 1)
     assert out["references"][2]["optimal"]["total_error"] <= stl + 1e-9
 
-    _no_training(monkeypatch)
+    no_training(monkeypatch)
     again = table3.run(_toy_harness(tmp_path / "cache", num_tasks=2, num_clusters=1),
                        output_dir=str(tmp_path / "t3b"), **kwargs)
     assert (again["trainings_run"], again["trainings_reused"]) == (0, 3 + 2)
@@ -257,7 +240,7 @@ def test_table3_toy_default_variants_and_cs(tmp_path, monkeypatch):
     for row in out["rows"].values():
         r = row["pearson_vs_base_tag"]
         assert r is None or -1.0 <= r <= 1.0
-    _no_training(monkeypatch)
+    no_training(monkeypatch)
     again = table3.run(_toy_harness(tmp_path / "cache"), output_dir=str(tmp_path / "t3b"),
                        **kwargs)
     assert (again["trainings_run"], again["trainings_reused"]) == (0, 7 + 4)

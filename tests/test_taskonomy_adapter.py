@@ -15,11 +15,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tag_tf import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
+from tests.harness_testing import no_training
 from taskonomy import adapter as taskonomy_adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
@@ -44,13 +43,6 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny(data_dir):
     return {"data_dir": data_dir, **TINY}
-
-
-@pytest.fixture
-def eager():
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
 
 
 def test_defaults_are_taskonomy_main_flags():
@@ -130,9 +122,7 @@ def test_harness_trains_and_reuses_the_cache(tiny, tmp_path, eager, monkeypatch)
     assert run.settings["adapter"]["adapter"] == "taskonomy.adapter.TaskonomyAdapter"
     assert harness.cache.misses == 2
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("pipeline.run called although the cache holds the training")
-    monkeypatch.setattr(pipeline, "run", no_training)
+    no_training(monkeypatch)
     again = Harness(adapter_lib.load_adapter(SPEC, json.dumps(tiny)), str(tmp_path),
                     log=lambda _: None)
     assert again.train(TASKS[:1], "mtl")["test_error"] == results["test_error"]

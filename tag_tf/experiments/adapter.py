@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import keras
 
@@ -125,7 +125,7 @@ class SyntheticAdapter:
         ``learning_rate * learning_rate_scale``; same data, model and epochs."""
         check_scales(batch_size_scale, learning_rate_scale)
         return dataclasses.replace(
-            self, batch_size=max(1, round(self.batch_size * batch_size_scale)),
+            self, batch_size=scaled_batch_size(self.batch_size, batch_size_scale),
             learning_rate=self.learning_rate * learning_rate_scale)
 
 
@@ -135,6 +135,20 @@ def check_scales(batch_size_scale: float, learning_rate_scale: float) -> None:
                         ("learning_rate_scale", learning_rate_scale)):
         if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
             raise ValueError(f"{name} must be a positive number. Received: {value!r}")
+
+
+def scaled_batch_size(batch_size: int, scale: float) -> int:
+    """``batch_size * scale`` rounded to an integer >= 1 (what ``vary`` trains with)."""
+    return max(1, int(round(batch_size * scale)))
+
+
+def dataclass_settings(adapter: Any, adapter_id: str,
+                       exclude: Sequence[str] = ("verbose",)) -> dict:
+    """``settings()`` of a dataclass adapter: every field but ``exclude`` (fields that do not
+    change the numbers), tuples as lists, plus ``"adapter": adapter_id``."""
+    values = {k: list(v) if isinstance(v, tuple) else v
+              for k, v in dataclasses.asdict(adapter).items() if k not in exclude}
+    return {"adapter": adapter_id, **values}
 
 
 def load_adapter(spec: str, args: Any = None) -> Adapter:
