@@ -65,10 +65,8 @@ class CelebAAdapter:
         object.__setattr__(self, "tasks", tuple(data.check_tasks(list(self.tasks))))
         if self.data_dir:  # JSON arguments get no shell "~" expansion
             object.__setattr__(self, "data_dir", os.path.expanduser(self.data_dir))
-        bad = {k: getattr(self, k) for k in ("batch_size", "image_size", "epochs",
-                                              "learning_rate") if not getattr(self, k) > 0}
-        if bad:
-            raise ValueError(f"Must be positive. Received: {bad}")
+        adapter_lib.check_positive(
+            self, ("batch_size", "image_size", "epochs", "learning_rate"))
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""

@@ -79,10 +79,8 @@ class TaskonomyAdapter:
                 object.__setattr__(self, name, os.path.expanduser(getattr(self, name)))
         if not self.data_dir and not self.tfrecord_dir:
             raise ValueError("TaskonomyAdapter needs data_dir (or tfrecord_dir).")
-        bad = {k: getattr(self, k) for k in ("batch_size", "image_size", "epochs",
-                                              "learning_rate") if not getattr(self, k) > 0}
-        if bad:
-            raise ValueError(f"Must be positive. Received: {bad}")
+        adapter_lib.check_positive(
+            self, ("batch_size", "image_size", "epochs", "learning_rate"))
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""

@@ -8,9 +8,6 @@ the lookahead step costs more than the few steps; the graph path is the slow CLI
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
@@ -23,7 +20,7 @@ from celeba import main as celeba_main
 from celeba import testing
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
-from tests.harness_testing import no_training
+from tests.harness_testing import no_training, run_figure4_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
 
@@ -31,7 +28,6 @@ SPEC = "celeba.adapter:CelebAAdapter"
 TASKS = ["Black_Hair", "Blond_Hair", "No_Beard"]
 TINY = {"tasks": TASKS, "image_size": 16, "batch_size": 4, "epochs": 1, "patience": -1,
         "steps_per_epoch": 2, "every_n": 1}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _no_network(*args, **kwargs):
@@ -149,15 +145,7 @@ def test_harness_trains_and_reuses_the_cache(tiny, tmp_path, eager, monkeypatch)
 @pytest.mark.slow
 def test_figure4_command_line(tiny, tmp_path):
     """The documented command (graph mode, op determinism) on the tiny data."""
-    out = tmp_path / "fig4"
-    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "tag_tf.experiments.figure4", f"--adapter={SPEC}",
-                    f"--adapter_args={json.dumps(tiny)}", f"--output_dir={out}",
-                    f"--cache_dir={tmp_path / 'cache'}", "--targets=Blond_Hair"],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
-    with open(out / "figure4.json") as f:
-        payload = json.load(f)
+    payload = run_figure4_cli(SPEC, tiny, tmp_path, "Blond_Hair")
     assert payload["adapter_settings"]["adapter"] == "celeba.adapter.CelebAAdapter"
     values = [v for trace in payload["targets"].values()
               for series in trace["sources"].values() for v in series]

@@ -8,9 +8,6 @@ costs more than the steps); the slow CLI test covers the compiled path.
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -18,7 +15,7 @@ import pytest
 
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
-from tests.harness_testing import no_training
+from tests.harness_testing import no_training, run_figure4_cli
 from taskonomy import adapter as taskonomy_adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
@@ -30,7 +27,6 @@ SPEC = "taskonomy.adapter:TaskonomyAdapter"
 TASKS = ["depth_zbuffer", "normal"]
 TINY = {"tasks": "dn", "widths": "tiny", "image_size": 32, "batch_size": 2, "epochs": 1,
         "every_n": 1}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -144,15 +140,7 @@ def test_mixed_precision_without_a_global_policy(tiny, tmp_path, eager):
 @pytest.mark.slow
 def test_figure4_command_line(tiny, tmp_path):
     """The documented command (graph mode, op determinism) on the tiny tree."""
-    out = tmp_path / "fig4"
-    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "tag_tf.experiments.figure4", f"--adapter={SPEC}",
-                    f"--adapter_args={json.dumps(tiny)}", f"--output_dir={out}",
-                    f"--cache_dir={tmp_path / 'cache'}", "--targets=normal"],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=900)
-    with open(out / "figure4.json") as f:
-        payload = json.load(f)
+    payload = run_figure4_cli(SPEC, tiny, tmp_path, "normal")
     assert payload["adapter_settings"]["adapter"] == "taskonomy.adapter.TaskonomyAdapter"
     values = payload["targets"]["normal"]["sources"]["depth_zbuffer"]
     assert values and all(v is None or math.isfinite(v) for v in values)

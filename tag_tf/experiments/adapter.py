@@ -137,6 +137,13 @@ def check_scales(batch_size_scale: float, learning_rate_scale: float) -> None:
             raise ValueError(f"{name} must be a positive number. Received: {value!r}")
 
 
+def check_positive(adapter: Any, fields: Sequence[str]) -> None:
+    """Raises ValueError naming every field of ``adapter`` in ``fields`` that is not > 0."""
+    bad = {k: getattr(adapter, k) for k in fields if not getattr(adapter, k) > 0}
+    if bad:
+        raise ValueError(f"{type(adapter).__name__}: must be positive. Received: {bad}")
+
+
 def scaled_batch_size(batch_size: int, scale: float) -> int:
     """``batch_size * scale`` rounded to an integer >= 1 (what ``vary`` trains with)."""
     return max(1, int(round(batch_size * scale)))
