@@ -195,11 +195,21 @@ class MultiTaskModel(keras.Model):
             kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, loss=keras_loss, loss_weights=keras_weights,
                         **kwargs)
+        # Save the caller's loss arguments (not the resolved per-task objects) for reloading.
+        self._compile_config.config.update(loss=loss, loss_weights=loss_weights)
         config = self.affinity_config
         if config is not None:
             lookahead.check_supported(self.optimizer, config.rule)
             if config.batch == "validation":
                 self._validation.value = iter(config.validation_data.repeat())
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model (Keras skips this for models overriding ``compile``),
+        so ``keras.models.load_model`` returns a model that trains and evaluates at once,
+        with its optimizer state restored."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
         """Keras ``fit``; also resolves a fractional affinity window to steps."""

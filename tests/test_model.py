@@ -189,6 +189,17 @@ def test_save_and_load_keras_file(tmp_path):
     np.testing.assert_array_equal(loaded.affinity_sum.numpy(), model.affinity_sum.numpy())
     for a, b in zip(model.predict(x, verbose=0).values(), loaded.predict(x, verbose=0).values()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+    # Compiled on load (losses, optimizer and its state): training resumes as the original.
+    assert loaded.compiled and int(loaded.optimizer.iterations) == int(model.optimizer.iterations)
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0),
+                                                             rel=1e-6)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(loaded.affinity_sum.numpy(), model.affinity_sum.numpy(),
+                               rtol=1e-5, atol=1e-7)
+    assert int(loaded.affinity_steps.numpy()) == int(model.affinity_steps.numpy())
 
 
 # ------------------------------------------------------------------ bad input

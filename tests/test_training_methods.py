@@ -222,3 +222,6 @@ def test_fit_with_tag_pcgrad_and_uw_end_to_end(tmp_path):
                                   model.weighting.log_variance.numpy())
     np.testing.assert_allclose(loaded.predict(x, verbose=0)["a"], model.predict(x, verbose=0)["a"],
                                rtol=1e-6)
+    assert loaded.compiled  # losses and optimizer restored: evaluate/fit need no compile()
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
