@@ -85,6 +85,18 @@ class AffinityConfig:
                 raise ValueError(f"step_range must satisfy 0 <= start < end. "
                                  f"Received: step_range={self.step_range!r}")
 
+    @classmethod
+    def from_json(cls, values: dict) -> "AffinityConfig":
+        """Restores :meth:`to_json` (a saved model's config). The validation dataset is not
+        saved: a ``batch="validation"`` config comes back without it, and the model asks for
+        it (``MultiTaskModel.attach_validation_data``) before training."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if values.get("batch") != "validation":
+            return cls(**values)
+        config = cls(**{**values, "batch": "train"})
+        object.__setattr__(config, "batch", "validation")
+        return config
+
     def window_fractions(self) -> Optional[Tuple[float, float]]:
         """The window as ``(start, end)`` fractions of training, or None."""
         if self.window is None:

@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -200,8 +201,18 @@ class MultiTaskModel(keras.Model):
         config = self.affinity_config
         if config is not None:
             lookahead.check_supported(self.optimizer, config.rule)
-            if config.batch == "validation":
+            if config.batch == "validation" and config.validation_data is not None:
                 self._validation.value = iter(config.validation_data.repeat())
+
+    def attach_validation_data(self, dataset: Any) -> None:
+        """Gives a loaded ``batch="validation"`` model its validation batches again (datasets
+        are not saved with the model); batches are drawn cyclically from the start."""
+        config = self.affinity_config
+        if config is None or config.batch != "validation":
+            raise ValueError("attach_validation_data() is for models recording affinity with "
+                             "AffinityConfig(batch='validation').")
+        self.affinity_config = dataclasses.replace(config, validation_data=dataset)
+        self._validation.value = iter(dataset.repeat())
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (Keras skips this for models overriding ``compile``),
@@ -214,6 +225,12 @@ class MultiTaskModel(keras.Model):
     def fit(self, *args, callbacks=None, **kwargs):
         """Keras ``fit``; also resolves a fractional affinity window to steps."""
         callbacks = list(callbacks or [])
+        config = self.affinity_config
+        if config is not None and config.batch == "validation" and self._validation.value is None:
+            raise ValueError(
+                "This model records affinity on validation batches but has no validation "
+                "dataset (datasets are not saved with a model): call "
+                "model.attach_validation_data(dataset) after compile() or loading.")
         if self.affinity_config is not None:
             callbacks.insert(0, _AffinityWindow())
         return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -572,8 +589,7 @@ class MultiTaskModel(keras.Model):
                   for item in config["shared"]]
         affinity = config.get("affinity")
         if affinity is not None:
-            affinity = AffinityConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in affinity.items()})
+            affinity = AffinityConfig.from_json(affinity)
         parts = {key: keras.saving.deserialize_keras_object(config[key])
                  if config.get(key) else None for key in ("weighting", "gradient")}
         return cls(network, shared, affinity=affinity, tasks=config["tasks"], name=config["name"],

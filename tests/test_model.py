@@ -202,6 +202,26 @@ def test_save_and_load_keras_file(tmp_path):
     assert int(loaded.affinity_steps.numpy()) == int(model.affinity_steps.numpy())
 
 
+def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
+    x, y = data(32)
+    validation = tf.data.Dataset.from_tensor_slices(data(32, seed=1)).batch(16)
+    config = tag_tf.AffinityConfig(every_n=1, batch="validation", validation_data=validation)
+    model = make_model(config)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.affinity_config == config and loaded.affinity_config.validation_data is None
+    with pytest.raises(ValueError, match="attach_validation_data"):
+        loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    loaded.attach_validation_data(validation)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert int(loaded.affinity_steps.numpy()) == 4
+    assert np.all(np.isfinite(loaded.affinity_record().affinity[~np.eye(3, dtype=bool)]))
+    with pytest.raises(ValueError, match="batch='validation'"):
+        make_model().attach_validation_data(validation)
+
+
 # ------------------------------------------------------------------ bad input
 class ZeroLossOnLargeTargets(keras.losses.Loss):
     """MSE, but exactly zero when a target exceeds 100 (a batch where the task is 'solved')."""
