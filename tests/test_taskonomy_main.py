@@ -37,13 +37,6 @@ def run_main(argv):
         flags.unparse_flags()
 
 
-@pytest.fixture
-def eager():
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("taskonomy_main") / "data")
