@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import define_pipeline_flags, own_registry_parser
+from tag_tf.script_flags import define_pipeline_flags, own_registry_parser, parse_budgets
 
 if TYPE_CHECKING:
     from tag_tf import pipeline
@@ -202,10 +202,7 @@ def main(argv):
         return
     if FLAGS.mode == "groups" and not FLAGS.selection:
         raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
-    try:
-        budgets = [int(b) for b in FLAGS.budgets]
-    except ValueError as e:
-        raise app.UsageError(f"--budgets must be integers. Received: {FLAGS.budgets}") from e
+    budgets = parse_budgets(FLAGS.budgets)
     run_celeba(
         FLAGS.mode, data_dir=FLAGS.data_dir,
         output_dir=FLAGS.output_dir or os.path.join("runs", "celeba", FLAGS.mode),

@@ -9,8 +9,9 @@ also define in absl's global registry; a private ``flags.FlagValues`` avoids
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from absl import app
 from absl import flags
 
 # Flags defined here belong to the script calling define_pipeline_flags (its --help).
@@ -109,3 +110,11 @@ def own_registry_parser(registry: flags.FlagValues,
             raise SystemExit(1) from e
 
     return parse
+
+
+def parse_budgets(values: Sequence[str]) -> list[int]:
+    """``--budgets`` as integers; a usage error (not a traceback) names a bad value."""
+    try:
+        return [int(b) for b in values]
+    except ValueError as e:
+        raise app.UsageError(f"--budgets must be integers. Received: {list(values)}") from e

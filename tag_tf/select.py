@@ -16,6 +16,8 @@ import os
 from absl import app
 from absl import flags
 
+from tag_tf.script_flags import parse_budgets
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("affinity", None, "Affinity file ([source, target]): JSON, .npy or .npz.")
@@ -60,10 +62,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.affinity:
         raise app.UsageError("--affinity is required.")
-    try:
-        budgets = [int(b) for b in FLAGS.budgets]
-    except ValueError as e:
-        raise app.UsageError(f"--budgets must be integers. Received: {FLAGS.budgets}") from e
+    budgets = parse_budgets(FLAGS.budgets)
     output = FLAGS.output
     if output is None:
         stem = os.path.splitext(FLAGS.affinity)[0]

@@ -34,7 +34,7 @@ import keras
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import define_pipeline_flags, own_registry_parser
+from tag_tf.script_flags import define_pipeline_flags, own_registry_parser, parse_budgets
 from absl import logging
 from taskonomy import data as data_lib
 
@@ -444,10 +444,7 @@ def main(argv):
         return
     if FLAGS.mode == "groups" and not FLAGS.selection:
         raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
-    try:
-        budgets = [int(b) for b in FLAGS.budgets]
-    except ValueError as e:
-        raise app.UsageError(f"--budgets must be integers. Received: {FLAGS.budgets}") from e
+    budgets = parse_budgets(FLAGS.budgets)
     run_taskonomy(
         FLAGS.mode, data_dir=FLAGS.data_dir, output_dir=output_dir, tasks=FLAGS.tasks,
         tfrecord_dir=FLAGS.tfrecord_dir, splits_dir=FLAGS.splits_dir, seed=FLAGS.seed,

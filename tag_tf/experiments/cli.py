@@ -8,6 +8,7 @@ from absl import flags
 
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
+from tag_tf.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,7 @@ def define_flags(default_output: str) -> None:
 
 
 def budgets() -> list[int]:
-    return [int(b) for b in FLAGS.budgets]
+    return parse_budgets(FLAGS.budgets)
 
 
 def harness_from_flags() -> Harness:
