@@ -12,29 +12,17 @@ with a random-grouping reference. Tables: ``celeba/published`` (see PROVENANCE.m
 import os
 
 from absl import app
-from absl import flags
 
-from tag_tf import selection
+from tag_tf.selection import reproduce_cli
 
 from celeba.published_tables import tables
 
-FLAGS = flags.FLAGS
-
-flags.DEFINE_list("budgets", [str(b) for b in range(1, 9)], "Budgets (numbers of networks).")
-flags.DEFINE_string("output", os.path.join("outputs", "celeba_selection.json"),
-                    "Where to write the JSON.")
-flags.DEFINE_integer("random_samples", 1000, "Random groupings per budget (0 to skip).")
+reproduce_cli.define_flags(budgets=range(1, 9),
+                           output=os.path.join("outputs", "celeba_selection.json"))
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    budgets = [int(b) for b in FLAGS.budgets]
-    report = selection.reproduce_tables(tables=tables(), budgets=budgets,
-                                        output_path=FLAGS.output,
-                                        random_samples=FLAGS.random_samples)
-    print(report.text)
-    print(f"\nWrote {FLAGS.output}")
+    reproduce_cli.main(argv, tables)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""The absl entry point shared by the dataset scripts that reproduce published selections
+(``python -m <dataset>.reproduce_selection``): flags, selection, printing."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+
+from tag_tf.script_flags import parse_budgets
+from tag_tf.selection import api
+
+# The flags defined here belong to the calling script (its --help).
+flags.disclaim_key_flags()
+
+
+def define_flags(*, budgets: Sequence[int], output: str) -> None:
+    """Defines ``--budgets --output --random_samples`` with the script's defaults."""
+    flags.DEFINE_list("budgets", [str(b) for b in budgets], "Budgets (numbers of networks).")
+    flags.DEFINE_string("output", output, "Where to write the JSON.")
+    flags.DEFINE_integer("random_samples", 1000, "Random groupings per budget (0 to skip).")
+
+
+def main(argv: Sequence[str], tables: Callable[[], Sequence[api.TableSpec]]) -> None:
+    """Selects networks from ``tables()`` for every ``--budgets``; prints and writes them."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    values = flags.FLAGS
+    report = api.reproduce_tables(tables=tables(), budgets=parse_budgets(values.budgets),
+                                  output_path=values.output,
+                                  random_samples=values.random_samples)
+    print(report.text)
+    print(f"\nWrote {values.output}")
