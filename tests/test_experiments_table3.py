@@ -11,6 +11,7 @@ from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import table3
 from tag_tf.experiments.harness import Harness
 from tests.harness_testing import assert_finite_numbers, no_training
+from tag_tf.selection.problem import mask_members
 from tag_tf.selection.subset_dp import solve_levels
 
 TOY = dict(num_tasks=3, num_clusters=2, train_examples=128, validation_examples=32,
@@ -28,7 +29,7 @@ def _random_truth(n, seed):
     rng = np.random.default_rng(seed)
     err = np.full((1 << n, n), np.nan)
     for g in range(1, 1 << n):
-        idx = table3.members(g, n)
+        idx = mask_members(g, n)
         err[g, idx] = rng.uniform(0.1, 1.0, len(idx))
     return err
 

@@ -37,6 +37,7 @@ import numpy as np
 from tag_tf.experiments import report
 from tag_tf.experiments.harness import Harness
 from tag_tf.experiments.train_val import pearson
+from tag_tf.selection.problem import mask_members
 
 MAX_TASKS = 8
 MIN_GAP = 1e-3  # random within 0.1 % of optimal: no "gap closed" (n/a)
@@ -82,10 +83,6 @@ def mask_of(tasks: Sequence[str], group: Sequence[str]) -> int:
     return sum(1 << tasks.index(t) for t in set(group))
 
 
-def members(mask: int, n: int) -> list[int]:
-    return [i for i in range(n) if mask >> i & 1]
-
-
 def _submasks(mask: int):
     """Every non-empty submask of ``mask``, in increasing order."""
     sub = mask & -mask
@@ -106,7 +103,7 @@ def served_values(err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     network = np.zeros(size, dtype=np.int64)
     full = size - 1
     for s in range(1, size):
-        idx = members(s, n)
+        idx = mask_members(s, n)
         for g in [s] + [s | r for r in _submasks(full ^ s)]:
             total = float(np.sum(err[g, idx]))
             if np.isfinite(total) and total < values[s]:
@@ -161,10 +158,10 @@ def ground_truth(harness: Harness) -> dict:
     err = np.full((1 << n, n), np.nan)
     rows, seconds = [], 0.0
     for mask in range(1, 1 << n):
-        group = [tasks[i] for i in members(mask, n)]
+        group = [tasks[i] for i in mask_members(mask, n)]
         results = harness.train(group, "mtl")
         seconds += float(results["seconds"])
-        for i in members(mask, n):
+        for i in mask_members(mask, n):
             value = results["test_error"][tasks[i]]
             err[mask, i] = np.nan if value is None else float(value)
         rows.append({"tasks": group, "test_error": {t: results["test_error"][t] for t in group},
@@ -215,18 +212,18 @@ def reference_groupings(err: np.ndarray, tasks: Sequence[str], budgets: Sequence
     """Optimal, worst and random groupings for each budget, on the ground truth."""
     n = len(tasks)
     values, network = served_values(err)
-    own = np.array([np.sum(err[g, members(g, n)]) if g else np.nan for g in range(1 << n)])
+    own = np.array([np.sum(err[g, mask_members(g, n)]) if g else np.nan for g in range(1 << n)])
     out = {}
     for b in budgets:
         total, sets = best_partition(values, n, b)
         chosen: dict[int, list[str]] = {}
         for s in sets:
-            chosen.setdefault(int(network[s]), []).extend(tasks[i] for i in members(s, n))
+            chosen.setdefault(int(network[s]), []).extend(tasks[i] for i in mask_members(s, n))
         optimal = _score_sets(err, tasks, [
-            ([tasks[i] for i in members(g, n)], [t for t in tasks if t in serves])
+            ([tasks[i] for i in mask_members(g, n)], [t for t in tasks if t in serves])
             for g, serves in sorted(chosen.items())])
         _, worst_sets = best_partition(own, n, b, maximize=True, exact=True)
-        worst = _score_sets(err, tasks, [([tasks[i] for i in members(g, n)],) * 2
+        worst = _score_sets(err, tasks, [([tasks[i] for i in mask_members(g, n)],) * 2
                                          for g in sorted(worst_sets)])
         samples = [score_networks(err, tasks, p)["total_error"] for p in partitions[b]]
         ok = [v for v in samples if v is not None]
