@@ -119,3 +119,99 @@ def test_from_epochs_trace_and_bad_input():
         uncertainty.from_block_means(np.zeros((2, 2, 2)), np.ones((3, 2, 2)))
     with pytest.raises(ValueError, match=r"\(2, 2\) matrix"):
         uncertainty.add_values(uncertainty.init_state(2), np.zeros((3, 3)))
+
+
+# ------------------------------------------------------------ affinity files and pooling
+from tag_tf import affinity_io  # noqa: E402
+
+
+def _record(rng, tasks, **kwargs):
+    n = len(tasks)
+    return affinity_io.AffinityRecord(list(tasks), rng.normal(size=(n, n)),
+                                      counts=rng.integers(1, 9, size=(n, n)), **kwargs)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_stderr_and_blocks_round_trip(tmp_path, suffix):
+    rng = np.random.default_rng(3)
+    tasks = ["a", "b", "c"]
+    stderr = np.abs(rng.normal(size=(3, 3)))
+    stderr[1, 1] = np.nan
+    record = _record(rng, tasks, stderr=stderr, stderr_blocks=np.full((3, 3), 5),
+                     stderr_method="batch-means over epochs",
+                     block_means=rng.normal(size=(5, 3, 3)),
+                     block_counts=rng.integers(0, 4, size=(5, 3, 3)))
+    path = str(tmp_path / f"affinity{suffix}")
+    save = affinity_io.save_affinity_json if suffix == ".json" else affinity_io.save_affinity_npz
+    save(path, record)
+    loaded = affinity_io.load_affinity(path)
+    for key in ("affinity", "stderr", "stderr_blocks", "block_means", "block_counts"):
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(record, key))
+    assert loaded.stderr_method == "batch-means over epochs"
+
+
+def test_old_files_without_stderr_still_load(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text('{"format": "tag_tf.affinity/v1", "tasks": ["a", "b"], '
+                    '"affinity": [[null, 1.0], [2.0, null]], "counts": [[0, 3], [3, 0]], '
+                    '"skipped": [[0, 0], [0, 0]], "epochs": [], "config": {}}')
+    record = affinity_io.load_affinity(str(path))
+    assert record.stderr is None and record.block_means is None
+    assert record.stderr_method is None and record.affinity[1, 0] == 2.0
+
+
+def test_bad_stderr_shape_is_rejected(tmp_path):
+    record = affinity_io.AffinityRecord(["a", "b"], np.zeros((2, 2)), stderr=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="stderr matrix is 3x3"):
+        affinity_io.save_affinity_json(str(tmp_path / "x.json"), record)
+    record = affinity_io.AffinityRecord(["a", "b"], np.zeros((2, 2)),
+                                        block_means=np.zeros((4, 3, 3)))
+    with pytest.raises(ValueError, match=r"block_means must be \[blocks, 2, 2\]"):
+        affinity_io.save_affinity_json(str(tmp_path / "x.json"), record)
+
+
+def test_pool_records_mean_and_between_run_stderr():
+    rng = np.random.default_rng(4)
+    tasks = ["a", "b", "c"]
+    records = [_record(rng, tasks) for _ in range(4)]
+    records[2].affinity[0, 2] = np.nan  # a cell missing in one run
+    pooled = affinity_io.pool_records(records)
+    stack = np.stack([r.affinity for r in records])
+    np.testing.assert_allclose(pooled.affinity, np.nanmean(stack, axis=0))
+    expected = np.nanstd(stack, axis=0, ddof=1) / np.sqrt(np.isfinite(stack).sum(axis=0))
+    np.testing.assert_allclose(pooled.stderr, expected)
+    assert pooled.stderr_blocks[0, 2] == 3 and pooled.stderr_blocks[1, 2] == 4
+    np.testing.assert_array_equal(pooled.counts, sum(r.counts for r in records))
+    assert pooled.block_means.shape == (4, 3, 3) and pooled.config["pooled_runs"] == 4
+    assert "sqrt(K)" in pooled.stderr_method
+
+
+def test_pooling_does_not_depend_on_file_order():
+    rng = np.random.default_rng(5)
+    tasks = ["a", "b", "c", "d"]
+    records = [_record(rng, tasks) for _ in range(5)]
+    # One run lists its tasks in another order: reordered by name.
+    order = [3, 1, 0, 2]
+    records[1] = records[1]._replace(
+        tasks=[tasks[i] for i in order],
+        affinity=records[1].affinity[np.ix_(order, order)],
+        counts=records[1].counts[np.ix_(order, order)])
+    reference = affinity_io.pool_records(records)
+    assert reference.tasks == sorted(tasks)
+    for seed in range(6):
+        perm = np.random.default_rng(seed).permutation(len(records))
+        pooled = affinity_io.pool_records([records[i] for i in perm])
+        assert pooled.tasks == reference.tasks
+        for key in ("affinity", "stderr", "counts", "block_means"):
+            assert getattr(pooled, key).tobytes() == getattr(reference, key).tobytes()
+    # Same order everywhere: the order is kept.
+    same = affinity_io.pool_records([_record(rng, ["z", "y"]) for _ in range(2)])
+    assert same.tasks == ["z", "y"]
+
+
+def test_pooling_rejects_mismatched_tasks_and_single_runs():
+    rng = np.random.default_rng(6)
+    with pytest.raises(ValueError, match=r"missing: \['c'\], extra: \['d'\]"):
+        affinity_io.pool_records([_record(rng, ["a", "b", "c"]), _record(rng, ["a", "b", "d"])])
+    with pytest.raises(ValueError, match="at least 2"):
+        affinity_io.pool_records([_record(rng, ["a", "b"])])
