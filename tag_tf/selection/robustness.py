@@ -239,15 +239,18 @@ def _runner_up(problem: problem_lib.SelectionProblem,
                selection: result_lib.Selection) -> tuple[int, ...] | None:
     """Best selection (on ``problem``) other than ``selection``; ``None`` if there is none.
 
-    Any partition into served sets other than the chosen one lacks at least one chosen
-    served set, so the best of "re-solve with chosen served set X_i forbidden" is exact.
+    Another selection either serves the tasks in another partition into served sets (then
+    it lacks at least one chosen served set ``X_i``: the best of "re-solve with ``X_i``
+    forbidden" covers it), or in the same partition with at least one network swapped
+    (the best of those swaps one served set to its second-best network). The better of
+    the two kinds is the exact runner-up (up to ties).
     """
     n = problem.n
     chosen = _masks(selection)
     served_sets = [sum(1 << t for t in range(n) if selection.served_by[t] == k)
                    for k in range(len(selection.networks))]
+    candidates = []
     values, _ = scoring.block_values(problem)
-    best, best_total = None, -math.inf
     for x in served_sets:
         forbidden = values.copy()
         forbidden[x] = -np.inf
@@ -256,12 +259,27 @@ def _runner_up(problem: problem_lib.SelectionProblem,
                                                       values=forbidden)
         except ValueError:  # no other partition is feasible under this budget
             continue
-        masks = _masks(other)
+        candidates.append(_masks(other))
+    groups, _, _ = _structure(n)
+    _, gains = scoring.gain_table(problem, groups)
+    for k, x in enumerate(served_sets):
+        rows = np.nonzero((groups & x) == x)[0]
+        totals = gains[np.ix_(rows, problem_lib.mask_members(x, n))].sum(axis=1)
+        for pos in np.argsort(-totals, kind="stable"):  # best first; ties: smaller, lower
+            mask = int(groups[rows[pos]])
+            if not np.isfinite(totals[pos]):
+                break
+            if mask != chosen[k]:
+                swapped = list(chosen[:k]) + [mask] + list(chosen[k + 1:])
+                candidates.append(problem_lib.canonicalize(problem, swapped)[0])
+                break
+    best, best_key = None, None
+    for masks in candidates:
         if masks == chosen:
             continue
-        total = _total(problem, masks)
-        if total > best_total or (total == best_total and masks < best):
-            best, best_total = masks, total
+        key = (_total(problem, masks), [-m for m in masks])
+        if best_key is None or key > best_key:
+            best, best_key = masks, key
     return best
 
 
