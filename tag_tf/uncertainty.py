@@ -34,6 +34,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from tag_tf import affinity_io
+
 # Fewer blocks than this give no standard error (NaN).
 MIN_BLOCKS = 2
 
@@ -208,6 +210,31 @@ def from_series(values: Any, block_size: int) -> Estimate:
         if step % block_size == 0:
             state = end_block(state)
     return estimate(state)
+
+
+def with_stderr(record: affinity_io.AffinityRecord, result: Estimate,
+                method: str) -> affinity_io.AffinityRecord:
+    """``record`` with ``stderr``, ``stderr_blocks`` and ``stderr_method`` from ``result``."""
+    affinity_io.validate_matrix(result.stderr, record.tasks, name="stderr", allow_nan=True)
+    return record._replace(stderr=np.asarray(result.stderr, dtype=np.float64),
+                           stderr_blocks=np.asarray(result.blocks, dtype=np.int64),
+                           stderr_method=method)
+
+
+def with_epoch_stderr(record: affinity_io.AffinityRecord) -> affinity_io.AffinityRecord:
+    """Adds batch-means standard errors (one block per epoch) from the record's epochs trace.
+
+    Also stores the epoch matrices as ``block_means``/``block_counts`` for the bootstrap.
+    With fewer than 2 epochs every standard error is NaN.
+    """
+    result = from_epochs(record.epochs or [])
+    means = np.stack([np.array([[np.nan if v is None else v for v in row]
+                                for row in e["affinity"]], dtype=np.float64)
+                      for e in record.epochs])
+    counts = (np.stack([np.asarray(e["counts"], dtype=np.float64) for e in record.epochs])
+              if all(e.get("counts") is not None for e in record.epochs) else None)
+    return with_stderr(record, result, "batch means, one block per epoch")._replace(
+        block_means=means, block_counts=counts)
 
 
 def naive_stderr(values: Any) -> np.ndarray:

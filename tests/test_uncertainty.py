@@ -215,3 +215,18 @@ def test_pooling_rejects_mismatched_tasks_and_single_runs():
         affinity_io.pool_records([_record(rng, ["a", "b", "c"]), _record(rng, ["a", "b", "d"])])
     with pytest.raises(ValueError, match="at least 2"):
         affinity_io.pool_records([_record(rng, ["a", "b"])])
+
+
+def test_with_epoch_stderr_fills_the_record(tmp_path):
+    epochs = [{"epoch": e, "affinity": [[None, float(e)], [1.0, None]],
+               "counts": [[0, 5], [5, 0]]} for e in range(4)]
+    record = affinity_io.AffinityRecord(["a", "b"], np.array([[np.nan, 1.5], [1.0, np.nan]]),
+                                        epochs=epochs)
+    filled = uncertainty.with_epoch_stderr(record)
+    # Epoch means 0, 1, 2, 3 with equal counts: SE = std([0..3], ddof=1) / sqrt(4).
+    assert filled.stderr[0, 1] == pytest.approx(np.std([0, 1, 2, 3], ddof=1) / 2)
+    assert filled.stderr[1, 0] == 0.0 and np.isnan(filled.stderr[0, 0])
+    assert filled.stderr_blocks[0, 1] == 4 and filled.block_means.shape == (4, 2, 2)
+    path = str(tmp_path / "a.json")
+    affinity_io.save_affinity_json(path, filled)
+    assert affinity_io.load_affinity(path).stderr_method == "batch means, one block per epoch"
