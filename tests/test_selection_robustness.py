@@ -133,6 +133,9 @@ def test_uncertainty_from_record_and_bad_input():
         selection.Uncertainty(block_means=np.zeros((1, 3, 3)))
     with pytest.raises(ValueError, match="n_resamples"):
         selection.Uncertainty(block_means=np.zeros((4, 3, 3)), n_resamples=1)
+    with pytest.raises(ValueError, match="limited to 14 tasks"):
+        selection.select_networks(np.zeros((15, 15)), 2, uncertainty=selection.Uncertainty(
+            block_means=np.zeros((3, 15, 15))))
     with pytest.raises(ValueError, match="uncertainty is for 3 tasks"):
         selection.select_networks(np.zeros((4, 4)), 2,
                                   uncertainty=selection.Uncertainty(block_means=np.zeros((4, 3, 3))))

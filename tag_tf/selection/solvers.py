@@ -67,6 +67,9 @@ def select_networks(affinity: Any, budgets: int | Sequence[int], *,
     if not budgets:
         raise ValueError("At least one budget is needed. Received: budgets=[]")
     budgets = [problem_lib.check_budget(b, problem.n) for b in budgets]
+    if uncertainty is not None and problem.n > robustness.MAX_BOOTSTRAP_TASKS:
+        raise ValueError(f"The bootstrap solves every resample exactly and is limited to "
+                         f"{robustness.MAX_BOOTSTRAP_TASKS} tasks. Received: n={problem.n}")
     if method == "auto":
         method = "dp" if problem.n <= AUTO_EXACT_MAX_TASKS else "large"
     if method == "dp":
