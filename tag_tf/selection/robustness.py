@@ -39,7 +39,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from tag_tf import affinity_io
-from tag_tf import uncertainty as uncertainty_lib
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import result as result_lib
 from tag_tf.selection import scoring
