@@ -17,7 +17,13 @@ The JSON written by :func:`save_affinity_json` (format ``tag_tf.affinity/v1``)::
     "skipped": [[...], ...],         # entries skipped as zero / non-finite
     "epochs": [{"epoch": 0, "affinity": [[...]], "counts": [[...]],
                 "skipped": [[...]]}, ...],
-    "config": {...}                  # settings that produced the matrix
+    "config": {...},                 # settings that produced the matrix
+    # Optional (absent in older files, which still load):
+    "stderr": [[...]],               # standard error of each mean (null = unknown)
+    "stderr_blocks": [[...]],        # blocks (or pooled runs) behind each standard error
+    "stderr_method": "...",          # how the standard error was computed
+    "block_means": [[[...]], ...],   # [blocks][source][target] block means (bootstrap)
+    "block_counts": [[[...]], ...]   # values behind each block mean
   }
 
 :func:`load_affinity` reads that format and also a plain
@@ -51,6 +57,11 @@ class AffinityRecord(NamedTuple):
     skipped: np.ndarray | None = None
     epochs: list[dict[str, Any]] | None = None
     config: dict[str, Any] | None = None
+    stderr: np.ndarray | None = None  # standard error of each mean, NaN = unknown
+    stderr_blocks: np.ndarray | None = None  # blocks (or runs) behind each stderr
+    stderr_method: str | None = None
+    block_means: np.ndarray | None = None  # [blocks, source, target], for the bootstrap
+    block_counts: np.ndarray | None = None  # [blocks, source, target] values per block mean
 
 
 def validate_tasks(tasks: Sequence[str]) -> list[str]:
@@ -101,6 +112,27 @@ def _from_json_matrix(rows: Any) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
 
 
+def _check_blocks(blocks: Any, tasks: Sequence[str], name: str) -> np.ndarray:
+    array = np.asarray(blocks, dtype=np.float64)
+    n = len(tasks)
+    if array.ndim != 3 or array.shape[1:] != (n, n):
+        raise ValueError(f"{name} must be [blocks, {n}, {n}] for tasks {list(tasks)}. "
+                         f"Received shape {array.shape}.")
+    return array
+
+
+def _optional_matrix(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
+    value = payload.get(key)
+    return None if value is None else _from_json_matrix(value)
+
+
+def _optional_blocks(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
+    value = payload.get(key)
+    if not value:
+        return None
+    return np.stack([_from_json_matrix(m) for m in value])
+
+
 def save_affinity_json(path: str, record: AffinityRecord) -> None:
     """Writes ``record`` as ``tag_tf.affinity/v1`` JSON (see the module docstring)."""
     tasks = validate_tasks(record.tasks)
@@ -119,6 +151,17 @@ def save_affinity_json(path: str, record: AffinityRecord) -> None:
         ],
         "config": record.config or {},
     }
+    if record.stderr is not None:
+        payload["stderr"] = _to_json_matrix(
+            validate_matrix(record.stderr, tasks, name="stderr", allow_nan=True))
+        payload["stderr_blocks"] = _to_json_matrix(record.stderr_blocks)
+        payload["stderr_method"] = record.stderr_method
+    if record.block_means is not None:
+        means = _check_blocks(record.block_means, tasks, "block_means")
+        payload["block_means"] = [_to_json_matrix(m) for m in means]
+        if record.block_counts is not None:
+            counts = _check_blocks(record.block_counts, tasks, "block_counts")
+            payload["block_counts"] = [_to_json_matrix(c) for c in counts]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
@@ -135,6 +178,11 @@ def save_affinity_npz(path: str, record: AffinityRecord) -> None:
         arrays["epoch_index"] = np.array([e["epoch"] for e in record.epochs])
         arrays["epoch_affinity"] = np.stack([np.asarray(e["affinity"]) for e in record.epochs])
         arrays["epoch_counts"] = np.stack([np.asarray(e["counts"]) for e in record.epochs])
+    for key in ("stderr", "stderr_blocks", "block_means", "block_counts"):
+        if getattr(record, key) is not None:
+            arrays[key] = np.asarray(getattr(record, key))
+    if record.stderr_method is not None:
+        arrays["stderr_method"] = np.array(record.stderr_method)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez(path, **arrays)
 
@@ -167,7 +215,12 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
             record = AffinityRecord(
                 file_tasks, validate_matrix(data["affinity"], file_tasks, allow_nan=True),
                 counts=data["counts"] if "counts" in data else None,
-                skipped=data["skipped"] if "skipped" in data else None)
+                skipped=data["skipped"] if "skipped" in data else None,
+                stderr=data["stderr"] if "stderr" in data else None,
+                stderr_blocks=data["stderr_blocks"] if "stderr_blocks" in data else None,
+                stderr_method=str(data["stderr_method"]) if "stderr_method" in data else None,
+                block_means=data["block_means"] if "block_means" in data else None,
+                block_counts=data["block_counts"] if "block_counts" in data else None)
     else:
         try:
             with open(path) as f:
@@ -195,7 +248,93 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
             file_tasks, matrix,
             counts=_from_json_matrix(payload["counts"]) if payload.get("counts") else None,
             skipped=_from_json_matrix(payload["skipped"]) if payload.get("skipped") else None,
-            epochs=payload.get("epochs"), config=payload.get("config"))
+            epochs=payload.get("epochs"), config=payload.get("config"),
+            stderr=_optional_matrix(payload, "stderr"),
+            stderr_blocks=_optional_matrix(payload, "stderr_blocks"),
+            stderr_method=payload.get("stderr_method"),
+            block_means=_optional_blocks(payload, "block_means"),
+            block_counts=_optional_blocks(payload, "block_counts"))
+        if record.stderr is not None:
+            validate_matrix(record.stderr, file_tasks, name="stderr", allow_nan=True)
+        if record.block_means is not None:
+            _check_blocks(record.block_means, file_tasks, "block_means")
     if tasks is not None and list(tasks) != record.tasks:
         raise ValueError(f"{path}: file tasks {record.tasks} differ from the given tasks {list(tasks)}.")
     return record
+
+
+POOLED_METHOD = ("between-runs: mean over K runs (each run weighted equally), "
+                 "stderr = std over runs (ddof=1) / sqrt(K)")
+
+
+def pool_records(records: Sequence[AffinityRecord]) -> AffinityRecord:
+    """Combines affinity records of several seeds or restarts into one with between-run errors.
+
+    Per (source, target) cell over the ``K`` runs where the cell is finite: the mean is the
+    plain mean over runs, and ``stderr = std(ddof=1) / sqrt(K)`` (NaN where ``K < 2``).
+    Tasks must be the same set in every record; matrices are reordered by name when the
+    orders differ (the result then lists tasks sorted by name). Records are put in a
+    canonical order (by their values) before summing, so the result is bitwise the same
+    for any input order. The run means become ``block_means`` (one block per run) so a
+    bootstrap resamples runs; ``counts``/``skipped`` are summed when every record has them.
+
+    Raises:
+      ValueError: fewer than 2 records, or task sets that differ.
+    """
+    records = list(records)
+    if len(records) < 2:
+        raise ValueError(f"Pooling needs at least 2 affinity records. Received: {len(records)}")
+    names = [validate_tasks(r.tasks) for r in records]
+    reference = set(names[0])
+    for k, tasks in enumerate(names[1:], start=1):
+        if set(tasks) != reference:
+            raise ValueError(
+                f"Pooled runs must have the same tasks. Run 0 has {names[0]}, run {k} has "
+                f"{tasks} (missing: {sorted(reference - set(tasks))}, extra: "
+                f"{sorted(set(tasks) - reference)}).")
+    same_order = all(t == names[0] for t in names)
+    tasks = list(names[0]) if same_order else sorted(reference)
+
+    def reorder(array: Any, order: list[str]) -> np.ndarray | None:
+        if array is None:
+            return None
+        index = [order.index(t) for t in tasks]
+        return np.asarray(array, dtype=np.float64)[np.ix_(index, index)]
+
+    runs = []
+    for record, order in zip(records, names):
+        affinity = validate_matrix(reorder(record.affinity, order), tasks, allow_nan=True)
+        runs.append((affinity, reorder(record.counts, order), reorder(record.skipped, order),
+                     record.config))
+    # Canonical order (by content), so sums below do not depend on the input order.
+    runs.sort(key=lambda run: (run[0].tobytes(),
+                               b"" if run[1] is None else run[1].tobytes(),
+                               b"" if run[2] is None else run[2].tobytes(),
+                               json.dumps(run[3], sort_keys=True, default=str)))
+    stack = np.stack([run[0] for run in runs])
+    finite = np.isfinite(stack)
+    k = finite.sum(axis=0)
+    safe_k = np.maximum(k, 1)
+    total = np.zeros(stack.shape[1:])
+    for matrix, ok in zip(stack, finite):
+        total = total + np.where(ok, matrix, 0.0)
+    mean = np.where(k > 0, total / safe_k, np.nan)
+    squares = np.zeros(stack.shape[1:])
+    for matrix, ok in zip(stack, finite):
+        squares = squares + np.where(ok, (matrix - mean) ** 2, 0.0)
+    stderr = np.where(k >= 2, np.sqrt(squares / np.maximum(k - 1, 1)) / np.sqrt(safe_k), np.nan)
+
+    def summed(index: int) -> np.ndarray | None:
+        parts = [run[index] for run in runs]
+        if any(p is None for p in parts):
+            return None
+        out = np.zeros(stack.shape[1:])
+        for p in parts:
+            out = out + p
+        return out.astype(np.int64)
+
+    return AffinityRecord(
+        tasks, mean, counts=summed(1), skipped=summed(2), epochs=None,
+        config={"pooled_runs": len(runs), "run_configs": [run[3] or {} for run in runs]},
+        stderr=stderr, stderr_blocks=k.astype(np.int64), stderr_method=POOLED_METHOD,
+        block_means=stack, block_counts=None)

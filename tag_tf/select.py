@@ -1,7 +1,9 @@
 """Selects TAG networks for several budgets from an affinity file.
 
   python -m tag_tf.select --affinity=runs/affinity.json --budgets=1,2,3,4,5 \
-      [--minimize] [--singletons=diagonal] [--output=selection.json]
+      [--minimize] [--singletons=diagonal] [--output=selection.json] \
+      [--bootstrap=200 --seed=0]
+  python -m tag_tf.select --affinity=seed0/affinity.json,seed1/affinity.json,... --bootstrap=200
 
 Reads the ``tag_tf.affinity/v1`` JSON written by the affinity core (or a plain
 ``{"tasks", "matrix"}`` JSON / ``.npy`` / ``.npz``), prints one table per budget (networks,
@@ -20,7 +22,9 @@ from tag_tf.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("affinity", None, "Affinity file ([source, target]): JSON, .npy or .npz.")
+flags.DEFINE_string("affinity", None, "Affinity file ([source, target]): JSON, .npy or .npz; "
+                    "several comma-separated files (seeds/restarts) are pooled: mean over "
+                    "runs, standard error = between-run std / sqrt(runs).")
 flags.DEFINE_list("budgets", ["1", "2", "3", "4", "5"],
                   "Comma-separated budgets (maximum numbers of networks).")
 flags.DEFINE_bool("minimize", False, "Minimise (errors/losses) instead of maximising.")
@@ -34,7 +38,9 @@ flags.DEFINE_list("tasks", None, "Task names (needed for .npy files).")
 flags.DEFINE_string("output", None, "Where to write the JSON (default: next to the input, "
                     "<input stem>.selection.json).")
 flags.DEFINE_float("time_limit", 60.0, "Seconds per budget for the large-scale solver.")
-flags.DEFINE_integer("seed", 0, "Seed of the large-scale solver.")
+flags.DEFINE_integer("seed", 0, "Seed of the large-scale solver and of the bootstrap.")
+flags.DEFINE_integer("bootstrap", 0, "Resamples for the robustness check (0 = off): stability, "
+                     "objective interval, best alternative, margin in SE, verdict per budget.")
 
 
 def parse_singletons(value: str | None):
@@ -65,13 +71,17 @@ def main(argv):
     budgets = parse_budgets(FLAGS.budgets)
     output = FLAGS.output
     if output is None:
-        stem = os.path.splitext(FLAGS.affinity)[0]
+        stem = os.path.splitext(FLAGS.affinity.split(",")[0])[0]
         output = f"{stem}.selection.json"
+    if FLAGS.bootstrap < 0:
+        raise app.UsageError(f"--bootstrap must be >= 0. Received: {FLAGS.bootstrap}")
+    paths = [p.strip() for p in FLAGS.affinity.split(",") if p.strip()]
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     report = api.run_selection(
-        affinity_path=FLAGS.affinity, budgets=budgets, minimize=FLAGS.minimize,
-        singletons=parse_singletons(FLAGS.singletons), method=FLAGS.method,
-        tasks=FLAGS.tasks, output_path=output, time_limit=FLAGS.time_limit, seed=FLAGS.seed)
+        affinity_path=paths if len(paths) > 1 else paths[0], budgets=budgets,
+        minimize=FLAGS.minimize, singletons=parse_singletons(FLAGS.singletons),
+        method=FLAGS.method, tasks=FLAGS.tasks, output_path=output,
+        time_limit=FLAGS.time_limit, seed=FLAGS.seed, bootstrap=FLAGS.bootstrap)
     print(report.text)
     print(f"\nWrote {output}")
 

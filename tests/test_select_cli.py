@@ -75,3 +75,60 @@ def test_bad_flags(tmp_path):
     assert select.parse_singletons("1,2,3") == [1.0, 2.0, 3.0]
     with pytest.raises(app.UsageError, match="--singletons"):
         select.parse_singletons("diag")
+
+
+def _epoch_trace(rng, truth, epochs):
+    return [{"epoch": e, "affinity": (truth + 0.01 * rng.normal(size=truth.shape)).tolist(),
+             "counts": np.full(truth.shape, 10).tolist()} for e in range(epochs)]
+
+
+def test_bootstrap_flag_reports_verdicts_from_the_epochs_trace(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    tasks = [f"t{i}" for i in range(6)]
+    cluster = np.arange(6) % 2
+    truth = np.where(np.equal.outer(cluster, cluster), 0.05, -0.02)
+    trace = _epoch_trace(rng, truth, 8)
+    mean = np.mean([np.array(e["affinity"]) for e in trace], axis=0)
+    path = str(tmp_path / "affinity.json")
+    affinity_io.save_affinity_json(path, affinity_io.AffinityRecord(tasks, mean, epochs=trace))
+    out = str(tmp_path / "sel.json")
+    with flagsaver.flagsaver(affinity=path, budgets=["1", "2", "3"], output=out, bootstrap=30,
+                             seed=4):
+        select.main(["select"])
+    text = capsys.readouterr().out
+    assert "robustness: ROBUST" in text and "| verdict |" in text
+    payload = json.loads(open(out).read())
+    assert payload["uncertainty"]["source"].startswith("block bootstrap over 8 blocks")
+    verdicts = [e["robustness"]["verdict"] for e in payload["selections"]]
+    assert verdicts[0] == "forced" and verdicts[1] == "robust"
+    assert payload["selections"][1]["robustness"]["seed"] == 4
+
+
+def test_several_affinity_files_are_pooled(tmp_path):
+    rng = np.random.default_rng(2)
+    tasks = ["a", "b", "c", "d"]
+    paths = []
+    for k in range(3):
+        path = str(tmp_path / f"run{k}.json")
+        affinity_io.save_affinity_json(path, affinity_io.AffinityRecord(
+            tasks, rng.normal(size=(4, 4))))
+        paths.append(path)
+    out = str(tmp_path / "sel.json")
+    with flagsaver.flagsaver(affinity=",".join(paths), budgets=["2"], output=out):
+        select.main(["select"])
+    payload = json.loads(open(out).read())
+    assert payload["pooled_runs"] == 3 and len(payload["affinity_paths"]) == 3
+    pooled = affinity_io.pool_records([affinity_io.load_affinity(p) for p in paths])
+    expected = subset_dp.solve_subset_dp(pooled.affinity, 2, tasks=tasks)
+    assert payload["selections"][0]["objective"] == pytest.approx(expected.objective)
+
+
+def test_bootstrap_needs_uncertainty_and_a_valid_count(tmp_path):
+    path = _write(tmp_path, np.random.default_rng(3).normal(size=(3, 3)), ["a", "b", "c"])
+    out = str(tmp_path / "o.json")
+    with flagsaver.flagsaver(affinity=path, budgets=["2"], output=out, bootstrap=10):
+        with pytest.raises(ValueError, match="No uncertainty information"):
+            select.main(["select"])
+    with flagsaver.flagsaver(affinity=path, budgets=["2"], output=out, bootstrap=-1):
+        with pytest.raises(app.UsageError, match="--bootstrap"):
+            select.main(["select"])

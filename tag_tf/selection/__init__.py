@@ -11,11 +11,15 @@ networks; each task is served by the chosen network that scores it best (score o
 * :func:`select_networks` — picks one of the above for a list of budgets.
 
 Baselines: :func:`select_cs`, :func:`select_hoa`, :func:`random_groupings`.
+
+Robustness: ``select_networks(..., uncertainty=Uncertainty(...))`` bootstraps the affinities
+and reports per budget stability, an objective interval, the best alternative and a verdict
+(:mod:`tag_tf.selection.robustness`).
 """
 
-from tag_tf.selection.api import (SelectionReport, TableSpec, format_selection,
-                                  format_selections, reproduce_tables, run_selection,
-                                  select_networks)
+from tag_tf.selection.api import (SelectionReport, TableSpec, format_robustness,
+                                  format_selection, format_selections, reproduce_tables,
+                                  run_selection)
 from tag_tf.selection.baselines import (RandomGroupings, hoa_matrix, random_groupings,
                                         select_cs, select_hoa)
 from tag_tf.selection.exhaustive import solve_exhaustive
@@ -23,8 +27,10 @@ from tag_tf.selection.large import solve_large
 from tag_tf.selection.milp import solve_milp
 from tag_tf.selection.problem import SelectionProblem, make_problem
 from tag_tf.selection.published import PublishedTable, load_published_table
-from tag_tf.selection.result import Network, Selection, selection_to_dict
+from tag_tf.selection.result import Network, Robustness, Selection, selection_to_dict
+from tag_tf.selection.robustness import Uncertainty, assess
 from tag_tf.selection.scoring import GroupScores, block_values, group_scores
+from tag_tf.selection.solvers import select_networks
 from tag_tf.selection.subset_dp import solve_subset_dp
 
 __all__ = [
@@ -32,11 +38,15 @@ __all__ = [
     "Network",
     "PublishedTable",
     "RandomGroupings",
+    "Robustness",
     "Selection",
     "SelectionProblem",
     "SelectionReport",
     "TableSpec",
+    "Uncertainty",
+    "assess",
     "block_values",
+    "format_robustness",
     "format_selection",
     "format_selections",
     "group_scores",

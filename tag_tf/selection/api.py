@@ -11,91 +11,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from tag_tf import affinity_io
-from tag_tf.selection import exhaustive
-from tag_tf.selection import large
-from tag_tf.selection import milp
+from tag_tf.selection import baselines
 from tag_tf.selection import problem as problem_lib
+from tag_tf.selection import published
 from tag_tf.selection import result as result_lib
-from tag_tf.selection import scoring
-from tag_tf.selection import subset_dp
+from tag_tf.selection import robustness
+from tag_tf.selection import solvers
 
-Method = Literal["auto", "dp", "milp", "exhaustive", "large"]
-# Largest n for which "auto" uses the exact subset DP (3^16 pairs take ~2 s).
-AUTO_EXACT_MAX_TASKS = 16
 OUTPUT_FORMAT = "tag_tf.selection/v1"
 
-
-def select_networks(affinity: Any, budgets: int | Sequence[int], *,
-                    tasks: Sequence[str] | None = None, minimize: bool = False,
-                    singletons: problem_lib.Singletons = None, method: Method = "auto",
-                    time_limit: float = 60.0, seed: int = 0,
-                    ) -> list[result_lib.Selection]:
-    """Selects at most ``b`` networks for each budget ``b``.
-
-    References:
-      Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task Learning",
-      NeurIPS 2021, Sec. 3.2.
-
-    Args:
-      affinity: square ``[source, target]`` matrix (affinities; errors/losses with
-        ``minimize=True``).
-      budgets: one budget or a sequence of budgets, each ``1 <= b <= n``.
-      tasks: task names.
-      minimize: minimise instead of maximise.
-      singletons: single-task network scores (see :func:`make_problem`).
-      method: ``"auto"`` (exact DP up to 16 tasks, else ``"large"``), ``"dp"``,
-        ``"milp"``, ``"exhaustive"`` or ``"large"``.
-      time_limit: seconds per budget for ``"large"`` (and ``"milp"``).
-      seed: seed for ``"large"``.
-
-    Returns:
-      One :class:`Selection` per budget, in the given order.
-
-    Example:
-      >>> [s.objective for s in select_networks([[0., 2.], [4., 0.]], [1, 2])]
-      [3.0, 3.0]
-    """
-    problem = problem_lib.make_problem(affinity, tasks=tasks, minimize=minimize,
-                                       singletons=singletons)
-    budgets = [budgets] if isinstance(budgets, (int, np.integer)) else list(budgets)
-    if not budgets:
-        raise ValueError("At least one budget is needed. Received: budgets=[]")
-    budgets = [problem_lib.check_budget(b, problem.n) for b in budgets]
-    if method == "auto":
-        method = "dp" if problem.n <= AUTO_EXACT_MAX_TASKS else "large"
-    if method == "dp":
-        return _solve_dp_budgets(problem, budgets)
-    if method == "milp":
-        values, _ = scoring.block_values(problem)
-        return [milp.solve_problem_milp(problem, b, values=values, time_limit=time_limit)
-                for b in budgets]
-    if method == "exhaustive":
-        return [exhaustive.solve_problem_exhaustive(problem, b) for b in budgets]
-    if method == "large":
-        return [large.solve_problem_large(problem, b, seed=seed, time_limit=time_limit)
-                for b in budgets]
-    raise ValueError(
-        "method must be 'auto', 'dp', 'milp', 'exhaustive' or 'large'. "
-        f"Received: method={method!r}")
-
-
-def _solve_dp_budgets(problem: problem_lib.SelectionProblem,
-                      budgets: list[int]) -> list[result_lib.Selection]:
-    """Shares the block values (and their cost) between budgets."""
-    start = time.perf_counter()
-    values, _ = scoring.block_values(problem)
-    shared = time.perf_counter() - start
-    out = []
-    for b in budgets:
-        selection = subset_dp.solve_problem_subset_dp(problem, b, values=values)
-        out.append(selection._replace(seconds=selection.seconds + shared / len(budgets)))
-    return out
+# Re-exported: the solver entry point lives in solvers.py (no import cycle with baselines).
+Method = solvers.Method
+AUTO_EXACT_MAX_TASKS = solvers.AUTO_EXACT_MAX_TASKS
+select_networks = solvers.select_networks
 
 
 class SelectionReport(NamedTuple):
@@ -106,15 +39,18 @@ class SelectionReport(NamedTuple):
     payload: dict[str, Any]
 
 
-def run_selection(*, affinity_path: str, budgets: Sequence[int], minimize: bool = False,
-                  singletons: problem_lib.Singletons = None, method: Method = "auto",
-                  tasks: Sequence[str] | None = None, output_path: str | None = None,
-                  time_limit: float = 60.0, seed: int = 0) -> SelectionReport:
-    """Reads an affinity file, selects networks for every budget, reports and writes JSON.
+def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
+                  minimize: bool = False, singletons: problem_lib.Singletons = None,
+                  method: Method = "auto", tasks: Sequence[str] | None = None,
+                  output_path: str | None = None, time_limit: float = 60.0, seed: int = 0,
+                  bootstrap: int = 0) -> SelectionReport:
+    """Reads affinity file(s), selects networks for every budget, reports and writes JSON.
 
     Args:
       affinity_path: file read with :func:`tag_tf.affinity_io.load_affinity`
-        (``tag_tf.affinity/v1`` JSON, plain ``{"tasks", "matrix"}`` JSON, ``.npy``/``.npz``).
+        (``tag_tf.affinity/v1`` JSON, plain ``{"tasks", "matrix"}`` JSON, ``.npy``/``.npz``),
+        or several (runs from different seeds/restarts), pooled with
+        :func:`tag_tf.affinity_io.pool_records` (mean over runs, between-run SE).
       budgets: budgets to solve.
       minimize: minimise (errors, losses).
       singletons: single-task scores (see :func:`make_problem`).
@@ -122,18 +58,36 @@ def run_selection(*, affinity_path: str, budgets: Sequence[int], minimize: bool 
       tasks: task names (needed for ``.npy``).
       output_path: where to write the JSON (``None``: do not write).
       time_limit: seconds per budget for the large-scale solver.
-      seed: seed of the large-scale solver.
+      seed: seed of the large-scale solver and of the bootstrap.
+      bootstrap: number of resamples for the robustness assessment (0: none); needs
+        uncertainty in the input (block means, an epochs trace of 2+ epochs, a stderr
+        matrix, or several files), see :meth:`robustness.Uncertainty.from_record`.
 
     Returns:
       A :class:`SelectionReport`.
     """
-    record = affinity_io.load_affinity(affinity_path, tasks=tasks)
+    paths = [affinity_path] if isinstance(affinity_path, str) else list(affinity_path)
+    if not paths:
+        raise ValueError("At least one affinity file is needed. Received: affinity_path=[]")
+    records = [affinity_io.load_affinity(p, tasks=tasks) for p in paths]
+    record = records[0] if len(records) == 1 else affinity_io.pool_records(records)
+    uncertainty = None
+    if bootstrap:
+        uncertainty = robustness.Uncertainty.from_record(record, n_resamples=bootstrap,
+                                                         seed=seed)
     selections = select_networks(record.affinity, budgets, tasks=record.tasks,
                                  minimize=minimize, singletons=singletons, method=method,
-                                 time_limit=time_limit, seed=seed)
+                                 time_limit=time_limit, seed=seed, uncertainty=uncertainty)
     payload = {
         "format": OUTPUT_FORMAT,
-        "affinity_path": os.path.abspath(affinity_path),
+        "affinity_path": os.path.abspath(paths[0]),
+        "affinity_paths": [os.path.abspath(p) for p in paths],
+        "pooled_runs": len(paths),
+        "uncertainty": None if uncertainty is None else {
+            "source": uncertainty.source, "resamples": uncertainty.n_resamples,
+            "seed": uncertainty.seed, "confidence": uncertainty.confidence,
+            "robust_if": f"stability >= {robustness.ROBUST_STABILITY} and margin >= "
+                         f"{robustness.ROBUST_MARGIN} SE"},
         "tasks": list(record.tasks),
         "minimize": bool(minimize),
         "singletons": _describe_singletons(singletons),
@@ -183,19 +137,53 @@ def format_selection(selection: result_lib.Selection) -> str:
     lines.append(f"  {'task'.ljust(width)}  network  score")
     for task, k, score in zip(selection.tasks, selection.served_by, selection.task_scores):
         lines.append(f"  {task.ljust(width)}  {str(k + 1).rjust(7)}  {_fmt(score)}")
+    if selection.robustness is not None:
+        lines.extend(format_robustness(selection.robustness))
     return "\n".join(lines)
+
+
+def _networks_text(networks: Sequence[Sequence[str]]) -> str:
+    return " ".join("{" + ",".join(net) + "}" for net in networks)
+
+
+def format_robustness(r: result_lib.Robustness) -> list[str]:
+    """Indented lines: verdict, stability, objective interval, alternative and margin."""
+    low, high = r.objective_ci
+    lines = [f"  robustness: {r.verdict.upper()} - chosen in {r.stability:.0%} of {r.resamples} "
+             f"resamples ({r.source}, seed {r.seed})",
+             f"    objective {100 * r.confidence:.0f}% interval [{_fmt(low)}, {_fmt(high)}], "
+             f"SE {_fmt(r.objective_se)}"]
+    if r.alternative is not None:
+        lines.append(f"    alternative ({r.alternative_source}, chosen in "
+                     f"{r.alternative_frequency:.0%}): {_networks_text(r.alternative)}, "
+                     f"objective {_fmt(r.alternative_objective)}")
+        lines.append(f"    margin: {_fmt(r.difference)} better = {_fmt(r.margin)} SE "
+                     f"(SE of the difference {_fmt(r.difference_se)})")
+    lines.append(f"    next: {r.advice}")
+    return lines
 
 
 def format_selections(selections: Sequence[result_lib.Selection]) -> str:
     """All budgets' tables, then a one-line-per-budget summary."""
     blocks = [format_selection(s) for s in selections]
+    robust = any(s.robustness is not None for s in selections)
     summary = ["| budget | networks | objective | bound | gap | method | seconds |",
                "|---|---|---|---|---|---|---|"]
+    if robust:
+        summary = [summary[0] + " stability | objective CI | margin (SE) | verdict |",
+                   summary[1] + "---|---|---|---|"]
     for s in selections:
-        nets = " ".join("{" + ",".join(net.tasks) + "}" for net in s.networks)
+        nets = _networks_text([net.tasks for net in s.networks])
         gap = "0 (optimal)" if s.optimal else _fmt(s.gap)
-        summary.append(f"| {s.budget} | {nets} | {_fmt(s.objective)} | {_fmt(s.bound)} | "
-                       f"{gap} | {s.method} | {s.seconds:.3f} |")
+        row = (f"| {s.budget} | {nets} | {_fmt(s.objective)} | {_fmt(s.bound)} | "
+               f"{gap} | {s.method} | {s.seconds:.3f} |")
+        r = s.robustness
+        if r is not None:
+            row += (f" {r.stability:.2f} | [{_fmt(r.objective_ci[0])}, {_fmt(r.objective_ci[1])}]"
+                    f" | {_fmt(r.margin)} | {r.verdict} |")
+        elif robust:
+            row += " - | - | - | - |"
+        summary.append(row)
     return "\n\n".join(blocks + ["\n".join(summary)])
 
 
@@ -234,8 +222,6 @@ def reproduce_tables(*, tables: Sequence[TableSpec], budgets: Sequence[int],
     Returns:
       A :class:`SelectionReport` over all tables (selections concatenated in order).
     """
-    from tag_tf.selection import baselines  # pylint: disable=g-import-not-at-top
-    from tag_tf.selection import published  # pylint: disable=g-import-not-at-top
     all_selections, texts, entries = [], [], []
     for spec in tables:
         table = published.load_published_table(spec.path, field=spec.field)

@@ -19,14 +19,14 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from tag_tf import affinity_io
-from tag_tf.selection import api
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import published
 from tag_tf.selection import result as result_lib
+from tag_tf.selection import solvers
 
 
 def select_cs(similarity: Any, budgets: int | Sequence[int], *,
-              tasks: Sequence[str] | None = None, method: api.Method = "auto",
+              tasks: Sequence[str] | None = None, method: solvers.Method = "auto",
               time_limit: float = 60.0) -> list[result_lib.Selection]:
     """CS baseline: the usual selection on a cosine-similarity matrix (maximised).
 
@@ -40,7 +40,7 @@ def select_cs(similarity: Any, budgets: int | Sequence[int], *,
     Returns:
       One :class:`Selection` per budget.
     """
-    return api.select_networks(similarity, budgets, tasks=tasks, minimize=False,
+    return solvers.select_networks(similarity, budgets, tasks=tasks, minimize=False,
                                singletons=None, method=method, time_limit=time_limit)
 
 
@@ -88,7 +88,7 @@ def hoa_matrix(pair_results: Mapping[Any, Any], *, tasks: Sequence[str] | None =
 def select_hoa(pair_results: Mapping[Any, Any], budgets: int | Sequence[int], *,
                tasks: Sequence[str] | None = None,
                single_results: Mapping[str, float] | None = None, minimize: bool = True,
-               method: api.Method = "auto",
+               method: solvers.Method = "auto",
                time_limit: float = 60.0) -> list[result_lib.Selection]:
     """HOA baseline (Standley et al., 2020): select networks from pairwise results.
 
@@ -106,7 +106,7 @@ def select_hoa(pair_results: Mapping[Any, Any], budgets: int | Sequence[int], *,
     """
     names, matrix, singles = hoa_matrix(pair_results, tasks=tasks,
                                         single_results=single_results)
-    return api.select_networks(matrix, budgets, tasks=names, minimize=minimize,
+    return solvers.select_networks(matrix, budgets, tasks=names, minimize=minimize,
                                singletons=singles, method=method, time_limit=time_limit)
 
 

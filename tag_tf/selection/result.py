@@ -10,7 +10,7 @@ or losses (Fifty et al., NeurIPS 2021, Sec. 3.2 "Network Selection").
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 
 class Network(NamedTuple):
@@ -27,6 +27,51 @@ class Network(NamedTuple):
     serves: tuple[str, ...]
     helpers: tuple[str, ...]
     scores: tuple[float, ...]
+
+
+class Robustness(NamedTuple):
+    """How a selection holds up when the affinities are redrawn within their uncertainty.
+
+    See :mod:`tag_tf.selection.robustness` for the procedure and the thresholds.
+
+    Attributes:
+      resamples: number of resampled affinity matrices, each solved exactly.
+      seed: seed of the resampling.
+      source: how matrices were resampled (block bootstrap, or normal draws from SEs).
+      stability: fraction of resamples whose optimal selection equals this one.
+      confidence: level of ``objective_ci`` (e.g. 0.95).
+      objective_ci: percentile interval of this selection's objective over resamples.
+      objective_se: standard deviation of that objective over resamples.
+      alternative: networks (task-name tuples) of the best alternative selection, or
+        ``None`` when the budget allows no other selection.
+      alternative_source: ``"most frequent other selection"`` or ``"runner-up on the point
+        estimate"`` (used when no resample chose another selection).
+      alternative_frequency: fraction of resamples that chose the alternative.
+      alternative_objective: the alternative's objective on the point estimate.
+      difference: how much better this selection is than the alternative on the point
+        estimate (objective units; positive = better, also when minimising).
+      difference_se: bootstrap standard deviation of that difference.
+      margin: ``difference / difference_se`` (the margin in standard errors).
+      verdict: ``"robust"``, ``"within noise"`` or ``"forced"`` (only one feasible selection).
+      advice: what to do next, in words.
+    """
+
+    resamples: int
+    seed: int
+    source: str
+    stability: float
+    confidence: float
+    objective_ci: tuple[float, float]
+    objective_se: float
+    alternative: Optional[tuple[tuple[str, ...], ...]]
+    alternative_source: str
+    alternative_frequency: float
+    alternative_objective: float
+    difference: float
+    difference_se: float
+    margin: float
+    verdict: str
+    advice: str
 
 
 class Selection(NamedTuple):
@@ -48,6 +93,8 @@ class Selection(NamedTuple):
       method: the solver that produced the selection.
       seconds: wall time spent in the solver.
       details: solver statistics (JSON-serialisable values).
+      robustness: the bootstrap assessment (``select_networks(..., uncertainty=...)``),
+        or ``None``.
     """
 
     tasks: tuple[str, ...]
@@ -63,6 +110,7 @@ class Selection(NamedTuple):
     method: str
     seconds: float
     details: Mapping[str, Any]
+    robustness: Optional[Robustness] = None
 
 
 def _json_float(value: float) -> float | None:
@@ -89,4 +137,19 @@ def selection_to_dict(selection: Selection) -> dict[str, Any]:
                       for task, i in zip(selection.tasks, selection.served_by)},
         "task_scores": dict(zip(selection.tasks, map(float, selection.task_scores))),
         "details": dict(selection.details),
+        "robustness": robustness_to_dict(selection.robustness),
     }
+
+
+def robustness_to_dict(robustness: Robustness | None) -> dict[str, Any] | None:
+    """JSON-serialisable form of a :class:`Robustness` (non-finite -> null)."""
+    if robustness is None:
+        return None
+    out = robustness._asdict()
+    for key in ("stability", "confidence", "objective_se", "alternative_frequency",
+                "alternative_objective", "difference", "difference_se", "margin"):
+        out[key] = _json_float(out[key])
+    out["objective_ci"] = [_json_float(v) for v in robustness.objective_ci]
+    out["alternative"] = (None if robustness.alternative is None
+                          else [list(net) for net in robustness.alternative])
+    return out
