@@ -191,10 +191,12 @@ def outline_segments(members: Sequence[int], inset: float) -> list:
 
 
 def _hatch_patch(corner, label=None) -> patches.Rectangle:
-    patch = patches.Rectangle(corner, 1, 1, facecolor="none", edgecolor="none", linewidth=0,
+    colour = (0.15, 0.15, 0.15, 0.5)
+    patch = patches.Rectangle(corner, 1, 1, facecolor="none", edgecolor=colour, linewidth=0,
                               hatch=_HATCH, label=label)
-    patch.set_hatchcolor((0.15, 0.15, 0.15, 0.5))
-    patch.set_hatch_linewidth(0.7)
+    if hasattr(patch, "set_hatchcolor"):  # matplotlib >= 3.11; older: the edge colour
+        patch.set_hatchcolor(colour)
+        patch.set_hatch_linewidth(0.7)
     return patch
 
 
