@@ -5,11 +5,13 @@ The heatmap (:func:`affinity_figure`) shows ``matrix[source, target]`` (see
 a diverging map centred at 0 (red: the source helps the target, blue: it hurts), scaled
 by the largest off-diagonal magnitude (a task's effect on itself is usually much larger,
 so diagonal colours are clipped; their numbers are still written). Every cell holds its
-value while the numbers stay readable: cells shrink with the number of tasks (0.7 in up to
-10 tasks, 0.3 in at 23-50 tasks, a 15 in wide matrix beyond) and the numbers are left out
-once their font would fall under 5 pt (from about 50 tasks on; the values are in the JSON
-anyway). NaN cells are grey. Selected networks are outlined, one colour per network;
-cells whose mean is within two standard errors of 0 are hatched.
+value, with about two significant digits (plain decimals, or in units of 10^k, noted on
+the colour bar, when plain ones would not fit). Cells shrink with the number of tasks
+(0.7 in up to 10 tasks, 0.3 in at 23-50 tasks: values at 6-9 pt; past 50 the matrix
+stays 15 in wide) and the numbers are left out once their font would fall under 5 pt
+(from about 75 tasks on; the values are in the JSON anyway). NaN cells are grey.
+Selected networks are outlined, one colour per network; cells whose mean is within two
+standard errors of 0 are hatched.
 
 Only the object API on an Agg canvas is used: no pyplot state, no window.
 """
@@ -122,22 +124,37 @@ def _short(name: str) -> str:
     return name if len(name) <= _MAX_NAME else name[:_MAX_NAME - 1] + "…"
 
 
-def _value_format(scale: float) -> tuple[float, int, str]:
-    """(divisor, decimals, unit note) giving about two significant digits at ``scale``."""
+def _value_format(scale: float, compact: bool = False) -> tuple[float, int, str]:
+    """(divisor, decimals, unit note) giving about two significant digits at ``scale``.
+
+    Plain decimals (``0.024``) for scales in [0.01, 100); otherwise, or if ``compact``,
+    in units of 10^k (``2.4``, unit ``×1e-2``).
+    """
     if not math.isfinite(scale) or scale <= 0:
         return 1.0, 2, ""
     exponent = math.floor(math.log10(scale))
-    if -2 <= exponent <= 1:
+    if -2 <= exponent <= 1 and not compact:
         return 1.0, 1 - exponent, ""
     return 10.0 ** exponent, 1, f"×1e{exponent}"
 
 
-def cell_texts(values: np.ndarray, scale: float) -> tuple[list[list[str]], str]:
-    """The number written in each cell (``n/a`` for NaN) and the unit note, if any."""
+def cell_texts(values: np.ndarray, scale: float,
+               max_chars: Optional[int] = None) -> tuple[list[list[str]], str, float]:
+    """The number in each cell (``n/a`` for NaN), the unit note and the divisor.
+
+    Uses the compact form (units of 10^k) when plain decimals would exceed ``max_chars``.
+    """
+    def texts_for(divisor, decimals):
+        return [["n/a" if not np.isfinite(v) else
+                 f"{v / divisor:.{decimals}f}".replace("-", "−") for v in row]
+                for row in np.asarray(values)]
+
     divisor, decimals, unit = _value_format(scale)
-    texts = [["n/a" if not np.isfinite(v) else f"{v / divisor:.{decimals}f}".replace("-", "−")
-              for v in row] for row in np.asarray(values)]
-    return texts, unit
+    texts = texts_for(divisor, decimals)
+    if max_chars is not None and max(len(t) for row in texts for t in row) > max_chars:
+        divisor, decimals, unit = _value_format(scale, compact=True)
+        texts = texts_for(divisor, decimals)
+    return texts, unit, divisor
 
 
 def _check_groups(groups: Any, tasks: list[str]) -> list[list[int]]:
@@ -267,14 +284,16 @@ def affinity_figure(matrix: Any, tasks: Sequence[str], *, measure: str = "lookah
     ax.grid(which="minor", color="white", linewidth=0.6)
     ax.tick_params(which="minor", length=0)
 
-    texts, unit = cell_texts(values, scale)
+    fits = int(0.85 * cell * 72 / (0.62 * MIN_VALUE_FONT))  # characters at the smallest font
+    texts, unit, divisor = cell_texts(values, scale, max_chars=fits)
     longest_text = max(len(t) for row in texts for t in row)
     value_font = min(9.0, 0.85 * cell * 72 / (0.62 * max(longest_text, 3)))
     if value_font >= MIN_VALUE_FONT:
         for (r, c), v in np.ndenumerate(values):
             dark = bool(np.isfinite(v)) and abs(norm(v) - 0.5) > 0.3
             ax.text(c, r, texts[r][c], ha="center", va="center", fontsize=value_font,
-                    color="white" if dark else ("black" if np.isfinite(v) else "#555555"))
+                    color="white" if dark else ("black" if np.isfinite(v) else "#555555"),
+                    in_layout=False)  # inside the axes: the layout need not measure them
 
     handles = []
     line_width = max(1.5, 0.07 * cell * 72)
@@ -308,7 +327,6 @@ def affinity_figure(matrix: Any, tasks: Sequence[str], *, measure: str = "lookah
                   + ("\n(scale: off-diagonal entries; larger values clipped)" if clipped
                      else ""))
     if unit:
-        divisor = _value_format(scale)[0]
         bar.formatter = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / divisor:g}")
         bar.update_ticks()
     steps = "" if recorded_steps is None else f", {int(recorded_steps)} recorded steps"

@@ -137,7 +137,13 @@ def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
 
 def plot_figure(rows: dict, budgets: Sequence[int], path: str, *,
                 error_name: str = "error") -> list[str]:
-    """Writes ``path`` (PNG) and its PDF: (a) total error per budget, (b) vs search time.
+    """Writes :func:`make_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(make_figure(rows, budgets, error_name=error_name), path)
+
+
+def make_figure(rows: dict, budgets: Sequence[int], *,
+                error_name: str = "error") -> plot.Figure:
+    """Figure 3: (a) total error per budget, (b) total error vs time to find the groups.
 
     (a): grouped bars, one group per budget, every method side by side; RG is the mean
     of its trained random groupings with +-1 std error bars. (b): total error against
@@ -186,7 +192,7 @@ def plot_figure(rows: dict, budgets: Sequence[int], path: str, *,
                  title="marker: budget; colour: method", title_fontsize=8)
     fig.suptitle(f"Figure 3: total test {plot.ERROR_UNITS.get(error_name, error_name)} "
                  "of the task groupings", fontsize=11)
-    return plot.save_figure(fig, path)
+    return fig
 
 
 def main(argv):

@@ -39,7 +39,12 @@ def traces(record, target: str) -> dict:
 
 
 def plot_trace(trace: dict, target: str, path: str) -> list[str]:
-    """Writes ``path`` (PNG) and its PDF: ``Z[source -> target]`` per epoch (1-based).
+    """Writes :func:`trace_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(trace_figure(trace, target), path)
+
+
+def trace_figure(trace: dict, target: str) -> plot.Figure:
+    """Figure 4: ``Z[source -> target]`` per epoch (1-based), one line per source.
 
     One line per source; an epoch without a recorded value leaves a gap (no line is
     drawn across it); markers show every recorded epoch.
@@ -60,7 +65,7 @@ def plot_trace(trace: dict, target: str, path: str) -> list[str]:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncols=columns, frameon=False)
-    return plot.save_figure(fig, path)
+    return fig
 
 
 def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,

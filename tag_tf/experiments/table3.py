@@ -366,7 +366,12 @@ FIGURE_NOTE = ("\n\nFigure: table3.png (+ PDF): (a) % above optimal and (b) % of
 
 
 def plot_table(payload: dict, path: str) -> list[str]:
-    """Writes ``path`` (PNG) and its PDF: % above optimal and % gap closed per budget."""
+    """Writes :func:`make_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(make_figure(payload), path)
+
+
+def make_figure(payload: dict) -> plot.Figure:
+    """The table's figure: (a) % above optimal and % gap closed per budget."""
     budgets, rows = payload["budgets"], payload["rows"]
     groups = [_nets(b) for b in budgets]
     fig, (above, gap) = plot.new_figure(12.0, 5.2, ncols=2)
@@ -390,7 +395,7 @@ def plot_table(payload: dict, path: str) -> list[str]:
     unit = plot.ERROR_UNITS.get(payload["error_name"], payload["error_name"])
     fig.suptitle(f"Table 3 ({payload['adapter']}): groupings scored on the ground truth "
                  f"(total test {unit})", fontsize=11)
-    return plot.save_figure(fig, path)
+    return fig
 
 
 def _groups(entry: dict) -> str:
