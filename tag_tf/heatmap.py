@@ -144,10 +144,14 @@ def cell_texts(values: np.ndarray, scale: float,
 
     Uses the compact form (units of 10^k) when plain decimals would exceed ``max_chars``.
     """
+    def text(v, divisor, decimals):
+        if not np.isfinite(v):
+            return "n/a"
+        rounded = round(v / divisor, decimals) + 0.0  # + 0.0: no "-0.000"
+        return f"{rounded:.{decimals}f}".replace("-", "−")
+
     def texts_for(divisor, decimals):
-        return [["n/a" if not np.isfinite(v) else
-                 f"{v / divisor:.{decimals}f}".replace("-", "−") for v in row]
-                for row in np.asarray(values)]
+        return [[text(v, divisor, decimals) for v in row] for row in np.asarray(values)]
 
     divisor, decimals, unit = _value_format(scale)
     texts = texts_for(divisor, decimals)

@@ -99,6 +99,7 @@ def test_colour_scale_comes_from_the_off_diagonal_and_numbers_scale_with_it():
     assert [t.get_text() for t in ax.texts][1:3] == ["2.0", "−1.0"]
     values = np.array([[0.024, -0.003]])
     assert heatmap.cell_texts(values, 0.024) == ([["0.024", "−0.003"]], "", 1.0)
+    assert heatmap.cell_texts(np.array([[-1e-5]]), 0.024)[0] == [["0.000"]]  # no "−0.000"
     texts, unit, divisor = heatmap.cell_texts(values, 0.024, max_chars=5)  # compact
     assert texts == [["2.4", "−0.3"]] and unit == "×1e-2" and divisor == pytest.approx(0.01)
 

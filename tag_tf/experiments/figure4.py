@@ -46,8 +46,8 @@ def plot_trace(trace: dict, target: str, path: str) -> list[str]:
 def trace_figure(trace: dict, target: str) -> plot.Figure:
     """Figure 4: ``Z[source -> target]`` per epoch (1-based), one line per source.
 
-    One line per source; an epoch without a recorded value leaves a gap (no line is
-    drawn across it); markers show every recorded epoch.
+    An epoch without a recorded value leaves a gap (no line is drawn across it); markers
+    show every recorded epoch.
     """
     sources = list(trace["sources"])
     epochs = [e + 1 for e in trace["epochs"]]
