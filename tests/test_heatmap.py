@@ -84,7 +84,7 @@ def test_figure_names_values_colour_bar_and_title(n, name_width):
         if np.isfinite(value):  # about two significant digits of the colour scale
             shown = float(text.replace("−", "-")) * factor
             assert shown == pytest.approx(value, abs=0.06 * scale), text
-    if n < 40:  # 40 tasks are rendered below (1600 numbers take seconds)
+    if n < 40:  # 40 tasks are rendered in a slow test below (1600 numbers take seconds)
         rgb = heatmap.figure_to_rgb(fig, dpi=20)
         assert rgb.shape == _expected_shape(fig, 20) and rgb.dtype == np.uint8
 
@@ -154,6 +154,7 @@ def test_stderr_hatches_cells_not_distinguishable_from_zero():
     assert not _hatched(_main_axes(heatmap.affinity_figure(matrix, ["a", "b", "c"]))[0])
 
 
+@pytest.mark.slow  # renders 1600 numbers: ~7 s of CPU
 def test_groups_and_stderr_together_on_forty_long_named_tasks(tmp_path):
     n = 40
     tasks = [f"task_{i:02d}_" + "n" * 32 for i in range(n)]
