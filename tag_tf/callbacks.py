@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from tag_tf.affinity_io import AffinityRecord, save_affinity_json, save_affinity_npz
-from tag_tf.heatmap import heatmap_image, write_heatmap_png
+from tag_tf import heatmap
 
 TRACE_FILE = "affinity_trace.json"
 # Output file stem per measure: affinity.{json,npz,png} and cosine_affinity.{json,npz,png}.
@@ -33,8 +33,11 @@ class AffinityLogger(keras.callbacks.Callback):
         too when the cosine measure is recorded), and the trace so
         far after every epoch (``affinity_trace.json``), which a resumed run
         (``BackupAndRestore``) reads back so no epoch is lost.
-      log_dir: if given, TensorBoard scalars ``affinity/<source>-><target>`` and a
-        heatmap image per epoch.
+      log_dir: if given, TensorBoard scalars ``affinity/<source>-><target>`` and the
+        epoch's heatmap (:func:`tag_tf.heatmap.affinity_figure`) as an image per epoch.
+
+    The PNG heatmaps show task names, cell values, a colour bar centred at 0 (red: the
+    source helps the target) and the number of recorded steps.
 
     The trace is also available as :attr:`epochs` (per measure) and through :meth:`record`.
     """
@@ -99,7 +102,11 @@ class AffinityLogger(keras.callbacks.Callback):
                     for j, target in enumerate(tasks):
                         if np.isfinite(mean[i, j]):
                             tf.summary.scalar(f"{stem}/{source}->{target}", mean[i, j])
-                tf.summary.image(f"{stem}_heatmap", heatmap_image(mean)[None])
+                figure = heatmap.affinity_figure(
+                    mean, tasks, measure=measure, recorded_steps=int(np.max(counts, initial=0)),
+                    title=f"epoch {epoch + 1}")
+                image = heatmap.figure_to_rgb(figure, dpi=heatmap.TENSORBOARD_DPI)
+                tf.summary.image(f"{stem}_heatmap", image[None])
 
     def record(self, measure: str = "lookahead") -> AffinityRecord:
         """The model's overall mean for ``measure`` with this logger's per-epoch trace."""
@@ -114,7 +121,7 @@ class AffinityLogger(keras.callbacks.Callback):
             stem = os.path.join(self.output_dir, FILE_STEMS[measure])
             save_affinity_json(stem + ".json", record)
             save_affinity_npz(stem + ".npz", record)
-            write_heatmap_png(stem + ".png", record.affinity)
+            heatmap.save_record_heatmap(stem + ".png", record, measure=measure)
 
     @staticmethod
     def _write_json(path, payload):

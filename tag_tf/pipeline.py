@@ -22,7 +22,8 @@ validation loss, restores the best weights and evaluates each task on the test s
 
 * ``affinity``: one network on all tasks recording TAG's lookahead affinity (Eq. 1) every
   ``every_n`` steps; writes ``affinity.{json,npz,png}`` and, for ``budgets``, the network
-  selection ``selection.json`` (:func:`tag_tf.selection.run_selection`).
+  selection ``selection.json`` (:func:`tag_tf.selection.run_selection`); the heatmap
+  ``affinity.png`` then outlines the networks of ``budget`` (default: the first budget).
 * ``cs``: the same with the gradient cosine similarity baseline; ``cosine_affinity.*``.
 * ``mtl``: one network on all tasks, summed loss. ``stl``: one network per task.
 * ``uw``: uncertainty weighting; ``gradnorm``: GradNorm; ``pcgrad``: PCGrad with
@@ -138,7 +139,8 @@ class Options:
       budgets: budgets to select networks for after ``affinity`` / ``cs`` (those above the
         number of tasks are dropped); empty = no selection.
       selection_path: the selection JSON for ``groups``.
-      budget: which budget of that file (needed when it holds several).
+      budget: which budget of that file (needed when it holds several); in ``affinity`` /
+        ``cs`` modes, the budget whose networks the heatmap outlines (default: the first).
       selection_table: which table of a ``reproduce_tables`` file (e.g. ``"TAG"``).
       uw_clipped: ``UncertaintyWeighting(clipped=...)`` for ``uw`` and ``pcgrad``
         (True: the original CelebA code's clipped variant).
@@ -468,7 +470,8 @@ def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Option
         if path:
             affinity_io.save_affinity_json(path, record)
             affinity_io.save_affinity_npz(os.path.join(output_dir, stem + ".npz"), record)
-            heatmap.write_heatmap_png(os.path.join(output_dir, stem + ".png"), record.affinity)
+            heatmap.save_record_heatmap(os.path.join(output_dir, stem + ".png"), record,
+                                        measure=measure)
     epochs_used = (record.config or {}).get("epochs_used") or \
         [int(e["epoch"]) for e in (record.epochs or [])]
     entry = {"measure": measure, "path": path, "tasks": list(record.tasks),
@@ -478,14 +481,21 @@ def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Option
 
 
 def _select(affinity_path: str, tasks: Sequence[str], budgets: Sequence[int],
-            output_dir: str) -> dict:
+            output_dir: str, marked_budget: Optional[int] = None,
+            measure: str = "lookahead") -> dict:
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     usable = sorted({int(b) for b in budgets if 1 <= int(b) <= len(tasks)})
     if not usable:
         return {}
     path = os.path.join(output_dir, SELECTION_FILE)
     report = api.run_selection(affinity_path=affinity_path, budgets=usable, output_path=path)
-    return {"path": path, "budgets": usable, "selections": report.payload["selections"]}
+    selections = report.payload["selections"]
+    # Redraw the heatmap with one budget's networks outlined: ``budget`` if given, else the first.
+    marked = next((s for s in selections if s["budget"] == marked_budget), selections[0])
+    heatmap.save_record_heatmap(affinity_path[:-len(".json")] + ".png",
+                                affinity_io.load_affinity(affinity_path), measure=measure,
+                                selection=marked)
+    return {"path": path, "budgets": usable, "selections": selections}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -536,7 +546,8 @@ def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
             extra["affinity"] = _finish_affinity(mode, options, info, output_dir, model)
             if options.budgets and output_dir and extra["affinity"]["path"]:
                 extra["selection"] = _select(extra["affinity"]["path"], tasks,
-                                             options.budgets, output_dir)
+                                             options.budgets, output_dir, options.budget,
+                                             extra["affinity"]["measure"])
         del model
         keras.backend.clear_session()
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tag_tf import selection, synthetic
 from tag_tf.callbacks import AffinityLogger
 from tag_tf.config import AffinityConfig
+from tag_tf import heatmap
 from tag_tf.heatmap import format_matrix
 from tag_tf.model import MultiTaskModel
 
@@ -53,7 +54,7 @@ def run_demo(*, num_tasks: int, num_clusters: int, steps: int, steps_per_epoch: 
     within, across = np.nanmean(record.affinity[same & off]), np.nanmean(record.affinity[~same])
     print(f"\nMean off-diagonal affinity within clusters: {within:.4f}; "
           f"across clusters: {across:.4f}")
-    selections = _select(record, budgets, output_dir)
+    selections = _select(record, budgets, output_dir, marked_budget=num_clusters)
     print(f"\nWrote {os.path.join(output_dir, 'affinity.json')} (+ .npz, .png, selection.json).")
     return {"record": record, "selections": selections, "seconds": seconds,
             "cluster_of": problem.cluster_of}
@@ -66,8 +67,12 @@ def _groups_text(tasks, cluster_of):
     return " | ".join("{" + ", ".join(g) + "}" for g in groups.values())
 
 
-def _select(record, budgets, output_dir):
-    """Chooses networks for each budget from the mean affinity; prints and writes them."""
+def _select(record, budgets, output_dir, marked_budget=None):
+    """Chooses networks for each budget from the mean affinity; prints and writes them.
+
+    ``affinity.png`` is redrawn with the networks of ``marked_budget`` (the number of
+    planted clusters; else the first budget) outlined.
+    """
     budgets = [b for b in budgets if 1 <= b <= len(record.tasks)]
     if not budgets:
         return []
@@ -78,4 +83,7 @@ def _select(record, budgets, output_dir):
         json.dump({"tasks": record.tasks,
                    "selections": [selection.selection_to_dict(s) for s in selections]}, f,
                   indent=1)
+    marked = next((s for s in selections if s.budget == marked_budget), selections[0])
+    heatmap.save_record_heatmap(os.path.join(output_dir, "affinity.png"), record,
+                                selection=marked)
     return selections

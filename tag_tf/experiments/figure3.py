@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from matplotlib.lines import Line2D
+
 from tag_tf import selection as selection_lib
 from tag_tf.experiments import plot
 from tag_tf.experiments import report
@@ -29,7 +31,7 @@ _MODE = {"MTL": "mtl", "UW": "uw", "GradNorm": "gradnorm", "PCGrad": "pcgrad"}
 
 def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int = 2,
         seed: int = 0, output_dir: str = "runs/fig3") -> dict:
-    """Runs every method (cached), writes ``figure3.{md,json}`` and ``figure3_b<b>.png``."""
+    """Runs every method (cached); writes ``figure3.{md,json,png,pdf}``."""
     start = time.perf_counter()
     n = len(harness.tasks)
     budgets = [int(b) for b in budgets if 1 <= int(b) <= n]
@@ -88,10 +90,11 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
                "tasks": harness.tasks, "error_name": error_name, "methods": rows,
                "seconds": time.perf_counter() - start,
                "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
-    pngs = _plots(rows, budgets, output_dir, error_name=error_name)
-    markdown = format_markdown(payload, pngs)
-    payload["outputs"] = report.write_outputs(output_dir, "figure3", payload, markdown)
-    payload["outputs"]["png"] = pngs
+    figures = plot.outputs(plot_figure(rows, budgets, os.path.join(output_dir, "figure3.png"),
+                                       error_name=error_name))
+    markdown = format_markdown(payload, figures["png"])
+    payload["outputs"] = {**report.write_outputs(output_dir, "figure3", payload, markdown),
+                          **figures}
     payload["markdown"] = markdown
     return payload
 
@@ -125,46 +128,71 @@ def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
              "", f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} "
              f"reused from the cache; {payload['seconds']:.0f} s in all."]
     if pngs:
-        legend = ", ".join(f"{m} = {plot.colour(i)[0]}"
-                           for i, m in enumerate(GROUPED + UNGROUPED))
-        lines += ["", f"Plots: {', '.join(os.path.basename(p) for p in pngs)} (x: time to "
-                  "find groups, log scale, decade grid lines; y: total error; squares: "
-                  "grouping methods, RG drawn at a tenth of the fastest search; dashed "
-                  f"lines: methods without groups). Colours: {legend}."]
+        lines += ["", f"Figure: {', '.join(os.path.basename(p) for p in pngs)} (+ PDF): (a) "
+                  "total test error per budget, methods side by side (RG: mean ± std error "
+                  "bars); (b) total error vs time to find the groups (log scale) for the "
+                  "methods that search."]
     return "\n".join(lines)
 
 
-def _plots(rows: dict, budgets: Sequence[int], output_dir: str,
-           error_name: str = "error") -> list[str]:
-    """One ``figure3_b<b>.png`` per budget: error vs time to find the groups (log x)."""
-    os.makedirs(output_dir, exist_ok=True)
-    times = [rows[m]["time_to_find_groups"] for m in GROUPED
-             if rows[m]["time_to_find_groups"]]
-    floor = min(times) / 10 if times else 1.0
-    paths = []
-    for b in budgets:
-        xs, ys = [], []
-        for m in GROUPED + UNGROUPED:
-            t = rows[m]["time_to_find_groups"]
-            xs.append(floor if t == 0 else t)
-            ys.append(rows[m]["budgets"][b]["total_error"])
-        canvas = plot.Canvas(
-            [x for x in xs if x], ys, log_x=True,
-            title=f"Figure 3: total test {error_name}, {b} networks",
-            x_label="time to find groups (s, log scale)",
-            y_label=f"total test {error_name} (lower is better)")
-        for i, m in enumerate(GROUPED + UNGROUPED):
-            rgb = plot.colour(i)[1]
-            if m in GROUPED:
-                no_search = rows[m]["time_to_find_groups"] == 0
-                canvas.point(xs[i], ys[i], rgb,
-                             label=f"{m} (0 s, drawn at min/10)" if no_search else m)
-            else:
-                canvas.hline(ys[i], rgb, label=f"{m} (no groups)")
-        path = os.path.join(output_dir, f"figure3_b{b}.png")
-        canvas.write(path)
-        paths.append(path)
-    return paths
+def plot_figure(rows: dict, budgets: Sequence[int], path: str, *,
+                error_name: str = "error") -> list[str]:
+    """Writes :func:`make_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(make_figure(rows, budgets, error_name=error_name), path)
+
+
+def make_figure(rows: dict, budgets: Sequence[int], *,
+                error_name: str = "error") -> plot.Figure:
+    """Figure 3: (a) total error per budget, (b) total error vs time to find the groups.
+
+    (a): grouped bars, one group per budget, every method side by side; RG is the mean
+    of its trained random groupings with +-1 std error bars. (b): total error against
+    the time to find the groups (log scale) for the methods that search (TAG, CS, HOA,
+    TAG+PCGrad), one marker per budget.
+    """
+    methods = [m for m in GROUPED + UNGROUPED if m in rows]
+    colours = {m: plot.colour(i) for i, m in enumerate(GROUPED + UNGROUPED)}
+    fig, (bars, times) = plot.new_figure(13.0, 5.0, ncols=2)
+    fig.get_layout_engine().set(wspace=0.05)
+    series = {m: [rows[m]["budgets"][b]["total_error"] for b in budgets] for m in methods}
+    errors = {m: [rows[m]["budgets"][b].get("std") for b in budgets] for m in methods
+              if any("std" in rows[m]["budgets"][b] for b in budgets)}
+    plot.grouped_bars(bars, [f"{b} network{'s' if b != 1 else ''}" for b in budgets], series,
+                      errors=errors, colours=colours)
+    bars.set_xlabel("budget (networks at inference)")
+    bars.set_ylabel(plot.error_label(error_name) + "\n(lower is better)")
+    samples = rows.get("RG", {}).get("samples")
+    bars.set_title("(a) total test error per budget"
+                   + (f"\nRG: mean ± std of {samples} trained random groupings" if samples
+                      else ""), fontsize=10)
+    fig.legend(handles=bars.get_legend_handles_labels()[0], loc="outside lower center",
+               ncols=len(methods), fontsize=8, frameon=False)
+
+    markers = "osD^v<>p*h"
+    searched = [m for m in methods if rows[m]["time_to_find_groups"]]
+    for m in searched:
+        for k, b in enumerate(budgets):
+            error = rows[m]["budgets"][b]["total_error"]
+            if error is not None:
+                times.scatter(rows[m]["time_to_find_groups"], error, s=45,
+                              color=colours[m], marker=markers[k % len(markers)],
+                              edgecolors="black", linewidths=0.5, zorder=3)
+    times.set_xscale("log")
+    plot.plain_log_ticks(times.xaxis)
+    times.set_xlabel("time to find the groups (s, log scale)")
+    times.set_ylabel(plot.error_label(error_name) + "\n(lower is better)")
+    times.set_title("(b) error vs time to find the groups\n(not shown: RG, no search; MTL, "
+                    "STL, UW, GradNorm, PCGrad, no groups)", fontsize=10)
+    times.margins(x=0.1, y=0.1)
+    times.grid(alpha=0.3, which="both")
+    handles = [Line2D([], [], linestyle="none", marker=markers[k % len(markers)],
+                       color="grey", label=f"{b} network{'s' if b != 1 else ''}")
+                for k, b in enumerate(budgets)]
+    times.legend(handles=handles, fontsize=8, loc="best", framealpha=0.9,
+                 title="marker: budget; colour: method", title_fontsize=8)
+    fig.suptitle(f"Figure 3: total test {plot.ERROR_UNITS.get(error_name, error_name)} "
+                 "of the task groupings", fontsize=11)
+    return fig
 
 
 def main(argv):

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Optional, Sequence
 
+import matplotlib.ticker
 import numpy as np
 
 from tag_tf.experiments import plot
@@ -37,24 +38,39 @@ def traces(record, target: str) -> dict:
     return {"epochs": epochs, "sources": out}
 
 
-def plot_trace(trace: dict, target: str, path: str) -> None:
-    """Writes one PNG: ``Z[source -> target]`` per epoch (1-based, as in the markdown)."""
+def plot_trace(trace: dict, target: str, path: str) -> list[str]:
+    """Writes :func:`trace_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(trace_figure(trace, target), path)
+
+
+def trace_figure(trace: dict, target: str) -> plot.Figure:
+    """Figure 4: ``Z[source -> target]`` per epoch (1-based), one line per source.
+
+    An epoch without a recorded value leaves a gap (no line is drawn across it); markers
+    show every recorded epoch.
+    """
     sources = list(trace["sources"])
     epochs = [e + 1 for e in trace["epochs"]]
-    ys = [v for s in sources for v in trace["sources"][s] if v is not None]
-    canvas = plot.Canvas(epochs, ys, x_integer=True,
-                         title=f"Figure 4: affinity onto {target} per epoch",
-                         x_label="epoch", y_label=f"affinity Z[source -> {target}]")
-    canvas.zero_line()
+    columns = min(3, max(1, len(sources)))
+    legend_rows = -(-len(sources) // columns)
+    fig, (ax,) = plot.new_figure(7.5, 4.2 + 0.2 * legend_rows)
+    ax.axhline(0, color="grey", linewidth=1, zorder=1)
     for k, source in enumerate(sources):
-        canvas.line(epochs, trace["sources"][source], plot.colour(k)[1],
-                    label=f"{source} -> {target}")
-    canvas.write(path)
+        values = [np.nan if v is None else v for v in trace["sources"][source]]
+        ax.plot(epochs, values, marker="o", markersize=3.5, linewidth=1.5,
+                color=plot.colour(k), label=f"{source} → {target}", zorder=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"affinity Z[source → {target}]\n(> 0: the source helps {target})")
+    ax.set_title(f"Figure 4: lookahead affinity onto {target} per epoch", fontsize=11)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=columns, frameon=False)
+    return fig
 
 
 def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
         output_dir: str = "runs/fig4") -> dict:
-    """Writes ``figure4.{md,json}`` and ``figure4_<target>.png``."""
+    """Writes ``figure4.{md,json}`` and ``figure4_<target>.{png,pdf}``."""
     start = time.perf_counter()
     targets = list(targets or harness.tasks[:1])
     unknown = [t for t in targets if t not in harness.tasks]
@@ -66,21 +82,20 @@ def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
     if not record.epochs:
         raise ValueError(f"{run_.path} holds no per-epoch trace.")
     os.makedirs(output_dir, exist_ok=True)
-    per_target, pngs = {}, []
+    per_target, paths = {}, []
     for target in targets:
         trace = traces(record, target)
         per_target[target] = trace
-        path = os.path.join(output_dir, f"figure4_{target}.png")
-        plot_trace(trace, target, path)
-        pngs.append(path)
+        paths += plot_trace(trace, target, os.path.join(output_dir, f"figure4_{target}.png"))
+    figures = plot.outputs(paths)
     payload = {"figure": "4", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
                "options": harness.base_options.to_json(), "tasks": harness.tasks,
                "affinity_path": run_.path, "settings": run_.settings, "targets": per_target,
                "seconds": time.perf_counter() - start}
-    markdown = format_markdown(payload, pngs)
-    payload["outputs"] = report.write_outputs(output_dir, "figure4", payload, markdown)
-    payload["outputs"]["png"] = pngs
+    markdown = format_markdown(payload, figures["png"])
+    payload["outputs"] = {**report.write_outputs(output_dir, "figure4", payload, markdown),
+                          **figures}
     payload["markdown"] = markdown
     return payload
 
@@ -94,9 +109,8 @@ def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
         lines += ["", f"Z[source -> {target}] per epoch:", "",
                   report.markdown_table(["epoch"] + sources, body)]
         if png:
-            legend = ", ".join(f"{s} = {plot.colour(k)[0]}" for k, s in enumerate(sources))
-            lines += ["", f"Plot {os.path.basename(png)} (x: epoch, y: affinity, grey line: "
-                      f"0). Colours: {legend}."]
+            lines += ["", f"Figure: {os.path.basename(png)} (+ PDF), one line per source; "
+                      "n/a epochs are gaps."]
     return "\n".join(lines)
 
 

@@ -11,11 +11,13 @@ every step (its wall time over this setting's).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Sequence
 
 import numpy as np
 
+from tag_tf.experiments import plot
 from tag_tf.experiments import report
 from tag_tf.experiments.harness import Harness, steady_seconds
 
@@ -34,7 +36,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
         frequencies: Sequence[int] = FREQUENCIES, windows: Sequence[str] = WINDOWS,
         window_every_n: int | None = None, rg_samples: int = 2, seed: int = 0,
         output_dir: str = "runs/table2") -> dict:
-    """Runs every setting (cached); writes ``table2.{md,json}``."""
+    """Runs every setting (cached); writes ``table2.{md,json,png,pdf}``."""
     start = time.perf_counter()
     budgets = [int(b) for b in budgets if 1 <= int(b) <= len(harness.tasks)]
     window_every_n = window_every_n or harness.base_options.every_n
@@ -78,17 +80,64 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
                "random": random, "rg_samples": rg_samples, "seed": seed, "rows": rows,
                "seconds": time.perf_counter() - start,
                "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
-    markdown = format_markdown(payload)
-    payload["outputs"] = report.write_outputs(output_dir, "table2", payload, markdown)
+    figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table2.png")))
+    markdown = format_markdown(payload) + FIGURE_NOTE
+    payload["outputs"] = {**report.write_outputs(output_dir, "table2", payload, markdown),
+                          **figures}
     payload["markdown"] = markdown
     return payload
+
+
+FIGURE_NOTE = ("\n\nFigure: table2.png (+ PDF): (a) improvement over RG per setting and "
+               "budget, (b) the affinity training's speed-up vs recording every step.")
+
+
+def setting_label(row: dict) -> str:
+    """``every 10`` or ``every 10, first 25 %``."""
+    return f"every {row['every_n']}" + (f", {row['window']} 25 %" if row["window"] else "")
+
+
+def plot_table(payload: dict, path: str) -> list[str]:
+    """Writes :func:`make_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(make_figure(payload), path)
+
+
+def make_figure(payload: dict) -> plot.Figure:
+    """The table's figure: (a) % improvement over RG, (b) speed-up."""
+    rows, budgets = payload["rows"], payload["budgets"]
+    labels = [setting_label(r).replace(", ", "\n") for r in rows]
+    fig, (gain, speed) = plot.new_figure(10.0, 8.5, nrows=2)
+    series = {f"{b} network{'s' if b != 1 else ''}": [r["budgets"][b]["vs_random_percent"]
+                                                       for r in rows] for b in budgets}
+    series["mean over budgets"] = [r["mean_vs_random_percent"] for r in rows]
+    plot.grouped_bars(gain, labels, series)
+    gain.set_xlabel("affinity recorded")
+    gain.set_ylabel("improvement over RG, 100 (RG − error) / RG (%)\n(higher is better)")
+    unit = plot.ERROR_UNITS.get(payload["error_name"], payload["error_name"])
+    gain.set_title(f"(a) total test {unit} of the selected groups vs random groupings",
+                   fontsize=10)
+    gain.legend(fontsize=8, title="budget", title_fontsize=8, loc="center left",
+                bbox_to_anchor=(1.0, 0.5), frameon=False)
+    plot.grouped_bars(speed, labels, {
+        "whole training": [r["speedup_vs_every_step"] for r in rows],
+        "epochs 2+": [r["steady_speedup_vs_every_step"] for r in rows]})
+    speed.axhline(1, color="grey", linestyle="--", linewidth=1)
+    speed.set_xlabel("affinity recorded")
+    speed.set_ylabel("speed-up vs every step (×)\n(wall time of 'every 1' / this setting's)")
+    speed.set_title("(b) affinity training speed-up (dashed: 1×)", fontsize=10)
+    speed.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    for ax in (gain, speed):
+        ax.tick_params(axis="x", labelsize=8.5)
+    fig.suptitle(f"Table 2 ({payload['adapter']}): recording frequency and window",
+                 fontsize=11)
+    return fig
 
 
 def format_markdown(payload: dict) -> str:
     budgets = payload["budgets"]
     body = []
     for row in payload["rows"]:
-        label = f"every {row['every_n']}" + (f", {row['window']} 25 %" if row["window"] else "")
+        label = setting_label(row)
         body.append([label, row["recorded_steps"], report.fmt(row["affinity_seconds"], ".1f"),
                      report.fmt(row["speedup_vs_every_step"], ".2f") + "x",
                      report.fmt(row["affinity_seconds_after_first_epoch"], ".1f"),

@@ -29,11 +29,13 @@ settings.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from tag_tf.experiments import plot
 from tag_tf.experiments import report
 from tag_tf.experiments.harness import Harness
 from tag_tf.experiments.train_val import pearson
@@ -309,7 +311,9 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
         variants: Sequence[Variant] = VARIANTS, include_cs: bool = True,
         rg_samples: int = 1000, seed: int = 0, max_tasks: int = MAX_TASKS,
         output_dir: str = "runs/table3") -> dict:
-    """Ground truth, references and every variant (all cached); writes ``table3.{md,json}``.
+    """Ground truth, references and every variant (all cached); writes ``table3.*``.
+
+    ``table3.{md,json}`` hold the numbers, ``table3.{png,pdf}`` the figure.
 
     The base variant is always included (first) as the reference of the correlations.
     """
@@ -349,10 +353,49 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
                "rows": rows, "seconds": time.perf_counter() - start,
                "trainings_run": sum(c.misses for c in caches),
                "trainings_reused": sum(c.hits for c in caches)}
-    markdown = format_markdown(payload)
-    payload["outputs"] = report.write_outputs(output_dir, "table3", payload, markdown)
+    figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table3.png")))
+    markdown = format_markdown(payload) + FIGURE_NOTE
+    payload["outputs"] = {**report.write_outputs(output_dir, "table3", payload, markdown),
+                          **figures}
     payload["markdown"] = markdown
     return payload
+
+
+FIGURE_NOTE = ("\n\nFigure: table3.png (+ PDF): (a) % above optimal and (b) % of the "
+               "random-to-optimal gap closed, per budget, for each variant.")
+
+
+def plot_table(payload: dict, path: str) -> list[str]:
+    """Writes :func:`make_figure` as ``path`` (PNG) and its PDF; returns the paths."""
+    return plot.save_figure(make_figure(payload), path)
+
+
+def make_figure(payload: dict) -> plot.Figure:
+    """The table's figure: (a) % above optimal and % gap closed per budget."""
+    budgets, rows = payload["budgets"], payload["rows"]
+    groups = [_nets(b) for b in budgets]
+    fig, (above, gap) = plot.new_figure(12.0, 5.2, ncols=2)
+    plot.grouped_bars(above, groups, {label: [row["budgets"][b]["above_optimal_percent"]
+                                              for b in budgets] for label, row in rows.items()})
+    above.set_ylabel("above optimal (%), lower is better\n100 (total − optimal) / optimal")
+    above.set_title("(a) total test error above the optimal grouping\n(0: optimal)",
+                    fontsize=10)
+    plot.grouped_bars(gap, groups, {label: [row["budgets"][b]["gap_closed_percent"]
+                                            for b in budgets] for label, row in rows.items()})
+    gap.axhline(100, color="grey", linestyle="--", linewidth=1)
+    gap.set_ylabel("gap closed (%), higher is better\n100 (random − total) / "
+                   "(random − optimal)")
+    gap.set_title("(b) random-to-optimal gap closed\n(0: mean random grouping; dashed: "
+                  "optimal)", fontsize=10)
+    for ax in (above, gap):
+        ax.set_xlabel("budget (networks at inference)")
+    fig.legend(handles=above.get_legend_handles_labels()[0], loc="outside lower center",
+               ncols=min(4, len(rows)), fontsize=8, frameon=False, title="groups found with",
+               title_fontsize=8)
+    unit = plot.ERROR_UNITS.get(payload["error_name"], payload["error_name"])
+    fig.suptitle(f"Table 3 ({payload['adapter']}): groupings scored on the ground truth "
+                 f"(total test {unit})", fontsize=11)
+    return fig
 
 
 def _groups(entry: dict) -> str:
