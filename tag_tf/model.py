@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import lookahead
+from tag_tf import lookahead, network_call
 from tag_tf.affinity_io import AffinityRecord, validate_tasks
 from tag_tf.config import MEASURES, AffinityConfig
 from tag_tf.pcgrad import PCGrad
@@ -402,8 +402,8 @@ class MultiTaskModel(keras.Model):
         if lookahead_on and config.batch == "validation":
             x_eval, y_eval, w_eval = keras.utils.unpack_x_y_sample_weight(
                 next(self._validation.value))
-            eval_pred, _ = network.stateless_call(
-                [v.value for v in network.trainable_variables], state_before, x_eval,
+            eval_pred, _ = network_call.stateless_call(
+                network, [v.value for v in network.trainable_variables], state_before, x_eval,
                 training=True)
             base = task_losses.compute(y_eval, self._as_task_dict(eval_pred), w_eval,
                                        weighted=False)
@@ -425,7 +425,8 @@ class MultiTaskModel(keras.Model):
                     config.rule, self.optimizer, self.shared_variables, unscaled, lr)
                 values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else v.value
                           for v in network.trainable_variables]
-                outputs, _ = network.stateless_call(values, state_before, x_eval, training=True)
+                outputs, _ = network_call.stateless_call(network, values, state_before, x_eval,
+                                                         training=True)
                 row = tf.stack(task_losses.compute(
                     y_eval, self._as_task_dict(outputs), w_eval, weighted=False))
             rows.append(row)
