@@ -41,7 +41,7 @@ from tag_tf.affinity_io import AffinityRecord, validate_tasks
 from tag_tf.config import MEASURES, AffinityConfig
 from tag_tf.pcgrad import PCGrad
 from tag_tf.task_losses import TaskLosses, resolve_task_losses
-from tag_tf.weighting import GradNorm, UncertaintyWeighting
+from tag_tf.weighting import GradNorm, RepresentationGradNorm, UncertaintyWeighting
 
 _NO_END = np.iinfo(np.int64).max
 
@@ -106,8 +106,9 @@ class MultiTaskModel(keras.Model):
       shared: the shared layers (objects or names) or variables: the trunk
         whose lookahead step defines the affinity.
       affinity: an :class:`AffinityConfig`, or None to train without recording.
-      weighting: None, :class:`tag_tf.UncertaintyWeighting` or :class:`tag_tf.GradNorm`:
-        turns the per-task losses into the training loss.
+      weighting: None, :class:`tag_tf.UncertaintyWeighting`, :class:`tag_tf.GradNorm` or
+        :class:`tag_tf.RepresentationGradNorm`: turns the per-task losses into the training
+        loss (the last: weights the encoder's gradient; functional networks, no affinity).
       gradient: None or :class:`tag_tf.PCGrad`: combines the per-task gradients of the
         shared variables.
       tasks: task names, needed only when the network has no ``output_names``.
@@ -129,14 +130,19 @@ class MultiTaskModel(keras.Model):
         if affinity is not None and not isinstance(affinity, AffinityConfig):
             raise ValueError(f"affinity must be an AffinityConfig or None. Received: {affinity!r}")
         self.affinity_config = affinity
-        if weighting is not None and not isinstance(weighting, (UncertaintyWeighting, GradNorm)):
-            raise ValueError("weighting must be UncertaintyWeighting, GradNorm or None. "
-                             f"Received: {weighting!r}")
+        if weighting is not None and not isinstance(
+                weighting, (UncertaintyWeighting, GradNorm, RepresentationGradNorm)):
+            raise ValueError("weighting must be UncertaintyWeighting, GradNorm, "
+                             f"RepresentationGradNorm or None. Received: {weighting!r}")
         if gradient is not None and not isinstance(gradient, PCGrad):
             raise ValueError(f"gradient must be PCGrad or None. Received: {gradient!r}")
+        if isinstance(weighting, RepresentationGradNorm) and (affinity is not None or
+                                                              gradient is not None):
+            raise ValueError("RepresentationGradNorm computes its own gradients: it cannot be "
+                             "combined with affinity recording or PCGrad (use affinity=None).")
         self.weighting = weighting
         if weighting is not None:
-            weighting.attach(self.tasks, self.shared_variables)
+            weighting.attach(self.tasks, self.shared_variables, network=network)
         self.gradient = gradient
         self._task_losses: Optional[TaskLosses] = None
         self._validation = _Holder()
@@ -266,7 +272,9 @@ class MultiTaskModel(keras.Model):
         trainable = self.trainable_variables
         none_grads = []  # indices Keras would leave without gradient (filled at trace time)
         record = self._should_record()
-        if self.gradient is not None:  # PCGrad needs the per-task gradients every step
+        if isinstance(self.weighting, RepresentationGradNorm):  # weights the encoder's gradient
+            outputs = self.weighting.train_phase(self, x, y, sample_weight, none_grads)
+        elif self.gradient is not None:  # PCGrad needs the per-task gradients every step
             outputs = self._task_phase(x, y, sample_weight, none_grads, record)
         elif record is not None:
             outputs = tf.cond(
