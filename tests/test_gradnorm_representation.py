@@ -244,3 +244,22 @@ def test_clear_errors():
     for bad in (dict(alpha=-1.0), dict(step=0.0), dict(step=1.5), dict(reset_until=1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             tag_tf.RepresentationGradNorm(**bad)
+
+
+def test_taskonomy_gradnorm_mode_is_the_original():
+    """``taskonomy.main --mode=gradnorm`` weights the representation's gradient (alpha 1.5,
+    at the final shared conv + BN, before the 1/sqrt(n) gradient scale); training it end to
+    end is tests/test_taskonomy_main.py::test_mode[gradnorm] (slow)."""
+    import types
+    from taskonomy import main as taskonomy_main
+    tasks = ["depth_zbuffer", "normal"]
+    experiment = taskonomy_main.build_experiment(
+        tasks, types.SimpleNamespace(train=None, validation=None, test=None),
+        image_size=32, widths="tiny")
+    weighting = experiment.gradnorm_fn(taskonomy_main.GRADNORM_ALPHA)
+    assert isinstance(weighting, tag_tf.RepresentationGradNorm)
+    assert (weighting.alpha, weighting.step, weighting.reset_until) == (1.5, 1e-4, 200)
+    network = experiment.network_fn(tasks)
+    tag_tf.MultiTaskModel(network, shared=experiment.shared, affinity=None, weighting=weighting)
+    assert weighting.layer_name == "enc_final_conv_bn"
+    assert network.get_layer("rep_gradient_scale")  # the original's 1/sqrt(n), after R
