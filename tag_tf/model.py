@@ -78,7 +78,9 @@ def resolve_shared_variables(network: keras.Model, shared: Sequence[Any]) -> lis
         if isinstance(item, keras.layers.Layer):
             variables = item.trainable_variables
             if not variables:
-                raise ValueError(f"Shared layer {item.name!r} has no trainable variables.")
+                raise ValueError(f"Shared layer {item.name!r} has no trainable variables"
+                                 + ("" if item.built else " yet: build the network first (call "
+                                    "it on a batch)") + ".")
         elif isinstance(item, keras.Variable):
             variables = [item]
         else:

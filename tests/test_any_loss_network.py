@@ -219,6 +219,11 @@ def test_subclassed_networks_train_with_every_method(cls, method, eager):
     check_trained(model, history, ["a", "b"])
 
 
+def test_unbuilt_subclassed_network_is_a_clear_error():
+    with pytest.raises(ValueError, match="build the network first"):
+        tag_tf.MultiTaskModel(WithoutTraining(), shared=["trunk"], tasks=["a", "b"])
+
+
 def test_network_without_training_arg_records_in_training_mode(eager):
     """Its lookahead runs BatchNorm and Dropout in training mode, as the training pass: the
     same affinities and weights as the same network whose call passes ``training`` on."""
