@@ -2,7 +2,8 @@
 GradNormRepFunction (the GradNorm of TAG's Taskonomy runs).
 
 Network: a linear encoder R = x W and linear heads p_t = R V_t with mse losses, so every
-gradient is written by hand: dL_t/dR = 2/(B) (R V_t - y_t) V_t^T, dL_t/dV_t = R^T (2/B)(R V_t - y_t).
+gradient is written by hand: with e_t = R V_t - y_t, dL_t/dR = (2/B) e_t V_t^T and
+dL_t/dV_t = R^T (2/B) e_t.
 """
 
 import keras
