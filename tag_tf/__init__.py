@@ -14,6 +14,7 @@ _EXPORTS = {
     "MEASURES": "tag_tf.config",
     "MultiTaskModel": "tag_tf.model",
     "PCGrad": "tag_tf.pcgrad",
+    "RepresentationGradNorm": "tag_tf.weighting",
     "UncertaintyWeighting": "tag_tf.weighting",
     "WINDOWS": "tag_tf.config",
     "load_affinity": "tag_tf.affinity_io",

@@ -36,12 +36,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import lookahead
+from tag_tf import lookahead, network_call
 from tag_tf.affinity_io import AffinityRecord, validate_tasks
 from tag_tf.config import MEASURES, AffinityConfig
 from tag_tf.pcgrad import PCGrad
 from tag_tf.task_losses import TaskLosses, resolve_task_losses
-from tag_tf.weighting import GradNorm, UncertaintyWeighting
+from tag_tf.weighting import GradNorm, RepresentationGradNorm, UncertaintyWeighting
 
 _NO_END = np.iinfo(np.int64).max
 
@@ -78,7 +78,9 @@ def resolve_shared_variables(network: keras.Model, shared: Sequence[Any]) -> lis
         if isinstance(item, keras.layers.Layer):
             variables = item.trainable_variables
             if not variables:
-                raise ValueError(f"Shared layer {item.name!r} has no trainable variables.")
+                raise ValueError(f"Shared layer {item.name!r} has no trainable variables"
+                                 + ("" if item.built else " yet: build the network first (call "
+                                    "it on a batch)") + ".")
         elif isinstance(item, keras.Variable):
             variables = [item]
         else:
@@ -106,8 +108,9 @@ class MultiTaskModel(keras.Model):
       shared: the shared layers (objects or names) or variables: the trunk
         whose lookahead step defines the affinity.
       affinity: an :class:`AffinityConfig`, or None to train without recording.
-      weighting: None, :class:`tag_tf.UncertaintyWeighting` or :class:`tag_tf.GradNorm`:
-        turns the per-task losses into the training loss.
+      weighting: None, :class:`tag_tf.UncertaintyWeighting`, :class:`tag_tf.GradNorm` or
+        :class:`tag_tf.RepresentationGradNorm`: turns the per-task losses into the training
+        loss (the last: weights the encoder's gradient; functional networks, no affinity).
       gradient: None or :class:`tag_tf.PCGrad`: combines the per-task gradients of the
         shared variables.
       tasks: task names, needed only when the network has no ``output_names``.
@@ -129,14 +132,19 @@ class MultiTaskModel(keras.Model):
         if affinity is not None and not isinstance(affinity, AffinityConfig):
             raise ValueError(f"affinity must be an AffinityConfig or None. Received: {affinity!r}")
         self.affinity_config = affinity
-        if weighting is not None and not isinstance(weighting, (UncertaintyWeighting, GradNorm)):
-            raise ValueError("weighting must be UncertaintyWeighting, GradNorm or None. "
-                             f"Received: {weighting!r}")
+        if weighting is not None and not isinstance(
+                weighting, (UncertaintyWeighting, GradNorm, RepresentationGradNorm)):
+            raise ValueError("weighting must be UncertaintyWeighting, GradNorm, "
+                             f"RepresentationGradNorm or None. Received: {weighting!r}")
         if gradient is not None and not isinstance(gradient, PCGrad):
             raise ValueError(f"gradient must be PCGrad or None. Received: {gradient!r}")
+        if isinstance(weighting, RepresentationGradNorm) and (affinity is not None or
+                                                              gradient is not None):
+            raise ValueError("RepresentationGradNorm computes its own gradients: it cannot be "
+                             "combined with affinity recording or PCGrad (use affinity=None).")
         self.weighting = weighting
         if weighting is not None:
-            weighting.attach(self.tasks, self.shared_variables)
+            weighting.attach(self.tasks, self.shared_variables, network=network)
         self.gradient = gradient
         self._task_losses: Optional[TaskLosses] = None
         self._validation = _Holder()
@@ -266,7 +274,9 @@ class MultiTaskModel(keras.Model):
         trainable = self.trainable_variables
         none_grads = []  # indices Keras would leave without gradient (filled at trace time)
         record = self._should_record()
-        if self.gradient is not None:  # PCGrad needs the per-task gradients every step
+        if isinstance(self.weighting, RepresentationGradNorm):  # weights the encoder's gradient
+            outputs = self.weighting.train_phase(self, x, y, sample_weight, none_grads)
+        elif self.gradient is not None:  # PCGrad needs the per-task gradients every step
             outputs = self._task_phase(x, y, sample_weight, none_grads, record)
         elif record is not None:
             outputs = tf.cond(
@@ -402,8 +412,8 @@ class MultiTaskModel(keras.Model):
         if lookahead_on and config.batch == "validation":
             x_eval, y_eval, w_eval = keras.utils.unpack_x_y_sample_weight(
                 next(self._validation.value))
-            eval_pred, _ = network.stateless_call(
-                [v.value for v in network.trainable_variables], state_before, x_eval,
+            eval_pred, _ = network_call.stateless_call(
+                network, [v.value for v in network.trainable_variables], state_before, x_eval,
                 training=True)
             base = task_losses.compute(y_eval, self._as_task_dict(eval_pred), w_eval,
                                        weighted=False)
@@ -425,7 +435,8 @@ class MultiTaskModel(keras.Model):
                     config.rule, self.optimizer, self.shared_variables, unscaled, lr)
                 values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else v.value
                           for v in network.trainable_variables]
-                outputs, _ = network.stateless_call(values, state_before, x_eval, training=True)
+                outputs, _ = network_call.stateless_call(network, values, state_before, x_eval,
+                                                         training=True)
                 row = tf.stack(task_losses.compute(
                     y_eval, self._as_task_dict(outputs), w_eval, weighted=False))
             rows.append(row)

@@ -99,6 +99,9 @@ class Experiment:
         error (lower is better; e.g. classification error in %). None: the task's loss.
       error_name: what the error is, for reports (e.g. ``"error_percent"``).
       gradnorm_layer: GradNorm's shared layer (None: :class:`tag_tf.GradNorm`'s default).
+      gradnorm_fn: ``gradnorm_fn(alpha)`` -> the ``gradnorm`` mode's weighting, e.g. a
+        :class:`tag_tf.RepresentationGradNorm`; None: ``tag_tf.GradNorm(alpha=alpha,
+        layer=gradnorm_layer)``.
     """
 
     tasks: Sequence[str]
@@ -113,6 +116,7 @@ class Experiment:
     error_fn: Optional[Callable[[str], keras.metrics.Metric]] = None
     error_name: str = "loss"
     gradnorm_layer: Optional[str] = None
+    gradnorm_fn: Optional[Callable[[float], Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +324,8 @@ def _method(mode: str, options: Options, experiment: Experiment) -> dict:
 
     if mode == "uw":
         return {"weighting": need("UncertaintyWeighting")(clipped=options.uw_clipped)}
+    if mode == "gradnorm" and experiment.gradnorm_fn is not None:
+        return {"weighting": experiment.gradnorm_fn(options.gradnorm_alpha)}
     if mode == "gradnorm":
         return {"weighting": need("GradNorm")(alpha=options.gradnorm_alpha,
                                               layer=experiment.gradnorm_layer)}

@@ -8,19 +8,52 @@ sample-weight handling (``keras.losses.Loss.__call__``).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import keras
 
 
+def loss_name(spec: Any, fn: Any) -> str:
+    """A name for a function loss that is also a valid TF name scope.
+
+    As Keras' ``compile``: a string keeps its name, otherwise the object's ``name``,
+    ``__name__`` or class name, snake-cased with non-word characters dropped (a lambda is
+    ``"lambda"``, a ``functools.partial`` ``"partial"``).
+    """
+    if isinstance(spec, str):
+        raw = spec
+    else:
+        raw = getattr(fn, "name", None) or getattr(fn, "__name__", None) or \
+            type(fn).__name__
+    name = re.sub(r"\W+", "", str(raw))
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+    return name or "loss"
+
+
+def _same_rank(x1, x2):
+    """Keras' rule for function losses: a trailing size-1 axis is dropped (or, against a
+    rank-1 tensor, added) so that ``y_true`` and ``y_pred`` have the same rank."""
+    r1, r2 = len(x1.shape), len(x2.shape)
+    if r1 == r2 + 1 and x1.shape[-1] == 1:
+        return (x1, keras.ops.expand_dims(x2, -1)) if r2 == 1 else (keras.ops.squeeze(x1, -1), x2)
+    if r2 == r1 + 1 and x2.shape[-1] == 1:
+        return (keras.ops.expand_dims(x1, -1), x2) if r1 == 1 else (x1, keras.ops.squeeze(x2, -1))
+    return x1, x2
+
+
 class _FunctionLoss(keras.losses.Loss):
-    """A plain ``fn(y_true, y_pred)`` loss with Keras' default reduction."""
+    """A ``fn(y_true, y_pred)`` loss (function, lambda, partial, callable object) with
+    Keras' default reduction and the rank matching of Keras' own wrapper."""
 
     def __init__(self, fn, name: str):
         super().__init__(name=name)
         self.fn = fn
 
     def call(self, y_true, y_pred):
+        y_true, y_pred = _same_rank(keras.ops.convert_to_tensor(y_true),
+                                    keras.ops.convert_to_tensor(y_pred))
         return self.fn(y_true, y_pred)
 
 
@@ -60,8 +93,7 @@ def _resolve_one(task: str, spec: Any) -> keras.losses.Loss:
     if not callable(loss):
         raise ValueError(f"Task {task!r}: the loss must be a name, a Loss or a callable. "
                          f"Received: {spec!r}")
-    return _FunctionLoss(loss, name=spec if isinstance(spec, str) else getattr(
-        loss, "__name__", "loss"))
+    return _FunctionLoss(loss, name=loss_name(spec, loss))
 
 
 def _per_task(tasks: Sequence[str], value: Any, what: str) -> dict[str, Any]:

@@ -255,6 +255,7 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
     ``mixed_float16`` and wraps the optimizer in a ``LossScaleOptimizer`` (what ``compile``
     does under a global mixed policy), so it also works when nobody sets the global policy.
     """
+    import tag_tf  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
     from taskonomy import losses as taskonomy_losses  # pylint: disable=g-import-not-at-top
     from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
@@ -281,9 +282,9 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
                                              max_window=max_loss_window,
                                              min_learning_rate=min_learning_rate)],
         error_name="loss",
-        # None: the last shared kernel, the final conv's pointwise kernel, whose output is
-        # the representation the original's GradNormRepFunction balanced.
-        gradnorm_layer=None)
+        # The original's GradNormRepFunction: at the representation (the output of the last
+        # shared layer, final_conv_bn), the weights on the encoder-bound gradient only.
+        gradnorm_fn=lambda alpha: tag_tf.RepresentationGradNorm(alpha=alpha))
 
 
 def build_options(*, epochs: int = EPOCHS, patience: Optional[int] = None,
