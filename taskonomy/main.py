@@ -182,11 +182,17 @@ class PlateauHalving(keras.callbacks.Callback):
 
 
 def plateau_test(window: Sequence[float]) -> tuple[float, float]:
-    """The original's paired t-test between the first and last 3/8 of a loss window."""
+    """The original's paired t-test between the first and last 3/8 of a loss window.
+
+    The slices round as ``Trainer.learning_rate_schedule`` in ``tag.patch`` does: it takes
+    ``history[-wind:-wind*5//8]`` and ``history[-wind*3//8:]``, where ``//`` floors a
+    *negative* number, so the first part has ``wind - ceil(5 wind / 8)`` losses and the last
+    ``ceil(3 wind / 8)`` (not ``floor``) whenever ``8`` does not divide ``5 wind``.
+    """
     from scipy import stats  # pylint: disable=g-import-not-at-top
     wind = len(window)
-    a = sorted(window[:wind - wind * 5 // 8])
-    b = sorted(window[wind - wind * 3 // 8:])
+    a = sorted(window[:wind + (-wind * 5) // 8])
+    b = sorted(window[wind + (-wind * 3) // 8:])
     a = a[int(len(a) * .05):int(len(a) * .95)]
     b = b[int(len(b) * .05):int(len(b) * .95)]
     length = min(len(a), len(b))

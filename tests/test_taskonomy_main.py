@@ -113,6 +113,31 @@ def test_plateau_t_test_statistic():
     assert t < 0
 
 
+def _original_ttest(history, wind):
+    """tag.patch's Trainer.learning_rate_schedule slices, written with its negative indices."""
+    from scipy import stats
+    a = sorted(history[-wind:-wind * 5 // 8])
+    b = sorted(history[-wind * 3 // 8:])
+    a = a[int(len(a) * .05):int(len(a) * .95)]
+    b = b[int(len(b) * .05):int(len(b) * .95)]
+    n = min(len(a), len(b))
+    return stats.ttest_rel(a[:n], b[:n])
+
+
+@pytest.mark.parametrize("wind", [44, 45, 46, 48])
+def test_plateau_window_slices_round_like_the_original(wind):
+    # 5 * 44 = 220 is not a multiple of 8: floor(-220 / 8) = -28 keeps 16 losses in the first
+    # part where floor(220 / 8) = 27 would keep 17 (and the last part 17 instead of 16).
+    history = list(np.random.default_rng(wind).normal(size=wind + 7))
+    t, p = taskonomy_main.plateau_test(history[-wind:])
+    expected = _original_ttest(history, wind)
+    assert (t, p) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
+    if (5 * wind) % 8:
+        window = history[-wind:]
+        floor_a = window[:wind - wind * 5 // 8]
+        assert len(floor_a) == len(history[-wind:-wind * 5 // 8]) + 1
+
+
 def test_weight_decay_is_added_to_the_gradient_like_pytorch():
     variable = keras.Variable(np.array([1.0, -2.0], np.float32))
     optimizer = taskonomy_main.CoupledSGD(0.1, momentum=0.9, l2=0.01)
