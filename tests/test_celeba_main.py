@@ -248,6 +248,7 @@ def _notebook_affinity(data_dir, steps, coefficient):
     return np.mean(gains, axis=0)
 
 
+@pytest.mark.slow
 def test_lookahead_original_records_the_notebook_step(data_dir, tmp_path, eager):
     # One batch of all 12 training images per epoch, so the batch order cannot differ.
     out = str(tmp_path / "original")

@@ -16,8 +16,12 @@ import pytest
 import tensorflow as tf
 
 from tag_tf import affinity_io
+from tag_tf import lookahead
+from tag_tf import script_flags
+from taskonomy import adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
+from taskonomy import model as taskonomy_model
 from taskonomy import testing
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
@@ -233,3 +237,124 @@ def test_all_tasks_in_graph_mode(data_dir, tmp_path):
     record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
     assert sorted(record.tasks) == sorted(data.TASKS)
     assert np.isfinite(record.affinity).all()
+
+
+# ----------------------------------------------------------------------------- --lookahead=original
+def _lookahead_flags(argv):
+    flags = taskonomy_main.FLAGS
+    flags.unparse_flags()
+    flags(["taskonomy.main", *argv])
+    try:
+        return script_flags.lookahead_flags(flags, taskonomy_main.ORIGINAL_LOOKAHEAD)
+    finally:
+        flags.unparse_flags()
+
+
+def test_lookahead_original_builds_the_tag_patch_setup(data_dir):
+    from absl import app
+    assert _lookahead_flags(["--lookahead=original"]) == {
+        "lookahead": "original", "every_n": 10, "lookahead_rule": "optimizer",
+        "divide_by_lr": True}
+    with pytest.raises(app.UsageError, match="every_n=1"):
+        _lookahead_flags(["--lookahead=original", "--every_n=1"])
+    splits = taskonomy_main.load_data(data_dir, TWO, batch_size=2, image_size=32)
+    common = dict(batch_size=2, image_size=32, widths="tiny")
+    fixed = taskonomy_main.build_experiment(TWO, splits, **common)
+    original = taskonomy_main.build_experiment(TWO, splits, lookahead="original", **common)
+    left_out = set(fixed.shared) - set(original.shared)
+    assert left_out == set(taskonomy_model.FINAL_CONV_LAYERS)
+    assert fixed.optimizer_fn().lookahead_momentum is None
+    assert original.optimizer_fn().lookahead_momentum == 0.0
+    assert not any(isinstance(c, taskonomy_main.EpochAlignedRecording)
+                   for c in fixed.callbacks_fn())
+    assert any(isinstance(c, taskonomy_main.EpochAlignedRecording)
+               for c in original.callbacks_fn())
+    plain = adapter.TaskonomyAdapter(data_dir=data_dir)
+    tag_patch = adapter.TaskonomyAdapter(data_dir=data_dir, lookahead="original")
+    assert tag_patch.settings() != plain.settings()
+    assert tag_patch.settings()["lookahead"] == "original"
+    with pytest.raises(ValueError, match="lookahead='original'"):
+        adapter.TaskonomyAdapter(data_dir=data_dir, lookahead="original", divide_by_lr=False)
+
+
+def test_tag_patch_lookahead_ignores_momentum_but_not_weight_decay():
+    variable = keras.Variable(np.array([1.0, -2.0], np.float32))
+    optimizer = taskonomy_main.CoupledSGD(0.1, momentum=0.9, l2=0.01, lookahead_momentum=0.0)
+    optimizer.build([variable])
+    optimizer.apply_gradients([(tf.constant([0.5, 0.5]), variable)])  # a non-zero velocity
+    theta = variable.numpy().astype(np.float64)
+    grad = np.array([0.2, -0.4])
+    ahead = lookahead.lookahead_values("optimizer", optimizer, [variable],
+                                       [tf.constant(grad, tf.float32)], tf.constant(0.1))
+    np.testing.assert_allclose(ahead[0], theta - 0.1 * (grad + 0.01 * theta), rtol=1e-6)
+
+
+def _tag_patch_affinity(data_dir, tasks, steps, lookahead_momentum):
+    """tag.patch's transference over ``steps`` one-batch epochs, computed directly: on every
+    step, for each source task, ``encoder + m * velocity - lr * (g + wd * encoder)`` on the
+    encoder without the final conv, the training-mode losses of every task there,
+    ``(1 - after / before) / lr``; then one CoupledSGD step on the summed loss."""
+    keras.utils.set_random_seed(0)  # the run's shuffling seeds: the same batch order
+    splits = taskonomy_main.load_data(data_dir, tasks, batch_size=4, image_size=32,
+                                      augment=False)
+    experiment = taskonomy_main.build_experiment(tasks, splits, batch_size=4, image_size=32,
+                                                 widths="tiny", lookahead="original")
+    keras.utils.set_random_seed(0)
+    network = experiment.network_fn(tasks)
+    shared = {id(v) for name in experiment.shared
+              for v in network.get_layer(name).trainable_variables}
+    losses = {t: experiment.loss_fn(t) for t in tasks}
+    lr, wd = taskonomy_main.LEARNING_RATE, taskonomy_main.WEIGHT_DECAY
+    values = [tf.convert_to_tensor(v.value) for v in network.trainable_variables]
+    state = [v.value for v in network.non_trainable_variables]
+    velocity = [tf.zeros_like(v) for v in values]
+    batches = iter(splits.train)  # each batch: the whole training split, one epoch
+    gains = []
+    for _ in range(steps):
+        x, y = next(batches)
+
+        def task_losses(vals):
+            outputs, _ = network.stateless_call(vals, state, x, training=True)
+            return [losses[t](y[t], outputs[t]) for t in tasks]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(values)
+            before = task_losses(values)
+            total = tf.add_n(before)
+        z = np.zeros((len(tasks), len(tasks)))
+        for i in range(len(tasks)):
+            grads = tape.gradient(before[i], values)
+            ahead = [v + lookahead_momentum * m - lr * (g + wd * v) if id(var) in shared else v
+                     for v, m, g, var in zip(values, velocity, grads,
+                                             network.trainable_variables)]
+            z[i] = [(1.0 - float(a) / float(b)) / lr
+                    for a, b in zip(task_losses(ahead), before)]
+        gains.append(z)
+        grads = tape.gradient(total, values)
+        velocity = [0.9 * m - lr * (g + wd * v) for m, g, v in zip(velocity, grads, values)]
+        values = [v + m for v, m in zip(values, velocity)]
+    return np.mean(gains, axis=0)
+
+
+@pytest.mark.slow
+def test_lookahead_original_records_the_tag_patch_step(data_dir, tmp_path, eager):
+    # 4 training images in one batch: one step per epoch. With every_n=10 only the epoch
+    # alignment records epoch 1's step (global step 1). Segmentation (cross-entropy) and
+    # keypoints (L1 on targets far from the outputs): losses whose gradients do not jump
+    # under float noise, unlike the shift-tolerant minimum or L1 near zero residuals.
+    keras.utils.set_random_seed(0)  # the same shuffling as _tag_patch_affinity's
+    out = str(tmp_path / "original")
+    run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",
+              "--tasks=sk", "--lookahead=original", "--widths=tiny", "--image_size=32",
+              "--batch_size=4", "--epochs=2", "--noaugment", "--budgets=", "--verbose=0"])
+    record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
+    assert (record.counts == 2).all() and record.config["train_steps"] == 2
+    tasks = data.parse_tasks("sk")
+    assert sorted(record.tasks) == sorted(tasks)
+    order = [tasks.index(t) for t in record.tasks]
+    expected = _tag_patch_affinity(data_dir, tasks, 2, lookahead_momentum=0.0)
+    expected = expected[np.ix_(order, order)]
+    np.testing.assert_allclose(record.affinity, expected, rtol=1e-3, atol=1e-3)
+    with_momentum = _tag_patch_affinity(data_dir, tasks, 2, lookahead_momentum=0.9)
+    with_momentum = with_momentum[np.ix_(order, order)]
+    assert np.abs(record.affinity - with_momentum).max() > 20 * np.abs(
+        record.affinity - expected).max()
