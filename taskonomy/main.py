@@ -471,9 +471,11 @@ def canonical_selection(path: str, *, budget: Optional[int], table: Optional[str
                         output_dir: str) -> tuple[str, Optional[int], Optional[str], list[str]]:
     """Reads a selection; names given as loss keys (``ss_l``...) or letters become task names.
 
-    The published tables (``taskonomy.reproduce_selection``) name tasks ``ss_l, depth_l, ...``
-    (TAG, CS) or by Standley's letters (HOA). When a translation is needed, the chosen
-    networks are rewritten to ``<output_dir>/selection_tasks.json`` (a bare selection).
+    ``taskonomy.reproduce_selection`` already writes task names (the published files' loss
+    keys and Standley's letters are mapped when loaded, :mod:`taskonomy.published_tables`);
+    a selection written with those labels (e.g. by hand, or before that mapping) is
+    translated: the chosen networks are rewritten to ``<output_dir>/selection_tasks.json``
+    (a bare selection).
 
     Returns:
       ``(path, budget, table, tasks)`` to hand to the pipeline.

@@ -175,21 +175,31 @@ def test_affinity_then_groups(data_dir, tmp_path, eager):
     assert served == tasks
 
 
-def test_published_selection_names_are_translated(tmp_path):
+def test_published_selections_use_task_names(tmp_path):
     from taskonomy import published_tables  # pylint: disable=g-import-not-at-top
     from tag_tf import selection  # pylint: disable=g-import-not-at-top
     path = str(tmp_path / "published.json")
     selection.reproduce_tables(tables=published_tables.tables(), budgets=[2],
                                output_path=path, random_samples=0)
-    for table in ("TAG", "HOA"):
-        translated, budget, name, tasks = taskonomy_main.canonical_selection(
+    for table in ("TAG", "CS", "HOA"):
+        same, budget, name, tasks = taskonomy_main.canonical_selection(
             path, budget=2, table=table, output_dir=str(tmp_path / table))
-        assert tasks == sorted(data.TASKS) and budget is None and name is None
-        with open(translated) as f:
-            networks = json.load(f)["networks"]
-        assert {t for n in networks for t in n["serves"]} == set(data.TASKS)
+        assert (same, budget, name) == (path, 2, table)  # already task names: no rewrite
+        assert tasks == sorted(data.TASKS)
+
+
+def test_selection_letters_and_loss_keys_are_translated(tmp_path):
+    path = tmp_path / "old.json"  # a selection written with the files' own labels
+    path.write_text(json.dumps({"networks": [{"tasks": ["s", "d", "n"], "serves": ["s", "d"]},
+                                             {"tasks": ["norm_l", "key_l", "edge2d_l"],
+                                              "serves": ["norm_l", "key_l", "edge2d_l"]}]}))
+    translated, budget, name, tasks = taskonomy_main.canonical_selection(
+        str(path), budget=None, table=None, output_dir=str(tmp_path / "out"))
+    assert tasks == sorted(data.TASKS) and budget is None and name is None
     with open(translated) as f:
-        assert "serves" in json.load(f)["networks"][0]
+        networks = json.load(f)["networks"]
+    assert networks[0]["serves"] == ["segment_semantic", "depth_zbuffer"]
+    assert {t for n in networks for t in n["serves"]} == set(data.TASKS)
 
 
 def test_usage_errors():
