@@ -20,6 +20,8 @@ to [0.01, 10] (``uw`` and ``pcgrad``). Every mode prints a summary and writes
 
 from __future__ import annotations
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 

@@ -12,6 +12,8 @@ pipelines' and the demo's), replacing an earlier one there.
 
 from __future__ import annotations
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import json
 import os
 

@@ -26,6 +26,8 @@ writes ``<output_dir>/results.json`` (see taskonomy/README.md).
 
 from __future__ import annotations
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import contextlib
 import os
 from typing import TYPE_CHECKING, Optional, Sequence

@@ -12,6 +12,8 @@ PROVENANCE.md); every table is printed and written with the task names (segment_
 depth_zbuffer, normal, edge_texture, keypoints2d), as ``taskonomy.main`` names them.
 """
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import os
 
 from absl import app
