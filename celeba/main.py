@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import (LOOKAHEADS, define_pipeline_flags, lookahead_flags,
-                                  own_registry_parser, parse_budgets)
+from tag_tf import script_flags
+from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
+                                  parse_budgets)
 
 if TYPE_CHECKING:
     from tag_tf import pipeline
@@ -112,27 +113,10 @@ def prepare(*, files_dir: str, data_dir: Optional[str], verify_checksums: bool =
         print(f"Note: split sizes differ from the full CelebA {data.SPLIT_SIZES}.")
 
 
-def affinity_settings(lookahead: str = "fixed", *, every_n: Optional[int] = None,
-                      lookahead_rule: Optional[str] = None,
-                      divide_by_lr: Optional[bool] = None) -> dict:
-    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead``.
-
-    None takes the lookahead's value (``fixed``: 10 / ``optimizer`` / True; ``original``:
-    :data:`ORIGINAL_LOOKAHEAD`); under ``original`` another value is a ValueError.
-    """
-    _check_lookahead(lookahead)
-    base = ORIGINAL_LOOKAHEAD if lookahead == "original" else \
-        {"every_n": 10, "lookahead_rule": "optimizer", "divide_by_lr": True}
-    given = {"every_n": every_n, "lookahead_rule": lookahead_rule, "divide_by_lr": divide_by_lr}
-    out = {k: base[k] if v is None else v for k, v in given.items()}
-    if lookahead == "original" and out != ORIGINAL_LOOKAHEAD:
-        raise ValueError(f"lookahead='original' means {ORIGINAL_LOOKAHEAD}. Received: {given}")
-    return out
-
-
-def _check_lookahead(lookahead: str) -> None:
-    if lookahead not in LOOKAHEADS:
-        raise ValueError(f"lookahead must be one of {LOOKAHEADS}. Received: {lookahead!r}")
+def affinity_settings(lookahead: str = "fixed", **given) -> dict:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead`` (``given``: explicit
+    values; None takes the lookahead's, :data:`ORIGINAL_LOOKAHEAD` for ``original``)."""
+    return script_flags.affinity_settings(lookahead, ORIGINAL_LOOKAHEAD, **given)
 
 
 def make_optimizer(learning_rate: float = LEARNING_RATE, lookahead: str = "fixed"):
@@ -140,7 +124,7 @@ def make_optimizer(learning_rate: float = LEARNING_RATE, lookahead: str = "fixed
     adds the whole velocity (:data:`NOTEBOOK_LOOKAHEAD_MOMENTUM`, read by
     :mod:`tag_tf.lookahead`); the training step is the same either way."""
     import keras  # pylint: disable=g-import-not-at-top
-    _check_lookahead(lookahead)
+    script_flags.check_lookahead(lookahead)
     optimizer = keras.optimizers.SGD(learning_rate, momentum=MOMENTUM)
     if lookahead == "original":
         optimizer.lookahead_momentum = NOTEBOOK_LOOKAHEAD_MOMENTUM
@@ -203,7 +187,8 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                lr_halving_epochs: int = LR_HALVING_EPOCHS, patience: Optional[int] = PATIENCE,
                every_n: Optional[int] = None, affinity_batch: str = "train",
                lookahead: str = "fixed", lookahead_rule: Optional[str] = None,
-               divide_by_lr: Optional[bool] = None, affinity_epochs: str = "until_best", budgets: Sequence[int] = BUDGETS,
+               divide_by_lr: Optional[bool] = None, affinity_epochs: str = "until_best",
+               budgets: Sequence[int] = BUDGETS,
                selection: Optional[str] = None, budget: Optional[int] = None,
                selection_table: Optional[str] = None, uw_clipped: bool = True,
                gradnorm_alpha: float = GRADNORM_ALPHA, cache: Optional[str] = None,

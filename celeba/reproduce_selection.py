@@ -1,6 +1,7 @@
 """Reproduces the paper's CelebA network selections from the published tables.
 
-  python -m celeba.reproduce_selection [--budgets=1,...,8] [--output=runs/celeba/published_selection.json]
+  python -m celeba.reproduce_selection [--budgets=1,...,8] [--output=...]
+  # default --output: runs/celeba/published_selection.json
 
 Selects at most b networks (b = 1..8) for the 9 CelebA attributes from the TAG affinities,
 the CS cosine similarities (both maximised, no single-task networks) and the HOA pair

@@ -9,7 +9,7 @@ also define in absl's global registry; a private ``flags.FlagValues`` avoids
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -151,3 +151,28 @@ def lookahead_flags(registry: flags.FlagValues,
                                  f"{', '.join(clash)}.")
         values = {name: original[name] for name in names}
     return {"lookahead": registry["lookahead"].value, **values}
+
+
+def check_lookahead(lookahead: str) -> None:
+    """Raises a ValueError unless ``lookahead`` is one of :data:`LOOKAHEADS`."""
+    if lookahead not in LOOKAHEADS:
+        raise ValueError(f"lookahead must be one of {LOOKAHEADS}. Received: {lookahead!r}")
+
+
+def affinity_settings(lookahead: str, original: Mapping[str, Any], *,
+                      every_n: Optional[int] = None, lookahead_rule: Optional[str] = None,
+                      divide_by_lr: Optional[bool] = None) -> dict[str, Any]:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead``.
+
+    None takes the lookahead's value (``fixed``: :data:`PIPELINE_FLAG_DEFAULTS`'; ``original``:
+    the dataset's ``original``); under ``original`` another value is a ValueError.
+    """
+    check_lookahead(lookahead)
+    names = ("every_n", "lookahead_rule", "divide_by_lr")
+    base = original if lookahead == "original" else \
+        {name: PIPELINE_FLAG_DEFAULTS[name] for name in names}
+    given = {"every_n": every_n, "lookahead_rule": lookahead_rule, "divide_by_lr": divide_by_lr}
+    out = {name: base[name] if given[name] is None else given[name] for name in names}
+    if lookahead == "original" and out != {name: original[name] for name in names}:
+        raise ValueError(f"lookahead='original' means {dict(original)}. Received: {given}")
+    return out

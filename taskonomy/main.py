@@ -36,8 +36,9 @@ import keras
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import (LOOKAHEADS, define_pipeline_flags, lookahead_flags,
-                                  own_registry_parser, parse_budgets)
+from tag_tf import script_flags
+from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
+                                  parse_budgets)
 from absl import logging
 from taskonomy import data as data_lib
 
@@ -324,7 +325,7 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
     from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
 
     tasks = data_lib.parse_tasks(tasks)
-    _check_lookahead(lookahead)
+    script_flags.check_lookahead(lookahead)
     original = lookahead == "original"
 
     def network(names):
@@ -354,27 +355,10 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
         gradnorm_layer=None)
 
 
-def affinity_settings(lookahead: str = "fixed", *, every_n: Optional[int] = None,
-                      lookahead_rule: Optional[str] = None,
-                      divide_by_lr: Optional[bool] = None) -> dict:
-    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead``.
-
-    None takes the lookahead's value (``fixed``: 10 / ``optimizer`` / True; ``original``:
-    :data:`ORIGINAL_LOOKAHEAD`); under ``original`` another value is a ValueError.
-    """
-    _check_lookahead(lookahead)
-    base = ORIGINAL_LOOKAHEAD if lookahead == "original" else \
-        {"every_n": 10, "lookahead_rule": "optimizer", "divide_by_lr": True}
-    given = {"every_n": every_n, "lookahead_rule": lookahead_rule, "divide_by_lr": divide_by_lr}
-    out = {k: base[k] if v is None else v for k, v in given.items()}
-    if lookahead == "original" and out != ORIGINAL_LOOKAHEAD:
-        raise ValueError(f"lookahead='original' means {ORIGINAL_LOOKAHEAD}. Received: {given}")
-    return out
-
-
-def _check_lookahead(lookahead: str) -> None:
-    if lookahead not in LOOKAHEADS:
-        raise ValueError(f"lookahead must be one of {LOOKAHEADS}. Received: {lookahead!r}")
+def affinity_settings(lookahead: str = "fixed", **given) -> dict:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead`` (``given``: explicit
+    values; None takes the lookahead's, :data:`ORIGINAL_LOOKAHEAD` for ``original``)."""
+    return script_flags.affinity_settings(lookahead, ORIGINAL_LOOKAHEAD, **given)
 
 
 def build_options(*, epochs: int = EPOCHS, patience: Optional[int] = None,

@@ -9,7 +9,8 @@ entry blocks (separable 3x3 convs with BN, downsampling by a learned 2x2/2 conv,
 shortcut), eight middle blocks (three separable convs, identity shortcut), ReLU; then the
 **shared final** separable 3x3 conv to 512 channels + BN (``final_conv`` / ``final_conv_bn``). The
 whole encoder *including the final conv + BN* is TAG's shared set (:func:`shared_layer_names`); the
-original's lookahead left the final conv out (``include_final_conv=False``, ``--lookahead=original``).
+original's lookahead left the final conv out (``include_final_conv=False``,
+``--lookahead=original``).
 
 Decoder per task (the patch's ``small_decoder``): three times [2x2/2 transposed conv + BN + ReLU,
 3x3 conv + BN + ReLU] with 128, 64, 48 channels, a fourth 2x2/2 transposed conv (32) + BN + ReLU

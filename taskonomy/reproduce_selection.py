@@ -1,6 +1,7 @@
 """Reproduces the paper's Taskonomy network selections from the published tables.
 
-  python -m taskonomy.reproduce_selection [--budgets=1,2,3,4] [--output=runs/taskonomy/published_selection.json]
+  python -m taskonomy.reproduce_selection [--budgets=1,2,3,4] [--output=...]
+  # default --output: runs/taskonomy/published_selection.json
 
 Selects at most b networks (b = 1..4; with 5 tasks and no single-task networks, 4 networks
 already allow every useful pairing) for the 5 Taskonomy tasks from the TAG affinities and
