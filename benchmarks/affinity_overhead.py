@@ -17,6 +17,8 @@ Prints per-step seconds, ratios to plain training and peak RSS. Never used by te
 
 from __future__ import annotations
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import json
 import os
 import resource

@@ -5,6 +5,8 @@ r"""TAG on the built-in planted-cluster data: train once, print affinities and g
 See :func:`tag_tf.planted_demo.run_demo` for what it does and writes.
 """
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 from absl import app, flags
 
 from tag_tf.planted_demo import run_demo

@@ -9,7 +9,7 @@ also define in absl's global registry; a private ``flags.FlagValues`` avoids
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -17,10 +17,13 @@ from absl import flags
 # Flags defined here belong to the script calling define_pipeline_flags (its --help).
 flags.disclaim_key_flags()
 
+# --lookahead: this project's lookahead, or the dataset's original code's (see its README).
+LOOKAHEADS = ("fixed", "original")
+
 # Defaults of define_pipeline_flags; a script overrides them with its own (keyword args).
 PIPELINE_FLAG_DEFAULTS: dict[str, Any] = {
     "output_dir": None, "seed": 0, "epochs": 100, "batch_size": 32, "learning_rate": 0.01,
-    "every_n": 10, "affinity_batch": "train", "lookahead_rule": "optimizer",
+    "every_n": 10, "affinity_batch": "train", "lookahead": "fixed", "lookahead_rule": "optimizer",
     "divide_by_lr": True, "budgets": (), "selection": None, "budget": None,
     "selection_table": None, "uw_clipped": True, "gradnorm_alpha": 0.1,
     "steps_per_epoch": None, "save_weights": False, "tensorboard": False, "verbose": 2,
@@ -31,8 +34,8 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     """Defines the :mod:`tag_tf.pipeline` runner flags shared by the dataset scripts.
 
     Training (``--seed --epochs --batch_size --learning_rate --steps_per_epoch``), affinity
-    (``--every_n --affinity_batch --lookahead_rule --divide_by_lr --budgets``), groups
-    (``--selection --budget --selection_table``), baselines (``--uw_clipped
+    (``--every_n --affinity_batch --lookahead --lookahead_rule --divide_by_lr --budgets``),
+    groups (``--selection --budget --selection_table``), baselines (``--uw_clipped
     --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
     --verbose``). Flags whose meaning differs per dataset (``--mode``, ``--tasks``,
     ``--patience``, ...) stay in the scripts.
@@ -62,6 +65,11 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_enum("affinity_batch", d["affinity_batch"], ["train", "validation"],
                       "affinity / cs: measure the loss change on the training batch or on a "
                       "validation batch.", **at)
+    flags.DEFINE_enum("lookahead", d["lookahead"], list(LOOKAHEADS),
+                      "affinity: 'fixed' = this project's lookahead (the original's defects "
+                      "fixed); 'original' = the lookahead of the dataset's original code, as "
+                      "its published numbers were made (sets --every_n, --lookahead_rule and "
+                      "--divide_by_lr; see the dataset's README).", **at)
     flags.DEFINE_enum("lookahead_rule", d["lookahead_rule"], ["sgd", "optimizer"],
                       "affinity: lookahead step; 'optimizer' = the optimizer's own step (e.g. "
                       "SGD with momentum); 'sgd' = theta - lr * g (paper Eq. 1).", **at)
@@ -118,3 +126,53 @@ def parse_budgets(values: Sequence[str]) -> list[int]:
         return [int(b) for b in values]
     except ValueError as e:
         raise app.UsageError(f"--budgets must be integers. Received: {list(values)}") from e
+
+
+def lookahead_flags(registry: flags.FlagValues,
+                    original: Mapping[str, Any]) -> dict[str, Any]:
+    """``--every_n --lookahead_rule --divide_by_lr`` as ``--lookahead`` resolves them.
+
+    Args:
+      registry: the script's parsed flag registry.
+      original: the dataset's values of those flags under ``--lookahead=original``.
+
+    Returns:
+      ``{"lookahead", "every_n", "lookahead_rule", "divide_by_lr"}``: the flags as given
+      (``fixed``), or ``original``'s values; a flag given explicitly with another value
+      than ``original``'s is a usage error rather than silently overridden.
+    """
+    names = ("every_n", "lookahead_rule", "divide_by_lr")
+    values = {name: registry[name].value for name in names}
+    if registry["lookahead"].value == "original":
+        clash = [f"--{name}={values[name]}" for name in names
+                 if registry[name].present and values[name] != original[name]]
+        if clash:
+            raise app.UsageError(f"--lookahead=original sets {dict(original)}; it contradicts "
+                                 f"{', '.join(clash)}.")
+        values = {name: original[name] for name in names}
+    return {"lookahead": registry["lookahead"].value, **values}
+
+
+def check_lookahead(lookahead: str) -> None:
+    """Raises a ValueError unless ``lookahead`` is one of :data:`LOOKAHEADS`."""
+    if lookahead not in LOOKAHEADS:
+        raise ValueError(f"lookahead must be one of {LOOKAHEADS}. Received: {lookahead!r}")
+
+
+def affinity_settings(lookahead: str, original: Mapping[str, Any], *,
+                      every_n: Optional[int] = None, lookahead_rule: Optional[str] = None,
+                      divide_by_lr: Optional[bool] = None) -> dict[str, Any]:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead``.
+
+    None takes the lookahead's value (``fixed``: :data:`PIPELINE_FLAG_DEFAULTS`'; ``original``:
+    the dataset's ``original``); under ``original`` another value is a ValueError.
+    """
+    check_lookahead(lookahead)
+    names = ("every_n", "lookahead_rule", "divide_by_lr")
+    base = original if lookahead == "original" else \
+        {name: PIPELINE_FLAG_DEFAULTS[name] for name in names}
+    given = {"every_n": every_n, "lookahead_rule": lookahead_rule, "divide_by_lr": divide_by_lr}
+    out = {name: base[name] if given[name] is None else given[name] for name in names}
+    if lookahead == "original" and out != {name: original[name] for name in names}:
+        raise ValueError(f"lookahead='original' means {dict(original)}. Received: {given}")
+    return out
