@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tag_tf import load_affinity, selection
+from tag_tf import load_affinity, selection, synthetic
 from tag_tf import planted_demo
 from tag_tf.planted_demo import run_demo
 
@@ -43,6 +43,20 @@ def test_run_demo_writes_affinity_and_selection(tmp_path, capsys):
     verdict = "b = 2 recovers the planted" if result["recovered"] else "b = 2 did NOT recover"
     assert verdict in printed
     assert "trivial MSE" in printed
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_planted_targets_have_comparable_variance_and_clustered_signals(seed):
+    """Every task's trivial loss is about 1 + noise^2 (no cluster's signal dominates), and a
+    cluster's tasks are near copies of one signal while other clusters' are not."""
+    problem = synthetic.planted_tasks(9, 3, seed=seed)
+    x, y = problem.sample(8192, seed=seed + 1)
+    variances = np.array([np.var(y[t]) for t in problem.tasks])
+    np.testing.assert_allclose(variances, 1 + problem.noise ** 2, rtol=0.1)
+    corr = np.abs(np.corrcoef(np.concatenate([y[t] for t in problem.tasks], axis=1).T))
+    same = np.equal.outer(problem.cluster_of, problem.cluster_of)
+    off = ~np.eye(len(problem.tasks), dtype=bool)
+    assert corr[same & off].min() > 0.9 > corr[~same].max() + 0.2, corr
 
 
 def _select(matrix, budget):
