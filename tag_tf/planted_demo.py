@@ -87,10 +87,10 @@ def run_demo(*, num_tasks: int, num_clusters: int, steps: int, steps_per_epoch: 
     recovered = recovers_clusters(check, problem.tasks, problem.cluster_of)
     print(verdict_text(check, problem.tasks, problem.cluster_of, ratios))
     print(f"\nWrote {os.path.join(output_dir, 'affinity.json')} (+ .npz, .png, selection.json).")
+    all_trained = all(r <= LOSS_RATIO_THRESHOLD for r in ratios.values())  # False for NaN
     return {"record": record, "selections": selections, "seconds": seconds,
             "cluster_of": problem.cluster_of, "losses": losses, "trivial_losses": trivial,
-            "loss_ratios": ratios, "all_trained": max(ratios.values()) <= LOSS_RATIO_THRESHOLD,
-            "recovered": recovered}
+            "loss_ratios": ratios, "all_trained": all_trained, "recovered": recovered}
 
 
 def task_losses(network: keras.Model, x: np.ndarray, y: dict[str, np.ndarray],

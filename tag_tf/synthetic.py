@@ -123,7 +123,7 @@ def planted_network(tasks: list[str], input_dim: int, *, hidden: int = 32,
                            name=SHARED_LAYERS[1])(h)
     outputs = {}
     for k, task in enumerate(tasks):
-        head = keras.layers.Dense(head_hidden, activation=activation, kernel_initializer=init(2 + 2 * k),
-                                  name=f"{task}_hidden")(h)
+        head = keras.layers.Dense(head_hidden, activation=activation,
+                                  kernel_initializer=init(2 + 2 * k), name=f"{task}_hidden")(h)
         outputs[task] = keras.layers.Dense(1, kernel_initializer=init(3 + 2 * k), name=task)(head)
     return keras.Model(inputs, outputs, name="planted_network")
