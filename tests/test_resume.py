@@ -109,6 +109,7 @@ def test_crash_mid_epoch_resumes_exactly(tmp_path, eager):
     assert straight_log.epochs == logger.epochs
 
 
+@pytest.mark.slow
 def test_second_crash_in_the_resumed_epoch(tmp_path, eager):
     straight, _, _ = run(tmp_path, "straight", logger=False)
     with pytest.raises(RuntimeError):
@@ -121,6 +122,7 @@ def test_second_crash_in_the_resumed_epoch(tmp_path, eager):
     assert_same_run(straight, resumed)
 
 
+@pytest.mark.slow
 def test_one_seeded_dataset_resumes_exactly(tmp_path, eager):
     """A plain reshuffling dataset (no factory) is exact too: the resume re-reads its stream."""
     straight, _, _ = run(tmp_path, "straight", data=one_dataset, logger=False)
@@ -132,6 +134,7 @@ def test_one_seeded_dataset_resumes_exactly(tmp_path, eager):
     assert_same_run(straight, resumed)
 
 
+@pytest.mark.slow
 def test_keras_backup_and_restore_replays_the_epoch(tmp_path, eager):
     """The problem solved here: Keras' own callback trains the interrupted epoch again."""
     model = make_model(None)
@@ -210,3 +213,35 @@ def test_mirrored_two_replicas_resume(tmp_path):
     # Affinity sums: exact only once per-replica recording is all-reduced (branch dist12);
     # until then only a loose check that both runs recorded comparable values.
     assert result["max_affinity_sum_diff"] <= 1.0
+
+
+@pytest.mark.slow
+def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
+    """pipeline.run(options.backup_dir): a run crashed mid-epoch and rerun gives the same
+    results (affinity matrix and trace, histories, test losses) as an uninterrupted one."""
+    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tests.test_pipeline import _experiment  # pylint: disable=g-import-not-at-top
+
+    def run_pipeline(name, crash=None):
+        keras.utils.set_random_seed(0)  # the datasets' shuffles depend on the global seed
+        experiment = _experiment(callbacks_fn=(lambda: [Crash(crash)]) if crash else list)
+        options = pipeline.Options(epochs=3, patience=None, every_n=2, verbose=0,
+                                   backup_dir=str(tmp_path / name / "backup"), save_freq=2)
+        return pipeline.run("affinity", experiment, options,
+                            output_dir=str(tmp_path / name / "out"))
+
+    straight = run_pipeline("straight")
+    with pytest.raises(RuntimeError):
+        run_pipeline("resumed", crash=7)  # 4 batches per epoch: backup at (1, 2)
+    assert resume.read_resume_point(str(tmp_path / "resumed" / "backup" / "network_0"),
+                                    4) == (1, 2)
+    resumed = run_pipeline("resumed")
+    assert resumed["affinity"]["matrix"] == straight["affinity"]["matrix"]
+    assert resumed["test_loss"] == straight["test_loss"]
+    history, straight_history = (r["networks"][0]["history"] for r in (resumed, straight))
+    for key in ("val_summed_loss", "loss"):
+        assert history[key] == straight_history[key][1:], key  # the resumed fit: epochs 1, 2
+    with open(tmp_path / "straight" / "out" / "affinity.json") as f:
+        expected = json.load(f)
+    with open(tmp_path / "resumed" / "out" / "affinity.json") as f:
+        assert json.load(f)["epochs"] == expected["epochs"]
