@@ -189,7 +189,7 @@ def mirrored_comparison(batch_size, image_size, num_tasks, rounds, warmup, repli
             fns[(label, mode)] = entry
     seconds = _time_rounds(fns, rounds, warmup)
     labels = sorted({label for label, _ in fns}, key=int)
-    devices = [d.name for d in mirrored.extended.worker_devices]
+    devices = list(mirrored.extended.worker_devices)
     print(f"\nglobal batch {batch_size}, {image_size}x{image_size}, {num_tasks} tasks, "
           f"{os.cpu_count()} CPU cores; mirrored over {devices}")
     print("| replicas | plain s/step | TAG every 1 s/step | TAG every 10 s/step | "

@@ -60,6 +60,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Sequen
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 import tag_tf
 from tag_tf import affinity_io
@@ -433,6 +434,10 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         train = resume.resumable_dataset(train, steps_per_epoch=steps_per_epoch,
                                          epochs=options.epochs, start=backup.resume_point)
         callbacks.insert(0, backup)  # first: it ends a resumed epoch early (see resume)
+        if options.strategy != "default" and backup.resume_point != (0, 0):
+            logging.warning("Resuming under a tf.distribute strategy: exact only when the "
+                            "training data gives the same batches on every iteration "
+                            "(see tag_tf.resume).")
     # ---- end backup / resume
     history = model.fit(train, validation_data=validation, epochs=options.epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=callbacks,

@@ -22,9 +22,18 @@ or by hand with the two pieces (the callback first in the list)::
 The data may be a factory ``epoch -> tf.data.Dataset`` (cheap: a resume skips batches of
 one epoch only) or one seeded ``tf.data.Dataset`` (re-iterated every epoch when finite,
 used as is when infinite; a resume then reads and drops every batch already trained).
-Either way it must be a deterministic function of the epoch (seeded shuffles; the default
-``reshuffle_each_iteration`` is fine: a fresh dataset object repeats its sequence of
-orders). Runs that are not resumed consume the same stream, so both agree step for step.
+Either way it must be a deterministic function of the epoch: seeded shuffles. On one device
+a dataset reshuffled every iteration is fine (a fresh dataset object repeats its sequence
+of orders). Under a ``tf.distribute`` strategy, Keras' ``fit()`` iterates the data once
+more before training (it reads a batch to build the model), so there the epoch data must
+not depend on how often it was iterated: a factory whose shuffle is seeded by the epoch
+with ``reshuffle_each_iteration=False``, e.g.::
+
+    def make_train_data(epoch):
+        return files.shuffle(len(files), seed=1000 * seed + epoch,
+                             reshuffle_each_iteration=False).map(load).batch(256)
+
+Runs that are not resumed consume the same stream, so both agree step for step.
 """
 
 from __future__ import annotations

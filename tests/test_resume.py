@@ -30,8 +30,10 @@ X, Y = _arrays()
 
 
 def epoch_data(epoch):
-    """Epoch `epoch`'s batches: a fresh shuffle seeded by the epoch."""
-    return tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(80, seed=100 + epoch).batch(8)
+    """Epoch `epoch`'s batches: a shuffle seeded by the epoch, the same however often the
+    dataset is iterated (under a strategy, fit() reads one batch more to build the model)."""
+    return tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(
+        80, seed=100 + epoch, reshuffle_each_iteration=False).batch(8)
 
 
 def one_dataset():
