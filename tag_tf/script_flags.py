@@ -138,7 +138,14 @@ def parse_save_freq(value: str) -> int | str:
 def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
     """The distribution / precision / backup flags as :class:`tag_tf.pipeline.Options` fields
     (``strategy``, ``shard_policy``, ``backup_dir``, ``save_freq``, ``logical_cpus``, and
-    ``mixed_precision``); pass them on with ``**runtime_fields(FLAGS)``."""
+    ``mixed_precision``); pass them on with ``**runtime_fields(FLAGS)``.
+
+    With ``--logical_cpus`` it also splits the CPU right away: that must happen before any
+    TensorFlow work (e.g. loading the data), so call it first thing in ``main``.
+    """
+    if registry.logical_cpus:
+        from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+        pipeline.split_cpu(registry.logical_cpus)
     return {"strategy": registry.strategy, "mixed_precision": registry.mixed_precision,
             "shard_policy": registry.shard_policy, "backup_dir": registry.backup_dir,
             "save_freq": parse_save_freq(registry.save_freq),
