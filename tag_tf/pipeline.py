@@ -430,7 +430,7 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         steps_per_epoch = steps_per_epoch or resume.steps_of(train)
         backup = resume.StepBackupAndRestore(
             os.path.join(options.backup_dir, f"network_{index}"), options.save_freq,
-            steps_per_epoch=steps_per_epoch)
+            steps_per_epoch=steps_per_epoch, stateful_callbacks=[stopper] if stopper else [])
         train = resume.resumable_dataset(train, steps_per_epoch=steps_per_epoch,
                                          epochs=options.epochs, start=backup.resume_point)
         callbacks.insert(0, backup)  # first: it ends a resumed epoch early (see resume)
@@ -442,6 +442,8 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
     history = model.fit(train, validation_data=validation, epochs=options.epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                         verbose=options.verbose)
+    if options.backup_dir:  # resume12: the epochs trained before a resume belong to the run
+        history = backup.complete_history(history)
     summed = history.history.get(SUMMED_LOSS, [])
     epochs_run = len(history.history.get("loss", []))
     stopped_early = bool(stopper is not None and stopper.stopped_epoch > 0)

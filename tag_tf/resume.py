@@ -50,6 +50,8 @@ from absl import logging
 
 METADATA_FILE = "training_metadata.json"  # BackupAndRestore's file name
 METRICS_FILE = "epoch_metrics.npz"  # the interrupted epoch's running metric states
+STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' attributes
+_STATE_ATTRIBUTES = ("wait", "stopped_epoch", "best", "best_epoch")  # EarlyStopping's
 
 TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
 
@@ -89,7 +91,7 @@ def read_resume_point(backup_dir: str, steps_per_epoch: Optional[int] = None) ->
 class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` that records and resumes the exact batch of the epoch.
 
-    Saves every ``save_freq`` batches and at every epoch end, recording the epoch and the
+    Saves every ``save_freq`` batches and after every epoch, recording the epoch and the
     number of its batches trained (``batches_done``). On restore, the interrupted epoch
     runs only its remaining steps: feed the batches from :attr:`resume_point` on (see
     :func:`resumable_dataset`) with ``fit(steps_per_epoch=...)``. Put it first in the
@@ -104,13 +106,17 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
       double_checkpoint, delete_checkpoint: as ``keras.callbacks.BackupAndRestore``.
 
     The running training metrics of the epoch are saved too, so the resumed epoch's logged
-    ``loss`` / metrics average over all its steps. Other callbacks' state (``EarlyStopping``'s
-    patience counter and best weights, ...) is not saved, as with Keras' callback.
+    ``loss`` / metrics average over all its steps, and so is the history so far
+    (:meth:`complete_history` prepends it to the resumed ``fit``'s ``History``). Callbacks
+    listed in ``stateful_callbacks`` keep their ``wait``, ``stopped_epoch``, ``best``,
+    ``best_epoch`` and ``best_weights`` (``EarlyStopping``); other callbacks' state is not
+    saved, as with Keras' callback.
     """
 
     def __init__(self, backup_dir: str, save_freq: Union[str, int] = "epoch", *,
                  steps_per_epoch: Optional[int] = None, double_checkpoint: bool = False,
-                 delete_checkpoint: bool = True):
+                 delete_checkpoint: bool = True,
+                 stateful_callbacks: Sequence[keras.callbacks.Callback] = ()):
         if not (save_freq == "epoch" or (isinstance(save_freq, int) and save_freq >= 1)):
             raise ValueError("save_freq must be 'epoch' or a positive number of batches. "
                              f"Received: save_freq={save_freq!r}")
@@ -125,6 +131,12 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._stopped_short = False
         self._metric_values = None  # the restored epoch's metric states
         self._metrics_to_add = None
+        self.stateful_callbacks = list(stateful_callbacks)
+        self.restored_history: Optional[dict] = None  # {"epoch": [...], "history": {...}}
+        self._restored_callbacks: Optional[list] = None
+        self._ended = None  # (epoch, logs) of an epoch that ended, until it is saved
+        self._history_epochs: list = []  # this fit's finished epochs and their logs
+        self._history_logs: dict = {}
 
     def _metric_variables(self) -> list:
         return [v for metric in self.model.metrics for v in metric.variables]
@@ -142,6 +154,18 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
                 "resume_point right before fit().")
         self._pending = point
         self._current_epoch = point.epoch
+        state_path = os.path.join(self.backup_dir, STATE_FILE)
+        if tf.io.gfile.exists(self._weights_path) and tf.io.gfile.exists(state_path):
+            with tf.io.gfile.GFile(state_path) as f:
+                state = json.load(f)
+            self.restored_history = state["history"]
+            self._restored_callbacks = state["callbacks"]
+            for k, saved in enumerate(self._restored_callbacks):
+                weights = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
+                if saved.get("has_best_weights") and tf.io.gfile.exists(weights):
+                    with tf.io.gfile.GFile(weights, "rb") as f:
+                        stored = np.load(io.BytesIO(f.read()))
+                    saved["best_weights"] = [stored[f"v{i}"] for i in range(len(stored.files))]
         path = os.path.join(self.backup_dir, METRICS_FILE)
         if point.batches and tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path, "rb") as f:
@@ -150,7 +174,29 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         if tf.io.gfile.exists(self._weights_path):
             self.model._initial_epoch = point.epoch  # pylint: disable=protected-access
 
+    def on_train_begin(self, logs=None):
+        self._history_epochs, self._history_logs, self._ended = [], {}, None
+        super().on_train_begin(logs)
+
+    def complete_history(self, history: keras.callbacks.History) -> keras.callbacks.History:
+        """Prepends the epochs trained before the resume to ``fit``'s ``History``."""
+        saved = self.restored_history
+        if saved:
+            history.epoch = list(saved["epoch"]) + list(history.epoch)
+            keys = set(saved["history"]) | set(history.history)
+            history.history = {k: list(saved["history"].get(k, [])) +
+                               list(history.history.get(k, [])) for k in keys}
+        return history
+
     def on_epoch_begin(self, epoch, logs=None):
+        if self._ended is not None:
+            self._save_epoch_end()
+        if self._restored_callbacks is not None:  # after their on_train_begin reset them
+            for callback, saved in zip(self.stateful_callbacks, self._restored_callbacks):
+                for name, value in saved.items():
+                    if name in _STATE_ATTRIBUTES or name == "best_weights":
+                        setattr(callback, name, value)
+            self._restored_callbacks = None
         self._current_epoch = epoch
         self._offset = self._pending.batches if epoch == self._pending.epoch else 0
         self._pending = ResumePoint()
@@ -167,9 +213,10 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         done = self._offset + batch + 1  # `batch` is the last step of the execution
         self._since_save += done - self._done
         self._done = done
-        if self.save_freq != "epoch" and self._since_save >= self.save_freq:
-            self._save_model()
         steps = self._steps()
+        last = bool(steps) and done >= steps  # the epoch's end is saved when it has ended
+        if self.save_freq != "epoch" and self._since_save >= self.save_freq and not last:
+            self._save_model()
         if self._offset and steps and done >= steps and not self.model.stop_training:
             self.model.stop_training = True  # the resumed epoch has run its remaining steps
             self._stopped_short = True
@@ -194,6 +241,16 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_epoch_end(self, epoch, logs=None):
         self._resume_training()
+        # Saved when the next epoch begins: by then the other callbacks have finished this
+        # epoch (EarlyStopping's counters, val_summed_loss in the logs, the affinity trace).
+        self._ended = (epoch, logs)
+
+    def _save_epoch_end(self):
+        epoch, logs = self._ended
+        self._ended = None
+        self._history_epochs.append(int(epoch))
+        for key, value in (logs or {}).items():
+            self._history_logs.setdefault(key, []).append(_plain(value))
         self._current_epoch = epoch + 1
         self._done = 0
         self._offset = 0
@@ -207,12 +264,44 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         with tf.io.gfile.GFile(self._training_metadata_path, "w") as f:
             json.dump({"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
                        "batches_done": self._done}, f)
+        self._save_callback_state()
         if self._done:
             buffer = io.BytesIO()
             np.savez(buffer, **{f"v{i}": np.asarray(v.numpy())
                                 for i, v in enumerate(self._metric_variables())})
             with tf.io.gfile.GFile(os.path.join(self.backup_dir, METRICS_FILE), "wb") as f:
                 f.write(buffer.getvalue())
+
+
+    def _save_callback_state(self):
+        before = self.restored_history or {"epoch": [], "history": {}}
+        history = {"epoch": list(before["epoch"]) + self._history_epochs,
+                   "history": {k: list(before["history"].get(k, [])) +
+                               self._history_logs.get(k, [])
+                               for k in set(before["history"]) | set(self._history_logs)}}
+        callbacks = []
+        for k, callback in enumerate(self.stateful_callbacks):
+            saved = {name: _plain(getattr(callback, name)) for name in _STATE_ATTRIBUTES
+                     if getattr(callback, name, None) is not None}
+            best_weights = getattr(callback, "best_weights", None)
+            saved["has_best_weights"] = best_weights is not None
+            if best_weights is not None:
+                buffer = io.BytesIO()
+                np.savez(buffer, **{f"v{i}": np.asarray(w) for i, w in enumerate(best_weights)})
+                path = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
+                with tf.io.gfile.GFile(path, "wb") as f:
+                    f.write(buffer.getvalue())
+            callbacks.append(saved)
+        with tf.io.gfile.GFile(os.path.join(self.backup_dir, STATE_FILE), "w") as f:
+            json.dump({"history": history, "callbacks": callbacks}, f)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python number (logs hold NumPy / tensor scalars)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    array = np.asarray(value)
+    return array.item() if array.ndim == 0 else array.tolist()
 
 
 def steps_of(data: TrainData) -> int:
@@ -284,7 +373,8 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
     """``model.fit`` on ``data`` that backs up to ``backup_dir`` and resumes step-exactly.
 
     Calling it again after a crash (same arguments, a freshly built model) continues at
-    the backed-up batch; the finished run equals an uninterrupted one. ``steps_per_epoch``
+    the backed-up batch; the finished run equals an uninterrupted one (the returned
+    ``History`` includes the epochs before the resume). ``steps_per_epoch``
     defaults to the length of a finite dataset (or of the factory's epoch 0).
     ``fit_kwargs`` go to ``fit`` (``validation_data``, ``verbose``, ...).
     """
@@ -296,5 +386,6 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
     backup = StepBackupAndRestore(backup_dir, save_freq, steps_per_epoch=steps)
     stream = resumable_dataset(data, steps_per_epoch=steps, epochs=epochs,
                                start=backup.resume_point)
-    return model.fit(stream, epochs=epochs, steps_per_epoch=steps,
-                     callbacks=[backup, *callbacks], **fit_kwargs)
+    history = model.fit(stream, epochs=epochs, steps_per_epoch=steps,
+                        callbacks=[backup, *callbacks], **fit_kwargs)
+    return backup.complete_history(history)

@@ -104,9 +104,9 @@ def test_crash_mid_epoch_resumes_exactly(tmp_path, eager):
         model, epoch_data, backup_dir=str(tmp_path / "resumed" / "backup"),
         save_freq=SAVE_FREQ, epochs=EPOCHS, callbacks=[logger, Count()], verbose=0)
     assert len(steps) == EPOCHS * STEPS - 14  # 10 + 4 steps were trained before the crash
-    assert resumed_history.epoch == [1, 2]
+    assert resumed_history.epoch == [0, 1, 2]  # epoch 0's entries come from the backup
     assert_same_run(straight, model)
-    np.testing.assert_array_equal(history.history["loss"][1:], resumed_history.history["loss"])
+    assert resumed_history.history == history.history
     # The per-epoch trace: epoch 1's mean covers all its steps, not just the resumed ones.
     assert straight_log.epochs == logger.epochs
 
@@ -120,7 +120,7 @@ def test_second_crash_in_the_resumed_epoch(tmp_path, eager):
         run(tmp_path, "resumed", crash=5, logger=False)  # steps (1,5)..(1,9): backup (1, 8)
     assert backup_point(tmp_path, "resumed") == (1, 8)
     resumed, history, _ = run(tmp_path, "resumed", logger=False)
-    assert history.epoch == [1, 2]
+    assert history.epoch == [0, 1, 2]
     assert_same_run(straight, resumed)
 
 
@@ -132,7 +132,7 @@ def test_one_seeded_dataset_resumes_exactly(tmp_path, eager):
         run(tmp_path, "resumed", data=one_dataset, crash=17, logger=False)
     assert backup_point(tmp_path, "resumed") == (1, 4)
     resumed, history, _ = run(tmp_path, "resumed", data=one_dataset, logger=False)
-    assert history.epoch == [1, 2]
+    assert history.epoch == [0, 1, 2]
     assert_same_run(straight, resumed)
 
 
@@ -208,7 +208,7 @@ def test_mirrored_two_replicas_resume(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
-    assert result["resumed_epochs"] == [1, 2]
+    assert result["resumed_epochs"] == [0, 1, 2]
     assert result["steps"] == [30, 30]
     assert result["max_weight_diff"] <= 1e-6
     assert result["counts_equal"] and result["affinity_steps_equal"]
@@ -220,14 +220,15 @@ def test_mirrored_two_replicas_resume(tmp_path):
 @pytest.mark.slow
 def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
     """pipeline.run(options.backup_dir): a run crashed mid-epoch and rerun gives the same
-    results (affinity matrix and trace, histories, test losses) as an uninterrupted one."""
+    results (affinity matrix and trace, history, early stopping, test losses) as an
+    uninterrupted one."""
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
     from tests.test_pipeline import _experiment  # pylint: disable=g-import-not-at-top
 
     def run_pipeline(name, crash=None):
         keras.utils.set_random_seed(0)  # the datasets' shuffles depend on the global seed
         experiment = _experiment(callbacks_fn=(lambda: [Crash(crash)]) if crash else list)
-        options = pipeline.Options(epochs=3, patience=None, every_n=2, verbose=0,
+        options = pipeline.Options(epochs=3, patience=1, every_n=2, verbose=0,
                                    backup_dir=str(tmp_path / name / "backup"), save_freq=2)
         return pipeline.run("affinity", experiment, options,
                             output_dir=str(tmp_path / name / "out"))
@@ -240,9 +241,11 @@ def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
     resumed = run_pipeline("resumed")
     assert resumed["affinity"]["matrix"] == straight["affinity"]["matrix"]
     assert resumed["test_loss"] == straight["test_loss"]
-    history, straight_history = (r["networks"][0]["history"] for r in (resumed, straight))
-    for key in ("val_summed_loss", "loss"):
-        assert history[key] == straight_history[key][1:], key  # the resumed fit: epochs 1, 2
+    network, straight_network = (r["networks"][0] for r in (resumed, straight))
+    # EarlyStopping's state and the history before the crash come from the backup.
+    for key in ("history", "epochs_run", "best_epoch", "stopped_early",
+                "best_validation_loss", "test"):
+        assert network[key] == straight_network[key], key
     with open(tmp_path / "straight" / "out" / "affinity.json") as f:
         expected = json.load(f)
     with open(tmp_path / "resumed" / "out" / "affinity.json") as f:
