@@ -82,6 +82,7 @@ def backup_point(tmp_path, name):
     return resume.read_resume_point(str(tmp_path / name / "backup"), STEPS)
 
 
+@pytest.mark.slow  # ~35 s on 2 shared cores (3 trainings)
 def test_crash_mid_epoch_resumes_exactly(tmp_path, eager):
     straight, history, straight_log = run(tmp_path, "straight")
     assert int(straight.train_step_counter.numpy()) == EPOCHS * STEPS
