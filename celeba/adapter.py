@@ -62,6 +62,7 @@ class CelebAAdapter:
     affinity_epochs: str = "until_best"
     uw_clipped: bool = True
     gradnorm_alpha: float = celeba_main.GRADNORM_ALPHA
+    strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker
     verbose: int = 0
     name: str = "celeba"
 
@@ -98,7 +99,8 @@ class CelebAAdapter:
             every_n=self.every_n, affinity_batch=self.affinity_batch,
             lookahead_rule=self.lookahead_rule, divide_by_lr=self.divide_by_lr,
             affinity_epochs=self.affinity_epochs, uw_clipped=self.uw_clipped,
-            gradnorm_alpha=self.gradnorm_alpha)
+            gradnorm_alpha=self.gradnorm_alpha,
+            strategy=self.strategy)
 
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> CelebAAdapter:

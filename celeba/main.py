@@ -30,7 +30,7 @@ from absl import flags
 
 from tag_tf import script_flags
 from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
-                                  parse_budgets)
+                                  parse_budgets, runtime_fields)
 
 if TYPE_CHECKING:
     from tag_tf import pipeline
@@ -194,11 +194,13 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                gradnorm_alpha: float = GRADNORM_ALPHA, cache: Optional[str] = None,
                shuffle_buffer: Optional[int] = None, limit: Optional[int] = None,
                steps_per_epoch: Optional[int] = None, save_weights: bool = False,
-               tensorboard: bool = False, verbose: int = 2) -> dict:
+               tensorboard: bool = False, verbose: int = 2,
+               runtime: Optional[dict] = None) -> dict:
     """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results.
 
     ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s values
-    (:func:`affinity_settings`).
+    (:func:`affinity_settings`). ``runtime``: distribution / precision / backup Options
+    fields (``runtime_fields``).
     """
     from celeba import data  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
@@ -223,7 +225,7 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
         affinity_epochs=affinity_epochs, budgets=tuple(budgets), selection_path=selection,
         budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
-        log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, **(runtime or {}))
     results = pipeline.run(mode, experiment, options, output_dir=output_dir)
     results["lookahead"] = lookahead
     pipeline.write_results(os.path.join(output_dir, pipeline.RESULTS_FILE), results)
@@ -259,7 +261,7 @@ def main(argv):
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, cache=FLAGS.cache,
         shuffle_buffer=FLAGS.shuffle_buffer, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, runtime=runtime_fields(FLAGS))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ PIPELINE_FLAG_DEFAULTS: dict[str, Any] = {
     "divide_by_lr": True, "budgets": (), "selection": None, "budget": None,
     "selection_table": None, "uw_clipped": True, "gradnorm_alpha": 0.1,
     "steps_per_epoch": None, "save_weights": False, "tensorboard": False, "verbose": 2,
+    "strategy": "default", "mixed_precision": False, "shard_policy": "data",
+    "backup_dir": None, "save_freq": "epoch", "logical_cpus": 0,
 }
+STRATEGIES = ("default", "mirrored", "multi_worker")
+# Flags that configure distribution, precision and fault tolerance: pipeline.Options fields.
+RUNTIME_FLAGS = ("strategy", "mixed_precision", "shard_policy", "backup_dir", "save_freq",
+                 "logical_cpus")
 
 
 def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
@@ -37,8 +43,11 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     (``--every_n --affinity_batch --lookahead --lookahead_rule --divide_by_lr --budgets``),
     groups (``--selection --budget --selection_table``), baselines (``--uw_clipped
     --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
-    --verbose``). Flags whose meaning differs per dataset (``--mode``, ``--tasks``,
-    ``--patience``, ...) stay in the scripts.
+    --verbose``), and distribution / fault tolerance (``--strategy --mixed_precision
+    --shard_policy --backup_dir --save_freq --logical_cpus``; :func:`runtime_fields` turns
+    them into :class:`tag_tf.pipeline.Options` fields). Flags whose meaning differs per
+    dataset (``--mode``, ``--tasks``, ``--patience``, ...) stay in the scripts; a script
+    that defines ``--mixed_precision`` itself keeps its own.
 
     Args:
       registry: the script's private flag registry.
@@ -93,6 +102,62 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_bool("tensorboard", d["tensorboard"], "Log affinity scalars/heatmaps to "
                       "<output_dir>/tb.", **at)
     flags.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity.", **at)
+    # ---- distribution, precision, fault tolerance (tag_tf.pipeline / tag_tf.resume)
+    flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES),
+                      "tf.distribute strategy: 'default' (one device), 'mirrored' (every "
+                      "local GPU; without GPUs, every logical CPU, see --logical_cpus) or "
+                      "'multi_worker' (MultiWorkerMirroredStrategy; workers from TF_CONFIG). "
+                      "--batch_size stays the GLOBAL batch: each of the R replicas gets "
+                      "batch_size / R examples (global batch = per-replica batch x replicas), "
+                      "so the paper's batch and learning rate hold on any device count.", **at)
+    flags.DEFINE_bool("mixed_precision", d["mixed_precision"], "mixed_float16 compute with "
+                      "loss scaling (float32 variables and outputs).", **at)
+    flags.DEFINE_enum("shard_policy", d["shard_policy"], ["data", "file", "auto"],
+                      "multi_worker: how workers split the input (tf.data auto_shard_policy): "
+                      "'data' = every worker reads the whole pipeline and keeps its share of "
+                      "the batches (right for any pipeline); 'file' = each worker reads its "
+                      "own input files (faster; needs at least as many equally sized files "
+                      "as workers); 'auto' = file if possible, else data.", **at)
+    flags.DEFINE_string("backup_dir", d["backup_dir"], "Back up training to this directory "
+                        "(one subdirectory per network) and resume from it after an "
+                        "interruption at the exact batch (tag_tf.resume); rerun the same "
+                        "command to resume.", **at)
+    flags.DEFINE_string("save_freq", str(d["save_freq"]), "With --backup_dir: back up every "
+                        "N training batches (an integer) or 'epoch'.", **at)
+    flags.DEFINE_integer("logical_cpus", d["logical_cpus"], "Split the CPU into this many "
+                         "logical devices (0: don't), e.g. to try --strategy=mirrored "
+                         "without GPUs.", **at)
+
+
+def parse_save_freq(value: str) -> int | str:
+    """``--save_freq`` as ``"epoch"`` or a positive integer (a usage error otherwise)."""
+    if str(value) == "epoch":
+        return "epoch"
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise app.UsageError(f"--save_freq must be 'epoch' or a positive integer. "
+                             f"Received: {value!r}")
+    return number
+
+
+def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
+    """The distribution / precision / backup flags as :class:`tag_tf.pipeline.Options` fields
+    (``strategy``, ``shard_policy``, ``backup_dir``, ``save_freq``, ``logical_cpus``, and
+    ``mixed_precision``); pass them on with ``**runtime_fields(FLAGS)``.
+
+    With ``--logical_cpus`` it also splits the CPU right away: that must happen before any
+    TensorFlow work (e.g. loading the data), so call it first thing in ``main``.
+    """
+    if registry.logical_cpus:
+        from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+        pipeline.split_cpu(registry.logical_cpus)
+    return {"strategy": registry.strategy, "mixed_precision": registry.mixed_precision,
+            "shard_policy": registry.shard_policy, "backup_dir": registry.backup_dir,
+            "save_freq": parse_save_freq(registry.save_freq),
+            "logical_cpus": registry.logical_cpus}
 
 
 def own_registry_parser(registry: flags.FlagValues,

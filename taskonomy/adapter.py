@@ -73,6 +73,7 @@ class TaskonomyAdapter:
     divide_by_lr: bool = True
     uw_clipped: bool = False
     gradnorm_alpha: float = taskonomy_main.GRADNORM_ALPHA
+    strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker
     verbose: int = 0
     name: str = "taskonomy"
 
@@ -124,7 +125,8 @@ class TaskonomyAdapter:
             steps_per_epoch=self.steps_per_epoch or self._default_steps_per_epoch,
             verbose=self.verbose, every_n=self.every_n, affinity_batch=self.affinity_batch,
             lookahead_rule=self.lookahead_rule, divide_by_lr=self.divide_by_lr,
-            uw_clipped=self.uw_clipped, gradnorm_alpha=self.gradnorm_alpha)
+            uw_clipped=self.uw_clipped, gradnorm_alpha=self.gradnorm_alpha,
+            strategy=self.strategy)
 
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> TaskonomyAdapter:

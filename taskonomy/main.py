@@ -38,7 +38,7 @@ from absl import flags
 
 from tag_tf import script_flags
 from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
-                                  parse_budgets)
+                                  parse_budgets, runtime_fields)
 from absl import logging
 from taskonomy import data as data_lib
 
@@ -106,8 +106,6 @@ flags.DEFINE_integer("patience", -1, "Early-stopping patience (epochs) on the su
 flags.DEFINE_bool("rotate_loss", True, "Shift-tolerant depth/normal losses (tag.patch's "
                   "default).", **_IN)
 flags.DEFINE_bool("augment", True, "Random horizontal flips for training.", **_IN)
-flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute with loss scaling "
-                  "(affinities use unscaled losses).", **_IN)
 flags.DEFINE_integer("limit", None, "Debugging: at most N images per building.", **_IN)
 flags.DEFINE_integer("shards", None, "convert: shards per split (default one per 2000 "
                      "images).", **_IN)
@@ -405,8 +403,11 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
                   selection_table: Optional[str] = None, uw_clipped: bool = False,
                   gradnorm_alpha: float = GRADNORM_ALPHA, limit: Optional[int] = None,
                   steps_per_epoch: Optional[int] = None, save_weights: bool = False,
-                  tensorboard: bool = False, verbose: int = 2) -> dict:
+                  tensorboard: bool = False, verbose: int = 2,
+                  runtime: Optional[dict] = None) -> dict:
     """Runs one training mode on Taskonomy (see :mod:`tag_tf.pipeline`); returns the results.
+
+    ``runtime``: distribution / precision / backup Options fields (``runtime_fields``).
 
     ``patience`` None (the original) never stops early but still tests the weights of the best
     validation epoch. ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s
@@ -439,7 +440,7 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
         selection_path=selection,
         budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
-        log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, **(runtime or {}))
     previous_policy = keras.config.dtype_policy()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -545,7 +546,7 @@ def main(argv):
         budget=FLAGS.budget, selection_table=FLAGS.selection_table,
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, runtime=runtime_fields(FLAGS))
 
 
 if __name__ == "__main__":
