@@ -362,18 +362,24 @@ class MultiTaskModel(keras.Model):
         shared = self.shared_variables
         local_grads = {}
 
+        def local_gradient(k):
+            """This replica's gradient of task k's (loss-scaled) term; computed once."""
+            if k not in local_grads:
+                grads = tape.gradient(scaled[k], shared)
+                if all(g is None for g in grads):
+                    raise ValueError(
+                        f"The loss of task {self.tasks[k]!r} does not depend on the shared "
+                        "variables; check `shared` and the network's outputs.")
+                local_grads[k] = _zeros_for_none(grads, shared)
+            return local_grads[k]
+
         def task_gradient(k):
-            grads = tape.gradient(scaled[k], shared)
-            if all(g is None for g in grads):
-                raise ValueError(f"The loss of task {self.tasks[k]!r} does not depend on the "
-                                 "shared variables; check `shared` and the network's outputs.")
-            local_grads[k] = _zeros_for_none(grads, shared)
-            return batch.gradients(local_grads[k], k)
+            return batch.gradients(local_gradient(k), k)
 
         if self.gradient is None:  # recording step: gradients interleaved with lookaheads
             self._recorder.record(x, y, sample_weight, y_pred, state_before, task_gradient,
                                   batch)
-            task_grads = [local_grads[k] for k in range(len(self.tasks))]
+            task_grads = [local_gradient(k) for k in range(len(self.tasks))]
         else:
             global_grads, previous = [], []
             for k in range(len(self.tasks)):

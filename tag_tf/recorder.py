@@ -149,6 +149,37 @@ class AffinityRecorder:
         return model._require_task_losses().compute(  # pylint: disable=protected-access
             y, model._as_task_dict(outputs), sample_weight, weighted=False)  # pylint: disable=protected-access
 
+    def _float32_gradients(self, x, y, sample_weight, state_before, current, batch):
+        """Per-task global shared gradients and base losses from a float32 forward pass.
+
+        Under mixed precision the training tape's gradients went through float16 (about
+        1e-3 relative error per element, enough to change small affinities by tens of
+        percent); the lookahead uses these instead.
+        """
+        model = self.model
+        network, shared = model.network, model.shared_variables
+        task_losses = model._require_task_losses()  # pylint: disable=protected-access
+        position = {id(v): k for k, v in enumerate(network.trainable_variables)}
+        watched = [tf.identity(current[position[id(v)]]) for v in shared]
+        values = list(current)
+        for variable, value in zip(shared, watched):
+            values[position[id(variable)]] = value
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(watched)
+            with float32_compute(network):
+                outputs, _ = network.stateless_call(values, state_before, x, training=True)
+            outputs = model._as_task_dict(outputs)  # pylint: disable=protected-access
+            weighted = task_losses.compute(y, outputs, sample_weight)
+            terms = model.weighting.task_terms(weighted) if model.weighting else weighted
+        base = task_losses.compute(y, outputs, sample_weight, weighted=False)
+        grads = []
+        for k in range(len(model.tasks)):
+            local = tape.gradient(terms[k], watched)
+            local = [tf.zeros_like(w) if g is None else g for g, w in zip(local, watched)]
+            grads.append(batch.gradients(local, k))
+        del tape
+        return grads, base
+
     # --------------------------------------------------------------- record
     def record(self, x, y, sample_weight, y_pred, state_before,
                task_gradient: Callable[[int], list], batch: replicas.GlobalBatch) -> tf.Tensor:
@@ -178,6 +209,11 @@ class AffinityRecorder:
         lookahead_on = "lookahead" in config.measures
         float32 = is_mixed(network)
         current = [v.value for v in network.trainable_variables]
+        train_base = None
+        if float32:  # mixed precision: measure with float32 gradients and losses
+            float32_grads, train_base = self._float32_gradients(
+                x, y, sample_weight, state_before, current, batch)
+            task_gradient, loss_scale = float32_grads.__getitem__, tf.constant(1.0)
 
         if lookahead_on and config.batch == "validation":
             x_eval, y_eval, w_eval = self._validation_batch()
@@ -186,8 +222,8 @@ class AffinityRecorder:
             base = self._eval_losses(current, state_before, x_eval, y_eval, w_eval, float32)
         elif lookahead_on:
             x_eval, y_eval, w_eval, eval_batch = x, y, sample_weight, batch
-            if float32:  # the training forward ran in float16: evaluate like the lookahead
-                base = self._eval_losses(current, state_before, x, y, sample_weight, True)
+            if float32:  # the training forward ran in float16: use the float32 one
+                base = train_base
             else:
                 base = model._require_task_losses().compute(  # pylint: disable=protected-access
                     y, y_pred, sample_weight, weighted=False)
