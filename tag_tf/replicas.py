@@ -118,18 +118,18 @@ class GlobalBatch:
             reduction = getattr(loss, "reduction", "sum_over_batch_size")
             weight = _task_weight(sample_weight, task)
             if reduction == "sum":
-                local.append(tf.constant(0.0))
+                local.append(tf.constant(0.0, tf.float64))
                 is_mean.append(False)
                 continue
             if reduction not in _MEAN_REDUCTIONS:
                 raise ValueError(f"Task {task!r}: loss reduction {reduction!r} is not supported "
                                  "under a multi-replica strategy (a task loss must be a scalar).")
             if reduction == "mean_with_sample_weight" and weight is not None:
-                local.append(tf.reduce_sum(tf.cast(weight, tf.float32)))
+                local.append(tf.reduce_sum(tf.cast(weight, tf.float64)))
             else:
-                local.append(tf.cast(tf.shape(y[task])[0], tf.float32))
+                local.append(tf.cast(tf.shape(y[task])[0], tf.float64))
             is_mean.append(True)
-        local = tf.stack(local)
+        local = tf.stack(local)  # float64: a rounded denominator shows in a small Z
         total = all_sum(local)
         mean_factor = tf.math.divide_no_nan(self.replicas * local, total)
         self.factors = tf.where(tf.constant(is_mean), mean_factor, tf.ones_like(mean_factor))
