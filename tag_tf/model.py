@@ -19,7 +19,10 @@ On a recording step, ``train_step`` (paper Eq. 1):
      ``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)``;
   3. trains with the gradient Keras would use: the shared part is sum_i g_i
      (plus regularisation), so step 1 is reused, not recomputed.
-Other steps run Keras' own ``train_step`` logic unchanged.
+Other steps run Keras' own ``train_step`` logic unchanged. Steps 1-2 and the
+accumulators live in :mod:`tag_tf.recorder`; the cross-replica reductions that
+make a ``tf.distribute`` step record what one device records in
+:mod:`tag_tf.replicas`.
 
 References:
   Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task

@@ -254,7 +254,8 @@ class AffinityRecorder:
             self._add_lookahead(after, base, lr)
         if "cosine" in config.measures:
             self._add_cosine(task_grads)
-        return model.affinity_steps.assign_add(1)
+        model.affinity_steps.assign_add(1)
+        return tf.identity(model.affinity_steps.value)
 
     def _add_lookahead(self, after: tf.Tensor, base: tf.Tensor, lr: tf.Tensor) -> None:
         model = self.model
