@@ -225,6 +225,24 @@ class MultiTaskModel(keras.Model):
         return isinstance(self.distribute_strategy, (tf.distribute.MirroredStrategy,
                                                      tf.distribute.MultiWorkerMirroredStrategy))
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' symbolic build; under MultiWorkerMirrored from this worker's first batch.
+
+        Keras (3.15) averages the first distributed batch with ``strategy.reduce``, which
+        fails for a nested batch (x, {task: y}) under MultiWorkerMirroredStrategy; the
+        build needs only shapes and dtypes, so one local replica's batch serves.
+        """
+        if iterator is not None and isinstance(self.distribute_strategy,
+                                               tf.distribute.MultiWorkerMirroredStrategy):
+            strategy = self.distribute_strategy
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def make_train_function(self, force=False):
         """Keras' train function; under Mirrored / MultiWorkerMirrored with affinity
         recording, two of them (recording and plain step), chosen in Python per step."""
@@ -267,6 +285,17 @@ class MultiTaskModel(keras.Model):
 
     # -------------------------------------------------------------- train step
     def train_step(self, data):
+        return self._multi_worker_logs(self._train_step(data))
+
+    def _multi_worker_logs(self, logs):
+        """Under MultiWorkerMirrored, scalar logs as shape [1]: Keras (3.15) averages each
+        with ``strategy.reduce("MEAN", axis=0)``, which fails on a scalar there."""
+        if not isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        return {key: tf.reshape(value, [1]) if tf.convert_to_tensor(value).shape.rank == 0
+                else value for key, value in logs.items()}
+
+    def _train_step(self, data):
         if not self._uses_custom_step():
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
