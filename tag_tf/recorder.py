@@ -213,7 +213,8 @@ class AffinityRecorder:
         if float32:  # mixed precision: measure with float32 gradients and losses
             float32_grads, train_base = self._float32_gradients(
                 x, y, sample_weight, state_before, current, batch)
-            task_gradient, loss_scale = float32_grads.__getitem__, tf.constant(1.0)
+            task_gradient = float32_grads.__getitem__  # unscaled: no loss scale to undo
+            loss_scale = tf.constant(1.0)
 
         if lookahead_on and config.batch == "validation":
             x_eval, y_eval, w_eval = self._validation_batch()
