@@ -75,3 +75,16 @@ def test_mixed_precision_training_records_within_one_percent_of_float32():
     np.testing.assert_allclose(np.diag(z16), np.diag(z32), rtol=0.01)
     # The layers computed in float16 again after recording.
     assert mixed.network.get_layer("trunk").compute_dtype == "float16"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("restore_policy")
+def test_mixed_precision_under_mirrored_strategy_records_what_one_device_records():
+    """Same weights (one step): the float32 measurement is also reduced across replicas."""
+    from tests import test_distribute  # pylint: disable=g-import-not-at-top
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    config = tag_tf.AffinityConfig(every_n=1, measures=("lookahead", "cosine"))
+    one = test_distribute.train(test_distribute.one_device(), config=config, steps=1)
+    many = test_distribute.train(test_distribute.mirrored(), config=config, steps=1)
+    for measure in config.measures:
+        np.testing.assert_allclose(many[measure], one[measure], rtol=1e-3, err_msg=measure)
