@@ -19,7 +19,10 @@ On a recording step, ``train_step`` (paper Eq. 1):
      ``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)``;
   3. trains with the gradient Keras would use: the shared part is sum_i g_i
      (plus regularisation), so step 1 is reused, not recomputed.
-Other steps run Keras' own ``train_step`` logic unchanged.
+Other steps run Keras' own ``train_step`` logic unchanged. Steps 1-2 and the
+accumulators live in :mod:`tag_tf.recorder`; the cross-replica reductions that
+make a ``tf.distribute`` step record what one device records in
+:mod:`tag_tf.replicas`.
 
 References:
   Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
@@ -36,22 +39,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import lookahead, network_call
+from tag_tf import lookahead, recorder, replicas
 from tag_tf.affinity_io import AffinityRecord, validate_tasks
-from tag_tf.config import MEASURES, AffinityConfig
+from tag_tf.config import AffinityConfig
 from tag_tf.pcgrad import PCGrad
 from tag_tf.task_losses import TaskLosses, resolve_task_losses
 from tag_tf.weighting import GradNorm, RepresentationGradNorm, UncertaintyWeighting
-
-_NO_END = np.iinfo(np.int64).max
-
-
-class _Holder:
-    """Keeps an object out of TF/Keras dependency tracking (e.g. a data iterator)."""
-
-    def __init__(self, value=None):
-        self.value = value
-
 
 def network_task_names(network: keras.Model) -> list[str]:
     """Task names of a functional multi-output model: its output names."""
@@ -147,31 +140,10 @@ class MultiTaskModel(keras.Model):
             weighting.attach(self.tasks, self.shared_variables, network=network)
         self.gradient = gradient
         self._task_losses: Optional[TaskLosses] = None
-        self._validation = _Holder()
-        n = len(self.tasks)
+        self._recorder = recorder.AffinityRecorder(self)
+        self._static_record = None  # set per step under a multi-replica strategy
         # Affinity state: non-trainable weights, so checkpoints carry it.
-        self.affinity_sum = self.add_weight(shape=(n, n), dtype="float64", initializer="zeros",
-                                            trainable=False, name="affinity_sum")
-        self.affinity_count = self.add_weight(shape=(n, n), dtype="int64", initializer="zeros",
-                                              trainable=False, name="affinity_count")
-        self.affinity_skipped = self.add_weight(shape=(n, n), dtype="int64",
-                                                initializer="zeros", trainable=False,
-                                                name="affinity_skipped")
-        self.cosine_sum = self.add_weight(shape=(n, n), dtype="float64", initializer="zeros",
-                                          trainable=False, name="cosine_sum")
-        self.cosine_count = self.add_weight(shape=(n, n), dtype="int64", initializer="zeros",
-                                            trainable=False, name="cosine_count")
-        self.cosine_skipped = self.add_weight(shape=(n, n), dtype="int64", initializer="zeros",
-                                              trainable=False, name="cosine_skipped")
-        self.affinity_steps = self.add_weight(shape=(), dtype="int64", initializer="zeros",
-                                              trainable=False, name="affinity_steps")
-        self.train_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros",
-                                                  trainable=False, name="train_step_counter")
-        self.window_start = self.add_weight(shape=(), dtype="int64", initializer="zeros",
-                                            trainable=False, name="window_start")
-        self.window_end = self.add_weight(
-            shape=(), dtype="int64", trainable=False, name="window_end",
-            initializer=keras.initializers.Constant(_NO_END))
+        recorder.add_state(self, len(self.tasks))
         if network.built:
             self.built = True  # e.g. BackupAndRestore needs a built model before fit()
 
@@ -206,11 +178,12 @@ class MultiTaskModel(keras.Model):
                         **kwargs)
         # Save the caller's loss arguments (not the resolved per-task objects) for reloading.
         self._compile_config.config.update(loss=loss, loss_weights=loss_weights)
+        self._check_strategy()
         config = self.affinity_config
         if config is not None:
             lookahead.check_supported(self.optimizer, config.rule)
             if config.batch == "validation" and config.validation_data is not None:
-                self._validation.value = iter(config.validation_data.repeat())
+                self._recorder.attach_validation(config.validation_data)
 
     def attach_validation_data(self, dataset: Any) -> None:
         """Gives a loaded ``batch="validation"`` model its validation batches again (datasets
@@ -220,7 +193,7 @@ class MultiTaskModel(keras.Model):
             raise ValueError("attach_validation_data() is for models recording affinity with "
                              "AffinityConfig(batch='validation').")
         self.affinity_config = dataclasses.replace(config, validation_data=dataset)
-        self._validation.value = iter(dataset.repeat())
+        self._recorder.attach_validation(dataset)
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (Keras skips this for models overriding ``compile``),
@@ -233,15 +206,67 @@ class MultiTaskModel(keras.Model):
     def fit(self, *args, callbacks=None, **kwargs):
         """Keras ``fit``; also resolves a fractional affinity window to steps."""
         callbacks = list(callbacks or [])
+        self._check_strategy()
         config = self.affinity_config
-        if config is not None and config.batch == "validation" and self._validation.value is None:
+        if config is not None and config.batch == "validation" and not self._recorder.has_validation:
             raise ValueError(
                 "This model records affinity on validation batches but has no validation "
                 "dataset (datasets are not saved with a model): call "
                 "model.attach_validation_data(dataset) after compile() or loading.")
         if self.affinity_config is not None:
-            callbacks.insert(0, _AffinityWindow())
+            callbacks.insert(0, recorder.AffinityWindow())
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # ------------------------------------------------------------ distribution
+    def _uses_custom_step(self) -> bool:
+        return not (self.affinity_config is None and self.weighting is None
+                    and self.gradient is None)
+
+    def _check_strategy(self) -> None:
+        """Raises for strategies whose exact semantics are not implemented (see replicas)."""
+        if self._uses_custom_step():
+            replicas.check_strategy(self.distribute_strategy)
+
+    def _replicated(self) -> bool:
+        """Whether steps run in replica threads (Mirrored / MultiWorkerMirrored): there
+        ``tf.cond`` cannot hold the all-reduces of a recording step."""
+        return isinstance(self.distribute_strategy, (tf.distribute.MirroredStrategy,
+                                                     tf.distribute.MultiWorkerMirroredStrategy))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' symbolic build; under MultiWorkerMirrored from this worker's first batch.
+
+        Keras (3.15) averages the first distributed batch with ``strategy.reduce``, which
+        fails for a nested batch (x, {task: y}) under MultiWorkerMirroredStrategy; the
+        build needs only shapes and dtypes, so one local replica's batch serves.
+        """
+        if iterator is not None and isinstance(self.distribute_strategy,
+                                               tf.distribute.MultiWorkerMirroredStrategy):
+            strategy = self.distribute_strategy
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def make_train_function(self, force=False):
+        """Keras' train function; under Mirrored / MultiWorkerMirrored with affinity
+        recording, two of them (recording and plain step), chosen in Python per step."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.affinity_config is None or not self._replicated():
+            self._static_record = None
+            super().make_train_function(force=force)
+            return self.train_function
+
+        def build():
+            super(MultiTaskModel, self).make_train_function(force=True)
+            return self.train_function
+
+        self.train_function = recorder.make_replicated_train_function(self, build)
+        return self.train_function
 
     # ------------------------------------------------------------------- loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -259,41 +284,63 @@ class MultiTaskModel(keras.Model):
         return tf.add_n(terms) + extra if extra is not None else tf.add_n(terms)
 
     def _extra_loss(self, dtype):
-        """Regularisation and ``add_loss`` terms, summed as Keras does (None if there are none)."""
+        """Regularisation and ``add_loss`` terms, summed and scaled for distribution as Keras
+        does (None if there are none)."""
         if not self.losses:
             return None
-        return tf.add_n([keras.ops.sum(keras.ops.cast(l, dtype)) for l in self.losses])
+        return replicas.scale_loss(
+            tf.add_n([keras.ops.sum(keras.ops.cast(l, dtype)) for l in self.losses]))
 
     # -------------------------------------------------------------- train step
     def train_step(self, data):
-        if self.affinity_config is None and self.weighting is None and self.gradient is None:
+        return self._multi_worker_logs(self._train_step(data))
+
+    def _multi_worker_logs(self, logs):
+        """Under MultiWorkerMirrored, scalar logs as shape [1]: Keras (3.15) averages each
+        with ``strategy.reduce("MEAN", axis=0)``, which fails on a scalar there."""
+        if not isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        return {key: tf.reshape(value, [1]) if tf.convert_to_tensor(value).shape.rank == 0
+                else value for key, value in logs.items()}
+
+    def _train_step(self, data):
+        if not self._uses_custom_step():
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not self.optimizer.built:  # the lookahead reads optimizer slots before apply()
             self.optimizer.build(self.trainable_variables)
         trainable = self.trainable_variables
         none_grads = []  # indices Keras would leave without gradient (filled at trace time)
+        # Global-batch weights of this replica's losses (trivial on one replica).
+        batch = replicas.GlobalBatch(self._require_task_losses().losses, self.tasks, y,
+                                     sample_weight)
         record = self._should_record()
         if isinstance(self.weighting, RepresentationGradNorm):  # weights the encoder's gradient
             outputs = self.weighting.train_phase(self, x, y, sample_weight, none_grads)
         elif self.gradient is not None:  # PCGrad needs the per-task gradients every step
-            outputs = self._task_phase(x, y, sample_weight, none_grads, record)
+            outputs = self._task_phase(x, y, sample_weight, none_grads, record, batch)
+        elif isinstance(record, bool):  # decided in Python (multi-replica strategy)
+            outputs = self._task_phase(x, y, sample_weight, none_grads, True, batch) if record \
+                else self._plain_phase(x, y, sample_weight, none_grads, batch)
         elif record is not None:
             outputs = tf.cond(
                 record,
-                functools.partial(self._task_phase, x, y, sample_weight, none_grads, True),
-                functools.partial(self._plain_phase, x, y, sample_weight, none_grads))
+                functools.partial(self._task_phase, x, y, sample_weight, none_grads, True,
+                                  batch),
+                functools.partial(self._plain_phase, x, y, sample_weight, none_grads, batch))
         else:
-            outputs = self._plain_phase(x, y, sample_weight, none_grads)
+            outputs = self._plain_phase(x, y, sample_weight, none_grads, batch)
         loss, y_pred, grads, task_losses, kernel_norms = outputs
         self.train_step_counter.assign_add(1)
         self._loss_tracker.update_state(
-            loss, sample_weight=tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0])
+            replicas.unscale_loss(loss),
+            sample_weight=tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0])
         grads = [None if i in none_grads else g for i, g in enumerate(grads)]
         lr = lookahead.current_learning_rate(self.optimizer)
         self.optimizer.apply_gradients(zip(grads, trainable))
         if isinstance(self.weighting, GradNorm):
-            self.weighting.update(task_losses, kernel_norms, lr)
+            global_losses = batch.losses(tf.stack(task_losses))
+            self.weighting.update(tf.unstack(global_losses), kernel_norms, lr)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         if self.weighting is not None:
             logs = dict(logs)
@@ -302,22 +349,24 @@ class MultiTaskModel(keras.Model):
         return logs
 
     def _should_record(self):
-        """Whether this step records affinities (a bool tensor), or None without affinity."""
+        """Whether this step records: None without affinity; a Python bool under a
+        multi-replica strategy (decided before the step); else a bool tensor."""
         if self.affinity_config is None:
             return None
-        step = self.train_step_counter.value
-        return tf.logical_and(
-            tf.equal(step % self.affinity_config.every_n, 0),
-            tf.logical_and(step >= self.window_start.value, step < self.window_end.value))
+        if self._static_record is not None:
+            return self._static_record
+        return self._recorder.should_record()
 
-    def _kernel_norms(self, tape, task_losses):
-        """``||dL_t/dW||`` at GradNorm's kernel (zeros without GradNorm)."""
+    def _kernel_norms(self, tape, task_losses, batch):
+        """Global-batch ``||dL_t/dW||`` at GradNorm's kernel (zeros without GradNorm)."""
         if not isinstance(self.weighting, GradNorm):
             return tf.zeros([len(self.tasks)])
-        norms = [tf.norm(tape.gradient(value, self.weighting.kernel)) for value in task_losses]
+        kernel = self.weighting.kernel
+        norms = [tf.norm(batch.gradients([tape.gradient(value, kernel)], k)[0])
+                 for k, value in enumerate(task_losses)]
         return tf.cast(tf.stack(norms), "float32")
 
-    def _plain_phase(self, x, y, sample_weight, none_grads):
+    def _plain_phase(self, x, y, sample_weight, none_grads, batch):
         """Keras' own forward, loss and gradient (backend/tensorflow/trainer.py)."""
         with tf.GradientTape(persistent=isinstance(self.weighting, GradNorm)) as tape:
             y_pred = self(x, training=True)
@@ -326,17 +375,19 @@ class MultiTaskModel(keras.Model):
             task_losses = self._require_task_losses().compute(y, y_pred, sample_weight)
             scaled_loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, self.trainable_variables)
-        kernel_norms = self._kernel_norms(tape, task_losses)
+        kernel_norms = self._kernel_norms(tape, task_losses, batch)
         del tape
         none_grads.extend(i for i, g in enumerate(grads) if g is None)
         return (loss, y_pred, _zeros_for_none(grads, self.trainable_variables), task_losses,
                 kernel_norms)
 
-    def _task_phase(self, x, y, sample_weight, none_grads, record):
+    def _task_phase(self, x, y, sample_weight, none_grads, record, batch):
         """Forward + per-task shared gradients (+ affinities when ``record``) + training gradient.
 
         The shared part of the training gradient is assembled from the per-task gradients
-        (their sum, or PCGrad's combination), so they are not recomputed.
+        (their sum, or PCGrad's combination), so they are not recomputed. Under a
+        multi-replica strategy the sum is of this replica's gradients (the optimizer
+        all-reduces them, as in Keras); the affinities and PCGrad use the global batch's.
         """
         network = self.network
         state_before = [tf.identity(v.value) for v in network.non_trainable_variables]
@@ -351,27 +402,40 @@ class MultiTaskModel(keras.Model):
             extra = self._extra_loss(loss.dtype)
             scaled_extra = self.optimizer.scale_loss(extra) if extra is not None else None
         shared = self.shared_variables
+        local_grads = {}
+
+        def local_gradient(k):
+            """This replica's gradient of task k's (loss-scaled) term; computed once."""
+            if k not in local_grads:
+                grads = tape.gradient(scaled[k], shared)
+                if all(g is None for g in grads):
+                    raise ValueError(
+                        f"The loss of task {self.tasks[k]!r} does not depend on the shared "
+                        "variables; check `shared` and the network's outputs.")
+                local_grads[k] = _zeros_for_none(grads, shared)
+            return local_grads[k]
 
         def task_gradient(k):
-            grads = tape.gradient(scaled[k], shared)
-            if all(g is None for g in grads):
-                raise ValueError(f"The loss of task {self.tasks[k]!r} does not depend on the "
-                                 "shared variables; check `shared` and the network's outputs.")
-            return _zeros_for_none(grads, shared)
+            return batch.gradients(local_gradient(k), k)
 
         if self.gradient is None:  # recording step: gradients interleaved with lookaheads
-            task_grads = self._record_affinity(x, y, sample_weight, y_pred, state_before,
-                                               task_gradient)
+            self._recorder.record(x, y, sample_weight, y_pred, state_before, task_gradient,
+                                  batch)
+            task_grads = [local_gradient(k) for k in range(len(self.tasks))]
         else:
-            task_grads, previous = [], []
+            global_grads, previous = [], []
             for k in range(len(self.tasks)):
                 with tf.control_dependencies(previous):  # one backward pass at a time
-                    task_grads.append(task_gradient(k))
-                previous = task_grads[-1][:1]
-            if record is not None:
-                tf.cond(record, lambda: self._record_affinity(
-                    x, y, sample_weight, y_pred, state_before, lambda k: task_grads[k])[0],
-                    lambda: [tf.zeros_like(v.value) for v in shared])
+                    global_grads.append(task_gradient(k))
+                previous = global_grads[-1][:1]
+            if isinstance(record, bool):
+                if record:
+                    self._recorder.record(x, y, sample_weight, y_pred, state_before,
+                                          lambda k: global_grads[k], batch)
+            elif record is not None:
+                tf.cond(record, lambda: self._recorder.record(
+                    x, y, sample_weight, y_pred, state_before, lambda k: global_grads[k],
+                    batch), lambda: tf.identity(self.affinity_steps.value))
 
         # Training gradient: shared part from the per-task gradients, the rest as Keras does.
         shared_ids = {id(v) for v in shared}
@@ -379,10 +443,14 @@ class MultiTaskModel(keras.Model):
         other_grads = dict(zip(map(id, others), tape.gradient(scaled_loss, others)))
         extra_grads = tape.gradient(scaled_extra, shared) if scaled_extra is not None \
             else [None] * len(shared)
-        kernel_norms = self._kernel_norms(tape, task_losses)
+        kernel_norms = self._kernel_norms(tape, task_losses, batch)
         del tape
         if self.gradient is not None:
-            combined = self.gradient.combine(task_grads)
+            # PCGrad of the global gradients, identical in every replica; the optimizer sums
+            # the replicas' gradients, so each hands in its share.
+            combined = self.gradient.combine(global_grads)
+            if batch.replicas > 1:
+                combined = [g / tf.cast(batch.replicas, g.dtype) for g in combined]
         else:
             combined = [tf.add_n([grads[k] for grads in task_grads]) for k in range(len(shared))]
         summed = {id(v): g if e is None else g + e
@@ -393,86 +461,13 @@ class MultiTaskModel(keras.Model):
                 kernel_norms)
 
     def _record_affinity(self, x, y, sample_weight, y_pred, state_before,
-                         task_gradient: Callable[[int], list]) -> list:
-        """Adds one step's affinities to the accumulators; returns the task gradients.
-
-        Lookahead (paper Eq. 1): sources are processed one after another (gradient,
-        lookahead forward, losses), chained by control dependencies: run concurrently,
-        their activation gradients coexist, which was measured to triple peak memory and
-        slow the step down on CPU. Cosine: cos(g_i, g_j) over the shared variables
-        (kernels only by default, as the original CS baseline).
-        """
-        config = self.affinity_config
-        task_losses = self._task_losses
-        network = self.network
-        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
-        lr = lookahead.current_learning_rate(self.optimizer)
-        lookahead_on = "lookahead" in config.measures
-
-        if lookahead_on and config.batch == "validation":
-            x_eval, y_eval, w_eval = keras.utils.unpack_x_y_sample_weight(
-                next(self._validation.value))
-            eval_pred, _ = network_call.stateless_call(
-                network, [v.value for v in network.trainable_variables], state_before, x_eval,
-                training=True)
-            base = task_losses.compute(y_eval, self._as_task_dict(eval_pred), w_eval,
-                                       weighted=False)
-        elif lookahead_on:
-            x_eval, y_eval, w_eval = x, y, sample_weight
-            base = task_losses.compute(y, y_pred, sample_weight, weighted=False)
-
-        shared_index = {id(v): k for k, v in enumerate(self.shared_variables)}
-        rows, task_grads, previous = [], [], []
-        for k in range(len(self.tasks)):
-            with tf.control_dependencies(previous):
-                grads = task_gradient(k)
-                if not lookahead_on:
-                    task_grads.append(grads)
-                    previous = grads[:1]
-                    continue
-                unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
-                new_shared = lookahead.lookahead_values(
-                    config.rule, self.optimizer, self.shared_variables, unscaled, lr)
-                values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else v.value
-                          for v in network.trainable_variables]
-                outputs, _ = network_call.stateless_call(network, values, state_before, x_eval,
-                                                         training=True)
-                row = tf.stack(task_losses.compute(
-                    y_eval, self._as_task_dict(outputs), w_eval, weighted=False))
-            rows.append(row)
-            task_grads.append(grads)
-            previous = [row]
-
-        if lookahead_on:
-            base = tf.stack([tf.stop_gradient(v) for v in base])
-            after = tf.stack(rows)  # [source, target]
-            z = 1.0 - after / base[tf.newaxis, :]
-            if config.divide_by_lr:
-                z = z / tf.cast(lr, z.dtype)
-            valid = tf.math.is_finite(z) & tf.math.is_finite(after) & \
-                (tf.math.is_finite(base) & tf.not_equal(base, 0.0))[tf.newaxis, :]
-            z = tf.cast(tf.where(valid, z, tf.zeros_like(z)), "float64")
-            self.affinity_sum.assign_add(z)
-            self.affinity_count.assign_add(tf.cast(valid, "int64"))
-            self.affinity_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
-        if "cosine" in config.measures:
-            self._record_cosine(task_grads)
-        self.affinity_steps.assign_add(1)
-        return task_grads
-
-    def _record_cosine(self, task_grads):
-        """Adds cos(g_i, g_j) of the per-task shared gradients (CS baseline)."""
-        kernels_only = self.affinity_config.cosine_kernels_only
-        keep = [k for k, v in enumerate(self.shared_variables)
-                if len(v.shape) >= 2 or not kernels_only] or range(len(self.shared_variables))
-        flat = tf.stack([tf.cast(tf.concat([tf.reshape(grads[k], [-1]) for k in keep], 0),
-                                 "float64") for grads in task_grads])
-        norms = tf.norm(flat, axis=1)
-        cosine = tf.matmul(flat, flat, transpose_b=True) / (norms[:, None] * norms[None, :])
-        valid = tf.math.is_finite(cosine)
-        self.cosine_sum.assign_add(tf.where(valid, cosine, tf.zeros_like(cosine)))
-        self.cosine_count.assign_add(tf.cast(valid, "int64"))
-        self.cosine_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
+                         task_gradient: Callable[[int], list], batch=None):
+        """Adds one step's affinities to the accumulators (see :class:`AffinityRecorder`)."""
+        if batch is None:
+            batch = replicas.GlobalBatch(self._require_task_losses().losses, self.tasks, y,
+                                         sample_weight)
+        return self._recorder.record(x, y, sample_weight, y_pred, state_before, task_gradient,
+                                     batch)
 
     def _require_task_losses(self) -> TaskLosses:
         if self._task_losses is None:
@@ -486,40 +481,20 @@ class MultiTaskModel(keras.Model):
         Args:
           measure: ``"lookahead"`` (TAG, Eq. 1) or ``"cosine"`` (gradient cosine similarity).
         """
-        if measure not in MEASURES:
-            raise ValueError(f"measure must be one of {MEASURES}. Received: measure={measure!r}")
-        total_var, count_var = self.measure_state(measure)[:2]
-        total = np.asarray(total_var.numpy(), dtype=np.float64)
-        counts = np.asarray(count_var.numpy())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
-        config = self.affinity_config.to_json() if self.affinity_config else {}
-        config["measure"] = measure
-        config["recorded_steps"] = int(self.affinity_steps.numpy())
-        config["train_steps"] = int(self.train_step_counter.numpy())
-        return AffinityRecord(list(self.tasks), mean, counts=counts,
-                              skipped=np.asarray(self.measure_state(measure)[2].numpy()),
-                              config=config)
+        return self._recorder.affinity_record(measure)
 
     def measure_state(self, measure: str):
         """(sum, count, skipped) variables of one measure."""
-        if measure == "cosine":
-            return self.cosine_sum, self.cosine_count, self.cosine_skipped
-        return self.affinity_sum, self.affinity_count, self.affinity_skipped
+        return self._recorder.measure_state(measure)
 
     def reset_affinity(self) -> None:
         """Zeroes the affinity accumulators (not the step counter)."""
-        for variable in (self.affinity_sum, self.affinity_count, self.affinity_skipped,
-                         self.cosine_sum, self.cosine_count, self.cosine_skipped,
-                         self.affinity_steps):
-            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+        self._recorder.reset()
 
     # ----------------------------------------------------------- serialisation
     def _bookkeeping(self) -> list:
         """Affinity accumulators and step counters: the record of the run, not its weights."""
-        return [self.affinity_sum, self.affinity_count, self.affinity_skipped, self.cosine_sum,
-                self.cosine_count, self.cosine_skipped, self.affinity_steps,
-                self.train_step_counter, self.window_start, self.window_end]
+        return [getattr(self, name) for name in recorder.BOOKKEEPING]
 
     def get_weights(self) -> list:
         """Keras ``get_weights`` without the affinity bookkeeping.
@@ -609,16 +584,3 @@ class MultiTaskModel(keras.Model):
 
 def _zeros_for_none(grads, variables):
     return [tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, variables)]
-
-
-class _AffinityWindow(keras.callbacks.Callback):
-    """Resolves the affinity window to global steps when ``fit()`` starts."""
-
-    def on_train_begin(self, logs=None):
-        model = self.model
-        epochs = self.params.get("epochs")
-        steps = self.params.get("steps")
-        total = epochs * steps if epochs and steps else None
-        start, end = model.affinity_config.step_window(total)
-        model.window_start.assign(start)
-        model.window_end.assign(_NO_END if end is None else end)

@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from tag_tf import replicas
+
 
 @keras.saving.register_keras_serializable(package="tag_tf")
 class UncertaintyWeighting(keras.layers.Layer):
@@ -56,14 +58,17 @@ class UncertaintyWeighting(keras.layers.Layer):
 
     def task_terms(self, losses: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Per-task training terms whose sum is the training loss."""
+        # Under a multi-replica strategy the replicas' gradients are summed and each loss
+        # already carries 1/replicas (Keras); the additive term must carry it too.
+        scale = replicas.scale_loss
         terms = []
         for k, loss in enumerate(losses):
             s = tf.cast(self.log_variance[k], loss.dtype)
             if self.clipped:
                 u = tf.clip_by_value(s, 0.01, 10.0)
-                terms.append(loss / tf.exp(2.0 * u) + u)
+                terms.append(loss / tf.exp(2.0 * u) + scale(u))
             else:
-                terms.append(tf.exp(-s) * loss + s)
+                terms.append(tf.exp(-s) * loss + scale(s))
         return terms
 
     def weights_by_task(self) -> dict[str, tf.Tensor]:
@@ -124,14 +129,16 @@ class GradNorm(keras.layers.Layer):
             if not candidates:
                 raise ValueError("GradNorm needs a shared kernel (rank >= 2 variable).")
             self.kernel = candidates[-1]
+        # Updated from global-batch (all-reduced) values, identical in every replica.
         make = lambda name, value: self.add_weight(  # noqa: E731
             shape=(n,), name=name, trainable=False, dtype="float32",
-            initializer=keras.initializers.Constant(value))
+            initializer=keras.initializers.Constant(value), aggregation="only_first_replica")
         self.task_weights = make("task_weights", 1.0)
         self.velocity = make("velocity", 0.0)
         self.initial_losses = make("initial_losses", 0.0)
         self.initialized = self.add_weight(shape=(), name="initialized", dtype="bool",
-                                           trainable=False, initializer="zeros")
+                                           trainable=False, initializer="zeros",
+                                           aggregation="only_first_replica")
         self.built = True
 
     def task_terms(self, losses: Sequence[tf.Tensor]) -> list[tf.Tensor]:

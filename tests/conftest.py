@@ -14,6 +14,24 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import keras  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def _split_cpu_in_two():
+    """Two logical CPU devices, so tests can run MirroredStrategy on one machine.
+
+    Must happen before TensorFlow initialises its devices (hence at import); ops still run
+    on CPU:0 unless a strategy places them, so other tests are unaffected.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:  # already initialised (e.g. imported by another conftest)
+        pass
+
+
+_split_cpu_in_two()
 
 
 @pytest.fixture
