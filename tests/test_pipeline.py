@@ -269,3 +269,68 @@ def test_stl_with_an_error_metric(tmp_path):
         assert results["test_error"][task] == network["test"][task]["error"] > 0
         assert results["test_error"][task] != results["test_loss"][task]
 
+
+
+def _seeded_experiment():
+    return _experiment(for_seed=lambda seed: _experiment(seed=seed))
+
+
+@pytest.mark.slow
+def test_affinity_with_two_seeds_pools_the_runs(tmp_path):
+    options = pipeline.Options(epochs=2, patience=None, verbose=0, every_n=1, budgets=(2,),
+                               seeds=2, seed=5, bootstrap=30)
+    out = str(tmp_path / "affinity")
+    results = pipeline.run("affinity", _seeded_experiment(), options, output_dir=out)
+    assert results["seeds"] == [5, 6]
+    runs = [affinity_io.load_affinity(os.path.join(out, f"seed_{s}", "affinity.json"))
+            for s in (5, 6)]
+    assert all(r.stderr is not None for r in runs)  # batch-means SE over the 2 epochs
+    assert not np.allclose(runs[0].affinity, runs[1].affinity)  # the seeds differ
+    pooled = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
+    for order in (runs, runs[::-1]):
+        expected = affinity_io.pool_records(order)
+        np.testing.assert_array_equal(pooled.affinity, expected.affinity)
+        np.testing.assert_array_equal(pooled.stderr, expected.stderr)
+    assert os.path.exists(os.path.join(out, "affinity.npz"))
+    assert not os.path.exists(os.path.join(out, "seed_5", "selection.json"))
+    with open(os.path.join(out, "selection.json")) as f:
+        selection = json.load(f)
+    assert selection["uncertainty"]["source"].startswith("normal draws")  # 2 runs: their SE
+    assert selection["selections"][0]["robustness"]["verdict"] in ("robust", "within noise")
+    for task in results["tasks"]:
+        per_seed = [run["test_error"][task] for run in results["runs"]]
+        assert results["test_error"][task] == pytest.approx(np.mean(per_seed))
+        assert results["test_error_std"][task] == pytest.approx(np.std(per_seed, ddof=1))
+    summary = pipeline.format_summary(results)
+    assert "pooled over seeds [5, 6]" in summary and " ± " in summary
+
+
+@pytest.mark.slow
+def test_groups_with_two_seeds_reports_spread_and_compares(tmp_path):
+    experiment = _seeded_experiment()
+    tasks = list(experiment.tasks)
+    selection = _write(tmp_path / "sel.json", {"networks": [{"tasks": tasks[:2]},
+                                                            {"tasks": tasks[2:]}]})
+    made_up = {"mtl": 1e6, "stl": 0.0}  # far worse / far better than any real run
+    paths = {}
+    for name, error in made_up.items():
+        paths[name] = _write(tmp_path / f"{name}.json", {
+            "tasks": tasks, "test_error": {t: error for t in tasks},
+            "runs": [{"test_error": {t: error + d for t in tasks}} for d in (0.0, 0.01)]})
+    options = pipeline.Options(epochs=1, patience=None, verbose=0, seeds=2,
+                               selection_path=selection, mtl_results=paths["mtl"],
+                               stl_results=paths["stl"])
+    out = str(tmp_path / "groups")
+    results = pipeline.run("groups", experiment, options, output_dir=out)
+    assert len(results["networks"]) == 4 and len(results["runs"]) == 2
+    assert all(os.path.exists(os.path.join(out, f"seed_{s}", "results.json")) for s in (0, 1))
+    totals = [run["total_test_error"] for run in results["runs"]]
+    assert results["total_test_error_std"] == pytest.approx(np.std(totals, ddof=1))
+    assert results["total_test_error_std"] > 0  # the seeds differ
+    mtl, stl = results["groups"]["comparisons"]
+    assert mtl["verdict"] == "better" and "groups beat MTL by" in mtl["statement"]
+    assert stl["verdict"] == "worse" and "groups lose to STL by" in stl["statement"]
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["groups"]["comparisons"][0]["reference"] == "MTL"
+    summary = pipeline.format_summary(results)
+    assert "(more than the seed spread)" in summary and " ± " in summary
