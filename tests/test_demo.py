@@ -38,3 +38,19 @@ def test_command_line(tmp_path):
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert os.path.exists(os.path.join(out, "affinity.json"))
     assert os.path.exists(os.path.join(out, "selection.json"))
+
+
+def test_demo_selection_reports_robustness(tmp_path, capsys):
+    """The demo's selection is bootstrapped over the epochs and says whether b is robust."""
+    from tag_tf import AffinityRecord, planted_demo
+    rng = np.random.default_rng(0)
+    truth = np.array([[0, 3, -1, -1], [3, 0, -1, -1], [-1, -1, 0, 2], [-1, -1, 2, 0.]])
+    epochs = [{"epoch": e, "affinity": (truth + 0.05 * rng.standard_normal((4, 4))).tolist()}
+              for e in range(6)]
+    record = AffinityRecord(["a", "b", "c", "d"], truth, epochs=epochs)
+    selections = planted_demo._select(record, [1, 2], str(tmp_path), marked_budget=2)
+    printed = capsys.readouterr().out
+    assert [s.robustness.verdict for s in selections] == ["forced", "robust"]
+    assert "Is b = 2 robust? robust: chosen in 100% of 200 resamples" in printed
+    with open(os.path.join(tmp_path, "selection.json")) as f:
+        assert json.load(f)["selections"][1]["robustness"]["verdict"] == "robust"
