@@ -20,13 +20,15 @@ to [0.01, 10] (``uw`` and ``pcgrad``). Every mode prints a summary and writes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import define_pipeline_flags, own_registry_parser, parse_budgets
+from tag_tf.script_flags import (define_pipeline_flags, own_registry_parser, parse_budgets,
+                                  seed_option_fields)
 
 if TYPE_CHECKING:
     from tag_tf import pipeline
@@ -158,8 +160,13 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                gradnorm_alpha: float = GRADNORM_ALPHA, cache: Optional[str] = None,
                shuffle_buffer: Optional[int] = None, limit: Optional[int] = None,
                steps_per_epoch: Optional[int] = None, save_weights: bool = False,
-               tensorboard: bool = False, verbose: int = 2) -> dict:
-    """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results."""
+               tensorboard: bool = False, verbose: int = 2, seeds: int = 1,
+               bootstrap: int = 200, mtl_results: Optional[str] = None,
+               stl_results: Optional[str] = None) -> dict:
+    """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results.
+
+    ``seeds`` > 1 trains with seeds ``seed, seed + 1, ...``, each reseeding the network and
+    the data (see ``pipeline.Options.seeds``)."""
     from celeba import data  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -170,11 +177,15 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
         trained = {t for network in chosen.networks for t in network.tasks}
         tasks = [t for t in data.ATTRIBUTES if t in trained]
     tasks = data.check_tasks(tasks or data.DEFAULT_TASKS)
-    experiment = build_experiment(
-        data_dir=data_dir, tasks=tasks, seed=seed, batch_size=batch_size,
-        image_size=image_size, learning_rate=learning_rate,
-        lr_halving_epochs=lr_halving_epochs, cache=cache, shuffle_buffer=shuffle_buffer,
-        limit=limit)
+
+    def experiment_for(run_seed: int) -> pipeline.Experiment:
+        return build_experiment(
+            data_dir=data_dir, tasks=tasks, seed=run_seed, batch_size=batch_size,
+            image_size=image_size, learning_rate=learning_rate,
+            lr_halving_epochs=lr_halving_epochs, cache=cache, shuffle_buffer=shuffle_buffer,
+            limit=limit)
+
+    experiment = dataclasses.replace(experiment_for(seed), for_seed=experiment_for)
     options = build_options(
         epochs=epochs, patience=patience, seed=seed, steps_per_epoch=steps_per_epoch,
         verbose=verbose, every_n=every_n, affinity_batch=affinity_batch,
@@ -182,7 +193,8 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
         affinity_epochs=affinity_epochs, budgets=tuple(budgets), selection_path=selection,
         budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
-        log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, seeds=seeds,
+        bootstrap=bootstrap, mtl_results=mtl_results, stl_results=stl_results)
     results = pipeline.run(mode, experiment, options, output_dir=output_dir)
     print(pipeline.format_summary(results))
     print(f"Wrote {os.path.join(output_dir, pipeline.RESULTS_FILE)}")
@@ -216,7 +228,7 @@ def main(argv):
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, cache=FLAGS.cache,
         shuffle_buffer=FLAGS.shuffle_buffer, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, **seed_option_fields(FLAGS))
 
 
 if __name__ == "__main__":

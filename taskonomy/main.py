@@ -27,6 +27,7 @@ writes ``<output_dir>/results.json`` (see taskonomy/README.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -34,7 +35,8 @@ import keras
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import define_pipeline_flags, own_registry_parser, parse_budgets
+from tag_tf.script_flags import (define_pipeline_flags, own_registry_parser, parse_budgets,
+                                  seed_option_fields)
 from absl import logging
 from taskonomy import data as data_lib
 
@@ -329,8 +331,13 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
                   selection_table: Optional[str] = None, uw_clipped: bool = False,
                   gradnorm_alpha: float = GRADNORM_ALPHA, limit: Optional[int] = None,
                   steps_per_epoch: Optional[int] = None, save_weights: bool = False,
-                  tensorboard: bool = False, verbose: int = 2) -> dict:
+                  tensorboard: bool = False, verbose: int = 2, seeds: int = 1,
+                  bootstrap: int = 200, mtl_results: Optional[str] = None,
+                  stl_results: Optional[str] = None) -> dict:
     """Runs one training mode on Taskonomy (see :mod:`tag_tf.pipeline`); returns the results.
+
+    ``seeds`` > 1 trains with seeds ``seed, seed + 1, ...``, each reseeding the network and
+    the data (see ``pipeline.Options.seeds``).
 
     ``patience`` None (the original) never stops early but still tests the weights of the best
     validation epoch.
@@ -344,15 +351,23 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
         selection, budget, selection_table, tasks = canonical_selection(
             selection, budget=budget, table=selection_table, output_dir=output_dir)
     tasks = data.parse_tasks(tasks)
-    splits = load_data(data_dir, tasks, tfrecord_dir=tfrecord_dir, splits_dir=splits_dir,
-                       seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                       image_size=image_size, augment=augment, limit=limit)
-    experiment = build_experiment(
-        tasks, splits, seed=seed, batch_size=batch_size, image_size=image_size, widths=widths,
-        learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        min_learning_rate=min_learning_rate, loss_window=loss_window,
-        max_loss_window=max_loss_window, rotate_loss=rotate_loss,
-        mixed_precision=mixed_precision)
+
+    def splits_for(run_seed: int) -> data_lib.Splits:
+        return load_data(data_dir, tasks, tfrecord_dir=tfrecord_dir, splits_dir=splits_dir,
+                         seed=run_seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         image_size=image_size, augment=augment, limit=limit)
+
+    def experiment_for(run_seed: int, run_splits=None) -> pipeline.Experiment:
+        return build_experiment(
+            tasks, run_splits or splits_for(run_seed), seed=run_seed, batch_size=batch_size,
+            image_size=image_size, widths=widths, learning_rate=learning_rate,
+            momentum=momentum, weight_decay=weight_decay,
+            min_learning_rate=min_learning_rate, loss_window=loss_window,
+            max_loss_window=max_loss_window, rotate_loss=rotate_loss,
+            mixed_precision=mixed_precision)
+
+    splits = splits_for(seed)
+    experiment = dataclasses.replace(experiment_for(seed, splits), for_seed=experiment_for)
     options = build_options(
         epochs=epochs, patience=patience, seed=seed,
         steps_per_epoch=steps_per_epoch or splits.steps_per_epoch, verbose=verbose,
@@ -360,7 +375,8 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
         divide_by_lr=divide_by_lr, budgets=tuple(budgets), selection_path=selection,
         budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
-        log_dir=os.path.join(output_dir, "tb") if tensorboard else None)
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, seeds=seeds,
+        bootstrap=bootstrap, mtl_results=mtl_results, stl_results=stl_results)
     previous_policy = keras.config.dtype_policy()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -461,7 +477,7 @@ def main(argv):
         budget=FLAGS.budget, selection_table=FLAGS.selection_table,
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, **seed_option_fields(FLAGS))
 
 
 if __name__ == "__main__":
