@@ -41,8 +41,22 @@ validation loss, restores the best weights and evaluates each task on the test s
    "test_error": {task: error of its serving network}, "test_loss": {task: ...},
    "total_test_error": sum over tasks, "mean_test_error": mean over tasks,
    "affinity": {"measure", "path", "tasks", "matrix", "epochs_used"}   # affinity / cs
-   "selection": {"path", "budgets", "selections": [...]}               # affinity / cs
-   "groups": {"selection_path", "budget", "table"}}                    # groups
+   "selection": {"path", "budgets", "selections": [...], "uncertainty"} # affinity / cs
+   "groups": {"selection_path", "budget", "table", "comparisons"}}     # groups
+
+Robustness: with ``Options.bootstrap`` resamples (default 200) every selection in
+``selection.json`` carries ``robustness`` (``stability``, ``objective_ci``, ``alternative``,
+``margin`` in standard errors, ``verdict``: ``robust`` / ``within noise`` / ``forced``),
+resampling the epochs the mean is over (their batch-means ``stderr`` is stored in the
+affinity file) or, with several seeds, the runs.
+
+Several seeds (``Options.seeds = K``): each run goes to ``seed_<s>/``; the top-level
+``results.json`` adds ``"seeds"``, ``"runs"`` (per seed: ``test_error``, ``test_loss``,
+``total_test_error``, ``mean_test_error``) and ``<key>_std`` (std over runs, ddof 1) next
+to each of those keys, which then hold the mean over runs; ``affinity`` / ``cs`` write the
+pooled matrix (``affinity_io.pool_records``) at the top level and select from it.
+``groups`` with ``mtl_results`` / ``stl_results`` adds ``comparisons`` (see
+:func:`compare_errors`).
 
 References:
   Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task Learning",
@@ -532,6 +546,9 @@ def _selection_uncertainty(record: affinity_io.AffinityRecord, bootstrap: int,
     if len(record.tasks) > robustness.MAX_BOOTSTRAP_TASKS:
         return None, (f"not assessed: the bootstrap is limited to "
                       f"{robustness.MAX_BOOTSTRAP_TASKS} tasks ({len(record.tasks)} here)")
+    if record.stderr is not None and not np.any(np.nan_to_num(record.stderr) > 0):
+        return None, ("not assessed: every standard error is zero or unknown (identical "
+                      "runs or epochs?)")
     used = (record.config or {}).get("epochs_used")
     kept = [e for e in record.epochs or [] if used is None or e["epoch"] in used]
     try:

@@ -197,6 +197,11 @@ def test_selection_json_carries_robustness(tmp_path):
     assert "not assessed" in entry["uncertainty"]["skipped"]
     assert entry["selections"][0]["robustness"] is None
 
+    same = str(tmp_path / "same" / "affinity.json")  # identical runs: zero spread
+    affinity_io.save_affinity_json(same, affinity_io.pool_records([record, record]))
+    entry = pipeline._select(same, record.tasks, [2], str(tmp_path / "same"), bootstrap=40)
+    assert "zero" in entry["uncertainty"]["skipped"]
+
 
 def _results(totals_by_seed, tasks=("a", "b")):
     """Made-up results.json content: per-seed errors split evenly over ``tasks``."""
