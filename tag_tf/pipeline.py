@@ -748,9 +748,10 @@ def compare_errors(results: Mapping[str, Any], reference: Mapping[str, Any], *,
             std_mine = std_theirs if std_mine is None else std_mine
             std_theirs = std_mine if std_theirs is None else std_theirs
         spread = float(math.hypot(std_mine, std_theirs))
+    direction = "better" if difference >= 0 else "worse"
     if spread is None:
         verdict = "unknown"
-        statement = (f"{ours} vs {name}: total error lower by {difference:.4g} "
+        statement = (f"{ours} are {direction} than {name} by {abs(difference):.4g} total error "
                      f"(seed spread unknown: run with seeds >= 2)")
     elif difference > spread:
         verdict = "better"
@@ -762,8 +763,8 @@ def compare_errors(results: Mapping[str, Any], reference: Mapping[str, Any], *,
                      "(more than the seed spread)")
     else:
         verdict = "within spread"
-        statement = (f"{ours} vs {name}: {difference:.4g} ± {spread:.4g} lower total error, "
-                     "within the seed-to-seed spread")
+        statement = (f"{ours} are {direction} than {name} by {abs(difference):.4g} ± "
+                     f"{spread:.4g} total error, within the seed-to-seed spread")
     return {"reference": name, "tasks": tasks, "total_test_error": float(np.mean(mine)),
             "reference_total_test_error": float(np.mean(theirs)), "seeds": len(mine),
             "reference_seeds": len(theirs), "difference": difference, "spread": spread,

@@ -218,7 +218,8 @@ def test_compare_errors_states_beat_or_within_spread():
     assert beat["statement"] == "groups beat MTL by 1 ± 0.2 (more than the seed spread)"
     within = pipeline.compare_errors(groups, _results([10.0, 10.4]), name="STL")
     assert within["verdict"] == "within spread"
-    assert "within the seed-to-seed spread" in within["statement"]
+    assert within["statement"] == ("groups are better than STL by 0.1 ± 0.3162 total error, "
+                                   "within the seed-to-seed spread")
     worse = pipeline.compare_errors(groups, _results([9.0]), name="MTL")
     assert worse["verdict"] == "worse" and "MTL ran one seed" in worse["note"]
     unknown = pipeline.compare_errors(_results([10.0]), _results([9.0]), name="MTL")
