@@ -2,6 +2,7 @@ r"""Cost of TAG's affinity step on the CelebA trunk, measured side by side in on
 
   python -m benchmarks.affinity_overhead            # batch 256, 64x64, 9 tasks (minutes on CPU)
   python -m benchmarks.affinity_overhead --batch_size=32 --image_size=32   # quick
+  python -m benchmarks.affinity_overhead --strategy=mirrored --batch_size=32 --image_size=32
 
 Step times are measured in ONE process with the modes taking turns step by step (this
 machine is noisy; medians of interleaved steps compare fairly); peak RSS is measured per
@@ -13,9 +14,16 @@ mode in its own short subprocess. Modes:
               shared variables, assign_sub on them, a full forward pass, restore; then a
               normal training step.
 Prints per-step seconds, ratios to plain training and peak RSS. Never used by tests.
+
+``--strategy=mirrored`` instead compares TAG / plain under one replica (default strategy)
+and under ``--replicas`` replicas of ``tf.distribute.MirroredStrategy`` (the local GPUs, or
+without GPUs the CPU split into that many logical devices), all modes interleaved in one
+process; ``--batch_size`` is the global batch in both.
 """
 
 from __future__ import annotations
+
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import json
 import os
@@ -34,6 +42,10 @@ flags.DEFINE_integer("image_size", 64, "Image side (paper: 64).")
 flags.DEFINE_integer("tasks", 9, "Number of Dense(2) heads.")
 flags.DEFINE_integer("steps", 3, "Timed rounds; tag_every_10 times 10 steps per round.")
 flags.DEFINE_integer("warmup", 1, "Untimed steps (tracing) per mode.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
+                  "mirrored: TAG / plain under --replicas replicas beside one replica.")
+flags.DEFINE_integer("replicas", 2, "--strategy=mirrored: logical CPU devices to create "
+                     "when there is no GPU.")
 
 MODES = ("plain", "tag_every_1", "tag_every_10", "naive")
 
@@ -85,14 +97,17 @@ def _naive_step_fn(model):
     return step
 
 
-def _step_fns(modes, batch_size, image_size, num_tasks):
-    """One callable per mode, each doing one training step of that mode on a fixed batch."""
+def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None):
+    """One callable per mode, each doing one training step of that mode on a fixed batch
+    (models built under ``strategy`` when given)."""
+    import contextlib  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tasks = [f"task_{k}" for k in range(num_tasks)]
     x, y = _data(batch_size, image_size, tasks)
     fns = {}
     for mode in modes:
-        model = _build(mode, tasks, image_size)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = _build(mode, tasks, image_size)
         if mode == "naive":
             naive = _naive_step_fn(model)
             xt, yt = tf.constant(x), {t: tf.constant(v) for t, v in y.items()}
@@ -142,8 +157,59 @@ def interleaved_times(batch_size, image_size, num_tasks, rounds, warmup):
     return {mode: float(np.median(values)) for mode, values in times.items()}
 
 
+def _time_rounds(fns, rounds, warmup):
+    """Median seconds per step of each entry of ``fns``, taking turns step by step."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    for _, step in fns.values():
+        for _ in range(warmup):
+            step()
+    times = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, (model, step) in fns.items():
+            steps = 10 if key[-1] == "tag_every_10" else 1
+            if steps > 1:
+                model.train_step_counter.assign(0)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[key].append((time.perf_counter() - start) / steps)
+    return {key: float(np.median(values)) for key, values in times.items()}
+
+
+def mirrored_comparison(batch_size, image_size, num_tasks, rounds, warmup, replicas):
+    """TAG / plain under one replica and under ``replicas`` MirroredStrategy replicas."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tag_tf import pipeline  # pylint: disable=import-outside-toplevel
+    if not tf.config.list_physical_devices("GPU"):
+        pipeline.split_cpu(replicas)  # before TensorFlow starts
+    mirrored = pipeline.make_strategy("mirrored")
+    modes = ("plain", "tag_every_1", "tag_every_10")
+    fns = {}
+    for label, strategy in (("1", None), (str(mirrored.num_replicas_in_sync), mirrored)):
+        for mode, entry in _step_fns(modes, batch_size, image_size, num_tasks,
+                                     strategy).items():
+            fns[(label, mode)] = entry
+    seconds = _time_rounds(fns, rounds, warmup)
+    labels = sorted({label for label, _ in fns}, key=int)
+    devices = list(mirrored.extended.worker_devices)
+    print(f"\nglobal batch {batch_size}, {image_size}x{image_size}, {num_tasks} tasks, "
+          f"{os.cpu_count()} CPU cores; mirrored over {devices}")
+    print("| replicas | plain s/step | TAG every 1 s/step | TAG every 10 s/step | "
+          "TAG step / plain | TAG every 10 / plain |")
+    print("|---|---|---|---|---|---|")
+    for label in labels:
+        plain = seconds[(label, "plain")]
+        every_1, every_10 = seconds[(label, "tag_every_1")], seconds[(label, "tag_every_10")]
+        print(f"| {label} | {plain:.3f} | {every_1:.3f} | {every_10:.3f} | "
+              f"{every_1 / plain:.2f} | {every_10 / plain:.2f} |")
+
+
 def main(argv):
     del argv
+    if FLAGS.strategy == "mirrored":
+        mirrored_comparison(FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks, FLAGS.steps,
+                            FLAGS.warmup, FLAGS.replicas)
+        return
     if FLAGS.mode:
         print("RESULT " + json.dumps({"peak_rss_mib": peak_memory(
             FLAGS.mode, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks)}))

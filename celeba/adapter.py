@@ -36,6 +36,9 @@ class CelebAAdapter:
     --mode=prepare`` (None: TFDS's default directory). ``limit`` and ``steps_per_epoch``
     shrink the data / epochs for debugging and tests; ``patience`` < 0 disables early
     stopping; ``cache`` is ``celeba.main --cache`` (``"memory"`` or a file prefix).
+    ``lookahead`` is ``celeba.main --lookahead``: ``"original"`` records as the notebook
+    (``every_n`` 1, its lookahead step; :func:`celeba.main.affinity_settings`) and sets
+    ``every_n`` / ``lookahead_rule`` / ``divide_by_lr`` left at their defaults.
     """
 
     data_dir: Optional[str] = None
@@ -53,11 +56,13 @@ class CelebAAdapter:
     seed: int = 0
     every_n: int = 10
     affinity_batch: str = "train"
+    lookahead: str = "fixed"
     lookahead_rule: str = "optimizer"
     divide_by_lr: bool = True
     affinity_epochs: str = "until_best"
     uw_clipped: bool = True
     gradnorm_alpha: float = celeba_main.GRADNORM_ALPHA
+    strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker
     verbose: int = 0
     name: str = "celeba"
 
@@ -67,6 +72,11 @@ class CelebAAdapter:
             object.__setattr__(self, "data_dir", os.path.expanduser(self.data_dir))
         adapter_lib.check_positive(
             self, ("batch_size", "image_size", "epochs", "learning_rate"))
+        defaults = celeba_main.affinity_settings("fixed")
+        given = {k: None if self.lookahead == "original" and getattr(self, k) == v
+                 else getattr(self, k) for k, v in defaults.items()}
+        for name, value in celeba_main.affinity_settings(self.lookahead, **given).items():
+            object.__setattr__(self, name, value)
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""
@@ -78,7 +88,8 @@ class CelebAAdapter:
             data_dir=self.data_dir, tasks=self.tasks, seed=self.seed,
             batch_size=self.batch_size, image_size=self.image_size,
             learning_rate=self.learning_rate, lr_halving_epochs=self.lr_halving_epochs,
-            cache=self.cache, shuffle_buffer=self.shuffle_buffer, limit=self.limit)
+            cache=self.cache, shuffle_buffer=self.shuffle_buffer, limit=self.limit,
+            lookahead=self.lookahead)
 
     def options(self) -> pipeline.Options:
         """``celeba.main``'s training Options (no selection: the harness selects)."""
@@ -88,7 +99,8 @@ class CelebAAdapter:
             every_n=self.every_n, affinity_batch=self.affinity_batch,
             lookahead_rule=self.lookahead_rule, divide_by_lr=self.divide_by_lr,
             affinity_epochs=self.affinity_epochs, uw_clipped=self.uw_clipped,
-            gradnorm_alpha=self.gradnorm_alpha)
+            gradnorm_alpha=self.gradnorm_alpha,
+            strategy=self.strategy)
 
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> CelebAAdapter:

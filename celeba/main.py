@@ -20,6 +20,8 @@ to [0.01, 10] (``uw`` and ``pcgrad``). Every mode prints a summary and writes
 
 from __future__ import annotations
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import dataclasses
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -27,8 +29,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import (define_pipeline_flags, own_registry_parser, parse_budgets,
-                                  seed_option_fields)
+from tag_tf import script_flags
+from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
+                                  parse_budgets, runtime_fields, seed_option_fields)
 
 if TYPE_CHECKING:
     from tag_tf import pipeline
@@ -47,6 +50,17 @@ LR_HALVING_EPOCHS = 15
 GRADNORM_ALPHA = 0.1
 GRADNORM_LAYER = "res_conv2"  # the original's ResBase.trainable_weights[-3]
 BUDGETS = tuple(range(1, 9))
+
+# --lookahead=original: the notebook's TAG lookahead (tag/celeba/CelebA.ipynb, train(): the
+# training loop calls train_step on every batch; train_step divides each gain by
+# optimizer.lr). Its shared set is ResBase.trainable_weights, the whole trunk (as ours).
+ORIGINAL_LOOKAHEAD = {"every_n": 1, "lookahead_rule": "optimizer", "divide_by_lr": True}
+# train_step's lookahead is ``param + (optimizer._momentum * slot - lr * grad)`` (plain
+# ``param - lr * grad`` on the first step, when the velocity slot is still 0). In the
+# tf.keras SGD of the time (optimizer_v2/gradient_descent.py, SGD.__init__) ``_momentum`` is
+# a bool flag (True for momentum > 0), not the 0.9 coefficient, so the lookahead adds the
+# whole velocity: coefficient 1 where the optimizer's real step uses 0.9.
+NOTEBOOK_LOOKAHEAD_MOMENTUM = 1.0
 MODES = ("prepare", "affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups")
 
 _IN = {"flag_values": FLAGS}
@@ -100,16 +114,36 @@ def prepare(*, files_dir: str, data_dir: Optional[str], verify_checksums: bool =
         print(f"Note: split sizes differ from the full CelebA {data.SPLIT_SIZES}.")
 
 
+def affinity_settings(lookahead: str = "fixed", **given) -> dict:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead`` (``given``: explicit
+    values; None takes the lookahead's, :data:`ORIGINAL_LOOKAHEAD` for ``original``)."""
+    return script_flags.affinity_settings(lookahead, ORIGINAL_LOOKAHEAD, **given)
+
+
+def make_optimizer(learning_rate: float = LEARNING_RATE, lookahead: str = "fixed"):
+    """The notebook's SGD (momentum 0.9); under ``lookahead="original"`` its TAG lookahead
+    adds the whole velocity (:data:`NOTEBOOK_LOOKAHEAD_MOMENTUM`, read by
+    :mod:`tag_tf.lookahead`); the training step is the same either way."""
+    import keras  # pylint: disable=g-import-not-at-top
+    script_flags.check_lookahead(lookahead)
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=MOMENTUM)
+    if lookahead == "original":
+        optimizer.lookahead_momentum = NOTEBOOK_LOOKAHEAD_MOMENTUM
+    return optimizer
+
+
 def build_experiment(*, data_dir: Optional[str], tasks: Sequence[str], seed: int = 0,
                      batch_size: int = BATCH_SIZE, image_size: int = 64,
                      learning_rate: float = LEARNING_RATE,
                      lr_halving_epochs: int = LR_HALVING_EPOCHS, cache: Optional[str] = None,
-                     shuffle_buffer: Optional[int] = None,
-                     limit: Optional[int] = None) -> pipeline.Experiment:
+                     shuffle_buffer: Optional[int] = None, limit: Optional[int] = None,
+                     lookahead: str = "fixed") -> pipeline.Experiment:
     """The CelebA :class:`tag_tf.pipeline.Experiment`, with fresh datasets on every call.
 
     The one definition of the experiment, shared by :func:`run_celeba` and
-    :class:`celeba.adapter.CelebAAdapter` (the reproduction harness).
+    :class:`celeba.adapter.CelebAAdapter` (the reproduction harness). ``lookahead`` picks
+    the optimizer's lookahead (:func:`make_optimizer`); pair ``"original"`` with
+    :func:`affinity_settings`' Options.
     """
     import keras  # pylint: disable=g-import-not-at-top
     from celeba import data  # pylint: disable=g-import-not-at-top
@@ -132,7 +166,7 @@ def build_experiment(*, data_dir: Optional[str], tasks: Sequence[str], seed: int
         shared=list(celeba_model.TRUNK_LAYERS),
         loss_fn=lambda task: celeba_model.task_loss(),
         train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
-        optimizer_fn=lambda: keras.optimizers.SGD(learning_rate, momentum=MOMENTUM),
+        optimizer_fn=lambda: make_optimizer(learning_rate, lookahead),
         callbacks_fn=lambda: [keras.callbacks.LearningRateScheduler(schedule)],
         error_fn=lambda task: celeba_model.error_metric(),
         error_name="error_percent",
@@ -152,21 +186,25 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                batch_size: int = BATCH_SIZE, image_size: int = 64,
                learning_rate: float = LEARNING_RATE,
                lr_halving_epochs: int = LR_HALVING_EPOCHS, patience: Optional[int] = PATIENCE,
-               every_n: int = 10, affinity_batch: str = "train",
-               lookahead_rule: str = "optimizer", divide_by_lr: bool = True,
-               affinity_epochs: str = "until_best", budgets: Sequence[int] = BUDGETS,
+               every_n: Optional[int] = None, affinity_batch: str = "train",
+               lookahead: str = "fixed", lookahead_rule: Optional[str] = None,
+               divide_by_lr: Optional[bool] = None, affinity_epochs: str = "until_best",
+               budgets: Sequence[int] = BUDGETS,
                selection: Optional[str] = None, budget: Optional[int] = None,
                selection_table: Optional[str] = None, uw_clipped: bool = True,
                gradnorm_alpha: float = GRADNORM_ALPHA, cache: Optional[str] = None,
                shuffle_buffer: Optional[int] = None, limit: Optional[int] = None,
                steps_per_epoch: Optional[int] = None, save_weights: bool = False,
-               tensorboard: bool = False, verbose: int = 2, seeds: int = 1,
-               bootstrap: int = 200, mtl_results: Optional[str] = None,
-               stl_results: Optional[str] = None) -> dict:
+               tensorboard: bool = False, verbose: int = 2,
+               runtime: Optional[dict] = None) -> dict:
     """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results.
 
-    ``seeds`` > 1 trains with seeds ``seed, seed + 1, ...``, each reseeding the network and
-    the data (see ``pipeline.Options.seeds``)."""
+    ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s values
+    (:func:`affinity_settings`). ``runtime``: distribution / precision / backup Options
+    fields (``runtime_fields``) and the ``seeds`` / ``bootstrap`` / ``mtl_results`` /
+    ``stl_results`` fields (``seed_option_fields``); with ``seeds`` > 1 each training
+    rebuilds the experiment (network and data) with its own seed.
+    """
     from celeba import data  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -177,25 +215,27 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
         trained = {t for network in chosen.networks for t in network.tasks}
         tasks = [t for t in data.ATTRIBUTES if t in trained]
     tasks = data.check_tasks(tasks or data.DEFAULT_TASKS)
+    recording = affinity_settings(lookahead, every_n=every_n, lookahead_rule=lookahead_rule,
+                                  divide_by_lr=divide_by_lr)
 
     def experiment_for(run_seed: int) -> pipeline.Experiment:
         return build_experiment(
             data_dir=data_dir, tasks=tasks, seed=run_seed, batch_size=batch_size,
             image_size=image_size, learning_rate=learning_rate,
             lr_halving_epochs=lr_halving_epochs, cache=cache, shuffle_buffer=shuffle_buffer,
-            limit=limit)
+            limit=limit, lookahead=lookahead)
 
     experiment = dataclasses.replace(experiment_for(seed), for_seed=experiment_for)
     options = build_options(
         epochs=epochs, patience=patience, seed=seed, steps_per_epoch=steps_per_epoch,
-        verbose=verbose, every_n=every_n, affinity_batch=affinity_batch,
-        lookahead_rule=lookahead_rule, divide_by_lr=divide_by_lr,
+        verbose=verbose, affinity_batch=affinity_batch, **recording,
         affinity_epochs=affinity_epochs, budgets=tuple(budgets), selection_path=selection,
         budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
-        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, seeds=seeds,
-        bootstrap=bootstrap, mtl_results=mtl_results, stl_results=stl_results)
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, **(runtime or {}))
     results = pipeline.run(mode, experiment, options, output_dir=output_dir)
+    results["lookahead"] = lookahead
+    pipeline.write_results(os.path.join(output_dir, pipeline.RESULTS_FILE), results)
     print(pipeline.format_summary(results))
     print(f"Wrote {os.path.join(output_dir, pipeline.RESULTS_FILE)}")
     return results
@@ -215,20 +255,21 @@ def main(argv):
     if FLAGS.mode == "groups" and not FLAGS.selection:
         raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
     budgets = parse_budgets(FLAGS.budgets)
+    recording = lookahead_flags(FLAGS, ORIGINAL_LOOKAHEAD)
     run_celeba(
         FLAGS.mode, data_dir=FLAGS.data_dir,
         output_dir=FLAGS.output_dir or os.path.join("runs", "celeba", FLAGS.mode),
         tasks=FLAGS.tasks, seed=FLAGS.seed, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         image_size=FLAGS.image_size, learning_rate=FLAGS.learning_rate,
         lr_halving_epochs=FLAGS.lr_halving_epochs, patience=FLAGS.patience,
-        every_n=FLAGS.every_n, affinity_batch=FLAGS.affinity_batch,
-        lookahead_rule=FLAGS.lookahead_rule, divide_by_lr=FLAGS.divide_by_lr,
+        affinity_batch=FLAGS.affinity_batch, **recording,
         affinity_epochs=FLAGS.affinity_epochs, budgets=budgets, selection=FLAGS.selection,
         budget=FLAGS.budget, selection_table=FLAGS.selection_table,
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, cache=FLAGS.cache,
         shuffle_buffer=FLAGS.shuffle_buffer, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, **seed_option_fields(FLAGS))
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
+        runtime={**runtime_fields(FLAGS), **seed_option_fields(FLAGS)})
 
 
 if __name__ == "__main__":

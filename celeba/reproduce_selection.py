@@ -1,6 +1,7 @@
 """Reproduces the paper's CelebA network selections from the published tables.
 
   python -m celeba.reproduce_selection [--budgets=1,...,8] [--output=...]
+  # default --output: runs/celeba/published_selection.json
 
 Selects at most b networks (b = 1..8) for the 9 CelebA attributes from the TAG affinities,
 the CS cosine similarities (both maximised, no single-task networks) and the HOA pair
@@ -8,6 +9,8 @@ results (validation error = 100 - accuracy, exactly as the notebook computes it,
 single-task networks scored by the single-task error), and prints/writes the selections
 with a random-grouping reference. Tables: ``celeba/published`` (see PROVENANCE.md).
 """
+
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import os
 
@@ -18,7 +21,7 @@ from tag_tf.selection import reproduce_cli
 from celeba.published_tables import tables
 
 reproduce_cli.define_flags(budgets=range(1, 9),
-                           output=os.path.join("outputs", "celeba_selection.json"))
+                           output=os.path.join("runs", "celeba", "published_selection.json"))
 
 
 def main(argv):

@@ -48,6 +48,7 @@ class AffinityLogger(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.epochs: dict[str, list[dict]] = {}
         self._start = None
+        self._saved_start = None  # the interrupted epoch's start state, read on resume
         self._writer = None
 
     def on_train_begin(self, logs=None):
@@ -56,7 +57,9 @@ class AffinityLogger(keras.callbacks.Callback):
             path = os.path.join(self.output_dir, TRACE_FILE)
             if os.path.exists(path) and not self.epochs:
                 with open(path) as f:
-                    self.epochs = json.load(f)["epochs"]
+                    payload = json.load(f)
+                self.epochs = payload["epochs"]
+                self._saved_start = payload.get("epoch_start")
         for measure in self._measures():
             self.epochs.setdefault(measure, [])
         if self.log_dir and self._writer is None:
@@ -73,6 +76,19 @@ class AffinityLogger(keras.callbacks.Callback):
         self.epochs = {m: [e for e in trace if e["epoch"] < epoch]
                        for m, trace in self.epochs.items()}
         self._start = {m: self._state(m) for m in self._measures()}
+        # A run resumed in the middle of `epoch` (tag_tf.resume) has trained some of its steps
+        # already: that epoch's mean starts from the state saved when the epoch began.
+        step = int(self.model.train_step_counter.numpy())
+        saved = self._saved_start
+        self._saved_start = None
+        if saved and saved["epoch"] == epoch and saved["step"] < step:
+            self._start = {m: [np.asarray(v) for v in saved["state"][m]] for m in self._start}
+            step = saved["step"]
+        if self.output_dir:
+            self._write_json(os.path.join(self.output_dir, TRACE_FILE), {
+                "tasks": list(self.model.tasks), "epochs": self.epochs,
+                "epoch_start": {"epoch": int(epoch), "step": step, "state": {
+                    m: [v.tolist() for v in state] for m, state in self._start.items()}}})
 
     def on_epoch_end(self, epoch, logs=None):
         for measure in self._measures():

@@ -10,7 +10,11 @@ taken with task i's gradient changes every task's loss. Two update rules:
   and bias correction, decoupled weight decay, clipnorm / clipvalue; a subclass
   that changes the gradient in ``update_step`` declares it with a
   ``lookahead_gradient(gradient, value)`` method), computed
-  from the optimizer's variables WITHOUT assigning to any of them. Keras 3's
+  from the optimizer's variables WITHOUT assigning to any of them. An SGD
+  optimizer may carry a float ``lookahead_momentum``: the coefficient the
+  lookahead applies to its velocity instead of ``momentum`` (0: the step from a
+  fresh state, ``theta - lr * g``; 1: the whole stored velocity), for
+  reproducing code whose lookahead differed from its optimizer's step. Keras 3's
   ``optimizer.stateless_apply`` is not available on the TensorFlow backend,
   so the supported optimizers' formulas are written out here and tested
   against the real ``optimizer.apply``.
@@ -93,7 +97,8 @@ def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
     if isinstance(opt, keras.optimizers.SGD):
         if not opt.momentum:
             return value - lr * grad
-        momentum = tf.cast(opt.momentum, dtype)
+        coefficient = getattr(opt, "lookahead_momentum", None)
+        momentum = tf.cast(opt.momentum if coefficient is None else coefficient, dtype)
         velocity = opt.momentums[index] * momentum - lr * grad
         if opt.nesterov:
             return value + velocity * momentum - lr * grad

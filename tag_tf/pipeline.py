@@ -75,6 +75,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Sequen
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 import tag_tf
 from tag_tf import affinity_io
@@ -180,6 +181,15 @@ class Options:
         error as mean and std over the runs.
       mtl_results, stl_results: ``results.json`` of ``mtl`` / ``stl`` runs that ``groups``
         compares its total test error with (see :func:`compare_errors`).
+      strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (:func:`make_strategy`);
+        the datasets' batch stays the global batch, split over the replicas.
+      mixed_precision: build networks under ``mixed_float16`` with a ``LossScaleOptimizer``.
+      shard_policy: how workers split the input under ``multi_worker`` (``"data"``,
+        ``"file"`` or ``"auto"``, see :func:`distribute_options`).
+      backup_dir: back up each network's training to ``<backup_dir>/network_<k>`` and
+        resume it at the exact batch (:mod:`tag_tf.resume`); None: no backups.
+      save_freq: backup frequency: ``"epoch"`` or a number of batches.
+      logical_cpus: split the CPU into this many logical devices first (0: don't).
     """
 
     epochs: int = 100
@@ -205,12 +215,28 @@ class Options:
     seeds: int = 1
     mtl_results: Optional[str] = None
     stl_results: Optional[str] = None
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    mixed_precision: bool = False
+    shard_policy: Literal["data", "file", "auto"] = "data"
+    backup_dir: Optional[str] = None
+    save_freq: Any = "epoch"
+    logical_cpus: int = 0
 
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 or None. Received: patience={self.patience}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}. Received: "
+                             f"strategy={self.strategy!r}")
+        if self.shard_policy not in _SHARD_POLICIES:
+            raise ValueError(f"shard_policy must be one of {sorted(_SHARD_POLICIES)}. "
+                             f"Received: shard_policy={self.shard_policy!r}")
+        if not (self.save_freq == "epoch" or (isinstance(self.save_freq, int)
+                                              and self.save_freq >= 1)):
+            raise ValueError("save_freq must be 'epoch' or a positive integer. Received: "
+                             f"save_freq={self.save_freq!r}")
         if self.affinity_epochs not in ("all", "until_best"):
             raise ValueError("affinity_epochs must be 'all' or 'until_best'. Received: "
                              f"affinity_epochs={self.affinity_epochs!r}")
@@ -408,19 +434,30 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         else experiment.validation_data
     test = _select_labels(test_source, tasks)
 
-    network = experiment.network_fn(tasks)
-    model = tag_tf.MultiTaskModel(network, shared=list(experiment.shared),
-                                  affinity=_affinity_config(mode, options, validation),
-                                  **_method(mode, options, experiment))
-    losses = {task: experiment.loss_fn(task) for task in tasks}
-    metrics = {}
-    for task in tasks:
-        task_metrics = [keras.metrics.MeanMetricWrapper(_per_example(losses[task]),
-                                                        name=_UNWEIGHTED)]
-        if experiment.error_fn is not None:
-            task_metrics.append(experiment.error_fn(task))
-        metrics[task] = task_metrics
-    model.compile(optimizer=experiment.optimizer_fn(), loss=losses, metrics=metrics)
+    # ---- strategy / mixed precision (resume12): everything with variables is built in scope
+    strategy = make_strategy(options.strategy, logical_cpus=options.logical_cpus)
+    if options.strategy != "default":
+        shard = distribute_options(options.shard_policy)
+        train, validation, test = (d.with_options(shard) for d in (train, validation, test))
+    with strategy.scope(), _dtype_policy("mixed_float16" if options.mixed_precision else None):
+        network = experiment.network_fn(tasks)
+        model = tag_tf.MultiTaskModel(network, shared=list(experiment.shared),
+                                      affinity=_affinity_config(mode, options, validation),
+                                      **_method(mode, options, experiment))
+        losses = {task: experiment.loss_fn(task) for task in tasks}
+        metrics = {}
+        for task in tasks:
+            task_metrics = [keras.metrics.MeanMetricWrapper(_per_example(losses[task]),
+                                                            name=_UNWEIGHTED)]
+            if experiment.error_fn is not None:
+                task_metrics.append(experiment.error_fn(task))
+            metrics[task] = task_metrics
+        optimizer = experiment.optimizer_fn()
+        if options.mixed_precision and not isinstance(optimizer,
+                                                      keras.optimizers.LossScaleOptimizer):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss=losses, metrics=metrics)
+    # ---- end strategy / mixed precision
 
     callbacks = list(experiment.callbacks_fn()) + [SummedValidationLoss(tasks)]
     stopper = None
@@ -431,9 +468,27 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         callbacks.append(stopper)
     if model.affinity_config is not None:
         callbacks.append(tag_tf.AffinityLogger(output_dir=output_dir, log_dir=options.log_dir))
+    # ---- step-exact backup / resume (resume12)
+    steps_per_epoch = options.steps_per_epoch
+    if options.backup_dir:
+        from tag_tf import resume  # pylint: disable=g-import-not-at-top
+        steps_per_epoch = steps_per_epoch or resume.steps_of(train)
+        backup = resume.StepBackupAndRestore(
+            os.path.join(options.backup_dir, f"network_{index}"), options.save_freq,
+            steps_per_epoch=steps_per_epoch, stateful_callbacks=[stopper] if stopper else [])
+        train = resume.resumable_dataset(train, steps_per_epoch=steps_per_epoch,
+                                         epochs=options.epochs, start=backup.resume_point)
+        callbacks.insert(0, backup)  # first: it ends a resumed epoch early (see resume)
+        if options.strategy != "default" and backup.resume_point != (0, 0):
+            logging.warning("Resuming under a tf.distribute strategy: exact only when the "
+                            "training data gives the same batches on every iteration "
+                            "(see tag_tf.resume).")
+    # ---- end backup / resume
     history = model.fit(train, validation_data=validation, epochs=options.epochs, shuffle=False,
-                        steps_per_epoch=options.steps_per_epoch, callbacks=callbacks,
+                        steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                         verbose=options.verbose)
+    if options.backup_dir:  # resume12: the epochs trained before a resume belong to the run
+        history = backup.complete_history(history)
     summed = history.history.get(SUMMED_LOSS, [])
     epochs_run = len(history.history.get("loss", []))
     stopped_early = bool(stopper is not None and stopper.stopped_epoch > 0)
@@ -463,8 +518,90 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         "history": {k: [_finite(v) for v in values] for k, values in history.history.items()},
         "test": test_result,
         "test_split": "test" if experiment.test_data is not None else "validation",
+        "replicas": int(strategy.num_replicas_in_sync),  # resume12: tf.distribute replicas
     }
     return model, info
+
+
+# --------------------------------------------------------------------------- distribution
+# (resume12) strategy construction, input sharding, mixed precision.
+STRATEGIES = ("default", "mirrored", "multi_worker")
+_SHARD_POLICIES = {"data": tf.data.experimental.AutoShardPolicy.DATA,
+                   "file": tf.data.experimental.AutoShardPolicy.FILE,
+                   "auto": tf.data.experimental.AutoShardPolicy.AUTO}
+_STRATEGY_CACHE: dict = {}
+
+
+def split_cpu(count: int) -> None:
+    """Splits the first CPU into ``count`` logical devices (before TensorFlow starts)."""
+    if count < 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current and len(current) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError as e:
+        raise ValueError(f"Cannot split the CPU into {count} logical devices: TensorFlow has "
+                         "already started (set logical_cpus before any TensorFlow work).") from e
+
+
+def make_strategy(name: str = "default", *, logical_cpus: int = 0) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy called ``name`` (one per process and name).
+
+    ``"mirrored"``: every local GPU, or without GPUs every logical CPU device (one replica
+    per device). ``"multi_worker"``: ``MultiWorkerMirroredStrategy`` (cluster from
+    ``TF_CONFIG``; a single worker without it). ``"default"``: no distribution.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}. Received: {name!r}")
+    split_cpu(logical_cpus)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name not in _STRATEGY_CACHE:
+        if name == "mirrored":
+            devices = None if tf.config.list_logical_devices("GPU") else \
+                [d.name for d in tf.config.list_logical_devices("CPU")]
+            _STRATEGY_CACHE[name] = tf.distribute.MirroredStrategy(devices)
+        else:
+            _STRATEGY_CACHE[name] = tf.distribute.MultiWorkerMirroredStrategy()
+    return _STRATEGY_CACHE[name]
+
+
+def distribute_options(shard_policy: str = "data") -> tf.data.Options:
+    """``tf.data`` options setting how a multi-worker strategy splits a dataset.
+
+    ``"data"`` (the default): every worker runs the whole pipeline and keeps every
+    ``num_workers``-th element: correct for any pipeline (file lists decoded in ``map``,
+    ``from_tensor_slices``, TFDS), at the cost of reading everything on every worker.
+    ``"file"``: each worker reads only its share of the input files: less I/O, but needs at
+    least as many (equally sized) files as workers. ``"auto"``: file when the pipeline reads
+    files, else data. A single worker (``mirrored``) never shards: each global batch is split
+    over its replicas.
+    """
+    if shard_policy not in _SHARD_POLICIES:
+        raise ValueError(f"shard_policy must be one of {sorted(_SHARD_POLICIES)}. "
+                         f"Received: {shard_policy!r}")
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = _SHARD_POLICIES[shard_policy]
+    return options
+
+
+class _dtype_policy:  # pylint: disable=invalid-name
+    """Sets the global Keras dtype policy to ``name`` during the block (None: unchanged)."""
+
+    def __init__(self, name: Optional[str]):
+        self.name, self.previous = name, None
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        if self.name:
+            keras.mixed_precision.set_global_policy(self.name)
+
+    def __exit__(self, *exc):
+        keras.mixed_precision.set_global_policy(self.previous)
 
 
 # --------------------------------------------------------------------------- affinity output
@@ -618,8 +755,10 @@ def _run_seeds(mode: str, experiment: Experiment, options: Options,
         if not isinstance(seeded, Experiment) or list(seeded.tasks) != tasks:
             raise ValueError(f"experiment.for_seed({seed}) must return an Experiment with the "
                              f"same tasks {tasks}. Received: {seeded!r:.200}")
+        per_seed = {k: os.path.join(getattr(options, k), f"seed_{seed}")
+                    for k in ("backup_dir", "log_dir") if getattr(options, k)}
         single = dataclasses.replace(options, seed=seed, seeds=1, budgets=(), bootstrap=0,
-                                     mtl_results=None, stl_results=None)
+                                     mtl_results=None, stl_results=None, **per_seed)
         directory = os.path.join(output_dir, f"seed_{seed}") if output_dir else None
         runs.append(run(mode, seeded, single, output_dir=directory))
     served = runs[0]["tasks"]

@@ -9,7 +9,7 @@ also define in absl's global registry; a private ``flags.FlagValues`` avoids
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -17,27 +17,39 @@ from absl import flags
 # Flags defined here belong to the script calling define_pipeline_flags (its --help).
 flags.disclaim_key_flags()
 
+# --lookahead: this project's lookahead, or the dataset's original code's (see its README).
+LOOKAHEADS = ("fixed", "original")
+
 # Defaults of define_pipeline_flags; a script overrides them with its own (keyword args).
 PIPELINE_FLAG_DEFAULTS: dict[str, Any] = {
     "output_dir": None, "seed": 0, "epochs": 100, "batch_size": 32, "learning_rate": 0.01,
-    "every_n": 10, "affinity_batch": "train", "lookahead_rule": "optimizer",
+    "every_n": 10, "affinity_batch": "train", "lookahead": "fixed", "lookahead_rule": "optimizer",
     "divide_by_lr": True, "budgets": (), "selection": None, "budget": None,
     "selection_table": None, "uw_clipped": True, "gradnorm_alpha": 0.1,
     "steps_per_epoch": None, "save_weights": False, "tensorboard": False, "verbose": 2,
     "seeds": 1, "bootstrap": 200, "mtl_results": None, "stl_results": None,
+    "strategy": "default", "mixed_precision": False, "shard_policy": "data",
+    "backup_dir": None, "save_freq": "epoch", "logical_cpus": 0,
 }
+STRATEGIES = ("default", "mirrored", "multi_worker")
+# Flags that configure distribution, precision and fault tolerance: pipeline.Options fields.
+RUNTIME_FLAGS = ("strategy", "mixed_precision", "shard_policy", "backup_dir", "save_freq",
+                 "logical_cpus")
 
 
 def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     """Defines the :mod:`tag_tf.pipeline` runner flags shared by the dataset scripts.
 
     Training (``--seed --seeds --epochs --batch_size --learning_rate --steps_per_epoch``),
-    affinity (``--every_n --affinity_batch --lookahead_rule --divide_by_lr --budgets
-    --bootstrap``), groups (``--selection --budget --selection_table --mtl_results
+    affinity (``--every_n --affinity_batch --lookahead --lookahead_rule --divide_by_lr
+    --budgets --bootstrap``), groups (``--selection --budget --selection_table --mtl_results
     --stl_results``), baselines (``--uw_clipped
     --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
-    --verbose``). Flags whose meaning differs per dataset (``--mode``, ``--tasks``,
-    ``--patience``, ...) stay in the scripts.
+    --verbose``), and distribution / fault tolerance (``--strategy --mixed_precision
+    --shard_policy --backup_dir --save_freq --logical_cpus``; :func:`runtime_fields` turns
+    them into :class:`tag_tf.pipeline.Options` fields). Flags whose meaning differs per
+    dataset (``--mode``, ``--tasks``, ``--patience``, ...) stay in the scripts; a script
+    that defines ``--mixed_precision`` itself keeps its own.
 
     Args:
       registry: the script's private flag registry.
@@ -70,6 +82,11 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_enum("affinity_batch", d["affinity_batch"], ["train", "validation"],
                       "affinity / cs: measure the loss change on the training batch or on a "
                       "validation batch.", **at)
+    flags.DEFINE_enum("lookahead", d["lookahead"], list(LOOKAHEADS),
+                      "affinity: 'fixed' = this project's lookahead (the original's defects "
+                      "fixed); 'original' = the lookahead of the dataset's original code, as "
+                      "its published numbers were made (sets --every_n, --lookahead_rule and "
+                      "--divide_by_lr; see the dataset's README).", **at)
     flags.DEFINE_enum("lookahead_rule", d["lookahead_rule"], ["sgd", "optimizer"],
                       "affinity: lookahead step; 'optimizer' = the optimizer's own step (e.g. "
                       "SGD with momentum); 'sgd' = theta - lr * g (paper Eq. 1).", **at)
@@ -102,6 +119,62 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_bool("tensorboard", d["tensorboard"], "Log affinity scalars/heatmaps to "
                       "<output_dir>/tb.", **at)
     flags.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity.", **at)
+    # ---- distribution, precision, fault tolerance (tag_tf.pipeline / tag_tf.resume)
+    flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES),
+                      "tf.distribute strategy: 'default' (one device), 'mirrored' (every "
+                      "local GPU; without GPUs, every logical CPU, see --logical_cpus) or "
+                      "'multi_worker' (MultiWorkerMirroredStrategy; workers from TF_CONFIG). "
+                      "--batch_size stays the GLOBAL batch: each of the R replicas gets "
+                      "batch_size / R examples (global batch = per-replica batch x replicas), "
+                      "so the paper's batch and learning rate hold on any device count.", **at)
+    flags.DEFINE_bool("mixed_precision", d["mixed_precision"], "mixed_float16 compute with "
+                      "loss scaling (float32 variables and outputs).", **at)
+    flags.DEFINE_enum("shard_policy", d["shard_policy"], ["data", "file", "auto"],
+                      "multi_worker: how workers split the input (tf.data auto_shard_policy): "
+                      "'data' = every worker reads the whole pipeline and keeps its share of "
+                      "the batches (right for any pipeline); 'file' = each worker reads its "
+                      "own input files (faster; needs at least as many equally sized files "
+                      "as workers); 'auto' = file if possible, else data.", **at)
+    flags.DEFINE_string("backup_dir", d["backup_dir"], "Back up training to this directory "
+                        "(one subdirectory per network) and resume from it after an "
+                        "interruption at the exact batch (tag_tf.resume); rerun the same "
+                        "command to resume.", **at)
+    flags.DEFINE_string("save_freq", str(d["save_freq"]), "With --backup_dir: back up every "
+                        "N training batches (an integer) or 'epoch'.", **at)
+    flags.DEFINE_integer("logical_cpus", d["logical_cpus"], "Split the CPU into this many "
+                         "logical devices (0: don't), e.g. to try --strategy=mirrored "
+                         "without GPUs.", **at)
+
+
+def parse_save_freq(value: str) -> int | str:
+    """``--save_freq`` as ``"epoch"`` or a positive integer (a usage error otherwise)."""
+    if str(value) == "epoch":
+        return "epoch"
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise app.UsageError(f"--save_freq must be 'epoch' or a positive integer. "
+                             f"Received: {value!r}")
+    return number
+
+
+def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
+    """The distribution / precision / backup flags as :class:`tag_tf.pipeline.Options` fields
+    (``strategy``, ``shard_policy``, ``backup_dir``, ``save_freq``, ``logical_cpus``, and
+    ``mixed_precision``); pass them on with ``**runtime_fields(FLAGS)``.
+
+    With ``--logical_cpus`` it also splits the CPU right away: that must happen before any
+    TensorFlow work (e.g. loading the data), so call it first thing in ``main``.
+    """
+    if registry.logical_cpus:
+        from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+        pipeline.split_cpu(registry.logical_cpus)
+    return {"strategy": registry.strategy, "mixed_precision": registry.mixed_precision,
+            "shard_policy": registry.shard_policy, "backup_dir": registry.backup_dir,
+            "save_freq": parse_save_freq(registry.save_freq),
+            "logical_cpus": registry.logical_cpus}
 
 
 def seed_option_fields(registry: flags.FlagValues) -> dict[str, Any]:
@@ -142,3 +215,53 @@ def parse_budgets(values: Sequence[str]) -> list[int]:
         return [int(b) for b in values]
     except ValueError as e:
         raise app.UsageError(f"--budgets must be integers. Received: {list(values)}") from e
+
+
+def lookahead_flags(registry: flags.FlagValues,
+                    original: Mapping[str, Any]) -> dict[str, Any]:
+    """``--every_n --lookahead_rule --divide_by_lr`` as ``--lookahead`` resolves them.
+
+    Args:
+      registry: the script's parsed flag registry.
+      original: the dataset's values of those flags under ``--lookahead=original``.
+
+    Returns:
+      ``{"lookahead", "every_n", "lookahead_rule", "divide_by_lr"}``: the flags as given
+      (``fixed``), or ``original``'s values; a flag given explicitly with another value
+      than ``original``'s is a usage error rather than silently overridden.
+    """
+    names = ("every_n", "lookahead_rule", "divide_by_lr")
+    values = {name: registry[name].value for name in names}
+    if registry["lookahead"].value == "original":
+        clash = [f"--{name}={values[name]}" for name in names
+                 if registry[name].present and values[name] != original[name]]
+        if clash:
+            raise app.UsageError(f"--lookahead=original sets {dict(original)}; it contradicts "
+                                 f"{', '.join(clash)}.")
+        values = {name: original[name] for name in names}
+    return {"lookahead": registry["lookahead"].value, **values}
+
+
+def check_lookahead(lookahead: str) -> None:
+    """Raises a ValueError unless ``lookahead`` is one of :data:`LOOKAHEADS`."""
+    if lookahead not in LOOKAHEADS:
+        raise ValueError(f"lookahead must be one of {LOOKAHEADS}. Received: {lookahead!r}")
+
+
+def affinity_settings(lookahead: str, original: Mapping[str, Any], *,
+                      every_n: Optional[int] = None, lookahead_rule: Optional[str] = None,
+                      divide_by_lr: Optional[bool] = None) -> dict[str, Any]:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead``.
+
+    None takes the lookahead's value (``fixed``: :data:`PIPELINE_FLAG_DEFAULTS`'; ``original``:
+    the dataset's ``original``); under ``original`` another value is a ValueError.
+    """
+    check_lookahead(lookahead)
+    names = ("every_n", "lookahead_rule", "divide_by_lr")
+    base = original if lookahead == "original" else \
+        {name: PIPELINE_FLAG_DEFAULTS[name] for name in names}
+    given = {"every_n": every_n, "lookahead_rule": lookahead_rule, "divide_by_lr": divide_by_lr}
+    out = {name: base[name] if given[name] is None else given[name] for name in names}
+    if lookahead == "original" and out != {name: original[name] for name in names}:
+        raise ValueError(f"lookahead='original' means {dict(original)}. Received: {given}")
+    return out

@@ -1,16 +1,20 @@
 """Selects TAG networks for several budgets from an affinity file.
 
   python -m tag_tf.select --affinity=runs/affinity.json --budgets=1,2,3,4,5 \
-      [--minimize] [--singletons=diagonal] [--output=selection.json] \
+      [--minimize] [--singletons=diagonal] [--output=runs/selection.json] \
       [--bootstrap=200 --seed=0]
   python -m tag_tf.select --affinity=seed0/affinity.json,seed1/affinity.json,... --bootstrap=200
 
 Reads the ``tag_tf.affinity/v1`` JSON written by the affinity core (or a plain
 ``{"tasks", "matrix"}`` JSON / ``.npy`` / ``.npz``), prints one table per budget (networks,
-who serves whom, helper-only tasks, objective, bound, gap, time) and writes JSON.
+who serves whom, helper-only tasks, objective, bound, gap, time) and writes JSON: by
+default ``selection.json`` beside the input, the name every selection file has (the
+pipelines' and the demo's), replacing an earlier one there.
 """
 
 from __future__ import annotations
+
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import json
 import os
@@ -35,8 +39,8 @@ flags.DEFINE_string(
 flags.DEFINE_enum("method", "auto", ["auto", "dp", "milp", "exhaustive", "large"],
                   "Solver; 'auto' = exact subset DP up to 16 tasks, else 'large'.")
 flags.DEFINE_list("tasks", None, "Task names (needed for .npy files).")
-flags.DEFINE_string("output", None, "Where to write the JSON (default: next to the input, "
-                    "<input stem>.selection.json).")
+flags.DEFINE_string("output", None, "Where to write the JSON (default: selection.json in "
+                    "the input's folder, replacing one there).")
 flags.DEFINE_float("time_limit", 60.0, "Seconds per budget for the large-scale solver.")
 flags.DEFINE_integer("seed", 0, "Seed of the large-scale solver and of the bootstrap.")
 flags.DEFINE_integer("bootstrap", 0, "Resamples for the robustness check (0 = off): stability, "
@@ -70,12 +74,11 @@ def main(argv):
         raise app.UsageError("--affinity is required.")
     budgets = parse_budgets(FLAGS.budgets)
     output = FLAGS.output
-    if output is None:
-        stem = os.path.splitext(FLAGS.affinity.split(",")[0])[0]
-        output = f"{stem}.selection.json"
     if FLAGS.bootstrap < 0:
         raise app.UsageError(f"--bootstrap must be >= 0. Received: {FLAGS.bootstrap}")
     paths = [p.strip() for p in FLAGS.affinity.split(",") if p.strip()]
+    if output is None:  # tag_tf.pipeline.SELECTION_FILE, not imported: --help stays fast
+        output = os.path.join(os.path.dirname(paths[0]), "selection.json")
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     report = api.run_selection(
         affinity_path=paths if len(paths) > 1 else paths[0], budgets=budgets,

@@ -38,7 +38,10 @@ class TaskonomyAdapter:
     or ``tfrecord_dir`` the output of ``python -m taskonomy.main --mode=convert``. ``tasks``
     are letters (``"sdntk"``) or names. ``steps_per_epoch`` None: the original's rule
     (:func:`taskonomy.data.steps_per_epoch`); ``limit``: at most N images per building;
-    ``patience`` < 0 (the original): no early stopping.
+    ``patience`` < 0 (the original): no early stopping. ``lookahead`` is
+    ``taskonomy.main --lookahead``: ``"original"`` records as ``tag.patch``
+    (:func:`taskonomy.main.affinity_settings`) and sets ``every_n`` / ``lookahead_rule`` /
+    ``divide_by_lr`` left at their defaults.
     """
 
     data_dir: Optional[str] = None
@@ -65,10 +68,12 @@ class TaskonomyAdapter:
     seed: int = 0
     every_n: int = 10
     affinity_batch: str = "train"
+    lookahead: str = "fixed"
     lookahead_rule: str = "optimizer"
     divide_by_lr: bool = True
     uw_clipped: bool = False
     gradnorm_alpha: float = taskonomy_main.GRADNORM_ALPHA
+    strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker
     verbose: int = 0
     name: str = "taskonomy"
 
@@ -81,6 +86,11 @@ class TaskonomyAdapter:
             raise ValueError("TaskonomyAdapter needs data_dir (or tfrecord_dir).")
         adapter_lib.check_positive(
             self, ("batch_size", "image_size", "epochs", "learning_rate"))
+        defaults = taskonomy_main.affinity_settings("fixed")
+        given = {k: None if self.lookahead == "original" and getattr(self, k) == v
+                 else getattr(self, k) for k, v in defaults.items()}
+        for name, value in taskonomy_main.affinity_settings(self.lookahead, **given).items():
+            object.__setattr__(self, name, value)
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""
@@ -102,7 +112,7 @@ class TaskonomyAdapter:
             momentum=self.momentum, weight_decay=self.weight_decay,
             min_learning_rate=self.min_learning_rate, loss_window=self.loss_window,
             max_loss_window=self.max_loss_window, rotate_loss=self.rotate_loss,
-            mixed_precision=self.mixed_precision)
+            mixed_precision=self.mixed_precision, lookahead=self.lookahead)
 
     @functools.cached_property
     def _default_steps_per_epoch(self) -> int:
@@ -115,7 +125,8 @@ class TaskonomyAdapter:
             steps_per_epoch=self.steps_per_epoch or self._default_steps_per_epoch,
             verbose=self.verbose, every_n=self.every_n, affinity_batch=self.affinity_batch,
             lookahead_rule=self.lookahead_rule, divide_by_lr=self.divide_by_lr,
-            uw_clipped=self.uw_clipped, gradnorm_alpha=self.gradnorm_alpha)
+            uw_clipped=self.uw_clipped, gradnorm_alpha=self.gradnorm_alpha,
+            strategy=self.strategy)
 
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> TaskonomyAdapter:

@@ -26,6 +26,8 @@ writes ``<output_dir>/results.json`` (see taskonomy/README.md).
 
 from __future__ import annotations
 
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+
 import contextlib
 import dataclasses
 import os
@@ -35,8 +37,9 @@ import keras
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import (define_pipeline_flags, own_registry_parser, parse_budgets,
-                                  seed_option_fields)
+from tag_tf import script_flags
+from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
+                                  parse_budgets, runtime_fields, seed_option_fields)
 from absl import logging
 from taskonomy import data as data_lib
 
@@ -59,6 +62,16 @@ MAX_LOSS_WINDOW = 2_000_000  # maximum_loss_tracking_window
 PLATEAU_START_EPOCH = 2  # "don't reduce learning rate until the second epoch has ended"
 GRADNORM_ALPHA = 1.5  # GradNormRepFunction: r_i ** 1.5
 BUDGETS = (1, 2, 3, 4)
+
+# --lookahead=original: tag.patch's lookahead. Trainer.train_epoch records when
+# ``batch_num % 10 == 0`` with batch_num counted from 0 in every epoch (EpochAlignedRecording);
+# Trainer.train_batch divides each transference by the current learning rate;
+# Trainer.lookahead steps ``param - lr * (grad + weight_decay * param)``: it looks for
+# 'momentum_buffer' in the param-group dict, where it never is, so it always takes the
+# no-momentum branch (lookahead momentum 0); the stepped set is model.encoder's parameters,
+# without the final conv + BN (taskonomy.model.shared_layer_names(include_final_conv=False)).
+ORIGINAL_LOOKAHEAD = {"every_n": 10, "lookahead_rule": "optimizer", "divide_by_lr": True}
+ORIGINAL_LOOKAHEAD_MOMENTUM = 0.0
 MODES = ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups", "convert")
 
 _IN = {"flag_values": FLAGS}
@@ -94,8 +107,6 @@ flags.DEFINE_integer("patience", -1, "Early-stopping patience (epochs) on the su
 flags.DEFINE_bool("rotate_loss", True, "Shift-tolerant depth/normal losses (tag.patch's "
                   "default).", **_IN)
 flags.DEFINE_bool("augment", True, "Random horizontal flips for training.", **_IN)
-flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute with loss scaling "
-                  "(affinities use unscaled losses).", **_IN)
 flags.DEFINE_integer("limit", None, "Debugging: at most N images per building.", **_IN)
 flags.DEFINE_integer("shards", None, "convert: shards per split (default one per 2000 "
                      "images).", **_IN)
@@ -184,11 +195,17 @@ class PlateauHalving(keras.callbacks.Callback):
 
 
 def plateau_test(window: Sequence[float]) -> tuple[float, float]:
-    """The original's paired t-test between the first and last 3/8 of a loss window."""
+    """The original's paired t-test between the first and last 3/8 of a loss window.
+
+    The slices round as ``Trainer.learning_rate_schedule`` in ``tag.patch`` does: it takes
+    ``history[-wind:-wind*5//8]`` and ``history[-wind*3//8:]``, where ``//`` floors a
+    *negative* number, so the first part has ``wind - ceil(5 wind / 8)`` losses and the last
+    ``ceil(3 wind / 8)`` (not ``floor``) whenever ``8`` does not divide ``5 wind``.
+    """
     from scipy import stats  # pylint: disable=g-import-not-at-top
     wind = len(window)
-    a = sorted(window[:wind - wind * 5 // 8])
-    b = sorted(window[wind - wind * 3 // 8:])
+    a = sorted(window[:wind + (-wind * 5) // 8])
+    b = sorted(window[wind + (-wind * 3) // 8:])
     a = a[int(len(a) * .05):int(len(a) * .95)]
     b = b[int(len(b) * .05):int(len(b) * .95)]
     length = min(len(a), len(b))
@@ -204,11 +221,17 @@ class CoupledSGD(keras.optimizers.SGD):
     Keras' own ``weight_decay`` is decoupled (``w -= lr * wd * w`` beside the momentum
     update); the original's ``torch.optim.SGD(weight_decay=1e-4)`` adds ``wd * w`` to every
     parameter's gradient, BatchNorm and biases included.
+
+    ``lookahead_momentum`` (None: ``momentum``) is the coefficient of the velocity in TAG's
+    ``optimizer`` lookahead (:mod:`tag_tf.lookahead`); 0 gives ``tag.patch``'s lookahead
+    ``theta - lr * (g + l2 * theta)``. The training step is unaffected.
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, *, l2: float = 0.0, **kwargs):
+    def __init__(self, learning_rate=0.01, momentum=0.0, *, l2: float = 0.0,
+                 lookahead_momentum: Optional[float] = None, **kwargs):
         super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
         self.l2 = float(l2)
+        self.lookahead_momentum = lookahead_momentum
 
     def lookahead_gradient(self, gradient, value):
         """The gradient the SGD rule sees (also used by TAG's 'optimizer' lookahead)."""
@@ -221,7 +244,43 @@ class CoupledSGD(keras.optimizers.SGD):
         super().update_step(self.lookahead_gradient(gradient, variable), variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "l2": self.l2}
+        return {**super().get_config(), "l2": self.l2,
+                "lookahead_momentum": self.lookahead_momentum}
+
+
+class EpochAlignedRecording(keras.callbacks.Callback):
+    """Records affinities on batches 0, n, 2n, ... of every epoch, as ``tag.patch``.
+
+    :class:`tag_tf.MultiTaskModel` records when its global step counter is a multiple of
+    ``every_n``; the original counts batches from 0 in each epoch, which differs once an
+    epoch's length is not a multiple of ``every_n``. At the start of every epoch this
+    advances the counter to the next multiple of ``every_n`` and takes the advance back at
+    the epoch's end, so the counter (the record's ``train_steps``) stays the true step
+    count between epochs. No-op for a model without affinity recording.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._advance = 0
+
+    def _counter(self):
+        if getattr(self.model, "affinity_config", None) is None:
+            return None
+        return self.model.train_step_counter
+
+    def on_epoch_begin(self, epoch, logs=None):
+        counter = self._counter()
+        if counter is None:
+            return
+        step = int(counter.numpy())
+        self._advance = -step % self.model.affinity_config.every_n
+        counter.assign(step + self._advance)
+
+    def on_epoch_end(self, epoch, logs=None):
+        counter = self._counter()
+        if counter is not None and self._advance:
+            counter.assign(int(counter.numpy()) - self._advance)
+        self._advance = 0
 
 
 # --------------------------------------------------------------------------- experiment
@@ -247,8 +306,8 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
                      momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY,
                      min_learning_rate: float = MIN_LEARNING_RATE,
                      loss_window: int = LOSS_WINDOW, max_loss_window: int = MAX_LOSS_WINDOW,
-                     rotate_loss: bool = True,
-                     mixed_precision: bool = False) -> pipeline.Experiment:
+                     rotate_loss: bool = True, mixed_precision: bool = False,
+                     lookahead: str = "fixed") -> pipeline.Experiment:
     """The Taskonomy :class:`tag_tf.pipeline.Experiment` on ``splits`` (:func:`load_data`).
 
     The one definition of the experiment, shared by :func:`run_taskonomy` and
@@ -256,6 +315,9 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
     new :class:`PlateauHalving`. ``mixed_precision`` builds each network under
     ``mixed_float16`` and wraps the optimizer in a ``LossScaleOptimizer`` (what ``compile``
     does under a global mixed policy), so it also works when nobody sets the global policy.
+    ``lookahead="original"``: ``tag.patch``'s lookahead (no momentum, the final conv left
+    out of the shared set, recording aligned to epochs); pair it with
+    :func:`affinity_settings`' Options.
     """
     import tag_tf  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
@@ -263,6 +325,8 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
     from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
 
     tasks = data_lib.parse_tasks(tasks)
+    script_flags.check_lookahead(lookahead)
+    original = lookahead == "original"
 
     def network(names):
         with _policy("mixed_float16" if mixed_precision else None):
@@ -270,23 +334,31 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
                                                      widths=widths, seed=seed)
 
     def optimizer():
-        sgd = CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
+        sgd = CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay,
+                         lookahead_momentum=ORIGINAL_LOOKAHEAD_MOMENTUM if original else None)
         return keras.optimizers.LossScaleOptimizer(sgd) if mixed_precision else sgd
 
     return pipeline.Experiment(
         tasks=tasks,
         network_fn=network,
-        shared=_shared_layers(tasks, image_size, widths),
+        shared=_shared_layers(tasks, image_size, widths, include_final_conv=not original),
         loss_fn=lambda task: taskonomy_losses.task_loss(task, shift_tolerant=rotate_loss),
         train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
         optimizer_fn=optimizer,
         callbacks_fn=lambda: [PlateauHalving(batch_size, window=loss_window,
                                              max_window=max_loss_window,
-                                             min_learning_rate=min_learning_rate)],
+                                             min_learning_rate=min_learning_rate)]
+        + ([EpochAlignedRecording()] if original else []),
         error_name="loss",
         # The original's GradNormRepFunction: at the representation (the output of the last
         # shared layer, final_conv_bn), the weights on the encoder-bound gradient only.
         gradnorm_fn=lambda alpha: tag_tf.RepresentationGradNorm(alpha=alpha))
+
+
+def affinity_settings(lookahead: str = "fixed", **given) -> dict:
+    """``every_n``, ``lookahead_rule``, ``divide_by_lr`` under ``lookahead`` (``given``: explicit
+    values; None takes the lookahead's, :data:`ORIGINAL_LOOKAHEAD` for ``original``)."""
+    return script_flags.affinity_settings(lookahead, ORIGINAL_LOOKAHEAD, **given)
 
 
 def build_options(*, epochs: int = EPOCHS, patience: Optional[int] = None,
@@ -324,23 +396,26 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
                   min_learning_rate: float = MIN_LEARNING_RATE, loss_window: int = LOSS_WINDOW,
                   max_loss_window: int = MAX_LOSS_WINDOW, patience: Optional[int] = None,
                   rotate_loss: bool = True, augment: bool = True,
-                  mixed_precision: bool = False, every_n: int = 10,
-                  affinity_batch: str = "train", lookahead_rule: str = "optimizer",
-                  divide_by_lr: bool = True, budgets: Sequence[int] = BUDGETS,
+                  mixed_precision: bool = False, every_n: Optional[int] = None,
+                  affinity_batch: str = "train", lookahead: str = "fixed",
+                  lookahead_rule: Optional[str] = None, divide_by_lr: Optional[bool] = None,
+                  budgets: Sequence[int] = BUDGETS,
                   selection: Optional[str] = None, budget: Optional[int] = None,
                   selection_table: Optional[str] = None, uw_clipped: bool = False,
                   gradnorm_alpha: float = GRADNORM_ALPHA, limit: Optional[int] = None,
                   steps_per_epoch: Optional[int] = None, save_weights: bool = False,
-                  tensorboard: bool = False, verbose: int = 2, seeds: int = 1,
-                  bootstrap: int = 200, mtl_results: Optional[str] = None,
-                  stl_results: Optional[str] = None) -> dict:
+                  tensorboard: bool = False, verbose: int = 2,
+                  runtime: Optional[dict] = None) -> dict:
     """Runs one training mode on Taskonomy (see :mod:`tag_tf.pipeline`); returns the results.
 
-    ``seeds`` > 1 trains with seeds ``seed, seed + 1, ...``, each reseeding the network and
-    the data (see ``pipeline.Options.seeds``).
+    ``runtime``: distribution / precision / backup Options fields (``runtime_fields``) and
+    the ``seeds`` / ``bootstrap`` / ``mtl_results`` / ``stl_results`` fields
+    (``seed_option_fields``); with ``seeds`` > 1 each training rebuilds the experiment
+    (network and data) with its own seed.
 
     ``patience`` None (the original) never stops early but still tests the weights of the best
-    validation epoch.
+    validation epoch. ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s
+    values (:func:`affinity_settings`).
     """
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
     from taskonomy import data  # pylint: disable=g-import-not-at-top
@@ -351,6 +426,8 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
         selection, budget, selection_table, tasks = canonical_selection(
             selection, budget=budget, table=selection_table, output_dir=output_dir)
     tasks = data.parse_tasks(tasks)
+    recording = affinity_settings(lookahead, every_n=every_n, lookahead_rule=lookahead_rule,
+                                  divide_by_lr=divide_by_lr)
 
     def splits_for(run_seed: int) -> data_lib.Splits:
         return load_data(data_dir, tasks, tfrecord_dir=tfrecord_dir, splits_dir=splits_dir,
@@ -364,19 +441,18 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
             momentum=momentum, weight_decay=weight_decay,
             min_learning_rate=min_learning_rate, loss_window=loss_window,
             max_loss_window=max_loss_window, rotate_loss=rotate_loss,
-            mixed_precision=mixed_precision)
+            mixed_precision=mixed_precision, lookahead=lookahead)
 
     splits = splits_for(seed)
     experiment = dataclasses.replace(experiment_for(seed, splits), for_seed=experiment_for)
     options = build_options(
         epochs=epochs, patience=patience, seed=seed,
         steps_per_epoch=steps_per_epoch or splits.steps_per_epoch, verbose=verbose,
-        every_n=every_n, affinity_batch=affinity_batch, lookahead_rule=lookahead_rule,
-        divide_by_lr=divide_by_lr, budgets=tuple(budgets), selection_path=selection,
+        affinity_batch=affinity_batch, **recording, budgets=tuple(budgets),
+        selection_path=selection,
         budget=budget, selection_table=selection_table, uw_clipped=uw_clipped,
         gradnorm_alpha=gradnorm_alpha, save_weights=save_weights,
-        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, seeds=seeds,
-        bootstrap=bootstrap, mtl_results=mtl_results, stl_results=stl_results)
+        log_dir=os.path.join(output_dir, "tb") if tensorboard else None, **(runtime or {}))
     previous_policy = keras.config.dtype_policy()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -384,6 +460,8 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
         results = pipeline.run(mode, experiment, options, output_dir=output_dir)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    results["lookahead"] = lookahead
+    pipeline.write_results(os.path.join(output_dir, pipeline.RESULTS_FILE), results)
     print(pipeline.format_summary(results))
     print(f"Wrote {os.path.join(output_dir, pipeline.RESULTS_FILE)}")
     return results
@@ -393,9 +471,11 @@ def canonical_selection(path: str, *, budget: Optional[int], table: Optional[str
                         output_dir: str) -> tuple[str, Optional[int], Optional[str], list[str]]:
     """Reads a selection; names given as loss keys (``ss_l``...) or letters become task names.
 
-    The published tables (``taskonomy.reproduce_selection``) name tasks ``ss_l, depth_l, ...``
-    (TAG, CS) or by Standley's letters (HOA). When a translation is needed, the chosen
-    networks are rewritten to ``<output_dir>/selection_tasks.json`` (a bare selection).
+    ``taskonomy.reproduce_selection`` already writes task names (the published files' loss
+    keys and Standley's letters are mapped when loaded, :mod:`taskonomy.published_tables`);
+    a selection written with those labels (e.g. by hand, or before that mapping) is
+    translated: the chosen networks are rewritten to ``<output_dir>/selection_tasks.json``
+    (a bare selection).
 
     Returns:
       ``(path, budget, table, tasks)`` to hand to the pipeline.
@@ -424,11 +504,12 @@ def canonical_selection(path: str, *, budget: Optional[int], table: Optional[str
     return translated, None, None, tasks
 
 
-def _shared_layers(tasks: Sequence[str], image_size: int, widths: str) -> list[str]:
+def _shared_layers(tasks: Sequence[str], image_size: int, widths: str, *,
+                   include_final_conv: bool = True) -> list[str]:
     """Names of the encoder layers (identical for every task subset)."""
     from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
     probe = taskonomy_model.taskonomy_network(tasks[:1], image_size=image_size, widths=widths)
-    names = taskonomy_model.shared_layer_names(probe)
+    names = taskonomy_model.shared_layer_names(probe, include_final_conv=include_final_conv)
     del probe
     keras.backend.clear_session()
     return names
@@ -462,6 +543,7 @@ def main(argv):
     if FLAGS.mode == "groups" and not FLAGS.selection:
         raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
     budgets = parse_budgets(FLAGS.budgets)
+    recording = lookahead_flags(FLAGS, ORIGINAL_LOOKAHEAD)
     run_taskonomy(
         FLAGS.mode, data_dir=FLAGS.data_dir, output_dir=output_dir, tasks=FLAGS.tasks,
         tfrecord_dir=FLAGS.tfrecord_dir, splits_dir=FLAGS.splits_dir, seed=FLAGS.seed,
@@ -471,13 +553,13 @@ def main(argv):
         weight_decay=FLAGS.weight_decay, min_learning_rate=FLAGS.min_learning_rate,
         loss_window=FLAGS.loss_window, max_loss_window=FLAGS.max_loss_window,
         patience=FLAGS.patience, rotate_loss=FLAGS.rotate_loss, augment=FLAGS.augment,
-        mixed_precision=FLAGS.mixed_precision, every_n=FLAGS.every_n,
-        affinity_batch=FLAGS.affinity_batch, lookahead_rule=FLAGS.lookahead_rule,
-        divide_by_lr=FLAGS.divide_by_lr, budgets=budgets, selection=FLAGS.selection,
+        mixed_precision=FLAGS.mixed_precision, affinity_batch=FLAGS.affinity_batch,
+        **recording, budgets=budgets, selection=FLAGS.selection,
         budget=FLAGS.budget, selection_table=FLAGS.selection_table,
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, **seed_option_fields(FLAGS))
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
+        runtime={**runtime_fields(FLAGS), **seed_option_fields(FLAGS)})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ entry blocks (separable 3x3 convs with BN, downsampling by a learned 2x2/2 conv,
 shortcut), eight middle blocks (three separable convs, identity shortcut), ReLU; then the
 **shared final** separable 3x3 conv to 512 channels + BN (``final_conv`` / ``final_conv_bn``). The
 whole encoder *including the final conv + BN* is TAG's shared set (:func:`shared_layer_names`); the
-original's lookahead left the final conv out.
+original's lookahead left the final conv out (``include_final_conv=False``,
+``--lookahead=original``).
 
 Decoder per task (the patch's ``small_decoder``): three times [2x2/2 transposed conv + BN + ReLU,
 3x3 conv + BN + ReLU] with 128, 64, 48 channels, a fourth 2x2/2 transposed conv (32) + BN + ReLU
@@ -225,10 +226,20 @@ def taskonomy_network(tasks: Sequence[str], *, image_size: int = data.IMAGE_SIZE
     return keras.Model(image, outputs, name="taskonomy_network")
 
 
-def shared_layer_names(network: keras.Model) -> list[str]:
-    """Every encoder layer with weights, the final conv + BN included (TAG's shared set)."""
+FINAL_CONV_LAYERS = (ENCODER_PREFIX + "final_conv", ENCODER_PREFIX + "final_conv_bn")
+
+
+def shared_layer_names(network: keras.Model, *, include_final_conv: bool = True) -> list[str]:
+    """Every encoder layer with weights, the final conv + BN included (TAG's shared set).
+
+    ``include_final_conv=False``: without the final conv + BN (:data:`FINAL_CONV_LAYERS`),
+    the set the original's lookahead stepped: ``tag.patch``'s ``Trainer.encoder_trainble``
+    is ``model.encoder.parameters()``, and ``XceptionTaskonomy.final_conv`` /
+    ``final_conv_bn`` sit outside ``encoder`` (``xception_taskonomy_new.patch``).
+    """
     names = [layer.name for layer in network.layers
-             if layer.name.startswith(ENCODER_PREFIX) and layer.trainable_weights]
+             if layer.name.startswith(ENCODER_PREFIX) and layer.trainable_weights
+             and (include_final_conv or layer.name not in FINAL_CONV_LAYERS)]
     if not names:
         raise ValueError("The network has no encoder layers (names starting with "
                          f"{ENCODER_PREFIX!r}); build it with taskonomy_network().")

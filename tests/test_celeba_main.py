@@ -9,13 +9,20 @@ import math
 import os
 from unittest import mock
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from absl import app
 from tensorflow_datasets.core.download import download_manager
 
+from celeba import adapter
 from celeba import main as celeba_main
+from celeba import model as celeba_model
 from celeba import testing
 from tag_tf import affinity_io
+from tag_tf import lookahead
+from tag_tf import script_flags
 
 TASKS = ["Black_Hair", "Blond_Hair", "No_Beard"]
 TWO_TASKS = TASKS[1:]  # the single-method modes: fewer heads (and STL networks), faster
@@ -139,3 +146,121 @@ def test_mode(mode, data_dir, tmp_path, capsys):
         _check_matrix(os.path.join(out, "cosine_affinity.json"), TWO_TASKS)
         _check_selection(os.path.join(out, "selection.json"), TWO_TASKS, [1, 2])
     assert f"mode {mode}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ --lookahead=original
+def _parse(argv):
+    flags = celeba_main.FLAGS
+    flags.unparse_flags()
+    flags(["celeba.main", *argv])
+    try:
+        return script_flags.lookahead_flags(flags, celeba_main.ORIGINAL_LOOKAHEAD)
+    finally:
+        flags.unparse_flags()
+
+
+def test_lookahead_original_settings():
+    assert _parse([]) == {"lookahead": "fixed", "every_n": 10, "lookahead_rule": "optimizer",
+                          "divide_by_lr": True}
+    assert _parse(["--lookahead=original"]) == {
+        "lookahead": "original", "every_n": 1, "lookahead_rule": "optimizer",
+        "divide_by_lr": True}
+    assert _parse(["--lookahead=original", "--every_n=1"])["every_n"] == 1
+    with pytest.raises(app.UsageError, match="every_n=10"):
+        _parse(["--lookahead=original", "--every_n=10"])
+    with pytest.raises(ValueError, match="lookahead='original'"):
+        celeba_main.affinity_settings("original", divide_by_lr=False)
+    with pytest.raises(ValueError, match="lookahead must be one of"):
+        celeba_main.make_optimizer(lookahead="notebook")
+    assert not hasattr(celeba_main.make_optimizer(), "lookahead_momentum")
+    assert celeba_main.make_optimizer(lookahead="original").lookahead_momentum == 1.0
+    fixed = adapter.CelebAAdapter()
+    original = adapter.CelebAAdapter(lookahead="original")
+    assert (original.every_n, original.lookahead_rule, original.divide_by_lr) == \
+        (1, "optimizer", True)
+    assert original.settings() != fixed.settings()
+    assert original.settings()["lookahead"] == "original"
+    assert original.options().every_n == 1 and fixed.options().every_n == 10
+
+
+def test_notebook_lookahead_adds_the_whole_velocity():
+    """The notebook's train_step: param + (optimizer._momentum * slot - lr * grad), with
+    ``_momentum`` the bool True of the tf.keras SGD of the time."""
+    variable = keras.Variable(np.array([1.0, -2.0], np.float32))
+    optimizer = celeba_main.make_optimizer(0.1, lookahead="original")
+    optimizer.build([variable])
+    first = lookahead.lookahead_values("optimizer", optimizer, [variable],
+                                       [tf.constant([0.5, 0.5])], tf.constant(0.1))
+    np.testing.assert_allclose(first[0], [0.95, -2.05], rtol=1e-6)  # first step: plain SGD
+    optimizer.apply_gradients([(tf.constant([0.5, 0.5]), variable)])  # velocity -0.05
+    ahead = lookahead.lookahead_values("optimizer", optimizer, [variable],
+                                       [tf.constant([0.2, -0.4])], tf.constant(0.1))
+    weights = np.array([0.95, -2.05])
+    np.testing.assert_allclose(ahead[0], weights + (-0.05) - 0.1 * np.array([0.2, -0.4]),
+                               rtol=1e-6)
+    real = celeba_main.make_optimizer(0.1)  # fixed: the optimizer's own 0.9
+    real.build([variable])
+    real.apply_gradients([(tf.constant([0.5, 0.5]), variable)])
+    ahead = lookahead.lookahead_values("optimizer", real, [variable],
+                                       [tf.constant([0.2, -0.4])], tf.constant(0.1))
+    np.testing.assert_allclose(ahead[0], variable.numpy() + 0.9 * -0.05 - 0.1 * np.array(
+        [0.2, -0.4]), rtol=1e-6)
+
+
+def _notebook_affinity(data_dir, steps, coefficient):
+    """The notebook's TAG gains over ``steps`` one-batch epochs, computed directly: on every
+    step, for each source task, ``trunk + coefficient * velocity - lr * g_source``, the
+    training-mode losses of every task there, ``(1 - after / before) / lr``; then one SGD
+    momentum step on the summed loss."""
+    experiment = celeba_main.build_experiment(data_dir=data_dir, tasks=TASKS, batch_size=12,
+                                              image_size=16, lookahead="original")
+    keras.utils.set_random_seed(0)
+    network = experiment.network_fn(TASKS)
+    trunk = {id(v) for name in celeba_model.TRUNK_LAYERS
+             for v in network.get_layer(name).trainable_variables}
+    loss = experiment.loss_fn(TASKS[0])
+    lr = celeba_main.LEARNING_RATE
+    values = [tf.convert_to_tensor(v.value) for v in network.trainable_variables]
+    state = [v.value for v in network.non_trainable_variables]
+    velocity = [tf.zeros_like(v) for v in values]
+    gains = []
+    x, y = next(iter(experiment.train_data))  # the whole split: the batch of every step
+    for _ in range(steps):
+        def task_losses(vals, x=x, y=y):
+            outputs, _ = network.stateless_call(vals, state, x, training=True)
+            return [loss(y[t], outputs[t]) for t in TASKS]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(values)
+            before = task_losses(values)
+            total = tf.add_n(before)
+        z = np.zeros((len(TASKS), len(TASKS)))
+        for i in range(len(TASKS)):
+            grads = tape.gradient(before[i], values)
+            ahead = [v + coefficient * m - lr * g if id(var) in trunk else v
+                     for v, m, g, var in zip(values, velocity, grads,
+                                             network.trainable_variables)]
+            after = task_losses(ahead)
+            z[i] = [(1.0 - float(a) / float(b)) / lr for a, b in zip(after, before)]
+        gains.append(z)
+        grads = tape.gradient(total, values)
+        velocity = [0.9 * m - lr * g for m, g in zip(velocity, grads)]
+        values = [v + m for v, m in zip(values, velocity)]
+    return np.mean(gains, axis=0)
+
+
+@pytest.mark.slow
+def test_lookahead_original_records_the_notebook_step(data_dir, tmp_path, eager):
+    # One batch of all 12 training images per epoch, so the batch order cannot differ.
+    out = str(tmp_path / "original")
+    run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",
+              "--lookahead=original", "--tasks=" + ",".join(TASKS), "--batch_size=12",
+              "--image_size=16", "--epochs=2", "--patience=-1", "--budgets=", "--verbose=0"])
+    record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
+    assert (record.counts == 2).all()  # every step (every_n=1)
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["lookahead"] == "original"
+    expected = _notebook_affinity(data_dir, 2, coefficient=1.0)
+    np.testing.assert_allclose(record.affinity, expected, rtol=2e-3, atol=2e-3)
+    momentum_09 = _notebook_affinity(data_dir, 2, coefficient=0.9)  # the fixed lookahead
+    assert np.abs(record.affinity - momentum_09).max() > 20 * np.abs(
+        record.affinity - expected).max()

@@ -46,6 +46,16 @@ def test_round_trip(tmp_path, capsys):
         assert served == set(tasks)
 
 
+def test_default_output_is_selection_json_beside_the_input(tmp_path, capsys):
+    path = _write(tmp_path, np.eye(3), ["a", "b", "c"])
+    with flagsaver.flagsaver(affinity=path, budgets=["1"], output=None):
+        select.main(["select"])
+    out = tmp_path / "selection.json"
+    assert f"Wrote {out}" in capsys.readouterr().out
+    assert json.loads(out.read_text())["tasks"] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["affinity.json", "selection.json"]
+
+
 def test_minimize_with_singletons_and_plain_matrix(tmp_path):
     err = np.array([[5., 2., 9.], [2., 5., 9.], [9., 9., 1.]])
     path = tmp_path / "plain.json"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -93,35 +94,46 @@ def test_cs_and_random_groupings():
 
 
 def test_reproduce_taskonomy(tmp_path):
-    # Same specs as taskonomy/reproduce_selection.py (not imported: its absl flags would
-    # clash with tag_tf.select's in one process; the script itself runs in the slow test).
-    specs = [
-        selection.TableSpec("TAG", os.path.join(TASKONOMY, "taskonomy_tag_affinity.json")),
-        selection.TableSpec("CS", os.path.join(TASKONOMY, "taskonomy_cs_affinity.json")),
-        selection.TableSpec("HOA", os.path.join(TASKONOMY, "taskonomy_hoa_pairwise.json"),
-                            minimize=True, singletons="diagonal"),
-    ]
+    from taskonomy import published_tables  # importable: no flags
     out = tmp_path / "sel.json"
-    report = selection.reproduce_tables(tables=specs,
+    report = selection.reproduce_tables(tables=published_tables.tables(),
                                         budgets=[1, 2, 3, 4], output_path=str(out),
                                         random_samples=10)
     payload = json.loads(out.read_text())
     assert [t["name"] for t in payload["tables"]] == ["TAG", "CS", "HOA"]
     tag = payload["tables"][0]["selections"][1]
     assert sorted(map(sorted, (n["tasks"] for n in tag["networks"]))) == [
-        ["depth_l", "norm_l", "ss_l"], ["edge2d_l", "key_l"]]
+        ["depth_zbuffer", "normal", "segment_semantic"], ["edge_texture", "keypoints2d"]]
     assert "== HOA" in report.text
+
+
+def test_taskonomy_tables_share_one_task_vocabulary():
+    """TAG/CS files say ss_l, depth_l, ...; the HOA file s, d, ...: all load as task names."""
+    from taskonomy import data, published_tables
+    names = sorted(data.TASKS)
+    report = selection.reproduce_tables(tables=published_tables.tables(), budgets=[2],
+                                        random_samples=0)
+    assert [sorted(entry["tasks"]) for entry in report.payload["tables"]] == [names] * 3
+    for label in ("ss_l", "depth_l", "norm_l", "key_l", "edge2d_l"):
+        assert label not in report.text
+    assert not re.search(r"[{(\[,]\s*'?[sdntk]'?\s*[,)}\]]", report.text)
+    for task in names:
+        assert task in report.text
+    with open(os.path.join(TASKONOMY, "taskonomy_hoa_pairwise.json")) as f:
+        assert sorted(json.load(f)["tasks"]) == sorted("sdntk")  # the file stays as shipped
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["celeba", "taskonomy"])
 def test_reproduction_scripts_run(dataset, tmp_path):
-    out = tmp_path / "out.json"
+    # Default --output: runs/<dataset>/published_selection.json under the working directory.
+    out = tmp_path / "runs" / dataset / "published_selection.json"
+    env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.run(
-        [sys.executable, "-m", f"{dataset}.reproduce_selection", f"--output={out}",
-         "--random_samples=10"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-        check=False)
+        [sys.executable, "-m", f"{dataset}.reproduce_selection", "--random_samples=10"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Wrote {os.path.join('runs', dataset, 'published_selection.json')}" in proc.stdout
     payload = json.loads(out.read_text())
     assert [t["name"] for t in payload["tables"]] == ["TAG", "CS", "HOA"]
     assert all(s["optimal"] for t in payload["tables"] for s in t["selections"])

@@ -16,8 +16,12 @@ import pytest
 import tensorflow as tf
 
 from tag_tf import affinity_io
+from tag_tf import lookahead
+from tag_tf import script_flags
+from taskonomy import adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
+from taskonomy import model as taskonomy_model
 from taskonomy import testing
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
@@ -113,6 +117,31 @@ def test_plateau_t_test_statistic():
     assert t < 0
 
 
+def _original_ttest(history, wind):
+    """tag.patch's Trainer.learning_rate_schedule slices, written with its negative indices."""
+    from scipy import stats
+    a = sorted(history[-wind:-wind * 5 // 8])
+    b = sorted(history[-wind * 3 // 8:])
+    a = a[int(len(a) * .05):int(len(a) * .95)]
+    b = b[int(len(b) * .05):int(len(b) * .95)]
+    n = min(len(a), len(b))
+    return stats.ttest_rel(a[:n], b[:n])
+
+
+@pytest.mark.parametrize("wind", [44, 45, 46, 48])
+def test_plateau_window_slices_round_like_the_original(wind):
+    # 5 * 44 = 220 is not a multiple of 8: floor(-220 / 8) = -28 keeps 16 losses in the first
+    # part where floor(220 / 8) = 27 would keep 17 (and the last part 17 instead of 16).
+    history = list(np.random.default_rng(wind).normal(size=wind + 7))
+    t, p = taskonomy_main.plateau_test(history[-wind:])
+    expected = _original_ttest(history, wind)
+    assert (t, p) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
+    if (5 * wind) % 8:
+        window = history[-wind:]
+        floor_a = window[:wind - wind * 5 // 8]
+        assert len(floor_a) == len(history[-wind:-wind * 5 // 8]) + 1
+
+
 def test_weight_decay_is_added_to_the_gradient_like_pytorch():
     variable = keras.Variable(np.array([1.0, -2.0], np.float32))
     optimizer = taskonomy_main.CoupledSGD(0.1, momentum=0.9, l2=0.01)
@@ -146,21 +175,31 @@ def test_affinity_then_groups(data_dir, tmp_path, eager):
     assert served == tasks
 
 
-def test_published_selection_names_are_translated(tmp_path):
+def test_published_selections_use_task_names(tmp_path):
     from taskonomy import published_tables  # pylint: disable=g-import-not-at-top
     from tag_tf import selection  # pylint: disable=g-import-not-at-top
     path = str(tmp_path / "published.json")
     selection.reproduce_tables(tables=published_tables.tables(), budgets=[2],
                                output_path=path, random_samples=0)
-    for table in ("TAG", "HOA"):
-        translated, budget, name, tasks = taskonomy_main.canonical_selection(
+    for table in ("TAG", "CS", "HOA"):
+        same, budget, name, tasks = taskonomy_main.canonical_selection(
             path, budget=2, table=table, output_dir=str(tmp_path / table))
-        assert tasks == sorted(data.TASKS) and budget is None and name is None
-        with open(translated) as f:
-            networks = json.load(f)["networks"]
-        assert {t for n in networks for t in n["serves"]} == set(data.TASKS)
+        assert (same, budget, name) == (path, 2, table)  # already task names: no rewrite
+        assert tasks == sorted(data.TASKS)
+
+
+def test_selection_letters_and_loss_keys_are_translated(tmp_path):
+    path = tmp_path / "old.json"  # a selection written with the files' own labels
+    path.write_text(json.dumps({"networks": [{"tasks": ["s", "d", "n"], "serves": ["s", "d"]},
+                                             {"tasks": ["norm_l", "key_l", "edge2d_l"],
+                                              "serves": ["norm_l", "key_l", "edge2d_l"]}]}))
+    translated, budget, name, tasks = taskonomy_main.canonical_selection(
+        str(path), budget=None, table=None, output_dir=str(tmp_path / "out"))
+    assert tasks == sorted(data.TASKS) and budget is None and name is None
     with open(translated) as f:
-        assert "serves" in json.load(f)["networks"][0]
+        networks = json.load(f)["networks"]
+    assert networks[0]["serves"] == ["segment_semantic", "depth_zbuffer"]
+    assert {t for n in networks for t in n["serves"]} == set(data.TASKS)
 
 
 def test_usage_errors():
@@ -208,3 +247,124 @@ def test_all_tasks_in_graph_mode(data_dir, tmp_path):
     record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
     assert sorted(record.tasks) == sorted(data.TASKS)
     assert np.isfinite(record.affinity).all()
+
+
+# ----------------------------------------------------------------------------- --lookahead=original
+def _lookahead_flags(argv):
+    flags = taskonomy_main.FLAGS
+    flags.unparse_flags()
+    flags(["taskonomy.main", *argv])
+    try:
+        return script_flags.lookahead_flags(flags, taskonomy_main.ORIGINAL_LOOKAHEAD)
+    finally:
+        flags.unparse_flags()
+
+
+def test_lookahead_original_builds_the_tag_patch_setup(data_dir):
+    from absl import app
+    assert _lookahead_flags(["--lookahead=original"]) == {
+        "lookahead": "original", "every_n": 10, "lookahead_rule": "optimizer",
+        "divide_by_lr": True}
+    with pytest.raises(app.UsageError, match="every_n=1"):
+        _lookahead_flags(["--lookahead=original", "--every_n=1"])
+    splits = taskonomy_main.load_data(data_dir, TWO, batch_size=2, image_size=32)
+    common = dict(batch_size=2, image_size=32, widths="tiny")
+    fixed = taskonomy_main.build_experiment(TWO, splits, **common)
+    original = taskonomy_main.build_experiment(TWO, splits, lookahead="original", **common)
+    left_out = set(fixed.shared) - set(original.shared)
+    assert left_out == set(taskonomy_model.FINAL_CONV_LAYERS)
+    assert fixed.optimizer_fn().lookahead_momentum is None
+    assert original.optimizer_fn().lookahead_momentum == 0.0
+    assert not any(isinstance(c, taskonomy_main.EpochAlignedRecording)
+                   for c in fixed.callbacks_fn())
+    assert any(isinstance(c, taskonomy_main.EpochAlignedRecording)
+               for c in original.callbacks_fn())
+    plain = adapter.TaskonomyAdapter(data_dir=data_dir)
+    tag_patch = adapter.TaskonomyAdapter(data_dir=data_dir, lookahead="original")
+    assert tag_patch.settings() != plain.settings()
+    assert tag_patch.settings()["lookahead"] == "original"
+    with pytest.raises(ValueError, match="lookahead='original'"):
+        adapter.TaskonomyAdapter(data_dir=data_dir, lookahead="original", divide_by_lr=False)
+
+
+def test_tag_patch_lookahead_ignores_momentum_but_not_weight_decay():
+    variable = keras.Variable(np.array([1.0, -2.0], np.float32))
+    optimizer = taskonomy_main.CoupledSGD(0.1, momentum=0.9, l2=0.01, lookahead_momentum=0.0)
+    optimizer.build([variable])
+    optimizer.apply_gradients([(tf.constant([0.5, 0.5]), variable)])  # a non-zero velocity
+    theta = variable.numpy().astype(np.float64)
+    grad = np.array([0.2, -0.4])
+    ahead = lookahead.lookahead_values("optimizer", optimizer, [variable],
+                                       [tf.constant(grad, tf.float32)], tf.constant(0.1))
+    np.testing.assert_allclose(ahead[0], theta - 0.1 * (grad + 0.01 * theta), rtol=1e-6)
+
+
+def _tag_patch_affinity(data_dir, tasks, steps, lookahead_momentum):
+    """tag.patch's transference over ``steps`` one-batch epochs, computed directly: on every
+    step, for each source task, ``encoder + m * velocity - lr * (g + wd * encoder)`` on the
+    encoder without the final conv, the training-mode losses of every task there,
+    ``(1 - after / before) / lr``; then one CoupledSGD step on the summed loss."""
+    keras.utils.set_random_seed(0)  # the run's shuffling seeds: the same batch order
+    splits = taskonomy_main.load_data(data_dir, tasks, batch_size=4, image_size=32,
+                                      augment=False)
+    experiment = taskonomy_main.build_experiment(tasks, splits, batch_size=4, image_size=32,
+                                                 widths="tiny", lookahead="original")
+    keras.utils.set_random_seed(0)
+    network = experiment.network_fn(tasks)
+    shared = {id(v) for name in experiment.shared
+              for v in network.get_layer(name).trainable_variables}
+    losses = {t: experiment.loss_fn(t) for t in tasks}
+    lr, wd = taskonomy_main.LEARNING_RATE, taskonomy_main.WEIGHT_DECAY
+    values = [tf.convert_to_tensor(v.value) for v in network.trainable_variables]
+    state = [v.value for v in network.non_trainable_variables]
+    velocity = [tf.zeros_like(v) for v in values]
+    batches = iter(splits.train)  # each batch: the whole training split, one epoch
+    gains = []
+    for _ in range(steps):
+        x, y = next(batches)
+
+        def task_losses(vals):
+            outputs, _ = network.stateless_call(vals, state, x, training=True)
+            return [losses[t](y[t], outputs[t]) for t in tasks]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(values)
+            before = task_losses(values)
+            total = tf.add_n(before)
+        z = np.zeros((len(tasks), len(tasks)))
+        for i in range(len(tasks)):
+            grads = tape.gradient(before[i], values)
+            ahead = [v + lookahead_momentum * m - lr * (g + wd * v) if id(var) in shared else v
+                     for v, m, g, var in zip(values, velocity, grads,
+                                             network.trainable_variables)]
+            z[i] = [(1.0 - float(a) / float(b)) / lr
+                    for a, b in zip(task_losses(ahead), before)]
+        gains.append(z)
+        grads = tape.gradient(total, values)
+        velocity = [0.9 * m - lr * (g + wd * v) for m, g, v in zip(velocity, grads, values)]
+        values = [v + m for v, m in zip(values, velocity)]
+    return np.mean(gains, axis=0)
+
+
+@pytest.mark.slow
+def test_lookahead_original_records_the_tag_patch_step(data_dir, tmp_path, eager):
+    # 4 training images in one batch: one step per epoch. With every_n=10 only the epoch
+    # alignment records epoch 1's step (global step 1). Segmentation (cross-entropy) and
+    # keypoints (L1 on targets far from the outputs): losses whose gradients do not jump
+    # under float noise, unlike the shift-tolerant minimum or L1 near zero residuals.
+    keras.utils.set_random_seed(0)  # the same shuffling as _tag_patch_affinity's
+    out = str(tmp_path / "original")
+    run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",
+              "--tasks=sk", "--lookahead=original", "--widths=tiny", "--image_size=32",
+              "--batch_size=4", "--epochs=2", "--noaugment", "--budgets=", "--verbose=0"])
+    record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
+    assert (record.counts == 2).all() and record.config["train_steps"] == 2
+    tasks = data.parse_tasks("sk")
+    assert sorted(record.tasks) == sorted(tasks)
+    order = [tasks.index(t) for t in record.tasks]
+    expected = _tag_patch_affinity(data_dir, tasks, 2, lookahead_momentum=0.0)
+    expected = expected[np.ix_(order, order)]
+    np.testing.assert_allclose(record.affinity, expected, rtol=1e-3, atol=1e-3)
+    with_momentum = _tag_patch_affinity(data_dir, tasks, 2, lookahead_momentum=0.9)
+    with_momentum = with_momentum[np.ix_(order, order)]
+    assert np.abs(record.affinity - with_momentum).max() > 20 * np.abs(
+        record.affinity - expected).max()

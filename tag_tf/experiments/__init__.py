@@ -16,3 +16,5 @@ Each writes ``<name>.md``, ``<name>.json`` (every number and the settings that p
 it) and, for the figures, PNG plots. Table 3 trains all ``2^n - 1`` task groups as its
 ground truth (small ``n`` only) and needs ``adapter.vary`` for its hyper-parameter variants.
 """
+
+import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -196,6 +196,8 @@ class TableSpec(NamedTuple):
       field: which nested mapping to read.
       minimize: minimise (errors, losses).
       singletons: ``"diagonal"`` to allow single-task networks scored by the diagonal.
+      rename: ``{label in the file: task name}``, applied when the table is loaded (the
+        file stays as published), so tables labelling tasks differently print alike.
     """
 
     name: str
@@ -203,6 +205,7 @@ class TableSpec(NamedTuple):
     field: str = "values"
     minimize: bool = False
     singletons: problem_lib.Singletons = None
+    rename: Optional[Mapping[str, str]] = None
 
 
 def reproduce_tables(*, tables: Sequence[TableSpec], budgets: Sequence[int],
@@ -225,6 +228,8 @@ def reproduce_tables(*, tables: Sequence[TableSpec], budgets: Sequence[int],
     all_selections, texts, entries = [], [], []
     for spec in tables:
         table = published.load_published_table(spec.path, field=spec.field)
+        if spec.rename:
+            table = table._replace(tasks=[spec.rename.get(t, t) for t in table.tasks])
         selections = select_networks(table.matrix, budgets, tasks=table.tasks,
                                      minimize=spec.minimize, singletons=spec.singletons,
                                      method=method)

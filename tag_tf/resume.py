@@ -1,0 +1,391 @@
+"""Step-exact resumes for ``fit()``: a run backed up every N batches and resumed equals an
+uninterrupted one (same steps, same data, same weights and affinity state).
+
+Keras' ``BackupAndRestore(save_freq=N)`` restores mid-epoch weights but replays the
+interrupted epoch from its first batch (and, after one resume, records epoch 0 in its
+metadata). Here the training data is one deterministic *stream* of batches in which epoch
+``k`` is batches ``[k * steps_per_epoch, (k + 1) * steps_per_epoch)``; a resume skips the
+batches already trained and ends the interrupted epoch after its remaining steps::
+
+    history = tag_tf.resume.resumable_fit(
+        model, make_train_data,              # make_train_data(epoch) -> that epoch's batches
+        backup_dir="runs/backup", save_freq=500, epochs=20,
+        validation_data=val, callbacks=[tag_tf.AffinityLogger(output_dir="runs/tag")])
+
+or by hand with the two pieces (the callback first in the list)::
+
+    backup = tag_tf.resume.StepBackupAndRestore("runs/backup", save_freq=500)
+    stream = tag_tf.resume.resumable_dataset(make_train_data, steps_per_epoch=spe,
+                                             epochs=20, start=backup.resume_point)
+    model.fit(stream, epochs=20, steps_per_epoch=spe, callbacks=[backup, ...])
+
+The data may be a factory ``epoch -> tf.data.Dataset`` (cheap: a resume skips batches of
+one epoch only) or one seeded ``tf.data.Dataset`` (re-iterated every epoch when finite,
+used as is when infinite; a resume then reads and drops every batch already trained).
+Either way it must be a deterministic function of the epoch: seeded shuffles. On one device
+a dataset reshuffled every iteration is fine (a fresh dataset object repeats its sequence
+of orders). Under a ``tf.distribute`` strategy, Keras' ``fit()`` iterates the data once
+more before training (it reads a batch to build the model), so there the epoch data must
+not depend on how often it was iterated: a factory whose shuffle is seeded by the epoch
+with ``reshuffle_each_iteration=False``, e.g.::
+
+    def make_train_data(epoch):
+        return files.shuffle(len(files), seed=1000 * seed + epoch,
+                             reshuffle_each_iteration=False).map(load).batch(256)
+
+Runs that are not resumed consume the same stream, so both agree step for step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+METADATA_FILE = "training_metadata.json"  # BackupAndRestore's file name
+METRICS_FILE = "epoch_metrics.npz"  # the interrupted epoch's running metric states
+STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' attributes
+_STATE_ATTRIBUTES = ("wait", "stopped_epoch", "best", "best_epoch")  # EarlyStopping's
+
+TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
+
+
+class ResumePoint(NamedTuple):
+    """Where a run resumes: ``batches`` batches of epoch ``epoch`` are already trained."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+def read_resume_point(backup_dir: str, steps_per_epoch: Optional[int] = None) -> ResumePoint:
+    """The point recorded in ``backup_dir`` by :class:`StepBackupAndRestore`; (0, 0) if none.
+
+    A point at the end of an epoch (``batches == steps_per_epoch``) is the next epoch's
+    start. A plain ``BackupAndRestore`` file (no batch count) resumes at its epoch's start.
+    """
+    path = os.path.join(backup_dir, METADATA_FILE)
+    if not tf.io.gfile.exists(path):
+        return ResumePoint()
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            metadata = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+    epoch = int(metadata["epoch"])
+    if "batches_done" not in metadata:
+        logging.warning("%s has no batch count (written by keras BackupAndRestore?): "
+                        "resuming at the start of epoch %d.", path, epoch)
+        return ResumePoint(epoch, 0)
+    batches = int(metadata["batches_done"])
+    if steps_per_epoch and batches >= steps_per_epoch:
+        return ResumePoint(epoch + 1, 0)
+    return ResumePoint(epoch, batches)
+
+
+class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that records and resumes the exact batch of the epoch.
+
+    Saves every ``save_freq`` batches and after every epoch, recording the epoch and the
+    number of its batches trained (``batches_done``). On restore, the interrupted epoch
+    runs only its remaining steps: feed the batches from :attr:`resume_point` on (see
+    :func:`resumable_dataset`) with ``fit(steps_per_epoch=...)``. Put it first in the
+    callback list (it ends the short epoch through ``model.stop_training`` and clears the
+    flag again before other callbacks' ``on_epoch_end``, e.g. ``EarlyStopping``).
+
+    Args:
+      backup_dir: the backup directory (used by this run only).
+      save_freq: ``"epoch"`` or a number of batches.
+      steps_per_epoch: the run's steps per epoch (default: ``fit``'s); normalises a point
+        recorded at an epoch's last batch to the next epoch's start.
+      double_checkpoint, delete_checkpoint: as ``keras.callbacks.BackupAndRestore``.
+
+    The running training metrics of the epoch are saved too, so the resumed epoch's logged
+    ``loss`` / metrics average over all its steps, and so is the history so far
+    (:meth:`complete_history` prepends it to the resumed ``fit``'s ``History``). Callbacks
+    listed in ``stateful_callbacks`` keep their ``wait``, ``stopped_epoch``, ``best``,
+    ``best_epoch`` and ``best_weights`` (``EarlyStopping``); other callbacks' state is not
+    saved, as with Keras' callback.
+    """
+
+    def __init__(self, backup_dir: str, save_freq: Union[str, int] = "epoch", *,
+                 steps_per_epoch: Optional[int] = None, double_checkpoint: bool = False,
+                 delete_checkpoint: bool = True,
+                 stateful_callbacks: Sequence[keras.callbacks.Callback] = ()):
+        if not (save_freq == "epoch" or (isinstance(save_freq, int) and save_freq >= 1)):
+            raise ValueError("save_freq must be 'epoch' or a positive number of batches. "
+                             f"Received: save_freq={save_freq!r}")
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=double_checkpoint,
+                         delete_checkpoint=delete_checkpoint)
+        self.steps_per_epoch = steps_per_epoch
+        self.resume_point = read_resume_point(backup_dir, steps_per_epoch)
+        self._pending = ResumePoint()  # the restored point, applied at its epoch's begin
+        self._offset = 0  # batches of the current epoch trained before this fit() call
+        self._done = 0  # batches of the current epoch trained so far
+        self._since_save = 0
+        self._stopped_short = False
+        self._metric_values = None  # the restored epoch's metric states
+        self._metrics_to_add = None
+        self.stateful_callbacks = list(stateful_callbacks)
+        self.restored_history: Optional[dict] = None  # {"epoch": [...], "history": {...}}
+        self._restored_callbacks: Optional[list] = None
+        self._ended = None  # (epoch, logs) of an epoch that ended, until it is saved
+        self._history_epochs: list = []  # this fit's finished epochs and their logs
+        self._history_logs: dict = {}
+
+    def _metric_variables(self) -> list:
+        return [v for metric in self.model.metrics for v in metric.variables]
+
+    def _steps(self) -> Optional[int]:
+        return self.steps_per_epoch or (self.params or {}).get("steps")
+
+    def _load_model(self):
+        super()._load_model()  # weights (with the affinity state), Keras' initial epoch
+        point = read_resume_point(self.backup_dir, self._steps())
+        if point != self.resume_point and tf.io.gfile.exists(self._weights_path):
+            raise ValueError(
+                f"The backup in {self.backup_dir} records {point}, but this callback was "
+                f"created when it recorded {self.resume_point}: build the data from "
+                "resume_point right before fit().")
+        self._pending = point
+        self._current_epoch = point.epoch
+        state_path = os.path.join(self.backup_dir, STATE_FILE)
+        if tf.io.gfile.exists(self._weights_path) and tf.io.gfile.exists(state_path):
+            with tf.io.gfile.GFile(state_path) as f:
+                state = json.load(f)
+            self.restored_history = state["history"]
+            self._restored_callbacks = state["callbacks"]
+            for k, saved in enumerate(self._restored_callbacks):
+                weights = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
+                if saved.get("has_best_weights") and tf.io.gfile.exists(weights):
+                    with tf.io.gfile.GFile(weights, "rb") as f:
+                        stored = np.load(io.BytesIO(f.read()))
+                    saved["best_weights"] = [stored[f"v{i}"] for i in range(len(stored.files))]
+        path = os.path.join(self.backup_dir, METRICS_FILE)
+        if point.batches and tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path, "rb") as f:
+                stored = np.load(io.BytesIO(f.read()))
+            self._metric_values = [stored[f"v{i}"] for i in range(len(stored.files))]
+        if tf.io.gfile.exists(self._weights_path):
+            self.model._initial_epoch = point.epoch  # pylint: disable=protected-access
+
+    def on_train_begin(self, logs=None):
+        self._history_epochs, self._history_logs, self._ended = [], {}, None
+        super().on_train_begin(logs)
+
+    def complete_history(self, history: keras.callbacks.History) -> keras.callbacks.History:
+        """Prepends the epochs trained before the resume to ``fit``'s ``History``."""
+        saved = self.restored_history
+        if saved:
+            history.epoch = list(saved["epoch"]) + list(history.epoch)
+            keys = set(saved["history"]) | set(history.history)
+            history.history = {k: list(saved["history"].get(k, [])) +
+                               list(history.history.get(k, [])) for k in keys}
+        return history
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._ended is not None:
+            self._save_epoch_end()
+        if self._restored_callbacks is not None:  # after their on_train_begin reset them
+            for callback, saved in zip(self.stateful_callbacks, self._restored_callbacks):
+                for name, value in saved.items():
+                    if name in _STATE_ATTRIBUTES or name == "best_weights":
+                        setattr(callback, name, value)
+            self._restored_callbacks = None
+        self._current_epoch = epoch
+        self._offset = self._pending.batches if epoch == self._pending.epoch else 0
+        self._pending = ResumePoint()
+        self._done = self._offset
+        # fit() reset the metrics just before; the saved sums are added after the first step
+        # (the compiled metrics exist by then): exact for additive states (Mean, counts).
+        self._metrics_to_add = self._metric_values if self._offset else None
+        self._metric_values = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._metrics_to_add is not None:
+            self._add_saved_metrics(self._metrics_to_add)
+            self._metrics_to_add = None
+        done = self._offset + batch + 1  # `batch` is the last step of the execution
+        self._since_save += done - self._done
+        self._done = done
+        steps = self._steps()
+        last = bool(steps) and done >= steps  # the epoch's end is saved when it has ended
+        if self.save_freq != "epoch" and self._since_save >= self.save_freq and not last:
+            self._save_model()
+        if self._offset and steps and done >= steps and not self.model.stop_training:
+            self.model.stop_training = True  # the resumed epoch has run its remaining steps
+            self._stopped_short = True
+
+    def _add_saved_metrics(self, values):
+        variables = self._metric_variables()
+        if len(variables) != len(values) or any(
+                tuple(v.shape) != np.shape(a) for v, a in zip(variables, values)):
+            logging.warning("The saved epoch metrics do not match the model's metrics: the "
+                            "resumed epoch's logs average its remaining steps only.")
+            return
+        for variable, value in zip(variables, values):
+            variable.assign(np.asarray(variable.numpy()) + value)
+
+    def _resume_training(self):
+        if self._stopped_short:
+            self.model.stop_training = False
+            self._stopped_short = False
+
+    def on_test_begin(self, logs=None):  # validation runs before any on_epoch_end
+        self._resume_training()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._resume_training()
+        # Saved when the next epoch begins: by then the other callbacks have finished this
+        # epoch (EarlyStopping's counters, val_summed_loss in the logs, the affinity trace).
+        self._ended = (epoch, logs)
+
+    def _save_epoch_end(self):
+        epoch, logs = self._ended
+        self._ended = None
+        self._history_epochs.append(int(epoch))
+        for key, value in (logs or {}).items():
+            self._history_logs.setdefault(key, []).append(_plain(value))
+        self._current_epoch = epoch + 1
+        self._done = 0
+        self._offset = 0
+        self._save_model()  # a point at an epoch boundary: no epoch is replayed
+
+    def _save_model(self):
+        self._since_save = 0
+        self._last_batch_seen = self._done
+        super()._save_model()
+        # Rewrite the metadata with the batch count (Keras' file has the epoch only).
+        with tf.io.gfile.GFile(self._training_metadata_path, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
+                       "batches_done": self._done}, f)
+        self._save_callback_state()
+        if self._done:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{f"v{i}": np.asarray(v.numpy())
+                                for i, v in enumerate(self._metric_variables())})
+            with tf.io.gfile.GFile(os.path.join(self.backup_dir, METRICS_FILE), "wb") as f:
+                f.write(buffer.getvalue())
+
+
+    def _save_callback_state(self):
+        before = self.restored_history or {"epoch": [], "history": {}}
+        history = {"epoch": list(before["epoch"]) + self._history_epochs,
+                   "history": {k: list(before["history"].get(k, [])) +
+                               self._history_logs.get(k, [])
+                               for k in set(before["history"]) | set(self._history_logs)}}
+        callbacks = []
+        for k, callback in enumerate(self.stateful_callbacks):
+            saved = {name: _plain(getattr(callback, name)) for name in _STATE_ATTRIBUTES
+                     if getattr(callback, name, None) is not None}
+            best_weights = getattr(callback, "best_weights", None)
+            saved["has_best_weights"] = best_weights is not None
+            if best_weights is not None:
+                buffer = io.BytesIO()
+                np.savez(buffer, **{f"v{i}": np.asarray(w) for i, w in enumerate(best_weights)})
+                path = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
+                with tf.io.gfile.GFile(path, "wb") as f:
+                    f.write(buffer.getvalue())
+            callbacks.append(saved)
+        with tf.io.gfile.GFile(os.path.join(self.backup_dir, STATE_FILE), "w") as f:
+            json.dump({"history": history, "callbacks": callbacks}, f)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python number (logs hold NumPy / tensor scalars)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    array = np.asarray(value)
+    return array.item() if array.ndim == 0 else array.tolist()
+
+
+def steps_of(data: TrainData) -> int:
+    """Batches per epoch of a finite dataset (or of the factory's epoch 0)."""
+    dataset = data(0) if callable(data) else data
+    steps = int(dataset.cardinality())
+    if steps < 0:
+        raise ValueError("Cannot tell the steps per epoch of an infinite or unknown-length "
+                         f"dataset (cardinality {steps}); pass steps_per_epoch.")
+    if steps == 0:
+        raise ValueError("The training dataset is empty.")
+    return steps
+
+
+def resumable_dataset(data: TrainData, *, steps_per_epoch: int, epochs: Optional[int] = None,
+                      start: ResumePoint = ResumePoint()) -> tf.data.Dataset:
+    """The training stream from ``start`` on: epoch ``k`` is ``steps_per_epoch`` batches.
+
+    Args:
+      data: a factory ``epoch -> tf.data.Dataset`` of that epoch's batches (at least
+        ``steps_per_epoch`` of them), or one dataset (finite: repeated, each repetition
+        being the next epoch's order; infinite: the stream itself).
+      steps_per_epoch: batches per epoch; pass the same to ``fit``.
+      epochs: needed with a factory: the stream ends after epoch ``epochs - 1``.
+      start: the :class:`ResumePoint` (``StepBackupAndRestore.resume_point``).
+    """
+    if steps_per_epoch is None or steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1. Received: {steps_per_epoch!r}")
+    start = ResumePoint(*start)
+    if start.epoch < 0 or not 0 <= start.batches < steps_per_epoch:
+        raise ValueError(f"start must be (epoch >= 0, 0 <= batches < {steps_per_epoch}). "
+                         f"Received: {start}")
+    if not callable(data):
+        if not isinstance(data, tf.data.Dataset):
+            raise ValueError("data must be a tf.data.Dataset or a function epoch -> "
+                             f"tf.data.Dataset. Received: {type(data).__name__}")
+        infinite = int(data.cardinality()) == tf.data.INFINITE_CARDINALITY
+        stream = data if infinite else data.repeat()
+        skip = start.epoch * steps_per_epoch + start.batches
+        return stream.skip(skip) if skip else stream
+    if epochs is None:
+        raise ValueError("resumable_dataset(factory) needs epochs (where the stream ends).")
+    parts = []
+    for epoch in range(start.epoch, epochs):
+        dataset = data(epoch)
+        if not isinstance(dataset, tf.data.Dataset):
+            raise ValueError(f"The data factory must return a tf.data.Dataset. Received for "
+                             f"epoch {epoch}: {type(dataset).__name__}")
+        size = int(dataset.cardinality())
+        if 0 <= size < steps_per_epoch:
+            raise ValueError(f"Epoch {epoch}'s dataset has {size} batches, fewer than "
+                             f"steps_per_epoch={steps_per_epoch}.")
+        dataset = dataset.take(steps_per_epoch)
+        if epoch == start.epoch and start.batches:
+            dataset = dataset.skip(start.batches)
+        parts.append(dataset)
+    if not parts:
+        raise ValueError(f"Nothing left to train: start epoch {start.epoch} >= epochs {epochs}.")
+    stream = parts[0]
+    for part in parts[1:]:
+        stream = stream.concatenate(part)
+    return stream
+
+
+def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
+                  save_freq: Union[str, int] = "epoch", epochs: int = 1,
+                  steps_per_epoch: Optional[int] = None, callbacks: Sequence[Any] = (),
+                  **fit_kwargs) -> keras.callbacks.History:
+    """``model.fit`` on ``data`` that backs up to ``backup_dir`` and resumes step-exactly.
+
+    Calling it again after a crash (same arguments, a freshly built model) continues at
+    the backed-up batch; the finished run equals an uninterrupted one (the returned
+    ``History`` includes the epochs before the resume). ``steps_per_epoch``
+    defaults to the length of a finite dataset (or of the factory's epoch 0).
+    ``fit_kwargs`` go to ``fit`` (``validation_data``, ``verbose``, ...).
+    """
+    for key in ("initial_epoch", "x", "y", "shuffle", "batch_size"):
+        if key in fit_kwargs:
+            raise ValueError(f"resumable_fit sets {key!r} itself (the stream decides the "
+                             "batches and the backup the first epoch).")
+    steps = steps_per_epoch or steps_of(data)
+    backup = StepBackupAndRestore(backup_dir, save_freq, steps_per_epoch=steps)
+    stream = resumable_dataset(data, steps_per_epoch=steps, epochs=epochs,
+                               start=backup.resume_point)
+    history = model.fit(stream, epochs=epochs, steps_per_epoch=steps,
+                        callbacks=[backup, *callbacks], **fit_kwargs)
+    return backup.complete_history(history)
