@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -30,7 +31,7 @@ from absl import flags
 
 from tag_tf import script_flags
 from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
-                                  parse_budgets, runtime_fields)
+                                  parse_budgets, runtime_fields, seed_option_fields)
 
 if TYPE_CHECKING:
     from tag_tf import pipeline
@@ -200,7 +201,9 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
 
     ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s values
     (:func:`affinity_settings`). ``runtime``: distribution / precision / backup Options
-    fields (``runtime_fields``).
+    fields (``runtime_fields``) and the ``seeds`` / ``bootstrap`` / ``mtl_results`` /
+    ``stl_results`` fields (``seed_option_fields``); with ``seeds`` > 1 each training
+    rebuilds the experiment (network and data) with its own seed.
     """
     from celeba import data  # pylint: disable=g-import-not-at-top
     from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
@@ -214,11 +217,15 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
     tasks = data.check_tasks(tasks or data.DEFAULT_TASKS)
     recording = affinity_settings(lookahead, every_n=every_n, lookahead_rule=lookahead_rule,
                                   divide_by_lr=divide_by_lr)
-    experiment = build_experiment(
-        data_dir=data_dir, tasks=tasks, seed=seed, batch_size=batch_size,
-        image_size=image_size, learning_rate=learning_rate,
-        lr_halving_epochs=lr_halving_epochs, cache=cache, shuffle_buffer=shuffle_buffer,
-        limit=limit, lookahead=lookahead)
+
+    def experiment_for(run_seed: int) -> pipeline.Experiment:
+        return build_experiment(
+            data_dir=data_dir, tasks=tasks, seed=run_seed, batch_size=batch_size,
+            image_size=image_size, learning_rate=learning_rate,
+            lr_halving_epochs=lr_halving_epochs, cache=cache, shuffle_buffer=shuffle_buffer,
+            limit=limit, lookahead=lookahead)
+
+    experiment = dataclasses.replace(experiment_for(seed), for_seed=experiment_for)
     options = build_options(
         epochs=epochs, patience=patience, seed=seed, steps_per_epoch=steps_per_epoch,
         verbose=verbose, affinity_batch=affinity_batch, **recording,
@@ -261,7 +268,8 @@ def main(argv):
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, cache=FLAGS.cache,
         shuffle_buffer=FLAGS.shuffle_buffer, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, runtime=runtime_fields(FLAGS))
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
+        runtime={**runtime_fields(FLAGS), **seed_option_fields(FLAGS)})
 
 
 if __name__ == "__main__":

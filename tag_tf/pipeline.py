@@ -41,8 +41,22 @@ validation loss, restores the best weights and evaluates each task on the test s
    "test_error": {task: error of its serving network}, "test_loss": {task: ...},
    "total_test_error": sum over tasks, "mean_test_error": mean over tasks,
    "affinity": {"measure", "path", "tasks", "matrix", "epochs_used"}   # affinity / cs
-   "selection": {"path", "budgets", "selections": [...]}               # affinity / cs
-   "groups": {"selection_path", "budget", "table"}}                    # groups
+   "selection": {"path", "budgets", "selections": [...], "uncertainty"} # affinity / cs
+   "groups": {"selection_path", "budget", "table", "comparisons"}}     # groups
+
+Robustness: with ``Options.bootstrap`` resamples (default 200) every selection in
+``selection.json`` carries ``robustness`` (``stability``, ``objective_ci``, ``alternative``,
+``margin`` in standard errors, ``verdict``: ``robust`` / ``within noise`` / ``forced``),
+resampling the epochs the mean is over (their batch-means ``stderr`` is stored in the
+affinity file) or, with several seeds, the runs.
+
+Several seeds (``Options.seeds = K``): each run goes to ``seed_<s>/``; the top-level
+``results.json`` adds ``"seeds"``, ``"runs"`` (per seed: ``test_error``, ``test_loss``,
+``total_test_error``, ``mean_test_error``) and ``<key>_std`` (std over runs, ddof 1) next
+to each of those keys, which then hold the mean over runs; ``affinity`` / ``cs`` write the
+pooled matrix (``affinity_io.pool_records``) at the top level and select from it.
+``groups`` with ``mtl_results`` / ``stl_results`` adds ``comparisons`` (see
+:func:`compare_errors`).
 
 References:
   Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task Learning",
@@ -66,6 +80,7 @@ from absl import logging
 import tag_tf
 from tag_tf import affinity_io
 from tag_tf import heatmap
+from tag_tf import uncertainty as uncertainty_lib
 
 MODES = ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups")
 RESULTS_FORMAT = "tag_tf.pipeline/v1"
@@ -103,6 +118,10 @@ class Experiment:
       gradnorm_fn: ``gradnorm_fn(alpha)`` -> the ``gradnorm`` mode's weighting, e.g. a
         :class:`tag_tf.RepresentationGradNorm`; None: ``tag_tf.GradNorm(alpha=alpha,
         layer=gradnorm_layer)``.
+      for_seed: ``for_seed(seed) -> Experiment``: the same experiment with everything the
+        dataset seeds itself (initialisers, data order, augmentation) seeded by ``seed``;
+        used for ``Options.seeds > 1``. None: only ``Options.seed`` changes between the
+        trainings, which varies nothing that ``network_fn`` or the data seed themselves.
     """
 
     tasks: Sequence[str]
@@ -118,6 +137,7 @@ class Experiment:
     error_name: str = "loss"
     gradnorm_layer: Optional[str] = None
     gradnorm_fn: Optional[Callable[[float], Any]] = None
+    for_seed: Optional[Callable[[int], "Experiment"]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +172,15 @@ class Options:
       gradnorm_alpha: GradNorm's alpha.
       save_weights: write each trained network's weights to ``network_<k>.weights.h5``.
       log_dir: TensorBoard directory (affinity scalars and heatmaps), or None.
+      bootstrap: resamples of the selection's robustness check in ``affinity`` / ``cs``
+        (stability, objective interval, best alternative, margin, verdict; see
+        :mod:`tag_tf.selection.robustness`), seeded by ``seed``; 0 = off.
+      seeds: train ``seeds`` times with seeds ``seed, seed + 1, ...`` (each run in
+        ``output_dir/seed_<s>/``). ``affinity`` / ``cs`` pool the runs' matrices (mean,
+        between-run SE) and select from the pool; the other modes report each task's
+        error as mean and std over the runs.
+      mtl_results, stl_results: ``results.json`` of ``mtl`` / ``stl`` runs that ``groups``
+        compares its total test error with (see :func:`compare_errors`).
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (:func:`make_strategy`);
         the datasets' batch stays the global batch, split over the replicas.
       mixed_precision: build networks under ``mixed_float16`` with a ``LossScaleOptimizer``.
@@ -182,6 +211,10 @@ class Options:
     gradnorm_alpha: float = 0.1
     save_weights: bool = False
     log_dir: Optional[str] = None
+    bootstrap: int = 200
+    seeds: int = 1
+    mtl_results: Optional[str] = None
+    stl_results: Optional[str] = None
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     mixed_precision: bool = False
     shard_policy: Literal["data", "file", "auto"] = "data"
@@ -207,6 +240,10 @@ class Options:
         if self.affinity_epochs not in ("all", "until_best"):
             raise ValueError("affinity_epochs must be 'all' or 'until_best'. Received: "
                              f"affinity_epochs={self.affinity_epochs!r}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1. Received: seeds={self.seeds}")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be >= 0. Received: bootstrap={self.bootstrap}")
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -609,7 +646,7 @@ def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Option
     if options.affinity_epochs == "until_best" and info["stopped_early"]:
         last = info["best_epoch"]
     if last is not None:
-        record = _restrict_epochs(record, last)
+        record = _with_epoch_stderr(_restrict_epochs(record, last))
         if path:
             affinity_io.save_affinity_json(path, record)
             affinity_io.save_affinity_npz(os.path.join(output_dir, stem + ".npz"), record)
@@ -623,22 +660,265 @@ def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Option
     return entry
 
 
+def _with_epoch_stderr(record: affinity_io.AffinityRecord) -> affinity_io.AffinityRecord:
+    """Adds batch-means standard errors (one block per used epoch) to ``record``.
+
+    Only the epochs the mean is over (``config["epochs_used"]``) count; the full trace
+    is kept. With fewer than 2 such epochs there is no estimate: ``record`` is unchanged.
+    """
+    used = (record.config or {}).get("epochs_used")
+    kept = [e for e in record.epochs or [] if used is None or e["epoch"] in used]
+    if len(kept) < uncertainty_lib.MIN_BLOCKS:
+        return record
+    with_stderr = uncertainty_lib.with_epoch_stderr(record._replace(epochs=kept))
+    return with_stderr._replace(epochs=record.epochs)
+
+
+def _selection_uncertainty(record: affinity_io.AffinityRecord, bootstrap: int,
+                           seed: int) -> tuple[Any, Optional[str]]:
+    """The bootstrap's :class:`Uncertainty` for ``record``, or None and the reason."""
+    from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
+    if bootstrap <= 0:
+        return None, None
+    if len(record.tasks) > robustness.MAX_BOOTSTRAP_TASKS:
+        return None, (f"not assessed: the bootstrap is limited to "
+                      f"{robustness.MAX_BOOTSTRAP_TASKS} tasks ({len(record.tasks)} here)")
+    if record.stderr is not None and not np.any(np.nan_to_num(record.stderr) > 0):
+        return None, ("not assessed: every standard error is zero or unknown (identical "
+                      "runs or epochs?)")
+    used = (record.config or {}).get("epochs_used")
+    kept = [e for e in record.epochs or [] if used is None or e["epoch"] in used]
+    try:
+        return robustness.Uncertainty.from_record(record._replace(epochs=kept),
+                                                  n_resamples=bootstrap, seed=seed), None
+    except ValueError as e:  # no blocks, epochs or stderr: nothing to resample
+        return None, f"not assessed: {e}"
+
+
 def _select(affinity_path: str, tasks: Sequence[str], budgets: Sequence[int],
             output_dir: str, marked_budget: Optional[int] = None,
-            measure: str = "lookahead") -> dict:
+            measure: str = "lookahead", bootstrap: int = 0, seed: int = 0) -> dict:
+    """Selects networks for ``budgets`` from the affinity file and writes ``selection.json``.
+
+    With ``bootstrap`` resamples, every selection also gets its robustness (stability,
+    objective interval, alternative, margin, verdict), resampling the used epochs or the
+    pooled runs of the record.
+    """
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
+    from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
+    from tag_tf.selection import result as result_lib  # pylint: disable=g-import-not-at-top
     usable = sorted({int(b) for b in budgets if 1 <= int(b) <= len(tasks)})
     if not usable:
         return {}
     path = os.path.join(output_dir, SELECTION_FILE)
-    report = api.run_selection(affinity_path=affinity_path, budgets=usable, output_path=path)
-    selections = report.payload["selections"]
+    report = api.run_selection(affinity_path=affinity_path, budgets=usable)
+    record = affinity_io.load_affinity(affinity_path)
+    payload = report.payload
+    uncertainty, note = _selection_uncertainty(record, bootstrap, seed)
+    if uncertainty is not None:
+        assessed = robustness.assess(record.affinity, report.selections, uncertainty,
+                                     tasks=record.tasks)
+        payload["selections"] = [result_lib.selection_to_dict(s) for s in assessed]
+        payload["uncertainty"] = {
+            "source": uncertainty.source, "resamples": uncertainty.n_resamples,
+            "seed": uncertainty.seed, "confidence": uncertainty.confidence,
+            "robust_if": f"stability >= {robustness.ROBUST_STABILITY} and margin >= "
+                         f"{robustness.ROBUST_MARGIN} SE"}
+    elif note:
+        payload["uncertainty"] = {"skipped": note}
+    api.write_json(path, payload)
+    selections = payload["selections"]
     # Redraw the heatmap with one budget's networks outlined: ``budget`` if given, else the first.
     marked = next((s for s in selections if s["budget"] == marked_budget), selections[0])
-    heatmap.save_record_heatmap(affinity_path[:-len(".json")] + ".png",
-                                affinity_io.load_affinity(affinity_path), measure=measure,
-                                selection=marked)
-    return {"path": path, "budgets": usable, "selections": selections}
+    heatmap.save_record_heatmap(affinity_path[:-len(".json")] + ".png", record,
+                                measure=measure, selection=marked)
+    return {"path": path, "budgets": usable, "selections": selections,
+            "uncertainty": payload.get("uncertainty")}
+
+
+# --------------------------------------------------------------------------- several seeds
+def _run_seeds(mode: str, experiment: Experiment, options: Options,
+               output_dir: Optional[str]) -> dict:
+    """``options.seeds`` runs of ``mode`` (seeds ``seed, seed + 1, ...``), then combined.
+
+    Each run is :func:`run` with one seed, written to ``output_dir/seed_<s>/``. Affinity
+    modes pool the matrices (:func:`tag_tf.affinity_io.pool_records`) into the top-level
+    affinity files and select from the pool; every mode reports the per-task test error
+    as mean and std (ddof 1) over the runs.
+    """
+    start = time.perf_counter()
+    tasks = affinity_io.validate_tasks(experiment.tasks)
+    seeds = [options.seed + k for k in range(options.seeds)]
+    runs = []
+    for seed in seeds:
+        seeded = experiment if experiment.for_seed is None else experiment.for_seed(seed)
+        if not isinstance(seeded, Experiment) or list(seeded.tasks) != tasks:
+            raise ValueError(f"experiment.for_seed({seed}) must return an Experiment with the "
+                             f"same tasks {tasks}. Received: {seeded!r:.200}")
+        per_seed = {k: os.path.join(getattr(options, k), f"seed_{seed}")
+                    for k in ("backup_dir", "log_dir") if getattr(options, k)}
+        single = dataclasses.replace(options, seed=seed, seeds=1, budgets=(), bootstrap=0,
+                                     mtl_results=None, stl_results=None, **per_seed)
+        directory = os.path.join(output_dir, f"seed_{seed}") if output_dir else None
+        runs.append(run(mode, seeded, single, output_dir=directory))
+    served = runs[0]["tasks"]
+    results = {"format": RESULTS_FORMAT, "mode": mode, "tasks": list(served),
+               "error_name": experiment.error_name, "options": options.to_json(),
+               "seeds": seeds,
+               "runs": [{"seed": s, "results_path": (os.path.join(output_dir, f"seed_{s}",
+                                                                   RESULTS_FILE)
+                                                      if output_dir else None),
+                         **{k: r[k] for k in ("test_error", "test_loss", "total_test_error",
+                                              "mean_test_error")}}
+                        for s, r in zip(seeds, runs)],
+               "networks": [{**net, "seed": s} for s, r in zip(seeds, runs)
+                            for net in r["networks"]]}
+    for key in ("test_error", "test_loss"):
+        per_task = {t: [r[key][t] for r in runs if r[key].get(t) is not None] for t in served}
+        results[key] = {t: _mean(v) for t, v in per_task.items()}
+        results[key + "_std"] = {t: _std(v) for t, v in per_task.items()}
+    for key in ("total_test_error", "mean_test_error"):
+        values = [r[key] for r in runs if r[key] is not None]
+        complete = len(values) == len(runs)
+        results[key] = _mean(values) if complete else None
+        results[key + "_std"] = _std(values) if complete else None
+    if mode in _MEASURE_OF_MODE:
+        results["affinity"] = _pool_affinity(runs, seeds, output_dir)
+        path = results["affinity"]["path"]
+        if options.budgets and path:
+            results["selection"] = _select(path, served, options.budgets, output_dir,
+                                           options.budget, results["affinity"]["measure"],
+                                           options.bootstrap, options.seed)
+    if mode == "groups":
+        results["groups"] = runs[0]["groups"]
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def _mean(values: Sequence[float]) -> Optional[float]:
+    return float(np.mean(values)) if values else None
+
+
+def _std(values: Sequence[float]) -> Optional[float]:
+    """Sample standard deviation (ddof 1); None with fewer than 2 values."""
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else None
+
+
+def _pool_affinity(runs: Sequence[dict], seeds: Sequence[int],
+                   output_dir: Optional[str]) -> dict:
+    """Pools the runs' affinity records; writes ``<stem>.{json,npz,png}`` in ``output_dir``."""
+    entries = [r["affinity"] for r in runs]
+    measure = entries[0]["measure"]
+    records = [affinity_io.load_affinity(e["path"]) if e["path"] else
+               affinity_io.AffinityRecord(e["tasks"], np.array(
+                   [[np.nan if v is None else v for v in row] for row in e["matrix"]]))
+               for e in entries]
+    pooled = affinity_io.pool_records(records)
+    path = None
+    if output_dir:
+        stem = os.path.join(output_dir, _FILE_STEMS[measure])
+        path = stem + ".json"
+        affinity_io.save_affinity_json(path, pooled)
+        affinity_io.save_affinity_npz(stem + ".npz", pooled)
+        heatmap.save_record_heatmap(stem + ".png", pooled, measure=measure)
+    entry = {"measure": measure, "path": path, "tasks": list(pooled.tasks),
+             "matrix": [[_finite(v) for v in row] for row in np.asarray(pooled.affinity)],
+             "stderr": [[_finite(v) for v in row] for row in np.asarray(pooled.stderr)],
+             "pooled_seeds": list(seeds), "seed_paths": [e["path"] for e in entries],
+             "epochs_used": {str(s): e["epochs_used"] for s, e in zip(seeds, entries)}}
+    if np.all(np.nan_to_num(pooled.stderr) == 0):
+        entry["warning"] = ("The runs' matrices are identical: the seeds changed nothing (give "
+                            "Experiment.for_seed so the dataset reseeds its network and data).")
+    return entry
+
+
+# --------------------------------------------------------------------------- comparison
+def load_results(path: str) -> dict:
+    """Reads a pipeline ``results.json`` (one seed or several)."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Results file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(results, dict) or "test_error" not in results:
+        raise ValueError(f"{path} is not a pipeline results.json (no 'test_error').")
+    return results
+
+
+def _seed_totals(results: Mapping[str, Any], tasks: Sequence[str], name: str) -> list[float]:
+    """Total test error over ``tasks`` of every run (seed) in ``results``."""
+    runs = results.get("runs") or [results]
+    totals = []
+    for run_result in runs:
+        errors = run_result["test_error"]
+        missing = [t for t in tasks if errors.get(t) is None]
+        if missing:
+            raise ValueError(f"The {name} results have no test error for task(s) {missing}; "
+                             f"they have {sorted(k for k, v in errors.items() if v is not None)}.")
+        totals.append(float(sum(errors[t] for t in tasks)))
+    return totals
+
+
+def compare_errors(results: Mapping[str, Any], reference: Mapping[str, Any], *,
+                   name: str, ours: str = "groups") -> dict:
+    """Compares total test error (over ``results``' tasks; lower is better) with a reference.
+
+    ``difference`` = reference mean total - our mean total (positive: we are better).
+    ``spread`` is the seed-to-seed spread of that difference between single trainings,
+    ``sqrt(std_ours^2 + std_reference^2)`` (std over each side's seeds, ddof 1); a side
+    with one seed is given the other side's std (stated in ``note``); with one seed on both
+    sides the spread is unknown. Verdict: ``"better"`` if difference > spread, ``"worse"``
+    if difference < -spread, else ``"within spread"``; ``"unknown"`` without a spread.
+    """
+    tasks = list(results["tasks"])
+    mine, theirs = _seed_totals(results, tasks, ours), _seed_totals(reference, tasks, name)
+    difference = float(np.mean(theirs) - np.mean(mine))
+    std_mine, std_theirs = _std(mine), _std(theirs)
+    note = None
+    if std_mine is None and std_theirs is None:
+        spread = None
+        note = "both sides ran one seed: no seed spread (run with seeds >= 2)"
+    else:
+        if std_mine is None or std_theirs is None:
+            one, other = (ours, name) if std_mine is None else (name, ours)
+            note = f"{one} ran one seed; its spread is taken to be {other}'s"
+            std_mine = std_theirs if std_mine is None else std_mine
+            std_theirs = std_mine if std_theirs is None else std_theirs
+        spread = float(math.hypot(std_mine, std_theirs))
+    direction = "better" if difference >= 0 else "worse"
+    if spread is None:
+        verdict = "unknown"
+        statement = (f"{ours} are {direction} than {name} by {abs(difference):.4g} total error "
+                     f"(seed spread unknown: run with seeds >= 2)")
+    elif difference > spread:
+        verdict = "better"
+        statement = (f"{ours} beat {name} by {difference:.4g} ± {spread:.4g} "
+                     "(more than the seed spread)")
+    elif difference < -spread:
+        verdict = "worse"
+        statement = (f"{ours} lose to {name} by {-difference:.4g} ± {spread:.4g} "
+                     "(more than the seed spread)")
+    else:
+        verdict = "within spread"
+        statement = (f"{ours} are {direction} than {name} by {abs(difference):.4g} ± "
+                     f"{spread:.4g} total error, within the seed-to-seed spread")
+    return {"reference": name, "tasks": tasks, "total_test_error": float(np.mean(mine)),
+            "reference_total_test_error": float(np.mean(theirs)), "seeds": len(mine),
+            "reference_seeds": len(theirs), "difference": difference, "spread": spread,
+            "verdict": verdict, "statement": statement, "note": note}
+
+
+def _comparisons(results: Mapping[str, Any], options: Options) -> list[dict]:
+    """``groups`` results against the MTL / STL results files given in ``options``."""
+    out = []
+    for name, path in (("MTL", options.mtl_results), ("STL", options.stl_results)):
+        if path:
+            entry = compare_errors(results, load_results(path), name=name)
+            entry["reference_path"] = os.path.abspath(path)
+            out.append(entry)
+    return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -678,6 +958,12 @@ def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
         networks = [ChosenNetwork((t,), (t,)) for t in tasks]
     else:
         networks = [ChosenNetwork(tuple(tasks), tuple(tasks))]
+    if (options.mtl_results or options.stl_results) and mode != "groups":
+        raise ValueError("mtl_results / stl_results are compared with in mode 'groups' only. "
+                         f"Received them with mode={mode!r}.")
+    if options.seeds > 1:
+        return _finish_results(_run_seeds(mode, experiment, options, output_dir), options,
+                               output_dir)
 
     infos = []
     for k, chosen_network in enumerate(networks):
@@ -690,7 +976,8 @@ def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
             if options.budgets and output_dir and extra["affinity"]["path"]:
                 extra["selection"] = _select(extra["affinity"]["path"], tasks,
                                              options.budgets, output_dir, options.budget,
-                                             extra["affinity"]["measure"])
+                                             extra["affinity"]["measure"],
+                                             options.bootstrap, options.seed)
         del model
         keras.backend.clear_session()
 
@@ -714,6 +1001,15 @@ def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
         "mean_test_error": float(np.mean(errors)) if len(errors) == len(tasks) else None,
         **extra,
     }
+    return _finish_results(results, options, output_dir)
+
+
+def _finish_results(results: dict, options: Options, output_dir: Optional[str]) -> dict:
+    """Adds ``groups``' comparisons with MTL / STL results, writes ``results.json``."""
+    if results["mode"] == "groups":
+        comparisons = _comparisons(results, options)
+        if comparisons:
+            results["groups"]["comparisons"] = comparisons
     if output_dir:
         write_results(os.path.join(output_dir, RESULTS_FILE), results)
     return results
@@ -733,39 +1029,77 @@ def _fmt(value: Optional[float], spec: str = ".4g") -> str:
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
-    """A short human summary: networks, per-task test error and loss, total, affinity."""
+    """A short human summary: networks, per-task test error and loss, total, affinity.
+
+    With several seeds, errors read ``mean ± std`` over the trainings; selections show
+    their robustness verdict; ``groups`` states how it compares with MTL / STL.
+    """
     tasks = results["tasks"]
+    seeds = results.get("seeds")
     lines = [f"mode {results['mode']}: {len(tasks)} task(s), {len(results['networks'])} "
              f"network(s), {results['seconds']:.1f} s"]
+    if seeds:
+        lines.append(f"  {len(seeds)} trainings, seeds {seeds}: errors are mean ± std over "
+                     "them")
     for k, net in enumerate(results["networks"], start=1):
         stop = "early stop" if net["stopped_early"] else "no early stop"
-        lines.append(f"  network {k}: {{{', '.join(net['tasks'])}}}  {net['epochs_run']} "
+        seed = f" seed {net['seed']}" if "seed" in net else ""
+        lines.append(f"  network {k}{seed}: {{{', '.join(net['tasks'])}}}  {net['epochs_run']} "
                      f"epoch(s), best {net['best_epoch'] + 1} ({stop}), summed val loss "
                      f"{_fmt(net['best_validation_loss'])}, {net['seconds']:.1f} s")
-    served_by = {t: k for k, net in enumerate(results["networks"], start=1)
-                 for t in net["serves"]}
+    first = [net for net in results["networks"]
+             if not seeds or net.get("seed") == seeds[0]]
+    served_by = {t: k for k, net in enumerate(first, start=1) for t in net["serves"]}
     width = max(len(t) for t in tasks + ["total"])
     name = results.get("error_name", "error")
+
+    def value(key, task=None):
+        mean = results[key] if task is None else results[key][task]
+        std = results.get(key + "_std")
+        std = std if task is None or std is None else std.get(task)
+        return _fmt(mean) + (f" ± {_fmt(std)}" if seeds and std is not None else "")
+
     lines.append(f"  {'task'.ljust(width)}  network  test {name:>10}  test loss")
     for task in tasks:
         lines.append(f"  {task.ljust(width)}  {str(served_by.get(task, '-')).rjust(7)}  "
-                     f"{_fmt(results['test_error'][task]).rjust(15)}  "
-                     f"{_fmt(results['test_loss'][task])}")
+                     f"{value('test_error', task).rjust(15)}  {value('test_loss', task)}")
     lines.append(f"  {'total'.ljust(width)}  {''.rjust(7)}  "
-                 f"{_fmt(results['total_test_error']).rjust(15)}")
+                 f"{value('total_test_error').rjust(15)}")
     if "affinity" in results:
         entry = results["affinity"]
         matrix = np.array([[np.nan if v is None else v for v in row] for row in entry["matrix"]])
-        lines.append(f"  {entry['measure']} affinity [source, target] over epochs "
-                     f"{entry['epochs_used']} -> {entry['path']}")
+        over = (f"pooled over seeds {entry['pooled_seeds']}" if "pooled_seeds" in entry
+                else f"over epochs {entry['epochs_used']}")
+        lines.append(f"  {entry['measure']} affinity [source, target] {over} -> "
+                     f"{entry['path']}")
         lines.append("    " + heatmap.format_matrix(matrix, entry["tasks"]).replace("\n", "\n    "))
+        if entry.get("warning"):
+            lines.append(f"  WARNING: {entry['warning']}")
     if results.get("selection"):
-        lines.append(f"  selection -> {results['selection']['path']}")
-        for s in results["selection"]["selections"]:
+        selection = results["selection"]
+        lines.append(f"  selection -> {selection['path']}")
+        uncertainty = selection.get("uncertainty") or {}
+        if "source" in uncertainty:
+            lines.append(f"    robustness: {uncertainty['resamples']} resamples, "
+                         f"{uncertainty['source']}; robust if {uncertainty['robust_if']}")
+        elif "skipped" in uncertainty:
+            lines.append(f"    robustness {uncertainty['skipped']}")
+        for s in selection["selections"]:
             nets = " ".join("{" + ",".join(n["tasks"]) + "}" for n in s["networks"])
             lines.append(f"    budget {s['budget']}: {nets}  objective {_fmt(s['objective'])}")
+            r = s.get("robustness")
+            if r:
+                low, high = r["objective_ci"]
+                text = (f"      {r['verdict'].upper()}: stability {r['stability']:.2f}, "
+                        f"{100 * r['confidence']:.0f}% CI [{_fmt(low)}, {_fmt(high)}]")
+                if r.get("alternative"):
+                    alt = " ".join("{" + ",".join(n) + "}" for n in r["alternative"])
+                    text += f", margin {_fmt(r['margin'], '.3g')} SE over {alt}"
+                lines.append(text)
     if "groups" in results:
         g = results["groups"]
         lines.append(f"  selection {g['selection_path']} (budget {g['budget']}"
                      + (f", table {g['table']}" if g["table"] else "") + ")")
+        for c in g.get("comparisons", []):
+            lines.append(f"  {c['statement']}" + (f" [{c['note']}]" if c.get("note") else ""))
     return "\n".join(lines)

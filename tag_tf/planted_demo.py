@@ -27,6 +27,7 @@ from tag_tf import heatmap
 from tag_tf.heatmap import format_matrix
 from tag_tf.model import MultiTaskModel
 
+BOOTSTRAP = 200  # resamples of the selection's robustness check
 # A task "trained" if its final training MSE is at most this fraction of its trivial loss.
 LOSS_RATIO_THRESHOLD = 0.5
 TRAIN_EXAMPLES = 8192
@@ -166,9 +167,19 @@ def _select(record, budgets, output_dir, marked_budget=None):
     budgets = [b for b in budgets if 1 <= b <= len(record.tasks)]
     if not budgets:
         return []
-    selections = selection.select_networks(record.affinity, budgets, tasks=record.tasks)
+    # Robustness: a block bootstrap over the epochs (one block each) when there are 2+.
+    uncertainty = (selection.Uncertainty.from_record(record, n_resamples=BOOTSTRAP, seed=0)
+                   if len(record.epochs or []) >= 2 else None)
+    selections = selection.select_networks(record.affinity, budgets, tasks=record.tasks,
+                                           uncertainty=uncertainty)
     print("\nTask groupings chosen from the affinities (paper Sec. 3.2):")
     print(selection.format_selections(selections))
+    for s in selections:
+        if s.robustness is not None and s.budget == marked_budget:
+            print(f"\nIs b = {s.budget} robust? {s.robustness.verdict}: chosen in "
+                  f"{s.robustness.stability:.0%} of {s.robustness.resamples} resamples "
+                  f"({s.robustness.source}), margin {s.robustness.margin:.1f} SE. "
+                  f"{s.robustness.advice}")
     with open(os.path.join(output_dir, "selection.json"), "w") as f:
         json.dump({"tasks": record.tasks,
                    "selections": [selection.selection_to_dict(s) for s in selections]}, f,

@@ -27,6 +27,7 @@ PIPELINE_FLAG_DEFAULTS: dict[str, Any] = {
     "divide_by_lr": True, "budgets": (), "selection": None, "budget": None,
     "selection_table": None, "uw_clipped": True, "gradnorm_alpha": 0.1,
     "steps_per_epoch": None, "save_weights": False, "tensorboard": False, "verbose": 2,
+    "seeds": 1, "bootstrap": 200, "mtl_results": None, "stl_results": None,
     "strategy": "default", "mixed_precision": False, "shard_policy": "data",
     "backup_dir": None, "save_freq": "epoch", "logical_cpus": 0,
 }
@@ -39,9 +40,10 @@ RUNTIME_FLAGS = ("strategy", "mixed_precision", "shard_policy", "backup_dir", "s
 def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     """Defines the :mod:`tag_tf.pipeline` runner flags shared by the dataset scripts.
 
-    Training (``--seed --epochs --batch_size --learning_rate --steps_per_epoch``), affinity
-    (``--every_n --affinity_batch --lookahead --lookahead_rule --divide_by_lr --budgets``),
-    groups (``--selection --budget --selection_table``), baselines (``--uw_clipped
+    Training (``--seed --seeds --epochs --batch_size --learning_rate --steps_per_epoch``),
+    affinity (``--every_n --affinity_batch --lookahead --lookahead_rule --divide_by_lr
+    --budgets --bootstrap``), groups (``--selection --budget --selection_table --mtl_results
+    --stl_results``), baselines (``--uw_clipped
     --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
     --verbose``), and distribution / fault tolerance (``--strategy --mixed_precision
     --shard_policy --backup_dir --save_freq --logical_cpus``; :func:`runtime_fields` turns
@@ -63,6 +65,12 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
                         "runs/<dataset>/<mode>.", **at)
     flags.DEFINE_integer("seed", d["seed"], "Seed of initialisation, shuffling and "
                          "augmentation.", **at)
+    flags.DEFINE_integer("seeds", d["seeds"], "Train K times with seeds seed, seed+1, ..., "
+                         "each run in <output_dir>/seed_<s>/. affinity / cs: the K matrices "
+                         "are pooled (mean, between-run standard error) into the top-level "
+                         "affinity.json and selected from; other modes: each task's test "
+                         "error is reported as mean ± std over the K trainings.", lower_bound=1,
+                         **at)
     flags.DEFINE_integer("epochs", d["epochs"], "Maximum epochs per network.", **at)
     flags.DEFINE_integer("batch_size", d["batch_size"], "Training batch size.", **at)
     flags.DEFINE_float("learning_rate", d["learning_rate"], "Initial SGD learning rate.",
@@ -86,6 +94,10 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
                       "learning rate, as the original code (false: Eq. 1 exactly).", **at)
     flags.DEFINE_list("budgets", [str(b) for b in d["budgets"]], "affinity / cs: select "
                       "networks for these budgets (empty: no selection).", **at)
+    flags.DEFINE_integer("bootstrap", d["bootstrap"], "affinity / cs: resamples of the "
+                         "selection's robustness check (stability, confidence interval, best "
+                         "alternative, margin and verdict in selection.json), resampling the "
+                         "epochs or, with --seeds, the runs; 0 = off.", lower_bound=0, **at)
     flags.DEFINE_string("selection", d["selection"], "groups: selection JSON (affinity "
                         "mode's selection.json, python -m tag_tf.select or the dataset's "
                         "reproduce_selection).", **at)
@@ -93,6 +105,11 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
                          "file.", **at)
     flags.DEFINE_string("selection_table", d["selection_table"], "groups: which table (TAG, "
                         "CS, HOA) of a reproduce_selection file.", **at)
+    flags.DEFINE_string("mtl_results", d["mtl_results"], "groups: results.json of an mtl run "
+                        "to compare the total test error with (beat by more than the seed "
+                        "spread, or within it).", **at)
+    flags.DEFINE_string("stl_results", d["stl_results"], "groups: results.json of an stl run "
+                        "to compare with, as --mtl_results.", **at)
     flags.DEFINE_bool("uw_clipped", d["uw_clipped"], "uw / pcgrad: clipped uncertainty "
                       "weights (tag_tf.UncertaintyWeighting(clipped=True)); false: Kendall et "
                       "al.'s log-variance form.", **at)
@@ -158,6 +175,13 @@ def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
             "shard_policy": registry.shard_policy, "backup_dir": registry.backup_dir,
             "save_freq": parse_save_freq(registry.save_freq),
             "logical_cpus": registry.logical_cpus}
+
+
+def seed_option_fields(registry: flags.FlagValues) -> dict[str, Any]:
+    """The :class:`tag_tf.pipeline.Options` fields of ``--seeds --bootstrap --mtl_results
+    --stl_results`` (flags defined by :func:`define_pipeline_flags`)."""
+    return {name: registry[name].value
+            for name in ("seeds", "bootstrap", "mtl_results", "stl_results")}
 
 
 def own_registry_parser(registry: flags.FlagValues,

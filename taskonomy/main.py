@@ -29,6 +29,7 @@ from __future__ import annotations
 import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import contextlib
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -38,7 +39,7 @@ from absl import flags
 
 from tag_tf import script_flags
 from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
-                                  parse_budgets, runtime_fields)
+                                  parse_budgets, runtime_fields, seed_option_fields)
 from absl import logging
 from taskonomy import data as data_lib
 
@@ -407,7 +408,10 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
                   runtime: Optional[dict] = None) -> dict:
     """Runs one training mode on Taskonomy (see :mod:`tag_tf.pipeline`); returns the results.
 
-    ``runtime``: distribution / precision / backup Options fields (``runtime_fields``).
+    ``runtime``: distribution / precision / backup Options fields (``runtime_fields``) and
+    the ``seeds`` / ``bootstrap`` / ``mtl_results`` / ``stl_results`` fields
+    (``seed_option_fields``); with ``seeds`` > 1 each training rebuilds the experiment
+    (network and data) with its own seed.
 
     ``patience`` None (the original) never stops early but still tests the weights of the best
     validation epoch. ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s
@@ -424,15 +428,23 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
     tasks = data.parse_tasks(tasks)
     recording = affinity_settings(lookahead, every_n=every_n, lookahead_rule=lookahead_rule,
                                   divide_by_lr=divide_by_lr)
-    splits = load_data(data_dir, tasks, tfrecord_dir=tfrecord_dir, splits_dir=splits_dir,
-                       seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                       image_size=image_size, augment=augment, limit=limit)
-    experiment = build_experiment(
-        tasks, splits, seed=seed, batch_size=batch_size, image_size=image_size, widths=widths,
-        learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        min_learning_rate=min_learning_rate, loss_window=loss_window,
-        max_loss_window=max_loss_window, rotate_loss=rotate_loss,
-        mixed_precision=mixed_precision, lookahead=lookahead)
+
+    def splits_for(run_seed: int) -> data_lib.Splits:
+        return load_data(data_dir, tasks, tfrecord_dir=tfrecord_dir, splits_dir=splits_dir,
+                         seed=run_seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         image_size=image_size, augment=augment, limit=limit)
+
+    def experiment_for(run_seed: int, run_splits=None) -> pipeline.Experiment:
+        return build_experiment(
+            tasks, run_splits or splits_for(run_seed), seed=run_seed, batch_size=batch_size,
+            image_size=image_size, widths=widths, learning_rate=learning_rate,
+            momentum=momentum, weight_decay=weight_decay,
+            min_learning_rate=min_learning_rate, loss_window=loss_window,
+            max_loss_window=max_loss_window, rotate_loss=rotate_loss,
+            mixed_precision=mixed_precision, lookahead=lookahead)
+
+    splits = splits_for(seed)
+    experiment = dataclasses.replace(experiment_for(seed, splits), for_seed=experiment_for)
     options = build_options(
         epochs=epochs, patience=patience, seed=seed,
         steps_per_epoch=steps_per_epoch or splits.steps_per_epoch, verbose=verbose,
@@ -546,7 +558,8 @@ def main(argv):
         budget=FLAGS.budget, selection_table=FLAGS.selection_table,
         uw_clipped=FLAGS.uw_clipped, gradnorm_alpha=FLAGS.gradnorm_alpha, limit=FLAGS.limit,
         steps_per_epoch=FLAGS.steps_per_epoch, save_weights=FLAGS.save_weights,
-        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose, runtime=runtime_fields(FLAGS))
+        tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
+        runtime={**runtime_fields(FLAGS), **seed_option_fields(FLAGS)})
 
 
 if __name__ == "__main__":

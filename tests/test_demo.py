@@ -117,3 +117,19 @@ def test_default_demo_trains_every_task_and_recovers_the_clusters(tmp_path, seed
     assert max(ratios.values()) <= planted_demo.LOSS_RATIO_THRESHOLD, ratios
     assert result["all_trained"]
     assert result["recovered"], [s.networks for s in result["selections"]]
+
+
+def test_demo_selection_reports_robustness(tmp_path, capsys):
+    """The demo's selection is bootstrapped over the epochs and says whether b is robust."""
+    from tag_tf import AffinityRecord, planted_demo
+    rng = np.random.default_rng(0)
+    truth = np.array([[0, 3, -1, -1], [3, 0, -1, -1], [-1, -1, 0, 2], [-1, -1, 2, 0.]])
+    epochs = [{"epoch": e, "affinity": (truth + 0.05 * rng.standard_normal((4, 4))).tolist()}
+              for e in range(6)]
+    record = AffinityRecord(["a", "b", "c", "d"], truth, epochs=epochs)
+    selections = planted_demo._select(record, [1, 2], str(tmp_path), marked_budget=2)
+    printed = capsys.readouterr().out
+    assert [s.robustness.verdict for s in selections] == ["forced", "robust"]
+    assert "Is b = 2 robust? robust: chosen in 100% of 200 resamples" in printed
+    with open(os.path.join(tmp_path, "selection.json")) as f:
+        assert json.load(f)["selections"][1]["robustness"]["verdict"] == "robust"

@@ -10,6 +10,7 @@ import pytest
 from tag_tf import affinity_io
 from tag_tf import pipeline
 from tag_tf import synthetic
+from tag_tf import uncertainty
 from tag_tf.selection import api as selection_api
 
 
@@ -80,11 +81,12 @@ def test_summed_validation_loss():
     assert single["val_summed_loss"] == 0.5
 
 
-def _experiment(num_tasks=3, **overrides):
+def _experiment(num_tasks=3, seed=0, **overrides):
     problem = synthetic.planted_tasks(num_tasks, min(num_tasks, 3))
     kwargs = dict(
         tasks=problem.tasks,
-        network_fn=lambda tasks: synthetic.planted_network(list(tasks), problem.input_dim),
+        network_fn=lambda tasks: synthetic.planted_network(list(tasks), problem.input_dim,
+                                                           seed=seed),
         shared=list(synthetic.SHARED_LAYERS),
         loss_fn=lambda task: "mse",
         train_data=problem.dataset(64, batch_size=16, seed=0),
@@ -104,7 +106,10 @@ def test_argument_errors(tmp_path):
     other = _write(tmp_path / "sel.json", {"networks": [{"tasks": ["task_0", "zzz"]}]})
     with pytest.raises(ValueError, match="zzz"):
         pipeline.run("groups", experiment, pipeline.Options(selection_path=other))
-    for bad in (dict(epochs=0), dict(patience=-1), dict(affinity_epochs="best")):
+    with pytest.raises(ValueError, match="groups"):
+        pipeline.run("mtl", experiment, pipeline.Options(mtl_results="m.json"))
+    for bad in (dict(epochs=0), dict(patience=-1), dict(affinity_epochs="best"),
+                dict(seeds=0), dict(bootstrap=-1)):
         with pytest.raises(ValueError):
             pipeline.Options(**bad)
 
@@ -134,6 +139,93 @@ def test_affinity_config_of_each_mode():
     assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
     assert pipeline._affinity_config("mtl", options, None) is None
     assert options.to_json()["affinity_window"] == "first"
+
+
+def _traced_record(epochs=6, noise=0.05, seed=0):
+    """Two planted pairs {a,b} {c,d}, one noisy matrix per epoch, as AffinityLogger writes."""
+    rng = np.random.default_rng(seed)
+    tasks = ["a", "b", "c", "d"]
+    truth = np.array([[0, 3, -1, -1], [3, 0, -1, -1], [-1, -1, 0, 2], [-1, -1, 2, 0.]])
+    means = truth + noise * rng.standard_normal((epochs, 4, 4))
+    trace = [{"epoch": e, "affinity": m.tolist(), "counts": np.full((4, 4), 5).tolist(),
+              "skipped": np.zeros((4, 4), int).tolist()} for e, m in enumerate(means)]
+    return affinity_io.AffinityRecord(tasks, means.mean(axis=0), counts=np.full((4, 4), 30),
+                                      epochs=trace, config={})
+
+
+def test_epoch_stderr_uses_only_the_epochs_of_the_mean():
+    record = pipeline._restrict_epochs(_traced_record(), 3)  # epochs 0..3 of 0..5
+    with_stderr = pipeline._with_epoch_stderr(record)
+    expected = uncertainty.from_epochs(record.epochs[:4])
+    np.testing.assert_allclose(with_stderr.stderr, expected.stderr)
+    assert with_stderr.block_means.shape == (4, 4, 4) and len(with_stderr.epochs) == 6
+    one_epoch = pipeline._restrict_epochs(_traced_record(), 0)
+    assert pipeline._with_epoch_stderr(one_epoch).stderr is None  # no estimate from 1 block
+
+
+def test_selection_json_carries_robustness(tmp_path):
+    path = str(tmp_path / "affinity.json")
+    affinity_io.save_affinity_json(path, pipeline._with_epoch_stderr(_traced_record()))
+    entry = pipeline._select(path, ["a", "b", "c", "d"], [1, 2, 3], str(tmp_path),
+                             bootstrap=40, seed=1)
+    with open(entry["path"]) as f:
+        payload = json.load(f)
+    assert "epoch" in payload["uncertainty"]["source"]
+    assert payload["uncertainty"]["resamples"] == 40 and payload["uncertainty"]["seed"] == 1
+    by_budget = {s["budget"]: s["robustness"] for s in payload["selections"]}
+    for r in by_budget.values():
+        assert {"stability", "objective_ci", "alternative", "margin", "verdict"} <= set(r)
+    assert by_budget[1]["verdict"] == "forced"
+    assert by_budget[2]["verdict"] == "robust" and by_budget[2]["stability"] == 1.0
+    assert entry["selections"] == payload["selections"]
+    summary = pipeline.format_summary({
+        "mode": "affinity", "tasks": ["a"], "seconds": 0.0, "networks": [],
+        "test_error": {"a": 1.0}, "test_loss": {"a": 1.0}, "total_test_error": 1.0,
+        "selection": entry})
+    assert "ROBUST: stability 1.00" in summary and "FORCED" in summary
+
+    noisy = str(tmp_path / "noisy" / "affinity.json")
+    affinity_io.save_affinity_json(noisy, _traced_record(epochs=6, noise=20.0))
+    entry = pipeline._select(noisy, ["a", "b", "c", "d"], [2], str(tmp_path / "noisy"),
+                             bootstrap=40)
+    assert entry["selections"][0]["robustness"]["verdict"] == "within noise"
+
+    bare = str(tmp_path / "bare" / "affinity.json")  # one epoch, no stderr: not assessed
+    record = _traced_record(epochs=1)
+    affinity_io.save_affinity_json(bare, record)
+    entry = pipeline._select(bare, record.tasks, [2], str(tmp_path / "bare"), bootstrap=40)
+    assert "not assessed" in entry["uncertainty"]["skipped"]
+    assert entry["selections"][0]["robustness"] is None
+
+    same = str(tmp_path / "same" / "affinity.json")  # identical runs: zero spread
+    affinity_io.save_affinity_json(same, affinity_io.pool_records([record, record]))
+    entry = pipeline._select(same, record.tasks, [2], str(tmp_path / "same"), bootstrap=40)
+    assert "zero" in entry["uncertainty"]["skipped"]
+
+
+def _results(totals_by_seed, tasks=("a", "b")):
+    """Made-up results.json content: per-seed errors split evenly over ``tasks``."""
+    runs = [{"test_error": {t: total / len(tasks) for t in tasks}} for total in totals_by_seed]
+    return {"tasks": list(tasks), "test_error": runs[0]["test_error"],
+            **({"runs": runs} if len(runs) > 1 else {})}
+
+
+def test_compare_errors_states_beat_or_within_spread():
+    groups = _results([10.0, 10.2])  # std 0.141
+    beat = pipeline.compare_errors(groups, _results([11.0, 11.2]), name="MTL")
+    assert beat["verdict"] == "better" and beat["difference"] == pytest.approx(1.0)
+    assert beat["spread"] == pytest.approx(0.2)  # hypot(0.141, 0.141)
+    assert beat["statement"] == "groups beat MTL by 1 ± 0.2 (more than the seed spread)"
+    within = pipeline.compare_errors(groups, _results([10.0, 10.4]), name="STL")
+    assert within["verdict"] == "within spread"
+    assert within["statement"] == ("groups are better than STL by 0.1 ± 0.3162 total error, "
+                                   "within the seed-to-seed spread")
+    worse = pipeline.compare_errors(groups, _results([9.0]), name="MTL")
+    assert worse["verdict"] == "worse" and "MTL ran one seed" in worse["note"]
+    unknown = pipeline.compare_errors(_results([10.0]), _results([9.0]), name="MTL")
+    assert unknown["verdict"] == "unknown" and unknown["spread"] is None
+    with pytest.raises(ValueError, match="no test error for task"):
+        pipeline.compare_errors(groups, _results([9.0, 9.1], tasks=("a",)), name="MTL")
 
 
 # ----------------------------------------------------------------------------- slow
@@ -183,3 +275,68 @@ def test_stl_with_an_error_metric(tmp_path):
         assert results["test_error"][task] == network["test"][task]["error"] > 0
         assert results["test_error"][task] != results["test_loss"][task]
 
+
+
+def _seeded_experiment():
+    return _experiment(for_seed=lambda seed: _experiment(seed=seed))
+
+
+@pytest.mark.slow
+def test_affinity_with_two_seeds_pools_the_runs(tmp_path):
+    options = pipeline.Options(epochs=2, patience=None, verbose=0, every_n=1, budgets=(2,),
+                               seeds=2, seed=5, bootstrap=30)
+    out = str(tmp_path / "affinity")
+    results = pipeline.run("affinity", _seeded_experiment(), options, output_dir=out)
+    assert results["seeds"] == [5, 6]
+    runs = [affinity_io.load_affinity(os.path.join(out, f"seed_{s}", "affinity.json"))
+            for s in (5, 6)]
+    assert all(r.stderr is not None for r in runs)  # batch-means SE over the 2 epochs
+    assert not np.allclose(runs[0].affinity, runs[1].affinity)  # the seeds differ
+    pooled = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
+    for order in (runs, runs[::-1]):
+        expected = affinity_io.pool_records(order)
+        np.testing.assert_array_equal(pooled.affinity, expected.affinity)
+        np.testing.assert_array_equal(pooled.stderr, expected.stderr)
+    assert os.path.exists(os.path.join(out, "affinity.npz"))
+    assert not os.path.exists(os.path.join(out, "seed_5", "selection.json"))
+    with open(os.path.join(out, "selection.json")) as f:
+        selection = json.load(f)
+    assert selection["uncertainty"]["source"].startswith("normal draws")  # 2 runs: their SE
+    assert selection["selections"][0]["robustness"]["verdict"] in ("robust", "within noise")
+    for task in results["tasks"]:
+        per_seed = [run["test_error"][task] for run in results["runs"]]
+        assert results["test_error"][task] == pytest.approx(np.mean(per_seed))
+        assert results["test_error_std"][task] == pytest.approx(np.std(per_seed, ddof=1))
+    summary = pipeline.format_summary(results)
+    assert "pooled over seeds [5, 6]" in summary and " ± " in summary
+
+
+@pytest.mark.slow
+def test_groups_with_two_seeds_reports_spread_and_compares(tmp_path):
+    experiment = _seeded_experiment()
+    tasks = list(experiment.tasks)
+    selection = _write(tmp_path / "sel.json", {"networks": [{"tasks": tasks[:2]},
+                                                            {"tasks": tasks[2:]}]})
+    made_up = {"mtl": 1e6, "stl": 0.0}  # far worse / far better than any real run
+    paths = {}
+    for name, error in made_up.items():
+        paths[name] = _write(tmp_path / f"{name}.json", {
+            "tasks": tasks, "test_error": {t: error for t in tasks},
+            "runs": [{"test_error": {t: error + d for t in tasks}} for d in (0.0, 0.01)]})
+    options = pipeline.Options(epochs=1, patience=None, verbose=0, seeds=2,
+                               selection_path=selection, mtl_results=paths["mtl"],
+                               stl_results=paths["stl"])
+    out = str(tmp_path / "groups")
+    results = pipeline.run("groups", experiment, options, output_dir=out)
+    assert len(results["networks"]) == 4 and len(results["runs"]) == 2
+    assert all(os.path.exists(os.path.join(out, f"seed_{s}", "results.json")) for s in (0, 1))
+    totals = [run["total_test_error"] for run in results["runs"]]
+    assert results["total_test_error_std"] == pytest.approx(np.std(totals, ddof=1))
+    assert results["total_test_error_std"] > 0  # the seeds differ
+    mtl, stl = results["groups"]["comparisons"]
+    assert mtl["verdict"] == "better" and "groups beat MTL by" in mtl["statement"]
+    assert stl["verdict"] == "worse" and "groups lose to STL by" in stl["statement"]
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["groups"]["comparisons"][0]["reference"] == "MTL"
+    summary = pipeline.format_summary(results)
+    assert "(more than the seed spread)" in summary and " ± " in summary

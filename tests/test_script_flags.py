@@ -29,6 +29,26 @@ def test_unknown_flag_and_help_exit(capsys):
     assert help_exit.value.code == 0 and "usage text" in capsys.readouterr().out
 
 
+def test_pipeline_seed_flags_parse_into_options_fields():
+    from tag_tf import pipeline
+    from tag_tf.script_flags import define_pipeline_flags, seed_option_fields
+    registry = flags.FlagValues()
+    define_pipeline_flags(registry)
+    own_registry_parser(registry, "usage")(["prog"])
+    assert seed_option_fields(registry) == {"seeds": 1, "bootstrap": 200, "mtl_results": None,
+                                            "stl_results": None}
+    own_registry_parser(registry, "usage")(
+        ["prog", "--seeds=3", "--bootstrap=0", "--mtl_results=m.json", "--stl_results=s.json"])
+    fields = seed_option_fields(registry)
+    assert fields == {"seeds": 3, "bootstrap": 0, "mtl_results": "m.json",
+                      "stl_results": "s.json"}
+    assert pipeline.Options(**fields).seeds == 3
+    fresh = flags.FlagValues()
+    define_pipeline_flags(fresh)
+    with pytest.raises(SystemExit):  # a seed count below 1 is a usage error
+        own_registry_parser(fresh, "usage")(["prog", "--seeds=0"])
+
+
 # ------------------------------------------------- distribution / backup flags (pipeline)
 def pipeline_registry():
     from tag_tf.script_flags import define_pipeline_flags  # pylint: disable=g-import-not-at-top
