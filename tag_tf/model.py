@@ -396,7 +396,7 @@ class MultiTaskModel(keras.Model):
         task_losses = self._task_losses
         network = self.network
         loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
-        lr = lookahead.current_learning_rate(self.optimizer)
+        lr = lookahead.current_learning_rate(self.optimizer) * config.lookahead_scale
         lookahead_on = "lookahead" in config.measures
 
         if lookahead_on and config.batch == "validation":
