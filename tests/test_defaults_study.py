@@ -8,7 +8,7 @@ import pytest
 
 from tag_tf.experiments import defaults_study as study
 from tag_tf.experiments import table3
-from tag_tf.experiments.synthetic_cases import HELPING_TASKS, HelpingTasksAdapter
+from tag_tf.experiments.synthetic_cases import DEFAULT_TASKS, HELPING_TASKS, HelpingTasksAdapter
 from tag_tf.selection.problem import mask_members
 from tests.harness_testing import assert_finite_numbers, no_training
 
@@ -92,7 +92,8 @@ def test_seeds_and_adapter_checks(tmp_path):
 
 def test_helping_tasks_adapter():
     adapter = HelpingTasksAdapter()
-    assert adapter.problem.tasks == list(HELPING_TASKS)
+    assert adapter.problem.tasks == list(DEFAULT_TASKS)
+    assert HelpingTasksAdapter(tasks=tuple(HELPING_TASKS)).problem.tasks == list(HELPING_TASKS)
     weights = adapter.problem.label_weights(64)
     assert weights["a_clean"].sum() == 64 and weights["a_few"].sum() == 4
     assert weights["b_1"].sum() == weights["b_2"].sum() == 16
@@ -120,8 +121,11 @@ def test_toy_study_and_rerun_without_training(tmp_path, monkeypatch):
     variants = [study.BASE, study.parse_variant("scale=10+every_n=1")]
     kwargs = dict(cache_dir=str(tmp_path / "cache"), seeds=[0, 1], budgets=[1, 2],
                   variants=variants, rg_samples=20, log=lambda _: None)
+    # Seed 0's variant runs prefilled (as another process would): run() reuses them.
+    assert study.prefill(HelpingTasksAdapter(**TOY), 0, cache_dir=kwargs["cache_dir"],
+                         variants=variants, ground_truth=False, log=lambda _: None) == 2
     out = study.run(HelpingTasksAdapter(**TOY), output_dir=str(tmp_path / "s"), **kwargs)
-    assert (out["trainings_run"], out["trainings_reused"]) == (2 * (7 + 2), 0)
+    assert (out["trainings_run"], out["trainings_reused"]) == (2 * (7 + 2) - 2, 2)
     with open(out["outputs"]["json"]) as f:
         payload = json.load(f)
     assert_finite_numbers(payload)

@@ -49,8 +49,8 @@ class Variant(NamedTuple):
 
 
 BASE = Variant("base")
-VARIANTS = ("base", "rule=optimizer", "every_n=1", "every_n=50", "window=first",
-            "window=final", "scale=0.1", "scale=10")
+VARIANTS = ("base", "rule=optimizer", "scale=0.1", "scale=10", "window=first",
+            "window=final", "every_n=50", "every_n=1")
 _KEYS = {"rule": "rule", "every_n": "every_n", "window": "window", "scale": "lookahead_scale"}
 
 
@@ -289,6 +289,19 @@ def run(adapter: Any, *, cache_dir: str, output_dir: str, seeds: Sequence[int] =
     return payload
 
 
+def prefill(adapter: Any, seed: int, *, cache_dir: str, variants: Sequence[Variant] = (),
+            ground_truth: bool = True, log: Callable[[str], None] = print) -> int:
+    """Trains (into the cache) one seed's ground truth (unless ``ground_truth=False``) and
+    variant affinity runs, so seeds (and the two parts) can run in separate processes
+    before :func:`run` reads them all. Returns the number of trainings run."""
+    harness = StudyHarness(with_seed(adapter, seed), cache_dir, log=log)
+    if ground_truth:
+        table3.ground_truth(harness)
+    for variant in [BASE] + [v for v in variants if v != BASE]:
+        harness.variant_affinity(variant)
+    return harness.cache.misses
+
+
 # ----------------------------------------------------------------------------- markdown
 def _pm(stats: dict, spec: str = ".0f") -> str:
     if stats["mean"] is None:
@@ -362,6 +375,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("rg_samples", 1000, "Random partitions of the random baseline.")
     flags.DEFINE_integer("max_tasks", table3.MAX_TASKS, "Refuse more tasks (2^n - 1 groups).")
     flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism().")
+    flags.DEFINE_integer("prefill_seed", None,
+                         "Only train this seed's ground truth and variant runs into the cache "
+                         "(no report): run one process per seed, then the study without it.")
+    flags.DEFINE_bool("prefill_ground_truth", True,
+                      "With --prefill_seed: also train the ground truth (--noprefill_ground_"
+                      "truth: only the variant affinity runs, e.g. in another process).")
 
 
 def main(argv):
@@ -372,11 +391,17 @@ def main(argv):
     if values.deterministic:
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         tf.config.experimental.enable_op_determinism()
-    payload = run(make_adapter(values.adapter, values.adapter_args),
+    adapter = make_adapter(values.adapter, values.adapter_args)
+    variants = [parse_variant(v) for v in values.variants]
+    if values.prefill_seed is not None:
+        count = prefill(adapter, values.prefill_seed, cache_dir=values.cache_dir,
+                        variants=variants, ground_truth=values.prefill_ground_truth)
+        print(f"seed {values.prefill_seed}: {count} trainings run")
+        return
+    payload = run(adapter,
                   cache_dir=values.cache_dir, output_dir=values.output_dir,
                   seeds=[int(s) for s in values.seeds], budgets=parse_budgets(values.budgets),
-                  variants=[parse_variant(v) for v in values.variants],
-                  rg_samples=values.rg_samples, max_tasks=values.max_tasks)
+                  variants=variants, rg_samples=values.rg_samples, max_tasks=values.max_tasks)
     print(payload["markdown"])
 
 
