@@ -69,6 +69,42 @@ def test_pooled_truth_mean_std_and_grouping_matters():
     assert not study.grouping_matters(noisy, TASKS, refs)["budgets"][2]["matters"]
 
 
+def test_versus_base_is_paired_by_seed():
+    def row(gaps):
+        return {"seeds": [{"mean_gap_closed_percent": g} for g in gaps],
+                "mean_gap_closed_percent": study.mean_std(gaps)}
+    base = row([50.0, 60.0, 70.0])
+    close = study.versus_base(row([55.0, 65.0, 75.0]), base)
+    assert close["mean"] == pytest.approx(5.0) and close["std"] == pytest.approx(0.0)
+    assert not close["beyond_spread"]  # 5 points < the seeds' std of 10
+    far = study.versus_base(row([90.0, 95.0, 100.0]), base)
+    assert far["mean"] == pytest.approx(35.0) and far["beyond_spread"]
+
+
+def test_markdown_of_a_made_up_study():
+    err = _made_up_truth()
+    refs = table3.reference_groupings(err, TASKS, [2], {2: [[(TASKS, TASKS)]]})
+    rows = {}
+    for name, gaps in (("base", [100.0, 50.0]), ("scale=10", [None, 20.0])):
+        seeds = [{"seed": k, "budgets": {2: {"gap_closed_percent": g}},
+                  "mean_gap_closed_percent": g, "affinity_seconds": 1.0}
+                 for k, g in enumerate(gaps)]
+        rows[name] = {"seeds": seeds, "mean_gap_closed_percent": study.mean_std(gaps),
+                      "budgets": {2: {"gap_closed_percent": study.mean_std(gaps)}},
+                      "affinity_seconds": study.mean_std([1.0, 1.0])}
+    for row in rows.values():
+        row["vs_base"] = study.versus_base(row, rows["base"])
+    assert rows["scale=10"]["vs_base"]["n"] == 1  # seed 0 has no gap: left out
+    payload = {"budgets": [2], "error_name": "mse", "references": refs, "seeds": [0, 1],
+               "grouping_matters": study.grouping_matters([err, err], TASKS, refs),
+               "rows": rows, "tasks": TASKS, "adapter": "made_up", "rg_samples": 1,
+               "trainings_run": 0, "trainings_reused": 0, "seconds": 0.0}
+    md = study.format_markdown(payload)
+    assert "| base | 75 ± 35 | 75 ± 35 |  | 1 ± 0 |" in md
+    assert "| scale=10 | 20 ± 0 | 20 ± 0 | -30 ± 0 |" in md
+    assert "| pooled optimum, 2 networks |" in md
+
+
 def test_parse_variant():
     assert study.parse_variant("base") == study.BASE
     v = study.parse_variant("rule=optimizer+every_n=1+window=final+scale=0.1")

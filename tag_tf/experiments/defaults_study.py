@@ -239,6 +239,19 @@ def variant_row(harnesses: Sequence[StudyHarness], variant: Variant, budgets: Se
             "affinity_seconds": mean_std([s["affinity_seconds"] for s in seeds])}
 
 
+def versus_base(row: dict, base: dict) -> dict:
+    """The variant's mean-over-budgets gap closed minus the base's, paired by seed (mean ±
+    std), and whether it is beyond the spread: ``|difference| > max(std of either)``."""
+    diffs = [None if a["mean_gap_closed_percent"] is None
+             or b["mean_gap_closed_percent"] is None
+             else a["mean_gap_closed_percent"] - b["mean_gap_closed_percent"]
+             for a, b in zip(row["seeds"], base["seeds"])]
+    stats = mean_std(diffs)
+    spread = max((r["mean_gap_closed_percent"]["std"] or 0.0) for r in (row, base))
+    beyond = stats["mean"] is not None and abs(stats["mean"]) > spread
+    return {**stats, "beyond_spread": bool(beyond)}
+
+
 # ----------------------------------------------------------------------------- the study
 def run(adapter: Any, *, cache_dir: str, output_dir: str, seeds: Sequence[int] = (0, 1, 2),
         budgets: Sequence[int] = (2, 3, 4), variants: Sequence[Variant] = (),
@@ -268,6 +281,8 @@ def run(adapter: Any, *, cache_dir: str, output_dir: str, seeds: Sequence[int] =
     references = table3.reference_groupings(err, tasks, budgets, partitions)
     matters = grouping_matters(errs, tasks, references)
     rows = {v.name: variant_row(harnesses, v, budgets, err, references) for v in variants}
+    for row in rows.values():
+        row["vs_base"] = versus_base(row, rows[BASE.name])
     payload = {
         "study": "defaults", "adapter": adapter.name,
         "adapter_settings": harnesses[0].adapter.settings(), "tasks": tasks,
@@ -309,6 +324,12 @@ def _pm(stats: dict, spec: str = ".0f") -> str:
     return f"{stats['mean']:{spec}} ± {stats['std']:{spec}}"
 
 
+def _vs(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:+.0f} ± {stats['std']:.0f}" + (" *" if stats["beyond_spread"] else "")
+
+
 def _groups(entry: dict) -> str:
     return " ".join("{" + ",".join(t + ("" if t in n["serves"] else "*") for t in n["tasks"])
                     + "}" for n in entry["networks"])
@@ -321,7 +342,8 @@ def format_markdown(payload: dict) -> str:
     for label, row in payload["rows"].items():
         body.append([label] + [_pm(row["budgets"][b]["gap_closed_percent"]) for b in budgets]
                     + [_pm(row["mean_gap_closed_percent"])]
-                    + [_pm(row["affinity_seconds"], ".1f")])
+                    + [_vs(row["vs_base"]) if label != BASE.name else "",
+                       _pm(row["affinity_seconds"], ".0f")])
     ref_body = [[f"optimal, {b} networks", _groups(refs[b]["optimal"]),
                  report.fmt(refs[b]["optimal"]["total_error"]),
                  report.fmt(refs[b]["random"]["total_error"])] for b in budgets]
@@ -343,7 +365,10 @@ def format_markdown(payload: dict) -> str:
         "closed (`100 * (random - total) / (random - optimal)`, 100 = optimal, 0 = mean "
         f"random grouping). Mean ± sample std over the {len(seeds)} seeds:", "",
         report.markdown_table(["variant"] + [f"gap closed, {b} networks (%)" for b in budgets]
-                              + ["mean over budgets (%)", "affinity training (s)"], body), "",
+                              + ["mean over budgets (%)", "vs base (points)",
+                                 "affinity training (s)"], body), "",
+        "*vs base*: the mean-over-budgets difference to the base, paired by seed (mean ± "
+        "std); `*` = beyond the spread (|difference| larger than either row's std).", "",
         f"Does grouping matter here? Total test {name} on each seed's own table (mean ± std "
         "over seeds); margins = all-in-one minus optimum / single-task minus optimum; "
         "\"yes\" when both margins exceed the larger of the two stds:", "",
