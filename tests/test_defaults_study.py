@@ -79,6 +79,10 @@ def test_versus_base_is_paired_by_seed():
     assert not close["beyond_spread"]  # 5 points < the seeds' std of 10
     far = study.versus_base(row([90.0, 95.0, 100.0]), base)
     assert far["mean"] == pytest.approx(35.0) and far["beyond_spread"]
+    # Steady rows but paired differences that swing more than the mean difference: no.
+    swing = study.versus_base(row([75.0, 55.0, 65.0]), row([40.0, 60.0, 50.0]))
+    assert swing["mean"] == pytest.approx(15.0)  # > both rows' std of 10
+    assert swing["std"] == pytest.approx(20.0) and not swing["beyond_spread"]
 
 
 def test_markdown_of_a_made_up_study():

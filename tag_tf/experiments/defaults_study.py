@@ -241,13 +241,15 @@ def variant_row(harnesses: Sequence[StudyHarness], variant: Variant, budgets: Se
 
 def versus_base(row: dict, base: dict) -> dict:
     """The variant's mean-over-budgets gap closed minus the base's, paired by seed (mean ±
-    std), and whether it is beyond the spread: ``|difference| > max(std of either)``."""
+    std), and whether it is beyond the spread: ``|difference|`` larger than either row's
+    std over seeds and than the std of the paired differences."""
     diffs = [None if a["mean_gap_closed_percent"] is None
              or b["mean_gap_closed_percent"] is None
              else a["mean_gap_closed_percent"] - b["mean_gap_closed_percent"]
              for a, b in zip(row["seeds"], base["seeds"])]
     stats = mean_std(diffs)
-    spread = max((r["mean_gap_closed_percent"]["std"] or 0.0) for r in (row, base))
+    spread = max([(r["mean_gap_closed_percent"]["std"] or 0.0) for r in (row, base)]
+                 + [stats["std"] or 0.0])
     beyond = stats["mean"] is not None and abs(stats["mean"]) > spread
     return {**stats, "beyond_spread": bool(beyond)}
 
@@ -368,7 +370,8 @@ def format_markdown(payload: dict) -> str:
                               + ["mean over budgets (%)", "vs base (points)",
                                  "affinity training (s)"], body), "",
         "*vs base*: the mean-over-budgets difference to the base, paired by seed (mean ± "
-        "std); `*` = beyond the spread (|difference| larger than either row's std).", "",
+        "std); `*` = beyond the spread (|difference| larger than either row's std and than "
+        "the std of the paired differences).", "",
         f"Does grouping matter here? Total test {name} on each seed's own table (mean ± std "
         "over seeds); margins = all-in-one minus optimum / single-task minus optimum; "
         "\"yes\" when both margins exceed the larger of the two stds:", "",
