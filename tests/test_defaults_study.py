@@ -62,6 +62,9 @@ def test_pooled_truth_mean_std_and_grouping_matters():
     assert entry["optimal"]["mean"] == pytest.approx(2.1)
     assert entry["beats"]["single_task"]["margin"] == pytest.approx(0.9)
     assert entry["matters"]
+    paired = entry["beats"]["single_task"]["paired_margin"]
+    assert paired["mean"] == pytest.approx(0.9) and paired["std"] == pytest.approx(0.0)
+    assert entry["beats"]["single_task"]["paired_beyond_std"]
     # Seeds that disagree by more than the margin: not "matters".
     noisy = [base, base + np.where(np.isnan(base), np.nan, 2.0)]
     refs = table3.reference_groupings(study.pooled_truth(noisy), TASKS, [2],

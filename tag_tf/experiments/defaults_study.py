@@ -193,22 +193,29 @@ def grouping_matters(errs: Sequence[np.ndarray], tasks: Sequence[str],
     """Per budget: the pooled-optimal grouping, all-in-one and single-task totals on each
     seed's table (mean ± std), and whether the optimum beats both by more than the std."""
     def per_seed(networks):
-        return mean_std([table3.score_networks(e, tasks, networks)["total_error"]
-                         for e in errs])
+        return [table3.score_networks(e, tasks, networks)["total_error"] for e in errs]
 
-    one = per_seed([(tasks, tasks)])
-    stl = per_seed([([t], [t]) for t in tasks])
+    one_totals = per_seed([(tasks, tasks)])
+    stl_totals = per_seed([([t], [t]) for t in tasks])
+    one, stl = mean_std(one_totals), mean_std(stl_totals)
     out = {"all_in_one": one, "single_task": stl, "budgets": {}}
     for b, ref in references.items():
         networks = [(n["tasks"], n["serves"]) for n in ref["optimal"]["networks"]]
         if not networks:
             continue
-        opt = per_seed(networks)
+        opt_totals = per_seed(networks)
+        opt = mean_std(opt_totals)
         beats = {}
-        for name, other in (("all_in_one", one), ("single_task", stl)):
+        for name, totals, other in (("all_in_one", one_totals, one),
+                                    ("single_task", stl_totals, stl)):
             margin = other["mean"] - opt["mean"]
+            paired = mean_std([None if a is None or o is None else a - o
+                               for a, o in zip(totals, opt_totals)])
             beats[name] = {"margin": margin,
-                           "beyond_std": bool(margin > max(other["std"], opt["std"]))}
+                           "beyond_std": bool(margin > max(other["std"], opt["std"])),
+                           "paired_margin": paired,
+                           "paired_beyond_std": bool(paired["mean"] is not None
+                                                     and paired["mean"] > paired["std"])}
         out["budgets"][b] = {"optimal": opt, "beats": beats,
                              "matters": all(v["beyond_std"] for v in beats.values())}
     return out
@@ -349,14 +356,16 @@ def format_markdown(payload: dict) -> str:
     ref_body = [[f"optimal, {b} networks", _groups(refs[b]["optimal"]),
                  report.fmt(refs[b]["optimal"]["total_error"]),
                  report.fmt(refs[b]["random"]["total_error"])] for b in budgets]
-    check_body = [["all tasks in one network", _pm(matters["all_in_one"], ".4g"), "", ""],
-                  ["one network per task", _pm(matters["single_task"], ".4g"), "", ""]]
+    check_body = [["all tasks in one network", _pm(matters["all_in_one"], ".4g"), "", "", ""],
+                  ["one network per task", _pm(matters["single_task"], ".4g"), "", "", ""]]
     for b, entry in matters["budgets"].items():
         beats = entry["beats"]
         check_body.append([f"pooled optimum, {b} networks", _pm(entry["optimal"], ".4g"),
                            f"{beats['all_in_one']['margin']:.4g} / "
                            f"{beats['single_task']['margin']:.4g}",
-                           "yes" if entry["matters"] else "no"])
+                           "yes" if entry["matters"] else "no",
+                           " / ".join(_pm(beats[k]["paired_margin"], ".3g")
+                                      for k in ("all_in_one", "single_task"))])
     n = len(payload["tasks"])
     return "\n".join([
         f"## Defaults study ({payload['adapter']}: {n} tasks, seeds {seeds})", "",
@@ -374,9 +383,10 @@ def format_markdown(payload: dict) -> str:
         "the std of the paired differences).", "",
         f"Does grouping matter here? Total test {name} on each seed's own table (mean ± std "
         "over seeds); margins = all-in-one minus optimum / single-task minus optimum; "
-        "\"yes\" when both margins exceed the larger of the two stds:", "",
-        report.markdown_table(["grouping", f"total {name}", "margins", "matters"],
-                              check_body), "",
+        "\"yes\" when both margins exceed the larger of the two stds; paired margins = the "
+        "same differences per seed (mean ± std):", "",
+        report.markdown_table(["grouping", f"total {name}", "margins", "matters",
+                               "paired margins"], check_body), "",
         f"Reference groupings on the pooled table (random: mean of {payload['rg_samples']} "
         "random partitions; `*` = a helper, not served):", "",
         report.markdown_table(["grouping", "groups", f"total {name}", f"random total {name}"],
