@@ -32,6 +32,10 @@ class AffinityConfig:
         :mod:`tag_tf.lookahead`).
       divide_by_lr: divide each Z by the current learning rate, as the original
         code did. Default False: Z is Eq. 1 exactly.
+      lookahead_scale: the lookahead step uses ``lr * lookahead_scale`` (``lr`` = the
+        optimizer's current learning rate; with ``rule="optimizer"`` the scaled lr
+        enters the optimizer's formula). Default 1.0: Eq. 1's step. ``divide_by_lr``
+        divides by the scaled lr.
       window: restrict recording to part of training: a name from
         :data:`WINDOWS` ("first", "middle", "final" 25 %), a fraction pair
         ``(start, end)`` in [0, 1], or None for all of training. Fractions are
@@ -53,6 +57,7 @@ class AffinityConfig:
     every_n: int = 10
     rule: LookaheadRule = "sgd"
     divide_by_lr: bool = False
+    lookahead_scale: float = 1.0
     window: Optional[Any] = None
     step_range: Optional[Tuple[int, int]] = None
     batch: AffinityBatch = "train"
@@ -66,6 +71,12 @@ class AffinityConfig:
             raise ValueError(f"every_n must be a positive integer. Received: every_n={self.every_n!r}")
         if self.rule not in LOOKAHEAD_RULES:
             raise ValueError(f"rule must be one of {LOOKAHEAD_RULES}. Received: rule={self.rule!r}")
+        if isinstance(self.lookahead_scale, bool) \
+                or not isinstance(self.lookahead_scale, (int, float)) \
+                or not 0 < self.lookahead_scale < float("inf"):
+            raise ValueError(f"lookahead_scale must be a positive finite number. "
+                             f"Received: lookahead_scale={self.lookahead_scale!r}")
+        object.__setattr__(self, "lookahead_scale", float(self.lookahead_scale))
         if self.batch not in ("train", "validation"):
             raise ValueError(f"batch must be 'train' or 'validation'. Received: batch={self.batch!r}")
         if self.batch == "validation" and self.validation_data is None:
@@ -136,6 +147,7 @@ class AffinityConfig:
             "every_n": self.every_n,
             "rule": self.rule,
             "divide_by_lr": self.divide_by_lr,
+            "lookahead_scale": self.lookahead_scale,
             "window": self.window if isinstance(self.window, str) or self.window is None
             else list(self.window_fractions()),
             "step_range": list(self.step_range) if self.step_range else None,

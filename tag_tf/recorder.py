@@ -207,7 +207,7 @@ class AffinityRecorder:
         network = model.network
         shared = model.shared_variables
         loss_scale = model.optimizer.scale_loss(tf.constant(1.0))
-        lr = lookahead.current_learning_rate(model.optimizer)
+        lr = lookahead.current_learning_rate(model.optimizer) * config.lookahead_scale
         lookahead_on = "lookahead" in config.measures
         float32 = is_mixed(network)
         current = [v.value for v in network.trainable_variables]
