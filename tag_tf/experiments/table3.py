@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from tag_tf.experiments import report
-from tag_tf.experiments.harness import Harness
+from tag_tf.experiments.harness import Harness, rg_saturation_note
 from tag_tf.experiments.train_val import pearson
 from tag_tf.selection.problem import mask_members
 
@@ -347,8 +347,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
                "ground_truth_training_seconds": truth["training_seconds"],
                "references": references, "rg_samples": rg_samples, "seed": seed,
                "rows": rows, "seconds": time.perf_counter() - start,
-               "trainings_run": sum(c.misses for c in caches),
-               "trainings_reused": sum(c.hits for c in caches)}
+               **report.training_counts(caches)}
     markdown = format_markdown(payload)
     payload["outputs"] = report.write_outputs(output_dir, "table3", payload, markdown)
     payload["markdown"] = markdown
@@ -427,9 +426,9 @@ def format_markdown(payload: dict) -> str:
         "the partition into exactly b disjoint networks with the highest total; random = "
         f"mean of {payload['rg_samples']} random partitions (as RG elsewhere, not "
         "trained again).", "",
-        report.markdown_table(["grouping"] + [_nets(b) for b in budgets], ref_body),
-        "", f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
-        f"from the cache; {payload['seconds']:.0f} s in all."])
+        report.markdown_table(["grouping"] + [_nets(b) for b in budgets], ref_body)]
+        + (["", note] if (note := rg_saturation_note(n, budgets)) else [])
+        + ["", report.training_counts_text(payload)])
 
 
 def main(argv):
