@@ -114,6 +114,12 @@ def _op_determinism_enabled() -> bool:
     return bool(tf_config.is_op_determinism_enabled())
 
 
+def _onednn_setting() -> Optional[str]:
+    """``TF_ENABLE_ONEDNN_OPTS`` (None: unset): oneDNN's CPU kernels round differently, so
+    the same training gives other (equally reproducible) numbers with and without them."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+
+
 def steady_seconds(results: dict) -> Optional[float]:
     """Training wall time without the first epoch (tracing, warm-up), or None."""
     epochs = (results.get("epoch_seconds") or [[]])[0]
@@ -243,7 +249,7 @@ class Harness:
                 if k not in _NOT_IN_KEY and not (k in _LATER_OPTIONS and v is None)}
         return cache_lib.to_json_value({"adapter": self.adapter.settings(), "mode": mode,
                                         "tasks": list(tasks), "options": opts,
-                                        "window": window})
+                                        "window": window, "onednn": _onednn_setting()})
 
     def _settings(self, tasks: Sequence[str], mode: str, window: Any,
                   overrides: dict) -> tuple[list[str], pipeline.Options, dict]:
