@@ -432,8 +432,10 @@ def rg_saturation_note(num_tasks: int, budgets: Sequence[int]) -> Optional[str]:
     same = [b for b in budgets if b >= cap]
     if len(same) < 2:
         return None
-    return (f"RG saturates at {cap} networks: a random group has at least 2 tasks, so "
-            f"{num_tasks} tasks give at most {num_tasks} // 2 = {cap} groups, and budgets "
+    plural = "s" if cap != 1 else ""
+    return (f"RG saturates at {cap} network{plural}: a random group has at least 2 tasks, "
+            f"so {num_tasks} tasks give at most {num_tasks} // 2 = {cap} group{plural}, and "
+            f"budgets "
             f"{', '.join(map(str, same))} draw the same random partitions (same seed): "
             "their RG statistics are the same numbers.")
 

@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from tag_tf.experiments import report
-from tag_tf.experiments.harness import Harness, rg_saturation_note
+from tag_tf.experiments.harness import Harness, Training, rg_saturation_note
 from tag_tf.experiments.train_val import pearson
 from tag_tf.selection.problem import mask_members
 
@@ -266,7 +266,7 @@ def variant_harness(harness: Harness, variant: Variant) -> Harness:
             f"(see tag_tf.experiments.adapter).")
     varied = adapter.vary(batch_size_scale=variant.batch_size_scale,
                           learning_rate_scale=variant.learning_rate_scale)
-    return Harness(varied, harness.cache.root, log=harness.log)
+    return Harness(varied, harness.cache.root, log=harness.log, progress=harness.progress)
 
 
 def selection_rows(harness: Harness, label: str, measure: str, budgets: Sequence[int],
@@ -319,6 +319,13 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
     budgets = [int(b) for b in budgets if 1 <= int(b) <= len(tasks)]
     variants = [BASE] + [v for v in variants if not v.is_base]
     harnesses = [variant_harness(harness, v) for v in variants]  # fails early without vary
+    # Progress: every training is known up front (selections are scored, not trained).
+    for h in harnesses:
+        h.plan([h.affinity_training("lookahead")], complete=False)
+    if include_cs:
+        harness.plan([harness.affinity_training("cosine")], complete=False)
+    harness.plan([Training(tuple(tasks[i] for i in mask_members(mask, len(tasks))))
+                  for mask in range(1, 1 << len(tasks))], complete=True)
     harness.log(f"Table 3: ground truth ({(1 << len(tasks)) - 1} task groups)")
     truth = ground_truth(harness)
     err = truth["err"]
