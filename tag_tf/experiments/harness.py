@@ -80,9 +80,9 @@ def make_deterministic() -> None:
     ``enable_op_determinism`` alone is not enough on CPU: with more than one inter-op
     thread, TensorFlow runs independent ops of a training step concurrently, and the
     per-task gradient phases (CS, PCGrad) then gave float results that changed from one
-    process to the next (measured: CS total test error 4.1198107 / 4.1198138 / 4.1198142
-    over runs of one setting; identical with one inter-op thread). One inter-op thread
-    (ops within an op still use every core) makes them bit-identical.
+    process to the next (measured: CS total test error 4.1198107 / 4.1198129 / 4.1198138 /
+    4.1198142 over runs of one setting; the same bits in every run with one inter-op
+    thread). Each op still uses every core (intra-op threads are left alone).
 
     Raises:
       RuntimeError: TensorFlow already started with several inter-op threads (call this
