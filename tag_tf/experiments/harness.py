@@ -81,7 +81,7 @@ def make_deterministic() -> None:
     thread, TensorFlow runs independent ops of a training step concurrently, and the
     per-task gradient phases (CS, PCGrad) then gave float results that changed from one
     process to the next (measured: CS total test error 4.1198107 / 4.1198129 / 4.1198138 /
-    4.1198142 over runs of one setting; the same value in 7 of 7 runs with one inter-op
+    4.1198142 over runs of one setting; the same value in 6 of 6 runs with one inter-op
     thread). Each op still uses every core (intra-op threads are left alone). Known
     residue: at a toy size CS still flipped one rounding in 2 of 7 processes
     (``tests/test_harness_determinism.py``, xfail).
