@@ -5,7 +5,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 
 from tag_tf import pipeline
 from tag_tf.experiments import adapter as adapter_lib

@@ -112,7 +112,8 @@ def is_deterministic() -> bool:
 
 
 def _op_determinism_enabled() -> bool:
-    from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow.python.framework import config as tf_config
     return bool(tf_config.is_op_determinism_enabled())
 
 
