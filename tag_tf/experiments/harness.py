@@ -83,8 +83,8 @@ def make_deterministic() -> None:
     process to the next (measured: CS total test error 4.1198107 / 4.1198129 / 4.1198138 /
     4.1198142 over runs of one setting; the same value in 6 of 6 runs with one inter-op
     thread). Each op still uses every core (intra-op threads are left alone). Known
-    residue: at a toy size CS still flipped one rounding in 2 of 7 processes
-    (``tests/test_harness_determinism.py``, xfail).
+    defect: CS trainings still vary now and then (2 of 7 processes at a toy size, 1 of 4
+    fresh Figure 3 runs; ``tests/test_harness_determinism.py``, xfail).
 
     Raises:
       RuntimeError: TensorFlow already started with several inter-op threads (call this
