@@ -37,7 +37,11 @@ def test_cache_key_and_reuse(tmp_path):
     a = {"mode": "mtl", "tasks": ["a", "b"], "options": {"epochs": 2}}
     assert cache.get_or_run(a, produce)[0] == {"x": 1.5}
     assert cache.get_or_run(dict(reversed(list(a.items()))), produce)[0] == {"x": 1.5}
-    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    # The second call reuses this object's own training: shared, not reused from the cache.
+    assert len(calls) == 1 and (cache.hits, cache.misses, cache.shared) == (0, 1, 1)
+    other = cache_lib.Cache(str(tmp_path))  # a later command on the same directory
+    other.get_or_run(a, produce)
+    assert len(calls) == 1 and (other.hits, other.misses, other.shared) == (1, 0, 0)
     with open(os.path.join(calls[0], "settings.json")) as f:
         assert json.load(f) == a
     b = {**a, "options": {"epochs": 3}}
@@ -109,11 +113,15 @@ def test_train_is_cached_across_harnesses(tmp_path, monkeypatch):
 
 
 def test_training_does_not_depend_on_earlier_trainings(tmp_path):
+    """A, then B, then A again on a fresh cache: A's numbers are the same (in process)."""
     first = _toy_harness(tmp_path / "a").train(["task_0", "task_1"], epochs=2)
     other = _toy_harness(tmp_path / "b")
     other.train(["task_2", "task_3"], epochs=1)  # consumes the process's RNG / data state
+    other.train(["task_1", "task_2", "task_3"], "pcgrad", epochs=1)  # PCGrad's RNG too
     second = other.train(["task_0", "task_1"], epochs=2)
     assert second["test_error"] == first["test_error"]
+    assert second["test_loss"] == first["test_loss"]
+    assert second["networks"][0]["history"] == first["networks"][0]["history"]
 
 
 def test_figure4_toy(tmp_path, monkeypatch):
@@ -165,11 +173,14 @@ def test_figure3_toy_and_rerun_without_training(tmp_path, monkeypatch):
     assert payload["adapter_settings"]["num_tasks"] == 4
     trained = out["trainings_run"]
     assert trained >= 15
+    # An empty cache reuses nothing; networks several methods chose were trained once.
+    assert out["trainings_reused"] == 0 and out["trainings_shared"] > 0
+    assert f"{trained} trainings run, 0 reused from the cache" in md
 
     no_training(monkeypatch)
     again = figure3.run(_toy_harness(tmp_path / "cache"), budgets=[1, 2], rg_samples=1,
                         output_dir=str(tmp_path / "f3b"))
-    assert again["trainings_run"] == 0 and again["trainings_reused"] >= trained
+    assert again["trainings_run"] == 0 and again["trainings_reused"] == trained
     for name in methods:
         for b in (1, 2):
             assert again["methods"][name]["budgets"][b]["total_error"] == \

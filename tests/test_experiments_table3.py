@@ -203,12 +203,19 @@ def _check_payload(out, variant_rows, budgets):
 
 def test_table3_toy_and_rerun_without_training(tmp_path, monkeypatch):
     """Fast: 2 tasks (3 ground-truth trainings), base and lr 2x, no CS."""
-    harness = _toy_harness(tmp_path / "cache", num_tasks=2, num_clusters=1)
+    lines = []
+    harness = Harness(adapter_lib.SyntheticAdapter(**{**TOY, "num_tasks": 2,
+                                                      "num_clusters": 1}),
+                      str(tmp_path / "cache"), log=lines.append)
     variants = [table3.BASE, table3.Variant("lr 2x", learning_rate_scale=2.0)]
     kwargs = dict(budgets=[1, 2], variants=variants, include_cs=False, rg_samples=20)
     out = table3.run(harness, output_dir=str(tmp_path / "t3"), **kwargs)
     _check_payload(out, ["TAG, base", "TAG, lr 2x"], [1, 2])
     assert (out["trainings_run"], out["trainings_reused"]) == (3 + 2, 0)
+    # Every training is planned up front, the variant's too: [1/5] ... [5/5].
+    progress = [line for line in lines if line.startswith("[")]
+    assert [line.split("]")[0] for line in progress] == [f"[{k}/5" for k in range(1, 6)]
+    assert "RG saturates at 1 network:" in out["markdown"]
     rows = out["rows"]
     assert rows["TAG, lr 2x"]["adapter_settings"]["learning_rate"] == pytest.approx(
         2 * out["adapter_settings"]["learning_rate"])

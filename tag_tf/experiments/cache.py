@@ -14,7 +14,10 @@ import json
 import os
 from typing import Any, Callable, Optional
 
-HARNESS_VERSION = 2  # 2: fresh datasets per training (order-independent numbers)
+# 2: fresh datasets per training (order-independent numbers).
+# 3: one inter-op thread (harness.make_deterministic): version-2 entries may hold numbers
+#    of a nondeterministic run, so they are not reused.
+HARNESS_VERSION = 3
 SETTINGS_FILE = "settings.json"
 RESULTS_FILE = "results.json"
 
@@ -31,13 +34,28 @@ class Cache:
 
     Attributes:
       root: the cache directory.
-      hits, misses: how many :meth:`get_or_run` calls reused / produced results.
+      misses: trainings run by this object (the cache did not hold them).
+      hits: distinct trainings found in the cache, finished before this object first
+        asked for them (by an earlier command, or another process).
+      shared: further :meth:`get_or_run` calls for a training this object already ran
+        or found (one network used by several methods or budgets).
     """
 
     def __init__(self, root: str):
         self.root = root
         self.hits = 0
         self.misses = 0
+        self.shared = 0
+        self._seen: set[str] = set()
+
+    def summary(self) -> str:
+        """E.g. ``"39 trainings run, 0 reused from the cache, 46 shared between methods"``."""
+        return (f"{self.misses} trainings run, {self.hits} reused from the cache, "
+                f"{self.shared} shared between methods")
+
+    def holds(self, settings: dict) -> bool:
+        """Whether the training of ``settings`` is finished (on disk)."""
+        return os.path.exists(os.path.join(self.directory(settings), RESULTS_FILE))
 
     def directory(self, settings: dict) -> str:
         return os.path.join(self.root, settings_key(settings)[:20])
@@ -53,9 +71,14 @@ class Cache:
         """The cached results for ``settings``, or ``produce(directory)``'s (which must
         write ``results.json`` into ``directory``). Returns ``(results, directory)``."""
         directory = self.directory(settings)
+        key = settings_key(settings)
         cached = self.lookup(settings)
         if cached is not None:
-            self.hits += 1
+            if key in self._seen:
+                self.shared += 1
+            else:
+                self.hits += 1
+                self._seen.add(key)
             return cached, directory
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, SETTINGS_FILE), "w") as f:
@@ -64,6 +87,7 @@ class Cache:
         if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
             raise RuntimeError(f"The training did not write {RESULTS_FILE} in {directory}.")
         self.misses += 1
+        self._seen.add(key)
         return results, directory
 
 

@@ -7,7 +7,7 @@ import os
 from absl import flags
 
 from tag_tf.experiments import adapter as adapter_lib
-from tag_tf.experiments.harness import Harness
+from tag_tf.experiments.harness import Harness, make_deterministic
 from tag_tf.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
@@ -26,8 +26,9 @@ def define_flags(default_output: str) -> None:
     flags.DEFINE_integer("rg_samples", 2, "Random groupings trained per budget (RG).")
     flags.DEFINE_integer("seed", 0, "Seed of the random groupings.")
     flags.DEFINE_bool("deterministic", True,
-                      "tf.config.experimental.enable_op_determinism(): the same settings "
-                      "give the same numbers (what the cache assumes).")
+                      "Op determinism and one inter-op thread (harness.make_deterministic): "
+                      "the same settings give the same numbers in any process (what the "
+                      "cache assumes).")
 
 
 def budgets() -> list[int]:
@@ -36,8 +37,7 @@ def budgets() -> list[int]:
 
 def harness_from_flags() -> Harness:
     if FLAGS.deterministic:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        tf.config.experimental.enable_op_determinism()
+        make_deterministic()
     adapter = adapter_lib.load_adapter(FLAGS.adapter, FLAGS.adapter_args)
     os.makedirs(FLAGS.cache_dir, exist_ok=True)
     return Harness(adapter, FLAGS.cache_dir)

@@ -304,8 +304,7 @@ def run(adapter: Any, *, cache_dir: str, output_dir: str, seeds: Sequence[int] =
         "ground_truth_training_seconds": sum(t["training_seconds"] for t in truths),
         "references": references, "rg_samples": rg_samples,
         "grouping_matters": matters, "rows": rows,
-        "trainings_run": sum(h.cache.misses for h in harnesses),
-        "trainings_reused": sum(h.cache.hits for h in harnesses),
+        **report.training_counts([h.cache for h in harnesses]),
         "seconds": time.perf_counter() - start}
     markdown = format_markdown(payload)
     payload["outputs"] = report.write_outputs(output_dir, "defaults_study", payload, markdown)
@@ -391,8 +390,7 @@ def format_markdown(payload: dict) -> str:
         "random partitions; `*` = a helper, not served):", "",
         report.markdown_table(["grouping", "groups", f"total {name}", f"random total {name}"],
                               ref_body), "",
-        f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
-        f"from the cache; {payload['seconds']:.0f} s in all."])
+        report.training_counts_text(payload)])
 
 
 # ----------------------------------------------------------------------------- script

@@ -11,18 +11,18 @@ single-task training plus selection for HOA; none for RG).
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Sequence
 
-import numpy as np
 
 from matplotlib.lines import Line2D
 
 from tag_tf import selection as selection_lib
 from tag_tf.experiments import plot
 from tag_tf.experiments import report
-from tag_tf.experiments.harness import Harness
+from tag_tf.experiments.harness import Harness, Training, rg_saturation_note
 
 GROUPED = ("TAG", "CS", "HOA", "RG", "TAG+PCGrad")
 UNGROUPED = ("MTL", "STL", "UW", "GradNorm", "PCGrad")
@@ -42,9 +42,12 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
         for chosen in selections:
             rows[name]["budgets"][chosen.budget] = harness.evaluate_selection(chosen, mode)
 
+    # Progress: the trainings known up front, then those the selections add.
+    harness.plan(_known_trainings(harness, budgets, rg_samples, seed), complete=False)
     harness.log("Figure 3: TAG")
     tag = harness.affinity("lookahead")
     tag_sel, tag_sel_seconds = harness.select(tag.matrix, budgets)
+    harness.plan(_networks(tag_sel) + _networks(tag_sel, "pcgrad"), complete=False)
     grouped("TAG", tag_sel, tag.seconds + tag_sel_seconds,
             extra={"affinity": tag.matrix, "affinity_path": tag.path,
                    "affinity_training_seconds": tag.seconds,
@@ -52,6 +55,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
     harness.log("Figure 3: CS")
     cs = harness.affinity("cosine")
     cs_sel, cs_sel_seconds = harness.select(cs.matrix, budgets)
+    harness.plan(_networks(cs_sel), complete=False)
     grouped("CS", cs_sel, cs.seconds + cs_sel_seconds,
             extra={"similarity": cs.matrix, "affinity_training_seconds": cs.seconds,
                    "selection_seconds": cs_sel_seconds, "settings": cs.settings})
@@ -60,6 +64,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
     t0 = time.perf_counter()
     hoa_sel = selection_lib.select_hoa(pairs["validation"], budgets, tasks=harness.tasks)
     hoa_sel_seconds = time.perf_counter() - t0
+    harness.plan(_networks(hoa_sel), complete=True)
     grouped("HOA", hoa_sel, pairs["seconds"] + hoa_sel_seconds,
             extra={"pair_validation_error": pairs["validation"],
                    "pair_test_error": pairs["test"], "trainings": pairs["trainings"],
@@ -89,7 +94,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
                "options": harness.base_options.to_json(), "budgets": budgets,
                "tasks": harness.tasks, "error_name": error_name, "methods": rows,
                "seconds": time.perf_counter() - start,
-               "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
+               **report.training_counts([harness.cache])}
     figures = plot.outputs(plot_figure(rows, budgets, os.path.join(output_dir, "figure3.png"),
                                        error_name=error_name))
     markdown = format_markdown(payload, figures["png"])
@@ -97,6 +102,24 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
                           **figures}
     payload["markdown"] = markdown
     return payload
+
+
+def _known_trainings(harness: Harness, budgets: Sequence[int], rg_samples: int,
+                     seed: int) -> list[Training]:
+    """The trainings Figure 3 needs whatever the affinities select."""
+    tasks = tuple(harness.tasks)
+    known = [harness.affinity_training("lookahead"), harness.affinity_training("cosine")]
+    known += [Training((t,)) for t in tasks]
+    known += [Training(pair) for pair in itertools.combinations(tasks, 2)]
+    known += [Training(tuple(group)) for b in budgets
+              for partition in harness.random_partitions(b, rg_samples, seed)
+              for group, _ in partition]
+    known += [Training(tasks, mode) for mode in ("mtl", *_MODE.values())]
+    return known
+
+
+def _networks(selections, mode: str = "mtl") -> list[Training]:
+    return [Training(tuple(n.tasks), mode) for chosen in selections for n in chosen.networks]
 
 
 def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
@@ -125,8 +148,10 @@ def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
                                    [[m] + [report.groups_text(rows[m]["budgets"][b]["networks"])
                                            for b in budgets]
                                     for m in ("TAG", "CS", "HOA")]),
-             "", f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} "
-             f"reused from the cache; {payload['seconds']:.0f} s in all."]
+             "", report.training_counts_text(payload)]
+    note = rg_saturation_note(len(payload["tasks"]), budgets)
+    if note:
+        lines[5:5] = ["", note]
     if pngs:
         lines += ["", f"Figure: {', '.join(os.path.basename(p) for p in pngs)} (+ PDF): (a) "
                   "total test error per budget, methods side by side (RG: mean ± std error "

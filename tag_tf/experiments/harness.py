@@ -15,7 +15,7 @@ import itertools
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import keras
 import numpy as np
@@ -74,6 +74,55 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+def make_deterministic() -> None:
+    """Same settings, same numbers, in any process: call before TensorFlow runs anything.
+
+    ``enable_op_determinism`` alone is not enough on CPU: with more than one inter-op
+    thread, TensorFlow runs independent ops of a training step concurrently, and the
+    per-task gradient phases (CS, PCGrad) then gave float results that changed from one
+    process to the next (measured: CS total test error 4.1198107 / 4.1198129 / 4.1198138 /
+    4.1198142 over runs of one setting; the same value in 6 of 6 runs with one inter-op
+    thread). Each op still uses every core (intra-op threads are left alone). Known
+    defect: CS trainings still vary now and then (2 of 7 processes at a toy size, 1 of 4
+    fresh Figure 3 runs; ``tests/test_harness_determinism.py``, xfail).
+
+    Raises:
+      RuntimeError: TensorFlow already started with several inter-op threads (call this
+        before building any dataset or model).
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.enable_op_determinism()
+    if tf.config.threading.get_inter_op_parallelism_threads() == 1:
+        return
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError as e:
+        raise RuntimeError(
+            "make_deterministic() must run before TensorFlow is initialised (it sets one "
+            "inter-op thread); TensorFlow already runs with "
+            f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = one per core)."
+        ) from e
+
+
+def is_deterministic() -> bool:
+    """Whether :func:`make_deterministic` is in force (op determinism, one inter-op thread)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return (tf.config.threading.get_inter_op_parallelism_threads() == 1
+            and _op_determinism_enabled())
+
+
+def _op_determinism_enabled() -> bool:
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow.python.framework import config as tf_config
+    return bool(tf_config.is_op_determinism_enabled())
+
+
+def _onednn_setting() -> Optional[str]:
+    """``TF_ENABLE_ONEDNN_OPTS`` (None: unset): oneDNN's CPU kernels round differently, so
+    the same training gives other (equally reproducible) numbers with and without them."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+
+
 def steady_seconds(results: dict) -> Optional[float]:
     """Training wall time without the first epoch (tracing, warm-up), or None."""
     epochs = (results.get("epoch_seconds") or [[]])[0]
@@ -94,6 +143,81 @@ class AffinityRun(NamedTuple):
         return affinity_io.load_affinity(self.path)
 
 
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Counts the trainings a command runs and prints one line as each starts.
+
+    ``[k/N] <mode> on {tasks}; elapsed <t>, ETA <t>``: ``N`` is the number of trainings
+    this command runs. While the plan is incomplete (later trainings depend on earlier
+    results, e.g. the groups an affinity selects), ``N`` is shown as a lower bound
+    ``>=N`` (``?`` when nothing is planned); the ETA is the mean time of the trainings so
+    far times the ones left (``>=`` likewise).
+    """
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log = log
+        self.start = time.perf_counter()
+        self.seconds = 0.0  # in finished trainings
+        self._done: set[str] = set()
+        self._planned: set[str] = set()
+        self.complete = False
+
+    @property
+    def done(self) -> int:
+        return len(self._done)
+
+    def plan(self, keys: Iterable[str], *, complete: bool = True) -> None:
+        """Adds trainings (cache keys of unfinished ones) this command will run;
+        ``complete``: with these, every training is planned."""
+        self._planned |= set(keys)
+        self.complete = self.complete or complete
+
+    def total(self) -> tuple[Optional[int], bool]:
+        """(trainings this command runs or a lower bound, exact?); (None, False) unknown."""
+        total = len(self._done | self._planned)
+        if total <= self.done:  # nothing (more) planned
+            return None, False
+        return total, self.complete
+
+    def line(self, description: str) -> str:
+        """The progress line of the next training."""
+        k = self.done + 1
+        total, exact = self.total()
+        elapsed = format_duration(time.perf_counter() - self.start)
+        if total is None:
+            return f"[{k}/?] {description}; elapsed {elapsed}, ETA ?"
+        bound = "" if exact else ">="
+        eta = "?"
+        if self.done:
+            eta = bound + format_duration(self.seconds / self.done * (total - self.done))
+        return f"[{k}/{bound}{total}] {description}; elapsed {elapsed}, ETA {eta}"
+
+    def started(self, description: str) -> None:
+        self.log(self.line(description))
+
+    def finished(self, key: str, seconds: float) -> None:
+        self._done.add(key)
+        self.seconds += seconds
+
+
+class Training(NamedTuple):
+    """A training the harness can run: ``Harness.train(tasks, mode, window=, **overrides)``."""
+
+    tasks: tuple[str, ...]
+    mode: str = "mtl"
+    window: Any = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
 class Harness:
     """Cached trainings on one adapter's experiment.
 
@@ -101,13 +225,17 @@ class Harness:
       adapter: a :class:`tag_tf.experiments.adapter.Adapter`.
       cache_dir: the training cache directory (shared by every table).
       log: progress printer.
+      progress: the :class:`Progress` counter (share one between the harnesses of one
+        command); None: a new one.
     """
 
-    def __init__(self, adapter, cache_dir: str, *, log: Callable[[str], None] = print):
+    def __init__(self, adapter, cache_dir: str, *, log: Callable[[str], None] = print,
+                 progress: Optional[Progress] = None):
         self.adapter = adapter
         self.cache = cache_lib.Cache(cache_dir)
         self.base_options = adapter.options()
         self.log = log
+        self.progress = progress if progress is not None else Progress(log)
         experiment = adapter.experiment()
         self.tasks = list(experiment.tasks)
         self.error_name = experiment.error_name
@@ -124,22 +252,55 @@ class Harness:
                 if k not in _NOT_IN_KEY and not (k in _LATER_OPTIONS and v is None)}
         return cache_lib.to_json_value({"adapter": self.adapter.settings(), "mode": mode,
                                         "tasks": list(tasks), "options": opts,
-                                        "window": window})
+                                        "window": window, "onednn": _onednn_setting()})
+
+    def _settings(self, tasks: Sequence[str], mode: str, window: Any,
+                  overrides: dict) -> tuple[list[str], pipeline.Options, dict]:
+        tasks = [t for t in self.tasks if t in set(tasks)]
+        options = self.options(**overrides)
+        return tasks, options, self.training_settings(mode, tasks, options, window)
+
+    def plan(self, trainings: Iterable[Training], *, complete: bool = True) -> int:
+        """Tells :attr:`progress` which trainings this command will need (those not in the
+        cache yet are counted); ``complete``: all of them. Returns how many are new."""
+        keys = set()
+        for t in trainings:
+            _, _, settings = self._settings(t.tasks, t.mode, t.window, dict(t.overrides))
+            if not self.cache.holds(settings):
+                keys.add(cache_lib.settings_key(settings))
+        self.progress.plan(keys, complete=complete)
+        return len(keys)
+
+    def affinity_training(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
+                          window: Any = None, batch: str = "train") -> Training:
+        """The :class:`Training` :meth:`affinity` runs."""
+        overrides = {"affinity_batch": batch}
+        if every_n is not None:
+            overrides["every_n"] = every_n
+        return Training(tuple(self.tasks), _MEASURE_MODE[measure], window,
+                        tuple(sorted(overrides.items())))
 
     def train(self, tasks: Sequence[str], mode: str = "mtl", *, window: Any = None,
               **overrides) -> dict:
-        """Results JSON of ``mode`` on ``tasks`` (one network; trained or from the cache)."""
-        tasks = [t for t in self.tasks if t in set(tasks)]
-        options = self.options(**overrides)
-        settings = self.training_settings(mode, tasks, options, window)
+        """Results JSON of ``mode`` on ``tasks`` (one network; trained or from the cache).
+
+        A training seeds everything itself (``options.seed``) before building its
+        datasets and network, so its numbers do not depend on what ran before it; with
+        :func:`make_deterministic` they are the same in any process.
+        """
+        tasks, options, settings = self._settings(tasks, mode, window, overrides)
         native_window = window is not None and _HAS_WINDOW_OPTION
         if native_window:
             options = dataclasses.replace(options, affinity_window=window)
+        key = cache_lib.settings_key(settings)
 
         def produce(directory):
-            self.log(f"  training {mode} on {{{', '.join(tasks)}}}"
-                     + (f" {overrides}" if overrides else "")
-                     + (f" window={window}" if window else "") + " ...")
+            self.progress.started(f"{mode} on {{{', '.join(tasks)}}}"
+                                  + (f" {overrides}" if overrides else "")
+                                  + (f" window={window}" if window else ""))
+            if not is_deterministic():
+                self.log("    (not deterministic: call harness.make_deterministic() first; "
+                         "this training's numbers may differ in another process)")
             # Same global seed state before the datasets are built, whatever ran before.
             keras.utils.set_random_seed(options.seed)
             base = self.adapter.experiment()
@@ -154,7 +315,9 @@ class Harness:
                 results = pipeline.run(mode, experiment, options, output_dir=directory)
             # Per-epoch wall times (the first epoch includes tracing), one list per network.
             results["epoch_seconds"] = [t.seconds for t in timers]
+            results["deterministic"] = is_deterministic()
             pipeline.write_results(os.path.join(directory, cache_lib.RESULTS_FILE), results)
+            self.progress.finished(key, results["seconds"])
             self.log(f"    done in {results['seconds']:.1f} s, total test "
                      f"{results['error_name']} {results['total_test_error']}")
             return results
@@ -166,10 +329,9 @@ class Harness:
     def affinity(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
                  window: Any = None, batch: str = "train") -> AffinityRun:
         """A TAG (``"lookahead"``) or CS (``"cosine"``) affinity training on all tasks."""
-        overrides = {"affinity_batch": batch}
-        if every_n is not None:
-            overrides["every_n"] = every_n
-        mode = _MEASURE_MODE[measure]
+        training = self.affinity_training(measure, every_n=every_n, window=window, batch=batch)
+        overrides = dict(training.overrides)
+        mode = training.mode
         results = self.train(self.tasks, mode, window=window, **overrides)
         entry = results["affinity"]
         matrix = np.array([[np.nan if v is None else v for v in row] for row in entry["matrix"]],
@@ -218,7 +380,7 @@ class Harness:
         """RG: ``samples`` random splits of the tasks into ``min(budget, n // 2)`` groups of
         at least 2 tasks (as :func:`tag_tf.selection.random_groupings` samples them)."""
         n = len(self.tasks)
-        k = max(1, min(budget, n // 2))
+        k = rg_group_count(budget, n)
         rng = np.random.default_rng(seed)
         partitions = []
         for _ in range(samples):
@@ -259,6 +421,26 @@ class Harness:
                 test.setdefault(task, {})[partner] = results["test_error"][task]
         return {"validation": validation, "test": test, "seconds": seconds,
                 "trainings": len(groups)}
+
+
+def rg_group_count(budget: int, num_tasks: int) -> int:
+    """Groups of a random grouping (RG): ``budget``, at most ``num_tasks // 2`` (each group
+    has at least 2 tasks), at least 1."""
+    return max(1, min(budget, num_tasks // 2))
+
+
+def rg_saturation_note(num_tasks: int, budgets: Sequence[int]) -> Optional[str]:
+    """One line saying which budgets' RG statistics coincide and why (None if none do)."""
+    cap = rg_group_count(num_tasks, num_tasks)
+    same = [b for b in budgets if b >= cap]
+    if len(same) < 2:
+        return None
+    plural = "s" if cap != 1 else ""
+    return (f"RG saturates at {cap} network{plural}: a random group has at least 2 tasks, "
+            f"so {num_tasks} tasks give at most {num_tasks} // 2 = {cap} group{plural}, and "
+            f"budgets "
+            f"{', '.join(map(str, same))} draw the same random partitions (same seed): "
+            "their RG statistics are the same numbers.")
 
 
 def _validation_error(net: dict, task: str, group: Sequence[str]) -> float:

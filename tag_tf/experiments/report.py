@@ -29,6 +29,23 @@ def groups_text(networks: Sequence[dict]) -> str:
                     for n in networks)
 
 
+def training_counts(caches: Sequence[Any]) -> dict:
+    """``trainings_run`` / ``_reused`` (finished by an earlier command) / ``_shared`` (a
+    network this command already used, used again) summed over ``caches``
+    (:class:`tag_tf.experiments.cache.Cache`)."""
+    return {"trainings_run": sum(c.misses for c in caches),
+            "trainings_reused": sum(c.hits for c in caches),
+            "trainings_shared": sum(c.shared for c in caches)}
+
+
+def training_counts_text(payload: dict) -> str:
+    """E.g. ``39 trainings run, 0 reused from the cache, 46 shared between methods; 441 s in
+    all.`` (*shared*: one network used by several methods or budgets, trained once)."""
+    return (f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
+            f"from the cache, {payload.get('trainings_shared', 0)} shared between methods "
+            f"(a network one method or budget already used); {payload['seconds']:.0f} s in all.")
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}

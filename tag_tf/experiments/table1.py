@@ -54,7 +54,7 @@ def run(harness: Harness, *, output_dir: str = "runs/table1") -> dict:
                "error_name": harness.error_name,
                "affinity_path": tag.path, "affinity_settings": tag.settings,
                "rows": rows, "mean": means, "seconds": time.perf_counter() - start,
-               "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
+               **report.training_counts([harness.cache])}
     markdown = format_markdown(payload)
     payload["outputs"] = report.write_outputs(output_dir, "table1", payload, markdown)
     payload["markdown"] = markdown
@@ -76,8 +76,7 @@ def format_markdown(payload: dict) -> str:
         "random partner: `100 * (random - error) / random` in % (higher is better).", "",
         report.markdown_table(["task", "TAG partner", "TAG (%)", "optimal partner",
                                "optimal (%)", "worst partner", "worst (%)"], body), "",
-        f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
-        f"from the cache; {payload['seconds']:.0f} s in all."])
+        report.training_counts_text(payload)])
 
 
 def main(argv):

@@ -79,7 +79,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
                "tasks": harness.tasks, "error_name": harness.error_name,
                "random": random, "rg_samples": rg_samples, "seed": seed, "rows": rows,
                "seconds": time.perf_counter() - start,
-               "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
+               **report.training_counts([harness.cache])}
     figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table2.png")))
     markdown = format_markdown(payload) + FIGURE_NOTE
     payload["outputs"] = {**report.write_outputs(output_dir, "table2", payload, markdown),
@@ -159,8 +159,7 @@ def format_markdown(payload: dict) -> str:
                               + ["mean (%)"], body), "",
         f"RG total test {name} (mean of {payload['rg_samples']} trained random groupings): "
         f"{random}.",
-        f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
-        f"from the cache; {payload['seconds']:.0f} s in all."])
+        report.training_counts_text(payload)])
 
 
 def main(argv):

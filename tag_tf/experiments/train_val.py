@@ -55,7 +55,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
                "pearson_all": pearson(rows["train"]["affinity"],
                                       rows["validation"]["affinity"], off_diagonal=False),
                "rows": rows, "seconds": time.perf_counter() - start,
-               "trainings_run": harness.cache.misses, "trainings_reused": harness.cache.hits}
+               **report.training_counts([harness.cache])}
     markdown = format_markdown(payload)
     payload["outputs"] = report.write_outputs(output_dir, "train_val", payload, markdown)
     payload["markdown"] = markdown
@@ -75,8 +75,7 @@ def format_markdown(payload: dict) -> str:
         f"{report.fmt(payload['pearson_all'], '.3f')} (all entries).", "",
         report.markdown_table(["affinity batch", "training (s)"]
                               + [f"total {name}, {b} nets (groups)" for b in budgets], body),
-        "", f"{payload['trainings_run']} trainings run, {payload['trainings_reused']} reused "
-        f"from the cache; {payload['seconds']:.0f} s in all."])
+        "", report.training_counts_text(payload)])
 
 
 def main(argv):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from scipy import optimize, sparse
@@ -41,10 +41,55 @@ MAX_LARGE_TASKS = 62
 _TOL = 1e-9
 
 
+class Progress:
+    """Reports a long solve every ``every`` seconds (phase, iteration, incumbent, bound,
+    gap) to ``callback(dict)``, or to ``absl.logging.info`` when ``callback`` is None.
+
+    Objective and bound are means over tasks in the input's units (as
+    ``Selection.objective``); ``gap`` is relative to ``|incumbent|`` (None before a bound).
+    """
+
+    def __init__(self, problem: problem_lib.SelectionProblem, budget: int, *,
+                 every: float = 5.0, callback: Callable[[dict], None] | None = None):
+        self.problem, self.budget, self.every, self.callback = problem, budget, every, callback
+        self.start = time.perf_counter()
+        self._last = self.start
+        self.reports = 0
+
+    def __call__(self, phase: str, iteration: int, incumbent: float,
+                 bound: float = math.inf) -> None:
+        """``incumbent``/``bound``: internal (maximised) totals."""
+        now = time.perf_counter()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        self.reports += 1
+        sign, n = self.problem.sign, self.problem.n
+        finite = math.isfinite(bound) and math.isfinite(incumbent)
+        info = {"budget": self.budget, "phase": phase, "iteration": iteration,
+                "seconds": now - self.start,
+                "incumbent": sign * incumbent / n if math.isfinite(incumbent) else None,
+                "bound": sign * bound / n if math.isfinite(bound) else None,
+                "gap": (bound - incumbent) / max(abs(incumbent), 1e-12) if finite else None}
+        if self.callback is not None:
+            self.callback(info)
+            return
+        from absl import logging  # pylint: disable=g-import-not-at-top
+        logging.info("solve_large budget %d, %s iteration %d, %.0f s: incumbent %s, bound %s, "
+                     "gap %s", self.budget, phase, iteration, info["seconds"],
+                     _fmt(info["incumbent"]), _fmt(info["bound"]),
+                     "n/a" if info["gap"] is None else f"{info['gap']:.2%}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
 def solve_large(affinity: Any, budget: int, *, tasks: Sequence[str] | None = None,
                 minimize: bool = False, singletons: problem_lib.Singletons = None,
                 seed: int = 0, restarts: int = 8, time_limit: float = 60.0,
-                target_gap: float = 1e-4) -> result_lib.Selection:
+                target_gap: float = 1e-4, progress: Callable[[dict], None] | None = None,
+                progress_every: float = 5.0) -> result_lib.Selection:
     """Finds a good selection for many tasks and certifies its optimality gap.
 
     References:
@@ -61,6 +106,9 @@ def solve_large(affinity: Any, budget: int, *, tasks: Sequence[str] | None = Non
       restarts: number of local-search restarts.
       time_limit: soft wall-clock limit in seconds for the whole solve.
       target_gap: stop improving the bound once the relative gap is below this.
+      progress: called with a dict (budget, phase, iteration, seconds, incumbent, bound,
+        gap) at most every ``progress_every`` seconds; None logs it (absl, INFO).
+      progress_every: seconds between progress reports.
 
     Returns:
       A :class:`Selection` whose ``bound``/``gap`` are proven (``optimal`` when the gap
@@ -69,13 +117,16 @@ def solve_large(affinity: Any, budget: int, *, tasks: Sequence[str] | None = Non
     problem = problem_lib.make_problem(affinity, tasks=tasks, minimize=minimize,
                                        singletons=singletons)
     return solve_problem_large(problem, budget, seed=seed, restarts=restarts,
-                               time_limit=time_limit, target_gap=target_gap)
+                               time_limit=time_limit, target_gap=target_gap,
+                               progress=progress, progress_every=progress_every)
 
 
 def solve_problem_large(problem: problem_lib.SelectionProblem, budget: int, *,
                         seed: int = 0, restarts: int = 8, time_limit: float = 60.0,
                         target_gap: float = 1e-4,
-                        initial: Sequence[Sequence[int]] = ()) -> result_lib.Selection:
+                        initial: Sequence[Sequence[int]] = (),
+                        progress: Callable[[dict], None] | None = None,
+                        progress_every: float = 5.0) -> result_lib.Selection:
     """Like :func:`solve_large` for a validated problem; ``initial`` seeds the search."""
     budget = problem_lib.check_budget(budget, problem.n)
     if problem.n > MAX_LARGE_TASKS:
@@ -95,6 +146,7 @@ def solve_problem_large(problem: problem_lib.SelectionProblem, budget: int, *,
     pricing_deadline = start + 0.85 * time_limit
     deadline = start + time_limit
     rng = np.random.default_rng(seed)
+    report = Progress(problem, budget, every=progress_every, callback=progress)
     search = _LocalSearch(problem, budget)
     starts = [np.array(list(s), dtype=bool) for s in initial]
     best_members, best_total = None, -math.inf
@@ -103,6 +155,7 @@ def solve_problem_large(problem: problem_lib.SelectionProblem, budget: int, *,
         members, total = search.iterated(members, rng, deadline=search_deadline)
         if total > best_total + _TOL:
             best_members, best_total = members, total
+        report("local search", r + 1, best_total)
         if time.perf_counter() > search_deadline:
             break
     heuristic_seconds = time.perf_counter() - start
@@ -114,7 +167,7 @@ def solve_problem_large(problem: problem_lib.SelectionProblem, budget: int, *,
     generation = _column_generation(problem, budget, columns, search, rng,
                                     generation_deadline=generation_deadline,
                                     pricing_deadline=pricing_deadline, incumbent=best_total,
-                                    target_gap=target_gap)
+                                    target_gap=target_gap, report=report)
     # Integer restricted master: may combine columns better than the local search.
     master_total, master_masks = columns.solve_integer(
         budget, time_limit=max(1.0, deadline - time.perf_counter()))
@@ -416,10 +469,12 @@ def _add_priced(columns: _Columns, problem: problem_lib.SelectionProblem,
 def _column_generation(problem: problem_lib.SelectionProblem, budget: int,
                        columns: _Columns, search: _LocalSearch, rng: np.random.Generator,
                        *, generation_deadline: float, pricing_deadline: float,
-                       incumbent: float, target_gap: float) -> _Generation:
+                       incumbent: float, target_gap: float,
+                       report: Callable[..., None] = lambda *a, **k: None) -> _Generation:
     best_bound, nodes, exact, rounds = math.inf, 0, False, 0
     while True:
         rounds += 1
+        report("column generation", rounds, incumbent, best_bound)
         lp_value, pi, mu = columns.solve_lp(budget)
         added = 0
         for g in _price_heuristic(problem, search, columns, pi, rng):
