@@ -117,6 +117,8 @@ def test_default_demo_trains_every_task_and_recovers_the_clusters(tmp_path, seed
     assert max(ratios.values()) <= planted_demo.LOSS_RATIO_THRESHOLD, ratios
     assert result["all_trained"]
     assert result["recovered"], [s.networks for s in result["selections"]]
+    chosen = next(s for s in result["selections"] if s.budget == 3)
+    assert chosen.robustness.verdict == "robust", chosen.robustness
 
 
 def test_demo_selection_reports_robustness(tmp_path, capsys):
