@@ -23,17 +23,16 @@ default, ``--adapter=helping``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from tag_tf import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import report
 from tag_tf.experiments import table3
+from tag_tf.experiments import harness as harness_lib
 from tag_tf.experiments.harness import Harness
 from tag_tf.experiments.synthetic_cases import HelpingTasksAdapter
 
@@ -82,29 +81,6 @@ def parse_variant(text: str) -> Variant:
 
 
 # ----------------------------------------------------------------------------- trainings
-@contextlib.contextmanager
-def _lookahead_scale(scale: float):
-    """Trainings in the block record affinities with ``lookahead_scale=scale``.
-
-    ``pipeline.Options`` has no such field: wraps the pipeline's (private) affinity config
-    builder for the duration of one training, as the harness does for windows.
-    """
-    if scale == 1.0:
-        yield
-        return
-    original = pipeline._affinity_config  # pylint: disable=protected-access
-
-    def scaled(mode, options, validation):
-        config = original(mode, options, validation)
-        return None if config is None else dataclasses.replace(config, lookahead_scale=scale)
-
-    pipeline._affinity_config = scaled  # pylint: disable=protected-access
-    try:
-        yield
-    finally:
-        pipeline._affinity_config = original  # pylint: disable=protected-access
-
-
 class StudyHarness(Harness):
     """A :class:`Harness` whose affinity trainings can use a lookahead step-size scale
     (part of the cache key only when it is not 1, so other tables' trainings are reused)."""
@@ -118,7 +94,8 @@ class StudyHarness(Harness):
         return settings
 
     def train(self, tasks, mode="mtl", *, window=None, **overrides) -> dict:
-        with _lookahead_scale(self.lookahead_scale if mode == "affinity" else 1.0):
+        scale = self.lookahead_scale if mode == "affinity" else 1.0
+        with harness_lib.affinity_overrides(lookahead_scale=None if scale == 1.0 else scale):
             return super().train(tasks, mode, window=window, **overrides)
 
     def variant_affinity(self, variant: Variant) -> tuple[np.ndarray, float]:

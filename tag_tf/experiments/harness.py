@@ -37,22 +37,24 @@ _HAS_WINDOW_OPTION = "affinity_window" in {f.name for f in dataclasses.fields(pi
 
 
 @contextlib.contextmanager
-def _affinity_window(window: Any):
-    """Records affinities only in ``window`` (``AffinityConfig.window``) during the block.
+def affinity_overrides(**fields: Any):
+    """Trainings in the block record affinities with these ``AffinityConfig`` fields replaced.
 
-    Only for a ``pipeline.Options`` without ``affinity_window``: wraps the pipeline's
-    (private) affinity config builder for the duration of one training.
+    For settings ``pipeline.Options`` has no field for (an older pipeline's window, the
+    defaults study's ``lookahead_scale``): wraps the pipeline's (private) affinity config
+    builder for the duration of the block. Fields given as None are left as they are.
     """
-    if window is None:
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if not fields:
         yield
         return
     original = pipeline._affinity_config  # pylint: disable=protected-access
 
-    def windowed(mode, options, validation):
+    def replaced(mode, options, validation):
         config = original(mode, options, validation)
-        return None if config is None else dataclasses.replace(config, window=window)
+        return None if config is None else dataclasses.replace(config, **fields)
 
-    pipeline._affinity_config = windowed  # pylint: disable=protected-access
+    pipeline._affinity_config = replaced  # pylint: disable=protected-access
     try:
         yield
     finally:
@@ -311,7 +313,7 @@ class Harness:
                 return list(base.callbacks_fn()) + [timers[-1]]
 
             experiment = dataclasses.replace(base, tasks=tasks, callbacks_fn=callbacks)
-            with _affinity_window(None if native_window else window):
+            with affinity_overrides(window=None if native_window else window):
                 results = pipeline.run(mode, experiment, options, output_dir=directory)
             # Per-epoch wall times (the first epoch includes tracing), one list per network.
             results["epoch_seconds"] = [t.seconds for t in timers]
