@@ -73,10 +73,6 @@ def test_same_numbers_in_fresh_processes_in_any_order(two_processes):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "Known defect: CS trainings still vary between processes with one inter-op thread "
-    "(toy size: one rounding flip in 2 of 7 processes; default synthetic size: 1 of 4 fresh "
-    "Figure 3 runs got another CS affinity training, total 1.8964 vs 1.8592)."))
 def test_cs_same_numbers_in_fresh_processes(two_processes):
     first, second = two_processes
     assert first["cs"]["deterministic"] and second["cs"]["deterministic"]

@@ -84,9 +84,12 @@ def make_deterministic() -> None:
     per-task gradient phases (CS, PCGrad) then gave float results that changed from one
     process to the next (measured: CS total test error 4.1198107 / 4.1198129 / 4.1198138 /
     4.1198142 over runs of one setting; the same value in 6 of 6 runs with one inter-op
-    thread). Each op still uses every core (intra-op threads are left alone). Known
-    defect: CS trainings still vary now and then (2 of 7 processes at a toy size, 1 of 4
-    fresh Figure 3 runs; ``tests/test_harness_determinism.py``, xfail).
+    thread). Each op still uses every core (intra-op threads are left alone).
+
+    Grappler's graph rewriting (the meta optimizer) is turned off too: with it on, CS
+    trainings still flipped one rounding now and then between processes (toy size: 2 of 10
+    and 1 of 6 fresh processes; with it off, 14 of 14 identical), as its rewrite of the
+    recording step's graph is not the same in every process.
 
     Raises:
       RuntimeError: TensorFlow already started with several inter-op threads (call this
@@ -94,6 +97,7 @@ def make_deterministic() -> None:
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.experimental.enable_op_determinism()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     if tf.config.threading.get_inter_op_parallelism_threads() == 1:
         return
     try:
@@ -107,10 +111,13 @@ def make_deterministic() -> None:
 
 
 def is_deterministic() -> bool:
-    """Whether :func:`make_deterministic` is in force (op determinism, one inter-op thread)."""
+    """Whether :func:`make_deterministic` is in force (op determinism, one inter-op thread,
+    no Grappler rewriting)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return (tf.config.threading.get_inter_op_parallelism_threads() == 1
-            and _op_determinism_enabled())
+            and _op_determinism_enabled()
+            and bool(tf.config.optimizer.get_experimental_options().get(
+                "disable_meta_optimizer")))
 
 
 def _op_determinism_enabled() -> bool:
