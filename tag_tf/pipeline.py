@@ -267,6 +267,17 @@ class LoadedSelection(NamedTuple):
     table: Optional[str]
 
 
+def _read_json(path: str, what: str) -> Any:
+    """``json.load`` of ``path`` with clear errors naming ``what`` is missing or malformed."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
 def load_selection(path: str, *, budget: Optional[int] = None,
                    table: Optional[str] = None) -> LoadedSelection:
     """Reads one selection: the networks to train and whom each serves.
@@ -276,13 +287,7 @@ def load_selection(path: str, *, budget: Optional[int] = None,
     pick one with ``table``), or a single selection ``{"networks": [{"tasks", "serves"}]}``
     (``serves`` defaults to ``tasks``; a task served twice keeps its first network).
     """
-    try:
-        with open(path) as f:
-            payload = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Selection file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    payload = _read_json(path, "Selection file")
     if "tables" in payload:
         names = [t.get("name") for t in payload["tables"]]
         if table is None and len(names) == 1:
@@ -835,13 +840,7 @@ def _pool_affinity(runs: Sequence[dict], seeds: Sequence[int],
 # --------------------------------------------------------------------------- comparison
 def load_results(path: str) -> dict:
     """Reads a pipeline ``results.json`` (one seed or several)."""
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Results file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    results = _read_json(path, "Results file")
     if not isinstance(results, dict) or "test_error" not in results:
         raise ValueError(f"{path} is not a pipeline results.json (no 'test_error').")
     return results
