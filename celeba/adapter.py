@@ -32,7 +32,7 @@ _NOT_IN_SETTINGS = ("verbose",)
 class CelebAAdapter:
     """Settings of CelebA trainings (every field but ``verbose`` is in :meth:`settings`).
 
-    ``data_dir`` holds the TFDS ``celeb_a`` prepared by ``python -m celeba.main
+    ``tasks``: attribute names, or ``"all"`` for the 40. ``data_dir`` holds the TFDS ``celeb_a`` prepared by ``python -m celeba.main
     --mode=prepare`` (None: TFDS's default directory). ``limit`` and ``steps_per_epoch``
     shrink the data / epochs for debugging and tests; ``patience`` < 0 disables early
     stopping; ``cache`` is ``celeba.main --cache`` (``"memory"`` or a file prefix).
@@ -67,7 +67,9 @@ class CelebAAdapter:
     name: str = "celeba"
 
     def __post_init__(self):
-        object.__setattr__(self, "tasks", tuple(data.check_tasks(list(self.tasks))))
+        # "all" (or ["all"]) -> the 40 attributes; an empty list stays an error.
+        tasks = data.resolve_tasks(self.tasks) if self.tasks else data.check_tasks(self.tasks)
+        object.__setattr__(self, "tasks", tuple(tasks))
         if self.data_dir:  # JSON arguments get no shell "~" expansion
             object.__setattr__(self, "data_dir", os.path.expanduser(self.data_dir))
         adapter_lib.check_positive(

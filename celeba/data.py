@@ -39,6 +39,8 @@ ATTRIBUTES = (
 # The paper's 9 tasks, in the paper's order.
 DEFAULT_TASKS = ("5_o_Clock_Shadow", "Black_Hair", "Blond_Hair", "Brown_Hair", "Goatee",
                  "Mustache", "No_Beard", "Rosy_Cheeks", "Wearing_Hat")
+# ``--tasks=all``: every attribute of :data:`ATTRIBUTES`, in that order.
+ALL_TASKS = "all"
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 162_770, "validation": 19_867, "test": 19_962}
 IMAGE_SIZE = 64
@@ -66,15 +68,37 @@ ORIGINAL_SHA256 = {
 
 def check_tasks(tasks: Sequence[str]) -> list[str]:
     """Returns ``tasks`` as a list; raises on unknown, duplicate or no attributes."""
+    if isinstance(tasks, str):
+        raise ValueError(f"tasks must be a list of attribute names, not one string. "
+                         f"Received: tasks={tasks!r}")
     tasks = list(tasks)
     if not tasks:
         raise ValueError("At least one CelebA attribute is needed. Received: tasks=[]")
     unknown = [t for t in tasks if t not in ATTRIBUTES]
     if unknown:
         raise ValueError(f"Unknown CelebA attribute(s) {unknown}. Attributes: {list(ATTRIBUTES)}")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"Duplicate attributes in tasks={tasks}")
+    duplicates = sorted({t for t in tasks if tasks.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"Duplicate attribute(s) {duplicates} in tasks={tasks}")
     return tasks
+
+
+def resolve_tasks(tasks: Optional[Sequence[str] | str]) -> list[str]:
+    """``--tasks`` as attribute names: None or empty -> the paper's 9; ``"all"`` (or
+    ``["all"]``) -> the 40 :data:`ATTRIBUTES` in file order; a comma-separated string or a
+    list -> those names, checked by :func:`check_tasks`. ``all`` mixed with names is an
+    error (it already means every attribute)."""
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    tasks = list(tasks or [])
+    if not tasks:
+        return list(DEFAULT_TASKS)
+    if ALL_TASKS in tasks:
+        if len(tasks) > 1:
+            raise ValueError(f"'{ALL_TASKS}' already means all {len(ATTRIBUTES)} attributes; "
+                             f"give it alone. Received: tasks={tasks}")
+        return list(ATTRIBUTES)
+    return check_tasks(tasks)
 
 
 def _builder_class():

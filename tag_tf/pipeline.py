@@ -41,7 +41,7 @@ validation loss, restores the best weights and evaluates each task on the test s
    "test_error": {task: error of its serving network}, "test_loss": {task: ...},
    "total_test_error": sum over tasks, "mean_test_error": mean over tasks,
    "affinity": {"measure", "path", "tasks", "matrix", "epochs_used"}   # affinity / cs
-   "selection": {"path", "budgets", "selections": [...], "uncertainty"} # affinity / cs
+   "selection": {"path", "budgets", "solver", "selections": [...], "uncertainty"}  # affinity, cs
    "groups": {"selection_path", "budget", "table", "comparisons"}}     # groups
 
 Robustness: with ``Options.bootstrap`` resamples (default 200) every selection in
@@ -163,6 +163,9 @@ class Options:
         the epochs after the best one). The affinity files are rewritten accordingly.
       budgets: budgets to select networks for after ``affinity`` / ``cs`` (those above the
         number of tasks are dropped); empty = no selection.
+      selection_time_limit: seconds per budget for the large selection solver (used above
+        16 tasks, :data:`tag_tf.selection.AUTO_EXACT_MAX_TASKS`); its selections report
+        their certified gap (``certificate`` in ``selection.json``).
       selection_path: the selection JSON for ``groups``.
       budget: which budget of that file (needed when it holds several); in ``affinity`` /
         ``cs`` modes, the budget whose networks the heatmap outlines (default: the first).
@@ -204,6 +207,7 @@ class Options:
     affinity_window: Optional[Any] = None
     affinity_epochs: Literal["all", "until_best"] = "all"
     budgets: Sequence[int] = ()
+    selection_time_limit: float = 60.0
     selection_path: Optional[str] = None
     budget: Optional[int] = None
     selection_table: Optional[str] = None
@@ -244,6 +248,9 @@ class Options:
             raise ValueError(f"seeds must be >= 1. Received: seeds={self.seeds}")
         if self.bootstrap < 0:
             raise ValueError(f"bootstrap must be >= 0. Received: bootstrap={self.bootstrap}")
+        if not self.selection_time_limit > 0:
+            raise ValueError("selection_time_limit must be > 0 seconds. Received: "
+                             f"selection_time_limit={self.selection_time_limit}")
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -702,28 +709,39 @@ def _selection_uncertainty(record: affinity_io.AffinityRecord, bootstrap: int,
 
 def _select(affinity_path: str, tasks: Sequence[str], budgets: Sequence[int],
             output_dir: str, marked_budget: Optional[int] = None,
-            measure: str = "lookahead", bootstrap: int = 0, seed: int = 0) -> dict:
+            measure: str = "lookahead", bootstrap: int = 0, seed: int = 0,
+            time_limit: float = 60.0) -> dict:
     """Selects networks for ``budgets`` from the affinity file and writes ``selection.json``.
 
     With ``bootstrap`` resamples, every selection also gets its robustness (stability,
     objective interval, alternative, margin, verdict), resampling the used epochs or the
-    pooled runs of the record.
+    pooled runs of the record. Above 16 tasks the large solver runs ``time_limit`` seconds
+    per budget; what each selection proves (optimal, or the certified gap) is logged,
+    written (``certificate``) and returned.
     """
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
-    from tag_tf.selection import result as result_lib  # pylint: disable=g-import-not-at-top
     usable = sorted({int(b) for b in budgets if 1 <= int(b) <= len(tasks)})
     if not usable:
         return {}
     path = os.path.join(output_dir, SELECTION_FILE)
-    report = api.run_selection(affinity_path=affinity_path, budgets=usable)
+    solver = api.solver_note(len(tasks), "auto", time_limit)
+    if solver["resolved"] == "large":
+        nontrivial = sum(b > 1 for b in usable)
+        logging.info("Selecting networks for %d tasks, budgets %s: %s (up to about %.0f s).",
+                     len(tasks), usable, solver["note"], nontrivial * time_limit)
+    report = api.run_selection(affinity_path=affinity_path, budgets=usable,
+                               time_limit=time_limit, seed=seed)
+    for selection in report.selections:
+        logging.info("Selection, budget %d (%s, %.1f s): %s", selection.budget,
+                     selection.method, selection.seconds, api.certificate(selection))
     record = affinity_io.load_affinity(affinity_path)
     payload = report.payload
     uncertainty, note = _selection_uncertainty(record, bootstrap, seed)
     if uncertainty is not None:
         assessed = robustness.assess(record.affinity, report.selections, uncertainty,
                                      tasks=record.tasks)
-        payload["selections"] = [result_lib.selection_to_dict(s) for s in assessed]
+        payload["selections"] = api.selection_entries(assessed)
         payload["uncertainty"] = {
             "source": uncertainty.source, "resamples": uncertainty.n_resamples,
             "seed": uncertainty.seed, "confidence": uncertainty.confidence,
@@ -737,8 +755,8 @@ def _select(affinity_path: str, tasks: Sequence[str], budgets: Sequence[int],
     marked = next((s for s in selections if s["budget"] == marked_budget), selections[0])
     heatmap.save_record_heatmap(affinity_path[:-len(".json")] + ".png", record,
                                 measure=measure, selection=marked)
-    return {"path": path, "budgets": usable, "selections": selections,
-            "uncertainty": payload.get("uncertainty")}
+    return {"path": path, "budgets": usable, "solver": payload["solver"],
+            "selections": selections, "uncertainty": payload.get("uncertainty")}
 
 
 # --------------------------------------------------------------------------- several seeds
@@ -793,7 +811,8 @@ def _run_seeds(mode: str, experiment: Experiment, options: Options,
         if options.budgets and path:
             results["selection"] = _select(path, served, options.budgets, output_dir,
                                            options.budget, results["affinity"]["measure"],
-                                           options.bootstrap, options.seed)
+                                           options.bootstrap, options.seed,
+                                           options.selection_time_limit)
     if mode == "groups":
         results["groups"] = runs[0]["groups"]
     results["seconds"] = time.perf_counter() - start
@@ -976,7 +995,8 @@ def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
                 extra["selection"] = _select(extra["affinity"]["path"], tasks,
                                              options.budgets, output_dir, options.budget,
                                              extra["affinity"]["measure"],
-                                             options.bootstrap, options.seed)
+                                             options.bootstrap, options.seed,
+                                             options.selection_time_limit)
         del model
         keras.backend.clear_session()
 
@@ -1021,6 +1041,10 @@ def write_results(path: str, results: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(results, f, indent=1, allow_nan=False)
     os.replace(tmp, path)
+
+
+# format_summary prints the affinity matrix up to this many tasks (wider tables only wrap).
+SUMMARY_MATRIX_MAX_TASKS = 12
 
 
 def _fmt(value: Optional[float], spec: str = ".4g") -> str:
@@ -1071,12 +1095,20 @@ def format_summary(results: Mapping[str, Any]) -> str:
                 else f"over epochs {entry['epochs_used']}")
         lines.append(f"  {entry['measure']} affinity [source, target] {over} -> "
                      f"{entry['path']}")
-        lines.append("    " + heatmap.format_matrix(matrix, entry["tasks"]).replace("\n", "\n    "))
+        if len(entry["tasks"]) <= SUMMARY_MATRIX_MAX_TASKS:
+            lines.append("    " + heatmap.format_matrix(matrix, entry["tasks"]).replace(
+                "\n", "\n    "))
+        else:  # a 40 x 40 table is unreadable in a terminal: the files hold it
+            lines.append(f"    {len(matrix)} x {len(matrix)} matrix (printed up to "
+                         f"{SUMMARY_MATRIX_MAX_TASKS} tasks): see the JSON and its heatmap PNG")
         if entry.get("warning"):
             lines.append(f"  WARNING: {entry['warning']}")
     if results.get("selection"):
         selection = results["selection"]
         lines.append(f"  selection -> {selection['path']}")
+        solver = selection.get("solver") or {}
+        if solver.get("resolved") == "large":
+            lines.append(f"    {solver['note']}")
         uncertainty = selection.get("uncertainty") or {}
         if "source" in uncertainty:
             lines.append(f"    robustness: {uncertainty['resamples']} resamples, "
@@ -1085,7 +1117,10 @@ def format_summary(results: Mapping[str, Any]) -> str:
             lines.append(f"    robustness {uncertainty['skipped']}")
         for s in selection["selections"]:
             nets = " ".join("{" + ",".join(n["tasks"]) + "}" for n in s["networks"])
-            lines.append(f"    budget {s['budget']}: {nets}  objective {_fmt(s['objective'])}")
+            proof = s.get("certificate") or ("optimal" if s.get("optimal") else "not proven "
+                                             "optimal")
+            lines.append(f"    budget {s['budget']}: {nets}  objective {_fmt(s['objective'])}, "
+                         f"{proof}")
             r = s.get("robustness")
             if r:
                 low, high = r["objective_ci"]

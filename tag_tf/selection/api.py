@@ -92,7 +92,8 @@ def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
         "minimize": bool(minimize),
         "singletons": _describe_singletons(singletons),
         "method": method,
-        "selections": [result_lib.selection_to_dict(s) for s in selections],
+        "solver": solver_note(len(record.tasks), method, time_limit),
+        "selections": selection_entries(selections),
     }
     if output_path:
         write_json(output_path, payload)
@@ -119,6 +120,46 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
+def certificate(selection: result_lib.Selection | Mapping[str, Any]) -> str:
+    """What is proven about a selection (a :class:`Selection` or its JSON dict), in words.
+
+    ``"optimal"`` only when the solver proved it (exact DP / MILP / exhaustive, or the
+    large solver's gap closed); otherwise the certified relative gap in %, the proven
+    bound and the incumbent (the returned selection's objective), or ``"no bound"``.
+    """
+    get = selection.get if isinstance(selection, Mapping) else \
+        (lambda key: getattr(selection, key))
+    if get("optimal"):
+        return "optimal"
+    gap, bound, objective = get("gap"), get("bound"), get("objective")
+    if gap is None or not math.isfinite(gap):
+        return f"not proven optimal: no bound (incumbent {_fmt(objective)})"
+    return (f"gap {100 * gap:.3g}% (bound {_fmt(bound)}, incumbent {_fmt(objective)}; "
+            "not proven optimal)")
+
+
+def selection_entries(selections: Sequence[result_lib.Selection]) -> list[dict[str, Any]]:
+    """The JSON entries of ``selections``: :func:`result.selection_to_dict` plus
+    ``certificate`` (:func:`certificate`)."""
+    return [{**result_lib.selection_to_dict(s), "certificate": certificate(s)}
+            for s in selections]
+
+
+def solver_note(n: int, method: Method, time_limit: float) -> dict[str, Any]:
+    """Which solver ``method`` resolves to for ``n`` tasks, and what it proves."""
+    resolved = method if method != "auto" else (
+        "dp" if n <= AUTO_EXACT_MAX_TASKS else "large")
+    note: dict[str, Any] = {"method": method, "resolved": resolved, "tasks": n}
+    if resolved == "large":
+        note["time_limit_per_budget"] = float(time_limit)
+        note["note"] = (f"{n} tasks: the large solver (local search + column generation), "
+                        f"about {time_limit:g} s per budget; each selection reports its "
+                        "certified gap ('optimal' only when the gap closed)")
+    elif resolved == "milp":
+        note["time_limit_per_budget"] = float(time_limit)
+    return note
+
+
 def format_selection(selection: result_lib.Selection) -> str:
     """A readable table: networks, who serves whom, helpers, objective, time and gap."""
     goal = "minimised" if selection.minimize else "maximised"
@@ -128,6 +169,8 @@ def format_selection(selection: result_lib.Selection) -> str:
         f"bound {_fmt(selection.bound)}, {proof}, method {selection.method}, "
         f"{selection.seconds:.3f} s",
     ]
+    if not selection.optimal:
+        lines.append(f"  NOT proven optimal: {certificate(selection)}")
     width = max(len(t) for t in selection.tasks)
     for k, net in enumerate(selection.networks, start=1):
         lines.append(f"  network {k}: {{{', '.join(net.tasks)}}}")
@@ -167,14 +210,14 @@ def format_selections(selections: Sequence[result_lib.Selection]) -> str:
     """All budgets' tables, then a one-line-per-budget summary."""
     blocks = [format_selection(s) for s in selections]
     robust = any(s.robustness is not None for s in selections)
-    summary = ["| budget | networks | objective | bound | gap | method | seconds |",
+    summary = ["| budget | networks | objective | bound | gap (%) | method | seconds |",
                "|---|---|---|---|---|---|---|"]
     if robust:
         summary = [summary[0] + " stability | objective CI | margin (SE) | verdict |",
                    summary[1] + "---|---|---|---|"]
     for s in selections:
         nets = _networks_text([net.tasks for net in s.networks])
-        gap = "0 (optimal)" if s.optimal else _fmt(s.gap)
+        gap = "0 (optimal)" if s.optimal else f"{_fmt(100 * s.gap)} (not proven optimal)"
         row = (f"| {s.budget} | {nets} | {_fmt(s.objective)} | {_fmt(s.bound)} | "
                f"{gap} | {s.method} | {s.seconds:.3f} |")
         r = s.robustness
@@ -261,7 +304,7 @@ def reproduce_tables(*, tables: Sequence[TableSpec], budgets: Sequence[int],
             "singletons": _describe_singletons(spec.singletons),
             "source": table.metadata.get("source"),
             "tasks": list(table.tasks),
-            "selections": [result_lib.selection_to_dict(s) for s in selections],
+            "selections": selection_entries(selections),
             "random_groupings": [
                 {"budget": r.budget, "networks": r.networks, "mean": r.mean, "std": r.std,
                  "min": r.min, "max": r.max, "samples": len(r.objectives), "seed": r.seed}
