@@ -121,7 +121,7 @@ def test_certificate_says_optimal_only_when_proven():
     as_json = api.selection_entries([unproven])[0]
     assert as_json["certificate"] == text and api.certificate(as_json) == text
     report = api.format_selections([unproven])
-    assert "NOT proven optimal: gap 25%" in report and "25 (not proven optimal)" in report
+    assert "certificate: gap 25%" in report and "25 (not proven optimal)" in report
 
 
 def test_pipeline_selects_forty_tasks_with_the_large_solver(tmp_path, caplog):

@@ -170,7 +170,7 @@ def format_selection(selection: result_lib.Selection) -> str:
         f"{selection.seconds:.3f} s",
     ]
     if not selection.optimal:
-        lines.append(f"  NOT proven optimal: {certificate(selection)}")
+        lines.append(f"  certificate: {certificate(selection)}")
     width = max(len(t) for t in selection.tasks)
     for k, net in enumerate(selection.networks, start=1):
         lines.append(f"  network {k}: {{{', '.join(net.tasks)}}}")
