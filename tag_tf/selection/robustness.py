@@ -223,8 +223,7 @@ def _solve_all(problem: problem_lib.SelectionProblem,
     full = (1 << n) - 1
     out = {}
     for b in budgets:
-        # pylint: disable-next=protected-access
-        _, served_sets = subset_dp._top_level(values, levels, full, b)
+        _, served_sets = subset_dp.best_served_sets(values, levels, full, b)
         masks = []
         for served in served_sets:
             rows = np.nonzero((groups & served) == served)[0]
