@@ -152,9 +152,17 @@ class AffinityLogger(keras.callbacks.Callback):
         tf.summary.image(f"{stem}_overall_heatmap", image[None])
 
     def record(self, measure: str = "lookahead") -> AffinityRecord:
-        """The model's overall mean for ``measure`` with this logger's per-epoch trace."""
-        return self.model.affinity_record(measure)._replace(
+        """The model's overall mean for ``measure`` with this logger's per-epoch trace.
+
+        The standard errors are the model's; when no cell has one yet (fewer than 2 blocks)
+        they are left out (None), as in files written before they existed, so no reader
+        (e.g. the selection bootstrap) takes an all-unknown matrix for exact values.
+        """
+        record = self.model.affinity_record(measure)._replace(
             epochs=list(self.epochs.get(measure, [])))
+        if record.stderr is not None and not np.isfinite(record.stderr).any():
+            record = record._replace(stderr=None, stderr_blocks=None, stderr_method=None)
+        return record
 
     def on_train_end(self, logs=None):
         if not self.output_dir:
