@@ -47,11 +47,12 @@ def add_state(model: keras.Model, num_tasks: int) -> None:
     """Creates the batch-means state as the model's own non-trainable weights (zeros).
 
     ``aggregation="only_first_replica"``, as the accumulators: every replica computes the
-    same update from the all-reduced values.
+    same update from the all-reduced values. ``autocast=False``: float64 bookkeeping is never
+    cast to a mixed policy's compute dtype.
     """
     for name, dtype, rank in STATE:
         variable = model.add_weight(shape=(num_tasks,) * rank, dtype=dtype, initializer="zeros",
-                                    trainable=False, name=name,
+                                    trainable=False, autocast=False, name=name,
                                     aggregation="only_first_replica")
         setattr(model, name, variable)
 
