@@ -33,11 +33,18 @@ class AffinityLogger(keras.callbacks.Callback):
         too when the cosine measure is recorded), and the trace so
         far after every epoch (``affinity_trace.json``), which a resumed run
         (``BackupAndRestore``) reads back so no epoch is lost.
-      log_dir: if given, TensorBoard scalars ``affinity/<source>-><target>`` and the
-        epoch's heatmap (:func:`tag_tf.heatmap.affinity_figure`) as an image per epoch.
+      log_dir: if given, per epoch: TensorBoard scalars ``affinity/<source>-><target>``
+        (the epoch's mean) and the epoch's heatmap
+        (:func:`tag_tf.heatmap.affinity_figure`) as an image; and the overall mean so far
+        with its batch-means standard error: scalars ``affinity_overall/<pair>``,
+        ``affinity_stderr/<pair>``, ``affinity_stderr/within_2se`` (the fraction of
+        off-diagonal cells with ``|mean| < 2 SE``) and the image
+        ``affinity_overall_heatmap`` with those cells hatched.
 
     The PNG heatmaps show task names, cell values, a colour bar centred at 0 (red: the
-    source helps the target) and the number of recorded steps.
+    source helps the target) and the number of recorded steps; ``affinity.png`` hatches
+    the cells not distinguishable from 0 (``|mean| < 2 SE``). The JSON/NPZ files carry
+    the standard errors the model keeps (:mod:`tag_tf.affinity_stderr`).
 
     The trace is also available as :attr:`epochs` (per measure) and through :meth:`record`.
     """
@@ -123,11 +130,39 @@ class AffinityLogger(keras.callbacks.Callback):
                     title=f"epoch {epoch + 1}")
                 image = heatmap.figure_to_rgb(figure, dpi=heatmap.TENSORBOARD_DPI)
                 tf.summary.image(f"{stem}_heatmap", image[None])
+                self._log_overall(measure, stem)
+
+    def _log_overall(self, measure, stem):
+        """TensorBoard: the overall mean so far, its standard error and hatched heatmap."""
+        record = self.model.affinity_record(measure)
+        tasks, mean, stderr = record.tasks, record.affinity, record.stderr
+        for i, source in enumerate(tasks):
+            for j, target in enumerate(tasks):
+                if np.isfinite(mean[i, j]):
+                    tf.summary.scalar(f"{stem}_overall/{source}->{target}", mean[i, j])
+                if stderr is not None and np.isfinite(stderr[i, j]):
+                    tf.summary.scalar(f"{stem}_stderr/{source}->{target}", stderr[i, j])
+        if stderr is not None:
+            off = ~np.eye(len(tasks), dtype=bool) & np.isfinite(mean) & np.isfinite(stderr)
+            if off.any():
+                weak = np.abs(mean[off]) < 2 * stderr[off]
+                tf.summary.scalar(f"{stem}_stderr/within_2se", float(weak.mean()))
+        figure = heatmap.record_figure(record, measure=measure, title="overall mean so far")
+        image = heatmap.figure_to_rgb(figure, dpi=heatmap.TENSORBOARD_DPI)
+        tf.summary.image(f"{stem}_overall_heatmap", image[None])
 
     def record(self, measure: str = "lookahead") -> AffinityRecord:
-        """The model's overall mean for ``measure`` with this logger's per-epoch trace."""
-        return self.model.affinity_record(measure)._replace(
+        """The model's overall mean for ``measure`` with this logger's per-epoch trace.
+
+        The standard errors are the model's; when no cell has one yet (fewer than 2 blocks)
+        they are left out (None), as in files written before they existed, so no reader
+        (e.g. the selection bootstrap) takes an all-unknown matrix for exact values.
+        """
+        record = self.model.affinity_record(measure)._replace(
             epochs=list(self.epochs.get(measure, [])))
+        if record.stderr is not None and not np.isfinite(record.stderr).any():
+            record = record._replace(stderr=None, stderr_blocks=None, stderr_method=None)
+        return record
 
     def on_train_end(self, logs=None):
         if not self.output_dir:

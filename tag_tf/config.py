@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional, Tuple
+from typing import Any, Literal, Optional, Tuple, Union
 
 from tag_tf.lookahead import LOOKAHEAD_RULES, LookaheadRule
 
@@ -52,6 +52,9 @@ class AffinityConfig:
         baseline) or both, from the same per-task gradients.
       cosine_kernels_only: cosine over rank >= 2 shared variables only, as the
         original CS code (BatchNorm scales and biases left out).
+      stderr_block: the blocks of the batch-means standard error kept during ``fit()``
+        (:mod:`tag_tf.affinity_stderr`): ``"epoch"`` (one block per epoch) or an int K
+        (a block every K recorded steps).
     """
 
     every_n: int = 10
@@ -64,6 +67,7 @@ class AffinityConfig:
     validation_data: Optional[Any] = dataclasses.field(default=None, compare=False)
     measures: Tuple[str, ...] = ("lookahead",)
     cosine_kernels_only: bool = True
+    stderr_block: Union[str, int] = "epoch"
 
     def __post_init__(self):
         if not isinstance(self.every_n, int) or isinstance(self.every_n, bool) \
@@ -87,6 +91,11 @@ class AffinityConfig:
                 or len(set(measures)) != len(measures):
             raise ValueError(f"measures must be a non-empty subset of {MEASURES}. "
                              f"Received: measures={self.measures!r}")
+        if not (self.stderr_block == "epoch" or (
+                isinstance(self.stderr_block, int) and not isinstance(self.stderr_block, bool)
+                and self.stderr_block >= 1)):
+            raise ValueError("stderr_block must be 'epoch' or a positive number of recorded "
+                             f"steps. Received: stderr_block={self.stderr_block!r}")
         if self.window is not None and self.step_range is not None:
             raise ValueError("Give either window (fractions) or step_range (steps), not both.")
         self.window_fractions()  # validates
@@ -154,4 +163,5 @@ class AffinityConfig:
             "batch": self.batch,
             "measures": list(self.measures),
             "cosine_kernels_only": self.cosine_kernels_only,
+            "stderr_block": self.stderr_block,
         }

@@ -362,12 +362,15 @@ def selection_groups(selection: Any) -> list[list[str]]:
 
 
 def record_figure(record: affinity_io.AffinityRecord, *, measure: Optional[str] = None,
-                  selection: Any = None, title: Optional[str] = None) -> Figure:
+                  selection: Any = None, title: Optional[str] = None,
+                  mark_uncertain: bool = True) -> Figure:
     """:func:`affinity_figure` of an :class:`~tag_tf.affinity_io.AffinityRecord`.
 
     ``measure`` defaults to the record's ``config["measure"]`` (else ``"lookahead"``);
     ``selection`` (a ``Selection`` or its JSON dict, with ``budget`` and ``networks``)
-    outlines its networks and names its budget in the title.
+    outlines its networks and names its budget in the title. When the record has standard
+    errors and ``mark_uncertain``, cells with ``|mean| < 2 * stderr`` are hatched (an
+    all-NaN stderr, e.g. from one block, marks nothing).
     """
     measure = measure or (record.config or {}).get("measure") or "lookahead"
     groups = groups_label = None
@@ -376,9 +379,12 @@ def record_figure(record: affinity_io.AffinityRecord, *, measure: Optional[str] 
         budget = selection["budget"] if isinstance(selection, dict) else selection.budget
         groups_label = f"networks selected for budget {budget} (outlined)"
         title = title or f"selection for budget {budget} outlined"
+    stderr = record.stderr if mark_uncertain else None
+    if stderr is not None and not np.isfinite(np.asarray(stderr, dtype=np.float64)).any():
+        stderr = None  # no estimate anywhere (e.g. one block): no hatching legend
     return affinity_figure(record.affinity, record.tasks, measure=measure,
                            recorded_steps=recorded_steps(record), groups=groups,
-                           groups_label=groups_label, title=title)
+                           groups_label=groups_label, title=title, stderr=stderr)
 
 
 def save_record_heatmap(path: str, record: affinity_io.AffinityRecord, *, pdf: bool = False,

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import lookahead, recorder, replicas
+from tag_tf import affinity_stderr, lookahead, recorder, replicas, uncertainty
 from tag_tf.affinity_io import AffinityRecord, validate_tasks
 from tag_tf.config import AffinityConfig
 from tag_tf.pcgrad import PCGrad
@@ -144,6 +144,7 @@ class MultiTaskModel(keras.Model):
         self._static_record = None  # set per step under a multi-replica strategy
         # Affinity state: non-trainable weights, so checkpoints carry it.
         recorder.add_state(self, len(self.tasks))
+        affinity_stderr.add_state(self, len(self.tasks))  # batch-means standard errors
         if network.built:
             self.built = True  # e.g. BackupAndRestore needs a built model before fit()
 
@@ -214,7 +215,9 @@ class MultiTaskModel(keras.Model):
                 "dataset (datasets are not saved with a model): call "
                 "model.attach_validation_data(dataset) after compile() or loading.")
         if self.affinity_config is not None:
-            callbacks.insert(0, recorder.AffinityWindow())
+            # First: the window is set before training, and epoch-end blocks are folded
+            # before checkpoints (BackupAndRestore) and loggers read the state.
+            callbacks[:0] = [recorder.AffinityWindow(), affinity_stderr.AffinityBlocks()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------ distribution
@@ -332,6 +335,8 @@ class MultiTaskModel(keras.Model):
             outputs = self._plain_phase(x, y, sample_weight, none_grads, batch)
         loss, y_pred, grads, task_losses, kernel_norms = outputs
         self.train_step_counter.assign_add(1)
+        if self.affinity_config is not None:
+            affinity_stderr.end_block_if_due(self)  # stderr_block=K: every K recorded steps
         self._loss_tracker.update_state(
             replicas.unscale_loss(loss),
             sample_weight=tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0])
@@ -478,23 +483,34 @@ class MultiTaskModel(keras.Model):
     def affinity_record(self, measure: str = "lookahead") -> AffinityRecord:
         """The overall mean so far, ``[source, target]``; NaN where nothing was recorded.
 
+        With recording on, the record also carries the batch-means standard error of each
+        mean (``stderr``; NaN where fewer than 2 blocks hold values), the blocks behind it
+        (``stderr_blocks``, the unfinished block counted as one) and ``stderr_method``; see
+        :mod:`tag_tf.affinity_stderr` and ``AffinityConfig.stderr_block``.
+
         Args:
           measure: ``"lookahead"`` (TAG, Eq. 1) or ``"cosine"`` (gradient cosine similarity).
         """
-        return self._recorder.affinity_record(measure)
+        record = self._recorder.affinity_record(measure)
+        if self.affinity_config is None:
+            return record
+        return uncertainty.with_stderr(record, affinity_stderr.estimate(self, measure),
+                                       affinity_stderr.block_method(self.affinity_config))
 
     def measure_state(self, measure: str):
         """(sum, count, skipped) variables of one measure."""
         return self._recorder.measure_state(measure)
 
     def reset_affinity(self) -> None:
-        """Zeroes the affinity accumulators (not the step counter)."""
+        """Zeroes the affinity accumulators and standard-error blocks (not the step counter)."""
         self._recorder.reset()
+        affinity_stderr.reset(self)
 
     # ----------------------------------------------------------- serialisation
     def _bookkeeping(self) -> list:
         """Affinity accumulators and step counters: the record of the run, not its weights."""
-        return [getattr(self, name) for name in recorder.BOOKKEEPING]
+        return [getattr(self, name)
+                for name in recorder.BOOKKEEPING + affinity_stderr.NAMES]
 
     def get_weights(self) -> list:
         """Keras ``get_weights`` without the affinity bookkeeping.

@@ -638,8 +638,11 @@ def _restrict_epochs(record: affinity_io.AffinityRecord,
         skipped = sum(np.asarray(e["skipped"], dtype=np.int64) for e in kept)
     config = dict(record.config or {})
     config["epochs_used"] = [int(e["epoch"]) for e in kept]
+    # The whole run's standard error does not describe the kept epochs' mean (callers
+    # recompute it from the kept epochs when there are two or more).
     return record._replace(affinity=affinity, counts=counts.astype(np.int64), skipped=skipped,
-                           config=config)
+                           config=config, stderr=None, stderr_blocks=None,
+                           stderr_method=None)
 
 
 def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Optional[str],

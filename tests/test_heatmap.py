@@ -289,5 +289,9 @@ def test_logger_writes_both_heatmaps_and_a_tensorboard_image_per_epoch(tmp_path)
     figure = heatmap.affinity_figure(record.affinity, tasks, recorded_steps=2,
                                      title="epoch 1")
     shape = _expected_shape(figure, heatmap.TENSORBOARD_DPI)
+    # The overall mean so far with its standard errors hatched: also one image per epoch.
+    overall = {tag: images.pop(tag) for tag in list(images) if "_overall_" in tag}
+    assert sorted(overall) == ["affinity_overall_heatmap", "cosine_affinity_overall_heatmap"]
+    assert all([step for step, _ in v] == [0, 1] for v in overall.values())
     assert images == {"affinity_heatmap": [(0, shape), (1, shape)],
                       "cosine_affinity_heatmap": [(0, shape), (1, shape)]}

@@ -141,6 +141,23 @@ def test_uncertainty_from_record_and_bad_input():
                                   uncertainty=selection.Uncertainty(block_means=np.zeros((4, 3, 3))))
 
 
+def test_unknown_stderr_is_never_taken_as_exact():
+    """A one-block record has NaN errors: no verdict from it, and no 'robust' by accident."""
+    tasks = ["a", "b", "c"]
+    mean = np.array([[0.1, 0.05, -0.02], [0.04, 0.1, 0.01], [-0.03, 0.02, 0.1]])
+    nan_se = affinity_io.AffinityRecord(tasks, mean, stderr=np.full((3, 3), np.nan),
+                                        stderr_method="batch means, one block per epoch")
+    with pytest.raises(ValueError, match="No uncertainty information"):
+        selection.Uncertainty.from_record(nan_se)
+    partly = np.full((3, 3), 0.01)
+    partly[0, 2] = np.nan
+    with pytest.raises(ValueError, match=r"unknown .* \[source, target\] = \[\(0, 2\)\]"):
+        selection.Uncertainty(mean=mean, stderr=partly)
+    diagonal_only = np.full((3, 3), 0.01)
+    np.fill_diagonal(diagonal_only, np.nan)  # self-affinities do not enter group scores
+    assert selection.Uncertainty(mean=mean, stderr=diagonal_only).n == 3
+
+
 def test_json_and_table_carry_the_assessment():
     blocks, _ = _planted_blocks(7, n=6, clusters=2)
     selections = _select(blocks, [1, 2], n_resamples=20)

@@ -99,6 +99,14 @@ class Uncertainty:
         elif self.mean is None or np.shape(self.mean) != np.shape(self.stderr):
             raise ValueError("Normal draws need mean and stderr of the same shape. Received "
                              f"{np.shape(self.mean)} and {np.shape(self.stderr)}.")
+        else:
+            unknown = _unknown_stderr(self.mean, self.stderr)
+            if unknown:
+                raise ValueError(
+                    f"stderr is unknown (NaN or infinite) for {len(unknown)} off-diagonal "
+                    f"cell(s) with a finite mean, e.g. [source, target] = {unknown[:3]}; a "
+                    "missing error is not an exact value. Record at least 2 blocks (epochs, "
+                    "or AffinityConfig(stderr_block=K)) or pool runs.")
 
     @property
     def n(self) -> int:
@@ -142,7 +150,7 @@ class Uncertainty:
         for blocks, kwargs in options:
             if blocks >= MIN_BOOTSTRAP_BLOCKS:
                 return cls(**kwargs, **common)
-        if record.stderr is not None:
+        if record.stderr is not None and not _unknown_stderr(record.affinity, record.stderr):
             return cls(mean=np.asarray(record.affinity, dtype=np.float64),
                        stderr=np.asarray(record.stderr, dtype=np.float64),
                        label=record.stderr_method or "stderr", **common)
@@ -150,8 +158,9 @@ class Uncertainty:
             return cls(**options[0][1], **common)
         raise ValueError(
             "No uncertainty information in the affinity record: it has no block means, no "
-            "epochs trace with at least 2 epochs and no stderr matrix. Record more epochs "
-            "(or blocks), or pool runs from several seeds.")
+            "epochs trace with at least 2 epochs and no stderr matrix known for every "
+            "off-diagonal cell. Record more epochs (or blocks), or pool runs from several "
+            "seeds.")
 
     def resamples(self, point: np.ndarray) -> list[np.ndarray]:
         """The resampled matrices, deterministic given ``seed`` (NaN cells take ``point``)."""
@@ -177,6 +186,15 @@ class Uncertainty:
                 noise = rng.standard_normal(point.shape)
                 out.append(np.where(np.isfinite(stderr), point + stderr * noise, point))
         return out
+
+
+def _unknown_stderr(mean: Any, stderr: Any) -> list[tuple[int, int]]:
+    """Off-diagonal cells with a finite mean but no finite standard error."""
+    mean = np.asarray(mean, dtype=np.float64)
+    stderr = np.asarray(stderr, dtype=np.float64)
+    bad = np.isfinite(mean) & ~np.isfinite(stderr)
+    np.fill_diagonal(bad, False)
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(bad))]
 
 
 def _matrix(rows: Any) -> np.ndarray:
@@ -223,8 +241,7 @@ def _solve_all(problem: problem_lib.SelectionProblem,
     full = (1 << n) - 1
     out = {}
     for b in budgets:
-        # pylint: disable-next=protected-access
-        _, served_sets = subset_dp._top_level(values, levels, full, b)
+        _, served_sets = subset_dp.best_served_sets(values, levels, full, b)
         masks = []
         for served in served_sets:
             rows = np.nonzero((groups & served) == served)[0]

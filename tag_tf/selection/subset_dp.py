@@ -78,7 +78,7 @@ def solve_problem_subset_dp(problem: problem_lib.SelectionProblem, budget: int, 
         values, _ = scoring.block_values(problem)
     levels = solve_levels(values, n, budget - 1)
     full = (1 << n) - 1
-    total, blocks = _top_level(values, levels, full, budget)
+    total, blocks = best_served_sets(values, levels, full, budget)
     networks = [scoring.best_network_for(problem, x) for x in blocks]
     seconds = time.perf_counter() - start
     return problem_lib.build_selection(
@@ -139,9 +139,13 @@ def _submasks_with_low(s: int) -> np.ndarray:
     return np.sort(subs | low)
 
 
-def _top_level(values: np.ndarray, levels: list[np.ndarray], full: int,
-               budget: int) -> tuple[float, list[int]]:
-    """Best total with at most ``budget`` sets over all tasks, and the served sets."""
+def best_served_sets(values: np.ndarray, levels: list[np.ndarray], full: int,
+                     budget: int) -> tuple[float, list[int]]:
+    """Best total with at most ``budget`` sets over all tasks, and the served sets.
+
+    Walks the tables of :func:`solve_levels` (``levels[k - 1]`` = best with <= k sets)
+    from the full task set down; ties keep fewer sets, then the lowest split.
+    """
     blocks: list[int] = []
     s, k = full, budget
     total = None
