@@ -137,8 +137,10 @@ def test_select_networks_methods_agree():
         assert a.objective == pytest.approx(b.objective) == pytest.approx(c.objective)
 
 
-def test_nine_tasks_all_budgets_fast():
+def test_nine_tasks_all_budgets_use_the_exact_dp():
+    """At 9 tasks every budget goes to the subset DP (milliseconds; timed in
+    benchmarks/selection.py, never asserted here) and is proven optimal."""
     matrix = _random(9, 0)
     sels = selection.select_networks(matrix, range(1, 9))
-    assert sum(s.seconds for s in sels) < 1.0
+    assert {s.method for s in sels} == {"subset-dp"}
     assert all(s.optimal for s in sels)
