@@ -41,7 +41,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+import shutil
+import tempfile
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence, Union, \
+    runtime_checkable
 
 import keras
 import numpy as np
@@ -50,10 +53,56 @@ from absl import logging
 
 METADATA_FILE = "training_metadata.json"  # BackupAndRestore's file name
 METRICS_FILE = "epoch_metrics.npz"  # the interrupted epoch's running metric states
-STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' attributes
-_STATE_ATTRIBUTES = ("wait", "stopped_epoch", "best", "best_epoch")  # EarlyStopping's
+STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' states
+WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's file name
+_EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
 
 TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
+
+
+@runtime_checkable
+class StatefulCallback(Protocol):
+    """A callback whose state :class:`StepBackupAndRestore` backs up and restores.
+
+    ``get_state()`` returns a JSON-ready dict (numbers, strings, lists, dicts);
+    ``set_state(state)`` is called with it on a resume, after every callback's
+    ``on_train_begin`` and before the resumed epoch's ``on_epoch_begin`` of the callbacks
+    listed after the backup (so a callback can keep a mid-epoch state through its
+    ``on_epoch_begin``).
+    """
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+def has_state(callback: Any) -> bool:
+    """Whether :class:`StepBackupAndRestore` can back up ``callback``'s state: a
+    :class:`StatefulCallback`, or a ``keras.callbacks.EarlyStopping``."""
+    return isinstance(callback, (StatefulCallback, keras.callbacks.EarlyStopping))
+
+
+def _get_state(callback: Any) -> dict:
+    if isinstance(callback, StatefulCallback):
+        return callback.get_state()
+    return {name: _plain(getattr(callback, name)) for name in _EARLY_STOPPING_STATE
+            if getattr(callback, name, None) is not None}
+
+
+def _set_state(callback: Any, state: dict) -> None:
+    if isinstance(callback, StatefulCallback):
+        callback.set_state(state)
+        return
+    for name in _EARLY_STOPPING_STATE:
+        if name in state:
+            setattr(callback, name, state[name])
+
+
+def is_chief(model: keras.Model) -> bool:
+    """Whether this process writes the backups: always, except under a multi-worker
+    strategy, where only the chief (worker 0 without a chief task) does."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
 
 
 class ResumePoint(NamedTuple):
@@ -107,10 +156,17 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     The running training metrics of the epoch are saved too, so the resumed epoch's logged
     ``loss`` / metrics average over all its steps, and so is the history so far
-    (:meth:`complete_history` prepends it to the resumed ``fit``'s ``History``). Callbacks
-    listed in ``stateful_callbacks`` keep their ``wait``, ``stopped_epoch``, ``best``,
-    ``best_epoch`` and ``best_weights`` (``EarlyStopping``); other callbacks' state is not
-    saved, as with Keras' callback.
+    (:meth:`complete_history` prepends it to the resumed ``fit``'s ``History``). The
+    callbacks listed in ``stateful_callbacks`` keep their state: a
+    :class:`StatefulCallback`'s ``get_state()``, an ``EarlyStopping``'s ``wait``,
+    ``stopped_epoch``, ``best``, ``best_epoch`` and ``best_weights``; other callbacks'
+    state is not saved, as with Keras' callback.
+
+    Multi-worker (``MultiWorkerMirroredStrategy``): every worker runs this callback on the
+    same ``backup_dir``, which must be storage all workers share. Only the chief writes
+    it (and deletes it at the end); the other workers do the same saving work (reading
+    synced metric variables is a collective) into a private temporary directory deleted
+    at once. Every worker resumes from the chief's files, so all resume at one point.
     """
 
     def __init__(self, backup_dir: str, save_freq: Union[str, int] = "epoch", *,
@@ -132,6 +188,12 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._metric_values = None  # the restored epoch's metric states
         self._metrics_to_add = None
         self.stateful_callbacks = list(stateful_callbacks)
+        for k, callback in enumerate(self.stateful_callbacks):
+            if not has_state(callback):
+                raise ValueError(
+                    f"stateful_callbacks[{k}] ({type(callback).__name__}) has no get_state() "
+                    "/ set_state() (tag_tf.resume.StatefulCallback) and is not an "
+                    "EarlyStopping: its state cannot be backed up.")
         self.restored_history: Optional[dict] = None  # {"epoch": [...], "history": {...}}
         self._restored_callbacks: Optional[list] = None
         self._ended = None  # (epoch, logs) of an epoch that ended, until it is saved
@@ -193,9 +255,9 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._save_epoch_end()
         if self._restored_callbacks is not None:  # after their on_train_begin reset them
             for callback, saved in zip(self.stateful_callbacks, self._restored_callbacks):
-                for name, value in saved.items():
-                    if name in _STATE_ATTRIBUTES or name == "best_weights":
-                        setattr(callback, name, value)
+                _set_state(callback, saved.get("state", saved))  # (older files: flat)
+                if "best_weights" in saved:
+                    callback.best_weights = saved["best_weights"]
             self._restored_callbacks = None
         self._current_epoch = epoch
         self._offset = self._pending.batches if epoch == self._pending.epoch else 0
@@ -208,7 +270,12 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_batch_end(self, batch, logs=None):
         if self._metrics_to_add is not None:
-            self._add_saved_metrics(self._metrics_to_add)
+            if self._add_saved_metrics(self._metrics_to_add) and logs is not None:
+                # This batch's logs (shared by the callbacks after this one) were computed
+                # before the addition: refresh them to the means over all the epoch's steps.
+                for key, value in self.model.get_metrics_result().items():
+                    if key in logs:
+                        logs[key] = _plain(value)
             self._metrics_to_add = None
         done = self._offset + batch + 1  # `batch` is the last step of the execution
         self._since_save += done - self._done
@@ -221,15 +288,16 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.stop_training = True  # the resumed epoch has run its remaining steps
             self._stopped_short = True
 
-    def _add_saved_metrics(self, values):
+    def _add_saved_metrics(self, values) -> bool:
         variables = self._metric_variables()
         if len(variables) != len(values) or any(
                 tuple(v.shape) != np.shape(a) for v, a in zip(variables, values)):
             logging.warning("The saved epoch metrics do not match the model's metrics: the "
                             "resumed epoch's logs average its remaining steps only.")
-            return
+            return False
         for variable, value in zip(variables, values):
             variable.assign(np.asarray(variable.numpy()) + value)
+        return True
 
     def _resume_training(self):
         if self._stopped_short:
@@ -259,21 +327,40 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         self._since_save = 0
         self._last_batch_seen = self._done
-        super()._save_model()
-        # Rewrite the metadata with the batch count (Keras' file has the epoch only).
-        with tf.io.gfile.GFile(self._training_metadata_path, "w") as f:
+        if is_chief(self.model):
+            self._write_backup(self.backup_dir)
+            return
+        scratch = tempfile.mkdtemp(prefix="tag_tf_backup_worker_")
+        try:  # the same reads as the chief (collectives), into a directory nobody reads
+            self._write_backup(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _write_backup(self, directory: str):
+        """Weights (with the optimizer and affinity state), the point, callback states and
+        the epoch's running metrics, as ``BackupAndRestore`` does plus the batch count."""
+        weights = os.path.join(directory, WEIGHTS_FILE)
+        metadata = os.path.join(directory, METADATA_FILE)
+        tf.io.gfile.makedirs(directory)
+        if self.double_checkpoint:
+            for path in (weights, metadata):
+                if tf.io.gfile.exists(path):
+                    tf.io.gfile.copy(path, f"{path}.bkp", overwrite=True)
+        self.model.save_weights(filepath=weights, overwrite=True)
+        with tf.io.gfile.GFile(metadata, "w") as f:
             json.dump({"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
                        "batches_done": self._done}, f)
-        self._save_callback_state()
+        self._save_callback_state(directory)
         if self._done:
-            buffer = io.BytesIO()
-            np.savez(buffer, **{f"v{i}": np.asarray(v.numpy())
-                                for i, v in enumerate(self._metric_variables())})
-            with tf.io.gfile.GFile(os.path.join(self.backup_dir, METRICS_FILE), "wb") as f:
-                f.write(buffer.getvalue())
+            _write_arrays(os.path.join(directory, METRICS_FILE),
+                          [v.numpy() for v in self._metric_variables()])
 
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and is_chief(self.model) and \
+                tf.io.gfile.exists(self.backup_dir):
+            tf.io.gfile.rmtree(self.backup_dir)
 
-    def _save_callback_state(self):
+    def _save_callback_state(self, directory: str):
         before = self.restored_history or {"epoch": [], "history": {}}
         history = {"epoch": list(before["epoch"]) + self._history_epochs,
                    "history": {k: list(before["history"].get(k, [])) +
@@ -281,19 +368,22 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
                                for k in set(before["history"]) | set(self._history_logs)}}
         callbacks = []
         for k, callback in enumerate(self.stateful_callbacks):
-            saved = {name: _plain(getattr(callback, name)) for name in _STATE_ATTRIBUTES
-                     if getattr(callback, name, None) is not None}
+            saved = {"state": _get_state(callback)}
             best_weights = getattr(callback, "best_weights", None)
             saved["has_best_weights"] = best_weights is not None
             if best_weights is not None:
-                buffer = io.BytesIO()
-                np.savez(buffer, **{f"v{i}": np.asarray(w) for i, w in enumerate(best_weights)})
-                path = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
-                with tf.io.gfile.GFile(path, "wb") as f:
-                    f.write(buffer.getvalue())
+                _write_arrays(os.path.join(directory, f"callback_{k}_best_weights.npz"),
+                              best_weights)
             callbacks.append(saved)
-        with tf.io.gfile.GFile(os.path.join(self.backup_dir, STATE_FILE), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump({"history": history, "callbacks": callbacks}, f)
+
+
+def _write_arrays(path: str, arrays: Sequence[Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"v{i}": np.asarray(a) for i, a in enumerate(arrays)})
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
 
 
 def _plain(value: Any) -> Any:
@@ -374,7 +464,8 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
 
     Calling it again after a crash (same arguments, a freshly built model) continues at
     the backed-up batch; the finished run equals an uninterrupted one (the returned
-    ``History`` includes the epochs before the resume). ``steps_per_epoch``
+    ``History`` includes the epochs before the resume); the state of the ``callbacks``
+    that have one (:func:`has_state`) is backed up too. ``steps_per_epoch``
     defaults to the length of a finite dataset (or of the factory's epoch 0).
     ``fit_kwargs`` go to ``fit`` (``validation_data``, ``verbose``, ...).
     """
@@ -383,7 +474,8 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
             raise ValueError(f"resumable_fit sets {key!r} itself (the stream decides the "
                              "batches and the backup the first epoch).")
     steps = steps_per_epoch or steps_of(data)
-    backup = StepBackupAndRestore(backup_dir, save_freq, steps_per_epoch=steps)
+    backup = StepBackupAndRestore(backup_dir, save_freq, steps_per_epoch=steps,
+                                  stateful_callbacks=[c for c in callbacks if has_state(c)])
     stream = resumable_dataset(data, steps_per_epoch=steps, epochs=epochs,
                                start=backup.resume_point)
     history = model.fit(stream, epochs=epochs, steps_per_epoch=steps,
