@@ -140,8 +140,9 @@ def read_resume_point(backup_dir: str, steps_per_epoch: Optional[int] = None) ->
 class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` that records and resumes the exact batch of the epoch.
 
-    Saves every ``save_freq`` batches and after every epoch, recording the epoch and the
-    number of its batches trained (``batches_done``). On restore, the interrupted epoch
+    Saves every ``save_freq`` batches (when the next batch begins, so that the other
+    callbacks' states include the batch) and after every epoch, recording the epoch and
+    the number of its batches trained (``batches_done``). On restore, the interrupted epoch
     runs only its remaining steps: feed the batches from :attr:`resume_point` on (see
     :func:`resumable_dataset`) with ``fit(steps_per_epoch=...)``. Put it first in the
     callback list (it ends the short epoch through ``model.stop_training`` and clears the
@@ -184,6 +185,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._offset = 0  # batches of the current epoch trained before this fit() call
         self._done = 0  # batches of the current epoch trained so far
         self._since_save = 0
+        self._save_due = False
         self._stopped_short = False
         self._metric_values = None  # the restored epoch's metric states
         self._metrics_to_add = None
@@ -251,6 +253,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         return history
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._save_due = False  # (a batch-count save due at an epoch's end: the end's save)
         if self._ended is not None:
             self._save_epoch_end()
         if self._restored_callbacks is not None:  # after their on_train_begin reset them
@@ -283,10 +286,15 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         steps = self._steps()
         last = bool(steps) and done >= steps  # the epoch's end is saved when it has ended
         if self.save_freq != "epoch" and self._since_save >= self.save_freq and not last:
-            self._save_model()
+            self._save_due = True  # saved when the next batch begins: by then the callbacks
+            # after this one have processed this batch (their state includes it)
         if self._offset and steps and done >= steps and not self.model.stop_training:
             self.model.stop_training = True  # the resumed epoch has run its remaining steps
             self._stopped_short = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._save_due:
+            self._save_model()
 
     def _add_saved_metrics(self, values) -> bool:
         variables = self._metric_variables()
@@ -326,6 +334,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         self._since_save = 0
+        self._save_due = False
         self._last_batch_seen = self._done
         if is_chief(self.model):
             self._write_backup(self.backup_dir)

@@ -68,7 +68,8 @@ def _records(model):
 
 
 # ---- resume: EPOCHS epochs of RESUME_STEPS global batches, backed up every SAVE_FREQ
-EPOCHS, RESUME_STEPS, SAVE_FREQ, CRASH_AT = 2, 5, 3, 8  # crash: epoch 1 after its 3rd batch
+# The crash: after epoch 1's 4th batch; the last backup, made when that batch began, is (1, 3).
+EPOCHS, RESUME_STEPS, SAVE_FREQ, CRASH_AT = 2, 5, 3, 9
 RESUME_STATE = ("affinity_sum", "affinity_count", "affinity_steps", "train_step_counter")
 
 
@@ -191,7 +192,7 @@ def test_two_workers_crash_and_resume_exactly(tmp_path):
     one_device = _train_resumable(tf.distribute.get_strategy(), str(tmp_path / "one"))
     for run in straight + resumed:
         assert not run["crashed"] and run["epochs"] == [0, 1]
-    assert [r["steps"] for r in resumed] == [EPOCHS * RESUME_STEPS - CRASH_AT] * 2  # (1, 3) on
+    assert [r["steps"] for r in resumed] == [RESUME_STEPS - 3] * 2  # epoch 1 from (1, 3)
     for got, expected in zip(resumed, straight):
         for key in ("state", "counts", "lookahead", "cosine", "weights", "loss"):
             assert got[key] == expected[key], key  # bit-identical

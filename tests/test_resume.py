@@ -251,3 +251,55 @@ def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
         expected = json.load(f)
     with open(tmp_path / "resumed" / "out" / "affinity.json") as f:
         assert json.load(f)["epochs"] == expected["epochs"]
+
+
+class LearningRates(keras.callbacks.Callback):
+    """The learning rate after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+def _plateau_run(tmp_path, crash=None):
+    from taskonomy.main import PlateauHalving  # pylint: disable=g-import-not-at-top
+    model = make_model(None)
+    keras.utils.set_random_seed(0)
+    plateau = PlateauHalving(8, window=64, max_window=64, min_learning_rate=1e-9,
+                             start_epoch=0)
+    rates = LearningRates()
+    callbacks = [plateau, rates] + ([Crash(crash)] if crash else [])
+    try:
+        resume.resumable_fit(model, epoch_data, backup_dir=str(tmp_path / "backup"),
+                             save_freq=SAVE_FREQ, epochs=EPOCHS, callbacks=callbacks,
+                             verbose=0)
+    except RuntimeError:
+        pass
+    return plateau, rates.rates
+
+
+@pytest.mark.slow  # ~10 s: 3 short trainings
+def test_taskonomy_plateau_schedule_resumes_exactly(tmp_path, eager):
+    """Taskonomy's PlateauHalving keeps its state (loss window, halvings) in the backups:
+    a run crashed mid-epoch and resumed halves the learning rate at the same steps."""
+    straight, expected = _plateau_run(tmp_path / "straight")
+    assert straight.halvings >= 2  # the schedule does something in these 30 steps
+    _, before = _plateau_run(tmp_path / "resumed", crash=17)
+    point = resume.read_resume_point(str(tmp_path / "resumed" / "backup"), STEPS)
+    assert point == (1, 4)
+    resumed, after = _plateau_run(tmp_path / "resumed")
+    kept = point.epoch * STEPS + point.batches
+    assert len(after) == EPOCHS * STEPS - kept
+    assert len(set(after)) > 1  # the learning rate changes after the resume
+    assert before[:kept] + after == expected
+    assert resumed.get_state() == straight.get_state()
+
+
+def test_stateful_callbacks_need_a_state():
+    with pytest.raises(ValueError, match="get_state"):
+        resume.StepBackupAndRestore("/tmp/x", stateful_callbacks=[keras.callbacks.History()])
+    assert resume.has_state(keras.callbacks.EarlyStopping())
+    assert not resume.has_state(keras.callbacks.History())
