@@ -498,7 +498,7 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
             stateful_callbacks=[c for c in callbacks if resume.has_state(c)])
         resume_from = backup.resume_point
         callbacks.insert(0, backup)  # first: it ends a resumed epoch early (see resume)
-        if options.strategy != "default" and start != (0, 0) and \
+        if options.strategy != "default" and resume_from != (0, 0) and \
                 experiment.train_data_fn is None:
             logging.warning("Resuming under a tf.distribute strategy without "
                             "Experiment.train_data_fn: exact only when the training data "

@@ -368,6 +368,7 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
         shared=_shared_layers(tasks, image_size, widths, include_final_conv=not original),
         loss_fn=lambda task: taskonomy_losses.task_loss(task, shift_tolerant=rotate_loss),
         train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
+        train_data_fn=splits.train_data_fn,
         optimizer_fn=optimizer,
         callbacks_fn=lambda: [PlateauHalving(batch_size, window=loss_window,
                                              max_window=max_loss_window,

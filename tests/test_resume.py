@@ -303,3 +303,38 @@ def test_stateful_callbacks_need_a_state():
         resume.StepBackupAndRestore("/tmp/x", stateful_callbacks=[keras.callbacks.History()])
     assert resume.has_state(keras.callbacks.EarlyStopping())
     assert not resume.has_state(keras.callbacks.History())
+
+
+@pytest.mark.slow  # ~25 s on 2 loaded cores (a fake tree, 5 small pipelines)
+def test_taskonomy_epoch_data_is_the_stream_cut_into_epochs(tmp_path):
+    """taskonomy.data.epoch_data_fn: epoch k is the k-th slice of one endless stream (every
+    pass a seeded permutation with flips), the same on every iteration."""
+    from taskonomy import data  # pylint: disable=g-import-not-at-top
+    from taskonomy import testing  # pylint: disable=g-import-not-at-top
+    root = str(tmp_path / "data")
+    testing.write_fake_taskonomy(root, size=16, frames=3)
+    examples = data.split_examples(root, "n", "train")
+    size = len(examples)
+    fn = data.epoch_data_fn(examples, batch_size=2, steps_per_epoch=2, seed=3, image_size=16)
+    reference = [x for x, _ in data.make_dataset(examples, batch_size=1, training=False,
+                                                  image_size=16).unbatch().as_numpy_iterator()]
+
+    def ids(dataset):
+        out = []
+        for x, _ in dataset.unbatch().as_numpy_iterator():
+            match = [i for i, r in enumerate(reference) if np.array_equal(r, x)]
+            mirrored = [i for i, r in enumerate(reference) if np.array_equal(r[:, ::-1], x)]
+            out.append((match or mirrored)[0] if match or mirrored else None)
+        return out
+
+    assert 2 * size % 4 == 0 and size % 4, size  # (6) epochs cross the passes' boundary
+    epochs = [ids(fn(k)) for k in range(2 * size // 4)]  # 4 examples per epoch: 2 passes
+    assert all(len(e) == 4 and None not in e for e in epochs)
+    assert ids(fn(1)) == epochs[1]  # re-iterating gives the same batches
+    stream = [i for e in epochs for i in e]
+    passes = [stream[:size], stream[size:]]
+    assert all(sorted(p) == list(range(size)) for p in passes)  # each pass is a permutation
+    assert passes[0] != passes[1]  # reshuffled between passes
+    other = data.epoch_data_fn(examples, batch_size=2, steps_per_epoch=2, seed=4,
+                               image_size=16)
+    assert ids(other(0)) != epochs[0]
