@@ -249,7 +249,7 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, *, tasks: Sequen
         if training:  # shuffle the small encoded examples, then decode in parallel
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=reshuffle)
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=not training)
+                    deterministic=not training or not reshuffle)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -34,6 +34,11 @@ with ``reshuffle_each_iteration=False``, e.g.::
                              reshuffle_each_iteration=False).map(load).batch(256)
 
 Runs that are not resumed consume the same stream, so both agree step for step.
+
+Callbacks with state to keep (``EarlyStopping``, or any :class:`StatefulCallback`: one with
+``get_state()`` / ``set_state()``) are backed up with the model; ``resumable_fit`` finds them
+in ``callbacks``. Under ``MultiWorkerMirroredStrategy`` every worker passes the same shared
+``backup_dir``; only the chief writes it, and all workers resume from it.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import tensorflow as tf
 from absl import logging
 
 METADATA_FILE = "training_metadata.json"  # BackupAndRestore's file name
-METRICS_FILE = "epoch_metrics.npz"  # the interrupted epoch's running metric states
+REPLICA_FILE = "replicas{}.npz"  # one per process: per-replica metric sums and variables
 STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' states
 WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's file name
 _EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
@@ -98,11 +103,44 @@ def _set_state(callback: Any, state: dict) -> None:
             setattr(callback, name, state[name])
 
 
+def _strategy(model: keras.Model) -> tf.distribute.Strategy:
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+
+def _replica_file(model: keras.Model) -> str:
+    """This process's file of per-replica states (one per worker under multi-worker)."""
+    resolver = getattr(_strategy(model), "cluster_resolver", None)
+    if resolver is not None and getattr(resolver, "task_type", None):
+        return REPLICA_FILE.format(f"_{resolver.task_type}_{resolver.task_id}")
+    return REPLICA_FILE.format("")
+
+
+def _local_copies(model: keras.Model, variables: Sequence[Any]) -> list:
+    """This process's copies of ``variables``: each replica's for a distributed variable
+    (SyncOnRead metric sums, per-replica statistics), the variable itself otherwise."""
+    strategy = _strategy(model)
+    copies = []
+    for variable in variables:
+        value = getattr(variable, "value", variable)
+        if isinstance(value, tf.distribute.DistributedValues):
+            copies.extend(strategy.experimental_local_results(value))
+        else:
+            copies.append(value)
+    return copies
+
+
+def _replica_variables(model: keras.Model) -> list:
+    """The model's non-trainable variables held per replica (e.g. BatchNormalization's
+    moving statistics, which Keras updates on each replica from its own share of the batch:
+    the replicas' copies differ, and a weights file keeps the first replica's only)."""
+    return [v for v in model.non_trainable_variables
+            if isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)]
+
+
 def is_chief(model: keras.Model) -> bool:
     """Whether this process writes the backups: always, except under a multi-worker
     strategy, where only the chief (worker 0 without a chief task) does."""
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    return bool(getattr(strategy.extended, "should_checkpoint", True))
+    return bool(getattr(_strategy(model).extended, "should_checkpoint", True))
 
 
 class ResumePoint(NamedTuple):
@@ -168,6 +206,13 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     it (and deletes it at the end); the other workers do the same saving work (reading
     synced metric variables is a collective) into a private temporary directory deleted
     at once. Every worker resumes from the chief's files, so all resume at one point.
+
+    Per-replica copies: under a ``tf.distribute`` strategy Keras updates non-trainable
+    variables such as ``BatchNormalization``'s moving statistics on each replica from its
+    share of the batch, so the copies differ and a weights file holds only the first.
+    Every process also writes its replicas' copies (``replicas*.npz``, one file per
+    worker; with the running metric sums, also per replica) and restores them, so
+    evaluation and the logged metrics after a resume are exact too.
     """
 
     def __init__(self, backup_dir: str, save_freq: Union[str, int] = "epoch", *,
@@ -187,7 +232,8 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._since_save = 0
         self._save_due = False
         self._stopped_short = False
-        self._metric_values = None  # the restored epoch's metric states
+        self._metric_values = None  # the restored epoch's metric sums (this process's copies)
+        self._replica_state = None
         self._metrics_to_add = None
         self.stateful_callbacks = list(stateful_callbacks)
         for k, callback in enumerate(self.stateful_callbacks):
@@ -210,6 +256,9 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self):
         super()._load_model()  # weights (with the affinity state), Keras' initial epoch
+        self._replica_state = None
+        if tf.io.gfile.exists(self._weights_path):
+            self._restore_replica_state()
         point = read_resume_point(self.backup_dir, self._steps())
         if point != self.resume_point and tf.io.gfile.exists(self._weights_path):
             raise ValueError(
@@ -230,11 +279,8 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
                     with tf.io.gfile.GFile(weights, "rb") as f:
                         stored = np.load(io.BytesIO(f.read()))
                     saved["best_weights"] = [stored[f"v{i}"] for i in range(len(stored.files))]
-        path = os.path.join(self.backup_dir, METRICS_FILE)
-        if point.batches and tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path, "rb") as f:
-                stored = np.load(io.BytesIO(f.read()))
-            self._metric_values = [stored[f"v{i}"] for i in range(len(stored.files))]
+        if point.batches and self._replica_state is not None:
+            self._metric_values = self._replica_state["metrics"]
         if tf.io.gfile.exists(self._weights_path):
             self.model._initial_epoch = point.epoch  # pylint: disable=protected-access
 
@@ -297,7 +343,9 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._save_model()
 
     def _add_saved_metrics(self, values) -> bool:
-        variables = self._metric_variables()
+        # Each replica's copy gets its own saved sum back: the sums then equal the
+        # uninterrupted run's bit for bit (the same additions, in another order).
+        variables = _local_copies(self.model, self._metric_variables())
         if len(variables) != len(values) or any(
                 tuple(v.shape) != np.shape(a) for v, a in zip(variables, values)):
             logging.warning("The saved epoch metrics do not match the model's metrics: the "
@@ -336,6 +384,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._since_save = 0
         self._save_due = False
         self._last_batch_seen = self._done
+        self._write_replica_state()
         if is_chief(self.model):
             self._write_backup(self.backup_dir)
             return
@@ -344,6 +393,38 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._write_backup(scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _write_replica_state(self):
+        """Every process writes its own replicas' copies (no collective: local reads) of
+        the running metric sums and the per-replica variables, into its own file."""
+        metrics = _local_copies(self.model, self._metric_variables()) if self._done else []
+        copies = _local_copies(self.model, _replica_variables(self.model))
+        arrays = {f"m{i}": np.asarray(c.numpy()) for i, c in enumerate(metrics)}
+        arrays.update({f"r{i}": np.asarray(c.numpy()) for i, c in enumerate(copies)})
+        tf.io.gfile.makedirs(self.backup_dir)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with tf.io.gfile.GFile(os.path.join(self.backup_dir, _replica_file(self.model)),
+                               "wb") as f:
+            f.write(buffer.getvalue())
+
+    def _restore_replica_state(self):
+        path = os.path.join(self.backup_dir, _replica_file(self.model))
+        if not tf.io.gfile.exists(path):
+            return
+        with tf.io.gfile.GFile(path, "rb") as f:
+            stored = np.load(io.BytesIO(f.read()))
+        group = lambda p: [stored[f"{p}{i}"] for i in range(sum(k[0] == p for k in stored.files))]
+        self._replica_state = {"metrics": group("m")}
+        copies = _local_copies(self.model, _replica_variables(self.model))
+        arrays = group("r")
+        if len(arrays) != len(copies) or any(
+                tuple(c.shape) != a.shape for c, a in zip(copies, arrays)):
+            raise ValueError(f"{path} does not match the model's per-replica variables "
+                             f"({len(arrays)} arrays for {len(copies)} replica copies): "
+                             "resume with the strategy and model of the backed-up run.")
+        for copy, array in zip(copies, arrays):
+            copy.assign(array)
 
     def _write_backup(self, directory: str):
         """Weights (with the optimizer and affinity state), the point, callback states and
@@ -360,9 +441,6 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             json.dump({"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
                        "batches_done": self._done}, f)
         self._save_callback_state(directory)
-        if self._done:
-            _write_arrays(os.path.join(directory, METRICS_FILE),
-                          [v.numpy() for v in self._metric_variables()])
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and is_chief(self.model) and \

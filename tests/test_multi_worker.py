@@ -184,9 +184,11 @@ def test_two_workers_crash_and_resume_exactly(tmp_path):
                            str(CRASH_AT))
     assert [r["crashed"] for r in crashed] == [True, True]
     assert resume.read_resume_point(str(tmp_path / "backup"), RESUME_STEPS) == (1, 3)
-    # Only the chief wrote: the backup holds its files and no worker's.
+    # Only the chief wrote the backup; each worker added its own replica's metric sums and
+    # copies of the per-replica variables.
     assert sorted(os.listdir(tmp_path / "backup")) == sorted(
-        [resume.WEIGHTS_FILE, resume.METADATA_FILE, resume.STATE_FILE, resume.METRICS_FILE])
+        [resume.WEIGHTS_FILE, resume.METADATA_FILE, resume.STATE_FILE,
+         "replicas_worker_0.npz", "replicas_worker_1.npz"])
     resumed = _run_workers(tmp_path, "resumed", "resume", str(tmp_path / "backup"), "0")
     assert not os.path.exists(tmp_path / "backup")  # the chief deleted it when finished
     one_device = _train_resumable(tf.distribute.get_strategy(), str(tmp_path / "one"))

@@ -113,10 +113,10 @@ def test_mirrored_cli_resume_is_exact(data_dir, tmp_path):  # noqa: F811
     assert done.returncode == 0, done.stderr[-3000:]
     straight, resumed = _results(str(tmp_path / "straight")), _results(str(tmp_path / "resumed"))
     assert resumed["networks"][0]["replicas"] == 2
-    assert resumed["affinity"]["matrix"] == straight["affinity"]["matrix"]
-    assert resumed["test_loss"] == straight["test_loss"]
     for key in ("history", "epochs_run", "best_epoch", "test"):
         assert resumed["networks"][0][key] == straight["networks"][0][key], key
+    assert resumed["affinity"]["matrix"] == straight["affinity"]["matrix"]
+    assert resumed["test_loss"] == straight["test_loss"]
     for name in ("affinity.json",):
         with open(tmp_path / "straight" / name) as f, open(tmp_path / "resumed" / name) as g:
             assert json.load(g)["epochs"] == json.load(f)["epochs"]
