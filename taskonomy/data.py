@@ -429,7 +429,9 @@ def epoch_data_fn(examples: Examples, *, batch_size: int, steps_per_epoch: int, 
         batches = _load_batches(stream, examples, batch_size=batch_size,
                                 image_size=image_size, drop_remainder=True, deterministic=True,
                                 skip_errors=True, num_parallel_calls=num_parallel_calls)
-        return batches.take(steps_per_epoch)
+        # An endless stream: every epoch has its steps (skipped files only read further).
+        return batches.take(steps_per_epoch).apply(
+            tf.data.experimental.assert_cardinality(steps_per_epoch))
 
     return epoch_data
 

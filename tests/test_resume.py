@@ -330,6 +330,7 @@ def test_taskonomy_epoch_data_is_the_stream_cut_into_epochs(tmp_path):
     assert 2 * size % 4 == 0 and size % 4, size  # (6) epochs cross the passes' boundary
     epochs = [ids(fn(k)) for k in range(2 * size // 4)]  # 4 examples per epoch: 2 passes
     assert all(len(e) == 4 and None not in e for e in epochs)
+    assert int(fn(0).cardinality()) == 2  # known: fit() and resume.steps_of can count it
     assert ids(fn(1)) == epochs[1]  # re-iterating gives the same batches
     stream = [i for e in epochs for i in e]
     passes = [stream[:size], stream[size:]]
