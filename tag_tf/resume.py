@@ -203,9 +203,9 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Multi-worker (``MultiWorkerMirroredStrategy``): every worker runs this callback on the
     same ``backup_dir``, which must be storage all workers share. Only the chief writes
-    it (and deletes it at the end); the other workers do the same saving work (reading
-    synced metric variables is a collective) into a private temporary directory deleted
-    at once. Every worker resumes from the chief's files, so all resume at one point.
+    it (and deletes it at the end); the other workers do the same saving work (in case
+    reading a variable is a collective) into a private temporary directory deleted at
+    once. Every worker resumes from the chief's files, so all resume at one point.
 
     Per-replica copies: under a ``tf.distribute`` strategy Keras updates non-trainable
     variables such as ``BatchNormalization``'s moving statistics on each replica from its
@@ -389,7 +389,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._write_backup(self.backup_dir)
             return
         scratch = tempfile.mkdtemp(prefix="tag_tf_backup_worker_")
-        try:  # the same reads as the chief (collectives), into a directory nobody reads
+        try:  # the same reads as the chief (if any is a collective), written nowhere read
             self._write_backup(scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -414,7 +414,11 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         with tf.io.gfile.GFile(path, "rb") as f:
             stored = np.load(io.BytesIO(f.read()))
-        group = lambda p: [stored[f"{p}{i}"] for i in range(sum(k[0] == p for k in stored.files))]
+
+        def group(prefix):
+            count = sum(name.startswith(prefix) for name in stored.files)
+            return [stored[f"{prefix}{i}"] for i in range(count)]
+
         self._replica_state = {"metrics": group("m")}
         copies = _local_copies(self.model, _replica_variables(self.model))
         arrays = group("r")
@@ -427,8 +431,8 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             copy.assign(array)
 
     def _write_backup(self, directory: str):
-        """Weights (with the optimizer and affinity state), the point, callback states and
-        the epoch's running metrics, as ``BackupAndRestore`` does plus the batch count."""
+        """Weights (with the optimizer and affinity state), the point with its batch count
+        and the callback states (the running metrics: :meth:`_write_replica_state`)."""
         weights = os.path.join(directory, WEIGHTS_FILE)
         metadata = os.path.join(directory, METADATA_FILE)
         tf.io.gfile.makedirs(directory)
