@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 from unittest import mock
 
 import tensorflow as tf
@@ -217,10 +217,16 @@ def _preprocess(image_feature, tasks: Sequence[str], image_size: int):
     return fn
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of training epoch ``epoch`` of a run seeded ``seed``."""
+    return (seed * 1_000_003 + epoch + 1) % 2**31
+
+
 def make_dataset(builder: tfds.core.DatasetBuilder, split: str, *, tasks: Sequence[str],
                  batch_size: int, image_size: int = IMAGE_SIZE, training: bool = False,
                  seed: int = 0, shuffle_buffer: Optional[int] = None,
-                 cache: Optional[str] = None, limit: Optional[int] = None) -> tf.data.Dataset:
+                 cache: Optional[str] = None, limit: Optional[int] = None,
+                 epoch: Optional[int] = None) -> tf.data.Dataset:
     """One split as batches of ``(image [B, s, s, 3] float32 in [0, 1], {task: int32 [B]})``.
 
     Args:
@@ -237,15 +243,21 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, *, tasks: Sequen
       cache: ``None`` (decode every epoch), ``"memory"``, or a file path prefix (the split
         name is appended): caches decoded, resized images.
       limit: use only the first ``limit`` examples (debugging, tests).
+      epoch: training only: this epoch's data, shuffled by :func:`epoch_seed` and the same
+        on every iteration (None: one dataset reshuffled on every iteration).
     """
     tasks = check_tasks(tasks)
     if batch_size < 1 or image_size < 1:
         raise ValueError(f"batch_size and image_size must be positive. Received: "
                          f"batch_size={batch_size}, image_size={image_size}")
+    reshuffle = epoch is None
+    if not reshuffle:
+        seed = epoch_seed(seed, epoch)
     ds = builder.as_dataset(
         split=split, shuffle_files=training,
         decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=seed))
+        read_config=tfds.ReadConfig(shuffle_seed=seed,
+                                    shuffle_reshuffle_each_iteration=reshuffle))
     if limit is not None:
         ds = ds.take(limit)
     ds = ds.map(lambda ex: {"image": ex["image"], "attributes": ex["attributes"]})
@@ -256,13 +268,35 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, *, tasks: Sequen
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.cache() if cache == "memory" else ds.cache(f"{cache}_{split}_{image_size}")
         if training:
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=reshuffle)
     else:
         if training:  # shuffle the small encoded examples, then decode in parallel
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=reshuffle)
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=not training)
+                    deterministic=not training or not reshuffle)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_data_fn(data_dir: Optional[str], *, tasks: Sequence[str] = DEFAULT_TASKS,
+                  batch_size: int = 256, image_size: int = IMAGE_SIZE, seed: int = 0,
+                  shuffle_buffer: Optional[int] = None, cache: Optional[str] = None,
+                  limit: Optional[int] = None) -> Callable[[int], tf.data.Dataset]:
+    """``epoch -> that epoch's training batches`` (``pipeline.Experiment.train_data_fn``).
+
+    Each epoch's files and examples are shuffled by :func:`epoch_seed` without reshuffling,
+    so the epoch's batches do not depend on how often the dataset is iterated: resumes are
+    exact under a ``tf.distribute`` strategy too. Arguments as :func:`make_dataset` (a
+    ``"memory"`` cache is per epoch here: use a file cache to decode once).
+    """
+    builder = load_builder(data_dir)
+
+    def epoch_data(epoch: int) -> tf.data.Dataset:
+        return make_dataset(builder, "train", tasks=tasks, batch_size=batch_size,
+                            image_size=image_size, training=True, seed=seed,
+                            shuffle_buffer=shuffle_buffer, cache=cache, limit=limit,
+                            epoch=epoch)
+
+    return epoch_data
 
 
 class Splits(NamedTuple):

@@ -122,6 +122,11 @@ class Experiment:
         dataset seeds itself (initialisers, data order, augmentation) seeded by ``seed``;
         used for ``Options.seeds > 1``. None: only ``Options.seed`` changes between the
         trainings, which varies nothing that ``network_fn`` or the data seed themselves.
+      train_data_fn: ``train_data_fn(epoch)`` -> epoch ``epoch``'s training batches, the
+        same however often the dataset is iterated (a shuffle seeded by the epoch with
+        ``reshuffle_each_iteration=False``). When given, epoch k trains on it instead of
+        ``train_data``: what makes ``Options.backup_dir`` resumes exact under a
+        ``tf.distribute`` strategy (:mod:`tag_tf.resume`).
     """
 
     tasks: Sequence[str]
@@ -138,6 +143,7 @@ class Experiment:
     gradnorm_layer: Optional[str] = None
     gradnorm_fn: Optional[Callable[[float], Any]] = None
     for_seed: Optional[Callable[[int], "Experiment"]] = None
+    train_data_fn: Optional[Callable[[int], tf.data.Dataset]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,19 +488,32 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         callbacks.append(tag_tf.AffinityLogger(output_dir=output_dir, log_dir=options.log_dir))
     # ---- step-exact backup / resume (resume12)
     steps_per_epoch = options.steps_per_epoch
+    from tag_tf import resume  # pylint: disable=g-import-not-at-top
+    data = train
+    if experiment.train_data_fn is not None:  # epoch-indexed: the same batches however read
+        def data(epoch):
+            epoch_data = _select_labels(experiment.train_data_fn(epoch), tasks)
+            if options.strategy != "default":
+                epoch_data = epoch_data.with_options(distribute_options(options.shard_policy))
+            return epoch_data
+    resume_from = resume.ResumePoint()
     if options.backup_dir:
-        from tag_tf import resume  # pylint: disable=g-import-not-at-top
-        steps_per_epoch = steps_per_epoch or resume.steps_of(train)
+        steps_per_epoch = steps_per_epoch or resume.steps_of(data)
         backup = resume.StepBackupAndRestore(
             os.path.join(options.backup_dir, f"network_{index}"), options.save_freq,
-            steps_per_epoch=steps_per_epoch, stateful_callbacks=[stopper] if stopper else [])
-        train = resume.resumable_dataset(train, steps_per_epoch=steps_per_epoch,
-                                         epochs=options.epochs, start=backup.resume_point)
+            steps_per_epoch=steps_per_epoch,
+            stateful_callbacks=[c for c in callbacks if resume.has_state(c)])
+        resume_from = backup.resume_point
         callbacks.insert(0, backup)  # first: it ends a resumed epoch early (see resume)
-        if options.strategy != "default" and backup.resume_point != (0, 0):
-            logging.warning("Resuming under a tf.distribute strategy: exact only when the "
-                            "training data gives the same batches on every iteration "
-                            "(see tag_tf.resume).")
+        if options.strategy != "default" and resume_from != (0, 0) and \
+                experiment.train_data_fn is None:
+            logging.warning("Resuming under a tf.distribute strategy without "
+                            "Experiment.train_data_fn: exact only when the training data "
+                            "gives the same batches on every iteration (see tag_tf.resume).")
+    if options.backup_dir or experiment.train_data_fn is not None:
+        steps_per_epoch = steps_per_epoch or resume.steps_of(data)
+        train = resume.resumable_dataset(data, steps_per_epoch=steps_per_epoch,
+                                         epochs=options.epochs, start=resume_from)
     # ---- end backup / resume
     history = model.fit(train, validation_data=validation, epochs=options.epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=callbacks,

@@ -34,6 +34,11 @@ with ``reshuffle_each_iteration=False``, e.g.::
                              reshuffle_each_iteration=False).map(load).batch(256)
 
 Runs that are not resumed consume the same stream, so both agree step for step.
+
+Callbacks with state to keep (``EarlyStopping``, or any :class:`StatefulCallback`: one with
+``get_state()`` / ``set_state()``) are backed up with the model; ``resumable_fit`` finds them
+in ``callbacks``. Under ``MultiWorkerMirroredStrategy`` every worker passes the same shared
+``backup_dir``; only the chief writes it, and all workers resume from it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+import shutil
+import tempfile
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence, Union, \
+    runtime_checkable
 
 import keras
 import numpy as np
@@ -49,11 +57,90 @@ import tensorflow as tf
 from absl import logging
 
 METADATA_FILE = "training_metadata.json"  # BackupAndRestore's file name
-METRICS_FILE = "epoch_metrics.npz"  # the interrupted epoch's running metric states
-STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' attributes
-_STATE_ATTRIBUTES = ("wait", "stopped_epoch", "best", "best_epoch")  # EarlyStopping's
+REPLICA_FILE = "replicas{}.npz"  # one per process: per-replica metric sums and variables
+STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' states
+WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's file name
+_EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
 
 TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
+
+
+@runtime_checkable
+class StatefulCallback(Protocol):
+    """A callback whose state :class:`StepBackupAndRestore` backs up and restores.
+
+    ``get_state()`` returns a JSON-ready dict (numbers, strings, lists, dicts);
+    ``set_state(state)`` is called with it on a resume, after every callback's
+    ``on_train_begin`` and before the resumed epoch's ``on_epoch_begin`` of the callbacks
+    listed after the backup (so a callback can keep a mid-epoch state through its
+    ``on_epoch_begin``).
+    """
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+def has_state(callback: Any) -> bool:
+    """Whether :class:`StepBackupAndRestore` can back up ``callback``'s state: a
+    :class:`StatefulCallback`, or a ``keras.callbacks.EarlyStopping``."""
+    return isinstance(callback, (StatefulCallback, keras.callbacks.EarlyStopping))
+
+
+def _get_state(callback: Any) -> dict:
+    if isinstance(callback, StatefulCallback):
+        return callback.get_state()
+    return {name: _plain(getattr(callback, name)) for name in _EARLY_STOPPING_STATE
+            if getattr(callback, name, None) is not None}
+
+
+def _set_state(callback: Any, state: dict) -> None:
+    if isinstance(callback, StatefulCallback):
+        callback.set_state(state)
+        return
+    for name in _EARLY_STOPPING_STATE:
+        if name in state:
+            setattr(callback, name, state[name])
+
+
+def _strategy(model: keras.Model) -> tf.distribute.Strategy:
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+
+def _replica_file(model: keras.Model) -> str:
+    """This process's file of per-replica states (one per worker under multi-worker)."""
+    resolver = getattr(_strategy(model), "cluster_resolver", None)
+    if resolver is not None and getattr(resolver, "task_type", None):
+        return REPLICA_FILE.format(f"_{resolver.task_type}_{resolver.task_id}")
+    return REPLICA_FILE.format("")
+
+
+def _local_copies(model: keras.Model, variables: Sequence[Any]) -> list:
+    """This process's copies of ``variables``: each replica's for a distributed variable
+    (SyncOnRead metric sums, per-replica statistics), the variable itself otherwise."""
+    strategy = _strategy(model)
+    copies = []
+    for variable in variables:
+        value = getattr(variable, "value", variable)
+        if isinstance(value, tf.distribute.DistributedValues):
+            copies.extend(strategy.experimental_local_results(value))
+        else:
+            copies.append(value)
+    return copies
+
+
+def _replica_variables(model: keras.Model) -> list:
+    """The model's non-trainable variables held per replica (e.g. BatchNormalization's
+    moving statistics, which Keras updates on each replica from its own share of the batch:
+    the replicas' copies differ, and a weights file keeps the first replica's only)."""
+    return [v for v in model.non_trainable_variables
+            if isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)]
+
+
+def is_chief(model: keras.Model) -> bool:
+    """Whether this process writes the backups: always, except under a multi-worker
+    strategy, where only the chief (worker 0 without a chief task) does."""
+    return bool(getattr(_strategy(model).extended, "should_checkpoint", True))
 
 
 class ResumePoint(NamedTuple):
@@ -91,8 +178,9 @@ def read_resume_point(backup_dir: str, steps_per_epoch: Optional[int] = None) ->
 class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` that records and resumes the exact batch of the epoch.
 
-    Saves every ``save_freq`` batches and after every epoch, recording the epoch and the
-    number of its batches trained (``batches_done``). On restore, the interrupted epoch
+    Saves every ``save_freq`` batches (when the next batch begins, so that the other
+    callbacks' states include the batch) and after every epoch, recording the epoch and
+    the number of its batches trained (``batches_done``). On restore, the interrupted epoch
     runs only its remaining steps: feed the batches from :attr:`resume_point` on (see
     :func:`resumable_dataset`) with ``fit(steps_per_epoch=...)``. Put it first in the
     callback list (it ends the short epoch through ``model.stop_training`` and clears the
@@ -107,10 +195,24 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     The running training metrics of the epoch are saved too, so the resumed epoch's logged
     ``loss`` / metrics average over all its steps, and so is the history so far
-    (:meth:`complete_history` prepends it to the resumed ``fit``'s ``History``). Callbacks
-    listed in ``stateful_callbacks`` keep their ``wait``, ``stopped_epoch``, ``best``,
-    ``best_epoch`` and ``best_weights`` (``EarlyStopping``); other callbacks' state is not
-    saved, as with Keras' callback.
+    (:meth:`complete_history` prepends it to the resumed ``fit``'s ``History``). The
+    callbacks listed in ``stateful_callbacks`` keep their state: a
+    :class:`StatefulCallback`'s ``get_state()``, an ``EarlyStopping``'s ``wait``,
+    ``stopped_epoch``, ``best``, ``best_epoch`` and ``best_weights``; other callbacks'
+    state is not saved, as with Keras' callback.
+
+    Multi-worker (``MultiWorkerMirroredStrategy``): every worker runs this callback on the
+    same ``backup_dir``, which must be storage all workers share. Only the chief writes
+    it (and deletes it at the end); the other workers do the same saving work (in case
+    reading a variable is a collective) into a private temporary directory deleted at
+    once. Every worker resumes from the chief's files, so all resume at one point.
+
+    Per-replica copies: under a ``tf.distribute`` strategy Keras updates non-trainable
+    variables such as ``BatchNormalization``'s moving statistics on each replica from its
+    share of the batch, so the copies differ and a weights file holds only the first.
+    Every process also writes its replicas' copies (``replicas*.npz``, one file per
+    worker; with the running metric sums, also per replica) and restores them, so
+    evaluation and the logged metrics after a resume are exact too.
     """
 
     def __init__(self, backup_dir: str, save_freq: Union[str, int] = "epoch", *,
@@ -128,10 +230,18 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._offset = 0  # batches of the current epoch trained before this fit() call
         self._done = 0  # batches of the current epoch trained so far
         self._since_save = 0
+        self._save_due = False
         self._stopped_short = False
-        self._metric_values = None  # the restored epoch's metric states
+        self._metric_values = None  # the restored epoch's metric sums (this process's copies)
+        self._replica_state = None
         self._metrics_to_add = None
         self.stateful_callbacks = list(stateful_callbacks)
+        for k, callback in enumerate(self.stateful_callbacks):
+            if not has_state(callback):
+                raise ValueError(
+                    f"stateful_callbacks[{k}] ({type(callback).__name__}) has no get_state() "
+                    "/ set_state() (tag_tf.resume.StatefulCallback) and is not an "
+                    "EarlyStopping: its state cannot be backed up.")
         self.restored_history: Optional[dict] = None  # {"epoch": [...], "history": {...}}
         self._restored_callbacks: Optional[list] = None
         self._ended = None  # (epoch, logs) of an epoch that ended, until it is saved
@@ -146,6 +256,9 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self):
         super()._load_model()  # weights (with the affinity state), Keras' initial epoch
+        self._replica_state = None
+        if tf.io.gfile.exists(self._weights_path):
+            self._restore_replica_state()
         point = read_resume_point(self.backup_dir, self._steps())
         if point != self.resume_point and tf.io.gfile.exists(self._weights_path):
             raise ValueError(
@@ -166,11 +279,8 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
                     with tf.io.gfile.GFile(weights, "rb") as f:
                         stored = np.load(io.BytesIO(f.read()))
                     saved["best_weights"] = [stored[f"v{i}"] for i in range(len(stored.files))]
-        path = os.path.join(self.backup_dir, METRICS_FILE)
-        if point.batches and tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path, "rb") as f:
-                stored = np.load(io.BytesIO(f.read()))
-            self._metric_values = [stored[f"v{i}"] for i in range(len(stored.files))]
+        if point.batches and self._replica_state is not None:
+            self._metric_values = self._replica_state["metrics"]
         if tf.io.gfile.exists(self._weights_path):
             self.model._initial_epoch = point.epoch  # pylint: disable=protected-access
 
@@ -189,13 +299,14 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         return history
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._save_due = False  # (a batch-count save due at an epoch's end: the end's save)
         if self._ended is not None:
             self._save_epoch_end()
         if self._restored_callbacks is not None:  # after their on_train_begin reset them
             for callback, saved in zip(self.stateful_callbacks, self._restored_callbacks):
-                for name, value in saved.items():
-                    if name in _STATE_ATTRIBUTES or name == "best_weights":
-                        setattr(callback, name, value)
+                _set_state(callback, saved.get("state", saved))  # (older files: flat)
+                if "best_weights" in saved:
+                    callback.best_weights = saved["best_weights"]
             self._restored_callbacks = None
         self._current_epoch = epoch
         self._offset = self._pending.batches if epoch == self._pending.epoch else 0
@@ -208,7 +319,12 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_batch_end(self, batch, logs=None):
         if self._metrics_to_add is not None:
-            self._add_saved_metrics(self._metrics_to_add)
+            if self._add_saved_metrics(self._metrics_to_add) and logs is not None:
+                # This batch's logs (shared by the callbacks after this one) were computed
+                # before the addition: refresh them to the means over all the epoch's steps.
+                for key, value in self.model.get_metrics_result().items():
+                    if key in logs:
+                        logs[key] = _plain(value)
             self._metrics_to_add = None
         done = self._offset + batch + 1  # `batch` is the last step of the execution
         self._since_save += done - self._done
@@ -216,20 +332,28 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         steps = self._steps()
         last = bool(steps) and done >= steps  # the epoch's end is saved when it has ended
         if self.save_freq != "epoch" and self._since_save >= self.save_freq and not last:
-            self._save_model()
+            self._save_due = True  # saved when the next batch begins: by then the callbacks
+            # after this one have processed this batch (their state includes it)
         if self._offset and steps and done >= steps and not self.model.stop_training:
             self.model.stop_training = True  # the resumed epoch has run its remaining steps
             self._stopped_short = True
 
-    def _add_saved_metrics(self, values):
-        variables = self._metric_variables()
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._save_due:
+            self._save_model()
+
+    def _add_saved_metrics(self, values) -> bool:
+        # Each replica's copy gets its own saved sum back: the sums then equal the
+        # uninterrupted run's bit for bit (the same additions, in another order).
+        variables = _local_copies(self.model, self._metric_variables())
         if len(variables) != len(values) or any(
                 tuple(v.shape) != np.shape(a) for v, a in zip(variables, values)):
             logging.warning("The saved epoch metrics do not match the model's metrics: the "
                             "resumed epoch's logs average its remaining steps only.")
-            return
+            return False
         for variable, value in zip(variables, values):
             variable.assign(np.asarray(variable.numpy()) + value)
+        return True
 
     def _resume_training(self):
         if self._stopped_short:
@@ -258,22 +382,76 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         self._since_save = 0
+        self._save_due = False
         self._last_batch_seen = self._done
-        super()._save_model()
-        # Rewrite the metadata with the batch count (Keras' file has the epoch only).
-        with tf.io.gfile.GFile(self._training_metadata_path, "w") as f:
+        self._write_replica_state()
+        if is_chief(self.model):
+            self._write_backup(self.backup_dir)
+            return
+        scratch = tempfile.mkdtemp(prefix="tag_tf_backup_worker_")
+        try:  # the same reads as the chief (if any is a collective), written nowhere read
+            self._write_backup(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _write_replica_state(self):
+        """Every process writes its own replicas' copies (no collective: local reads) of
+        the running metric sums and the per-replica variables, into its own file."""
+        metrics = _local_copies(self.model, self._metric_variables()) if self._done else []
+        copies = _local_copies(self.model, _replica_variables(self.model))
+        arrays = {f"m{i}": np.asarray(c.numpy()) for i, c in enumerate(metrics)}
+        arrays.update({f"r{i}": np.asarray(c.numpy()) for i, c in enumerate(copies)})
+        tf.io.gfile.makedirs(self.backup_dir)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with tf.io.gfile.GFile(os.path.join(self.backup_dir, _replica_file(self.model)),
+                               "wb") as f:
+            f.write(buffer.getvalue())
+
+    def _restore_replica_state(self):
+        path = os.path.join(self.backup_dir, _replica_file(self.model))
+        if not tf.io.gfile.exists(path):
+            return
+        with tf.io.gfile.GFile(path, "rb") as f:
+            stored = np.load(io.BytesIO(f.read()))
+
+        def group(prefix):
+            count = sum(name.startswith(prefix) for name in stored.files)
+            return [stored[f"{prefix}{i}"] for i in range(count)]
+
+        self._replica_state = {"metrics": group("m")}
+        copies = _local_copies(self.model, _replica_variables(self.model))
+        arrays = group("r")
+        if len(arrays) != len(copies) or any(
+                tuple(c.shape) != a.shape for c, a in zip(copies, arrays)):
+            raise ValueError(f"{path} does not match the model's per-replica variables "
+                             f"({len(arrays)} arrays for {len(copies)} replica copies): "
+                             "resume with the strategy and model of the backed-up run.")
+        for copy, array in zip(copies, arrays):
+            copy.assign(array)
+
+    def _write_backup(self, directory: str):
+        """Weights (with the optimizer and affinity state), the point with its batch count
+        and the callback states (the running metrics: :meth:`_write_replica_state`)."""
+        weights = os.path.join(directory, WEIGHTS_FILE)
+        metadata = os.path.join(directory, METADATA_FILE)
+        tf.io.gfile.makedirs(directory)
+        if self.double_checkpoint:
+            for path in (weights, metadata):
+                if tf.io.gfile.exists(path):
+                    tf.io.gfile.copy(path, f"{path}.bkp", overwrite=True)
+        self.model.save_weights(filepath=weights, overwrite=True)
+        with tf.io.gfile.GFile(metadata, "w") as f:
             json.dump({"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
                        "batches_done": self._done}, f)
-        self._save_callback_state()
-        if self._done:
-            buffer = io.BytesIO()
-            np.savez(buffer, **{f"v{i}": np.asarray(v.numpy())
-                                for i, v in enumerate(self._metric_variables())})
-            with tf.io.gfile.GFile(os.path.join(self.backup_dir, METRICS_FILE), "wb") as f:
-                f.write(buffer.getvalue())
+        self._save_callback_state(directory)
 
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and is_chief(self.model) and \
+                tf.io.gfile.exists(self.backup_dir):
+            tf.io.gfile.rmtree(self.backup_dir)
 
-    def _save_callback_state(self):
+    def _save_callback_state(self, directory: str):
         before = self.restored_history or {"epoch": [], "history": {}}
         history = {"epoch": list(before["epoch"]) + self._history_epochs,
                    "history": {k: list(before["history"].get(k, [])) +
@@ -281,19 +459,22 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
                                for k in set(before["history"]) | set(self._history_logs)}}
         callbacks = []
         for k, callback in enumerate(self.stateful_callbacks):
-            saved = {name: _plain(getattr(callback, name)) for name in _STATE_ATTRIBUTES
-                     if getattr(callback, name, None) is not None}
+            saved = {"state": _get_state(callback)}
             best_weights = getattr(callback, "best_weights", None)
             saved["has_best_weights"] = best_weights is not None
             if best_weights is not None:
-                buffer = io.BytesIO()
-                np.savez(buffer, **{f"v{i}": np.asarray(w) for i, w in enumerate(best_weights)})
-                path = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
-                with tf.io.gfile.GFile(path, "wb") as f:
-                    f.write(buffer.getvalue())
+                _write_arrays(os.path.join(directory, f"callback_{k}_best_weights.npz"),
+                              best_weights)
             callbacks.append(saved)
-        with tf.io.gfile.GFile(os.path.join(self.backup_dir, STATE_FILE), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump({"history": history, "callbacks": callbacks}, f)
+
+
+def _write_arrays(path: str, arrays: Sequence[Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"v{i}": np.asarray(a) for i, a in enumerate(arrays)})
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
 
 
 def _plain(value: Any) -> Any:
@@ -374,7 +555,8 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
 
     Calling it again after a crash (same arguments, a freshly built model) continues at
     the backed-up batch; the finished run equals an uninterrupted one (the returned
-    ``History`` includes the epochs before the resume). ``steps_per_epoch``
+    ``History`` includes the epochs before the resume); the state of the ``callbacks``
+    that have one (:func:`has_state`) is backed up too. ``steps_per_epoch``
     defaults to the length of a finite dataset (or of the factory's epoch 0).
     ``fit_kwargs`` go to ``fit`` (``validation_data``, ``verbose``, ...).
     """
@@ -383,7 +565,8 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
             raise ValueError(f"resumable_fit sets {key!r} itself (the stream decides the "
                              "batches and the backup the first epoch).")
     steps = steps_per_epoch or steps_of(data)
-    backup = StepBackupAndRestore(backup_dir, save_freq, steps_per_epoch=steps)
+    backup = StepBackupAndRestore(backup_dir, save_freq, steps_per_epoch=steps,
+                                  stateful_callbacks=[c for c in callbacks if has_state(c)])
     stream = resumable_dataset(data, steps_per_epoch=steps, epochs=epochs,
                                start=backup.resume_point)
     history = model.fit(stream, epochs=epochs, steps_per_epoch=steps,

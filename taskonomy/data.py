@@ -34,7 +34,7 @@ Differences from the original, on purpose:
 from __future__ import annotations
 
 import os
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
@@ -357,13 +357,23 @@ def make_dataset(examples: Examples, *, batch_size: int, training: bool,
     skip_errors = training if skip_errors is None else skip_errors
     drop_remainder = training if drop_remainder is None else drop_remainder
     deterministic = (not training or seed is not None) if deterministic is None else deterministic
-    domains = list(examples.paths)
-    dataset = tf.data.Dataset.from_tensor_slices({d: examples.paths[d] for d in domains})
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {d: examples.paths[d] for d in examples.paths})
     if training:
         dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = _with_flips(dataset, augment, seed)
+    return _load_batches(dataset, examples, batch_size=batch_size, image_size=image_size,
+                         drop_remainder=drop_remainder, deterministic=deterministic,
+                         skip_errors=skip_errors, num_parallel_calls=num_parallel_calls)
+
+
+def _load_batches(dataset: tf.data.Dataset, examples: Examples, *, batch_size: int,
+                  image_size: int, drop_remainder: bool, deterministic: bool,
+                  skip_errors: bool, num_parallel_calls: int) -> tf.data.Dataset:
+    """``(paths by domain, flip)`` elements -> decoded, batched, prefetched examples."""
+    domains = list(examples.paths)
 
     def load(paths, flip):
         files = {d: tf.io.read_file(paths[d]) for d in domains}
@@ -375,6 +385,55 @@ def make_dataset(examples: Examples, *, batch_size: int, training: bool,
     if skip_errors:
         dataset = dataset.ignore_errors(log_warning=True)
     return _batch_and_prefetch(dataset, batch_size, drop_remainder, deterministic)
+
+
+def epoch_data_fn(examples: Examples, *, batch_size: int, steps_per_epoch: int, seed: int,
+                  image_size: int = IMAGE_SIZE, augment: bool = True,
+                  num_parallel_calls: int = tf.data.AUTOTUNE
+                  ) -> Callable[[int], tf.data.Dataset]:
+    """``epoch -> that epoch's batches`` of the endless training stream
+    (``pipeline.Experiment.train_data_fn``).
+
+    The stream passes over the examples again and again; pass ``p`` is the permutation
+    ``stateless_shuffle(seed=(seed, 2p))`` with flips drawn from ``(seed, 2p + 1)``, and
+    epoch ``k`` is its ``steps_per_epoch`` batches from example ``k * steps_per_epoch *
+    batch_size`` on (batches span passes, as :func:`make_dataset` with ``repeat``). An
+    epoch's data is a function of the epoch alone, not of how often it was iterated, so
+    resumes are exact under a ``tf.distribute`` strategy; starting at epoch k costs no
+    reading of the earlier epochs. Corrupt or missing files are skipped (the epoch then
+    reads a few examples further).
+    """
+    if steps_per_epoch < 1 or batch_size < 1:
+        raise ValueError(f"Need steps_per_epoch >= 1 and batch_size >= 1. Received: "
+                         f"steps_per_epoch={steps_per_epoch}, batch_size={batch_size}")
+    size = len(examples)
+    if size == 0:
+        raise ValueError("No training examples.")
+    paths = {d: tf.constant(list(v)) for d, v in examples.paths.items()}
+
+    def one_pass(p):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), 2 * p]))
+        if augment:
+            flips = tf.random.stateless_uniform(
+                [size], seed=tf.stack([tf.constant(seed, tf.int64), 2 * p + 1])) < 0.5
+        else:
+            flips = tf.zeros([size], tf.bool)
+        return tf.data.Dataset.from_tensor_slices((order, flips))
+
+    def epoch_data(epoch: int) -> tf.data.Dataset:
+        first_pass, offset = divmod(epoch * steps_per_epoch * batch_size, size)
+        stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass).skip(offset)
+        stream = stream.map(lambda i, flip: ({d: tf.gather(v, i) for d, v in paths.items()},
+                                             flip))
+        batches = _load_batches(stream, examples, batch_size=batch_size,
+                                image_size=image_size, drop_remainder=True, deterministic=True,
+                                skip_errors=True, num_parallel_calls=num_parallel_calls)
+        # An endless stream: every epoch has its steps (skipped files only read further).
+        return batches.take(steps_per_epoch).apply(
+            tf.data.experimental.assert_cardinality(steps_per_epoch))
+
+    return epoch_data
 
 
 def _with_flips(dataset: tf.data.Dataset, augment: bool, seed: Optional[int]):
@@ -461,6 +520,7 @@ class Splits(NamedTuple):
     test: tf.data.Dataset
     train_examples: int
     steps_per_epoch: int
+    train_data_fn: Optional[Callable[[int], tf.data.Dataset]] = None  # :func:`epoch_data_fn`
 
 
 def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
@@ -473,9 +533,12 @@ def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
     batches; validation and test keep the first 1000 sorted images of each building (fewer
     with ``limit``) in ``eval_batch_size`` batches (default half the training batch, as
     ``tag.patch``). ``tfrecord_dir`` reads shards from :func:`convert_splits` instead.
+    With a ``seed`` and folders (not TFRecords), ``train_data_fn`` is the same training
+    stream cut into epochs (:func:`epoch_data_fn`), which the pipeline then trains on.
     """
     tasks = parse_tasks(tasks)
     eval_batch_size = eval_batch_size or max(batch_size // 2, 1)
+    train_data_fn = None
     if tfrecord_dir:
         import json  # pylint: disable=g-import-not-at-top
         with open(_writer_info_path(tfrecord_dir)) as f:
@@ -507,12 +570,17 @@ def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
                              f"{data_dir}/rgb (lists in {splits_dir}).")
         train = make_dataset(train_examples, batch_size=batch_size, training=True,
                              image_size=image_size, augment=augment, seed=seed, repeat=True)
+        if seed is not None:
+            train_data_fn = epoch_data_fn(
+                train_examples, batch_size=batch_size, seed=seed, image_size=image_size,
+                augment=augment, steps_per_epoch=steps_per_epoch(n_train, batch_size))
         val, test = (make_dataset(split_examples(data_dir, tasks, split, splits_dir=splits_dir,
                                                  limit=eval_limit),
                                   batch_size=eval_batch_size, training=False,
                                   image_size=image_size)
                      for split in ("val", "test"))
-    return Splits(train, val, test, n_train, steps_per_epoch(n_train, batch_size))
+    return Splits(train, val, test, n_train, steps_per_epoch(n_train, batch_size),
+                  train_data_fn)
 
 
 def make_tfrecord_dataset(files: Sequence[str], tasks: Sequence[str], *, batch_size: int,

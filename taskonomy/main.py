@@ -125,6 +125,9 @@ class PlateauHalving(keras.callbacks.Callback):
     is below ``min_learning_rate`` (the original checks before the next epoch).
 
     Per-step losses are recovered from Keras' running epoch mean (equal batch sizes).
+    ``get_state()`` / ``set_state()`` (:class:`tag_tf.resume.StatefulCallback`): a run
+    resumed by :class:`tag_tf.resume.StepBackupAndRestore`, even mid-epoch, continues the
+    schedule of the uninterrupted run.
 
     Args:
       batch_size: training batch size (the window is in examples).
@@ -151,7 +154,23 @@ class PlateauHalving(keras.callbacks.Callback):
         self.last_change = 0
         self.lr0 = None
         self._epoch = 0
+        self._epoch_steps = 0  # steps of the current epoch so far
         self._previous_mean = 0.0
+        self._resumed_epoch = None  # set_state: the epoch whose counters to keep
+
+    _STATE = ("history", "halvings", "last_change", "lr0", "window", "_epoch", "_epoch_steps",
+              "_previous_mean")
+
+    def get_state(self) -> dict:
+        """The schedule's state, JSON-ready (for tag_tf.resume's backups)."""
+        return {name.lstrip("_"): getattr(self, name) for name in self._STATE}
+
+    def set_state(self, state: dict) -> None:
+        """Restores :meth:`get_state`; a mid-epoch state survives that epoch's begin."""
+        for name in self._STATE:
+            value = state[name.lstrip("_")]
+            setattr(self, name, list(value) if name == "history" else value)
+        self._resumed_epoch = self._epoch
 
     def _lr(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -161,14 +180,19 @@ class PlateauHalving(keras.callbacks.Callback):
             self.lr0 = self._lr()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch != self._resumed_epoch:
+            self._epoch_steps = 0
+            self._previous_mean = 0.0
+        self._resumed_epoch = None
         self._epoch = epoch
-        self._previous_mean = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         if not logs or "loss" not in logs:
             return
         mean = float(logs["loss"])
-        step_loss = (batch + 1) * mean - batch * self._previous_mean
+        done = self._epoch_steps  # (a resumed epoch's `batch` restarts at 0)
+        step_loss = (done + 1) * mean - done * self._previous_mean
+        self._epoch_steps = done + 1
         self._previous_mean = mean
         self.history.append(step_loss)
         if self._epoch < self.start_epoch:
@@ -344,6 +368,7 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
         shared=_shared_layers(tasks, image_size, widths, include_final_conv=not original),
         loss_fn=lambda task: taskonomy_losses.task_loss(task, shift_tolerant=rotate_loss),
         train_data=splits.train, validation_data=splits.validation, test_data=splits.test,
+        train_data_fn=splits.train_data_fn,
         optimizer_fn=optimizer,
         callbacks_fn=lambda: [PlateauHalving(batch_size, window=loss_window,
                                              max_window=max_loss_window,

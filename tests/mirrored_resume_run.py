@@ -1,10 +1,17 @@
-"""Subprocess body of test_resume.test_mirrored_two_replicas_resume (not a test module).
+"""Subprocess body of test_resume.test_mirrored_two_replicas_resume and of
+test_strategy_cli.test_mirrored_cli_resume_is_exact (not a test module).
 
-Splits the CPU into 2 logical devices before TensorFlow starts, trains a MultiTaskModel under
-MirroredStrategy straight and crashed-then-resumed (tag_tf.resume), and prints one JSON line
-comparing the two runs. Usage: python -m tests.mirrored_resume_run WORK_DIR
+Splits the CPU into 2 logical devices before TensorFlow starts, then either
+
+- ``python -m tests.mirrored_resume_run WORK_DIR``: trains a MultiTaskModel under
+  MirroredStrategy straight and crashed-then-resumed (tag_tf.resume), and prints one JSON
+  line comparing the two runs; or
+- ``python -m tests.mirrored_resume_run cli CRASH_AT CELEBA_MAIN_FLAGS...``: runs
+  ``celeba.main`` with those flags, its experiment's callbacks extended by one raising
+  ``RuntimeError("crash")`` after the ``CRASH_AT``-th step (0: never).
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -64,5 +71,27 @@ def main(work):
     }))
 
 
+def cli(crash_at: int, argv: list) -> None:
+    from absl import app  # pylint: disable=g-import-not-at-top
+
+    from celeba import main as celeba_main  # pylint: disable=g-import-not-at-top
+    from tag_tf.script_flags import own_registry_parser  # pylint: disable=g-import-not-at-top
+    build = celeba_main.build_experiment
+
+    def with_crash(**kwargs):
+        experiment = build(**kwargs)
+        callbacks_fn = experiment.callbacks_fn
+        return dataclasses.replace(
+            experiment, callbacks_fn=lambda: [*callbacks_fn(), test_resume.Crash(crash_at)])
+
+    if crash_at:
+        celeba_main.build_experiment = with_crash
+    app.run(celeba_main.main, argv=["celeba.main", *argv],
+            flags_parser=own_registry_parser(celeba_main.FLAGS, celeba_main.__doc__))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "cli":
+        cli(int(sys.argv[2]), sys.argv[3:])
+    else:
+        main(sys.argv[1])

@@ -251,3 +251,91 @@ def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
         expected = json.load(f)
     with open(tmp_path / "resumed" / "out" / "affinity.json") as f:
         assert json.load(f)["epochs"] == expected["epochs"]
+
+
+class LearningRates(keras.callbacks.Callback):
+    """The learning rate after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+def _plateau_run(tmp_path, crash=None):
+    from taskonomy.main import PlateauHalving  # pylint: disable=g-import-not-at-top
+    model = make_model(None)
+    keras.utils.set_random_seed(0)
+    plateau = PlateauHalving(8, window=64, max_window=64, min_learning_rate=1e-9,
+                             start_epoch=0)
+    rates = LearningRates()
+    callbacks = [plateau, rates] + ([Crash(crash)] if crash else [])
+    try:
+        resume.resumable_fit(model, epoch_data, backup_dir=str(tmp_path / "backup"),
+                             save_freq=SAVE_FREQ, epochs=EPOCHS, callbacks=callbacks,
+                             verbose=0)
+    except RuntimeError:
+        pass
+    return plateau, rates.rates
+
+
+@pytest.mark.slow  # ~10 s: 3 short trainings
+def test_taskonomy_plateau_schedule_resumes_exactly(tmp_path, eager):
+    """Taskonomy's PlateauHalving keeps its state (loss window, halvings) in the backups:
+    a run crashed mid-epoch and resumed halves the learning rate at the same steps."""
+    straight, expected = _plateau_run(tmp_path / "straight")
+    assert straight.halvings >= 2  # the schedule does something in these 30 steps
+    _, before = _plateau_run(tmp_path / "resumed", crash=17)
+    point = resume.read_resume_point(str(tmp_path / "resumed" / "backup"), STEPS)
+    assert point == (1, 4)
+    resumed, after = _plateau_run(tmp_path / "resumed")
+    kept = point.epoch * STEPS + point.batches
+    assert len(after) == EPOCHS * STEPS - kept
+    assert len(set(after)) > 1  # the learning rate changes after the resume
+    assert before[:kept] + after == expected
+    assert resumed.get_state() == straight.get_state()
+
+
+def test_stateful_callbacks_need_a_state():
+    with pytest.raises(ValueError, match="get_state"):
+        resume.StepBackupAndRestore("/tmp/x", stateful_callbacks=[keras.callbacks.History()])
+    assert resume.has_state(keras.callbacks.EarlyStopping())
+    assert not resume.has_state(keras.callbacks.History())
+
+
+@pytest.mark.slow  # ~25 s on 2 loaded cores (a fake tree, 5 small pipelines)
+def test_taskonomy_epoch_data_is_the_stream_cut_into_epochs(tmp_path):
+    """taskonomy.data.epoch_data_fn: epoch k is the k-th slice of one endless stream (every
+    pass a seeded permutation with flips), the same on every iteration."""
+    from taskonomy import data  # pylint: disable=g-import-not-at-top
+    from taskonomy import testing  # pylint: disable=g-import-not-at-top
+    root = str(tmp_path / "data")
+    testing.write_fake_taskonomy(root, size=16, frames=3)
+    examples = data.split_examples(root, "n", "train")
+    size = len(examples)
+    fn = data.epoch_data_fn(examples, batch_size=2, steps_per_epoch=2, seed=3, image_size=16)
+    reference = [x for x, _ in data.make_dataset(examples, batch_size=1, training=False,
+                                                  image_size=16).unbatch().as_numpy_iterator()]
+
+    def ids(dataset):
+        out = []
+        for x, _ in dataset.unbatch().as_numpy_iterator():
+            match = [i for i, r in enumerate(reference) if np.array_equal(r, x)]
+            mirrored = [i for i, r in enumerate(reference) if np.array_equal(r[:, ::-1], x)]
+            out.append((match or mirrored)[0] if match or mirrored else None)
+        return out
+
+    assert 2 * size % 4 == 0 and size % 4, size  # (6) epochs cross the passes' boundary
+    epochs = [ids(fn(k)) for k in range(2 * size // 4)]  # 4 examples per epoch: 2 passes
+    assert all(len(e) == 4 and None not in e for e in epochs)
+    assert int(fn(0).cardinality()) == 2  # known: fit() and resume.steps_of can count it
+    assert ids(fn(1)) == epochs[1]  # re-iterating gives the same batches
+    stream = [i for e in epochs for i in e]
+    passes = [stream[:size], stream[size:]]
+    assert all(sorted(p) == list(range(size)) for p in passes)  # each pass is a permutation
+    assert passes[0] != passes[1]  # reshuffled between passes
+    other = data.epoch_data_fn(examples, batch_size=2, steps_per_epoch=2, seed=4,
+                               image_size=16)
+    assert ids(other(0)) != epochs[0]

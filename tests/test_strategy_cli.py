@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from tag_tf import pipeline
@@ -74,3 +75,53 @@ def test_mirrored_two_logical_cpus_with_backups(data_dir, tmp_path):  # noqa: F8
     assert results["affinity"]["matrix"] and all(
         v is not None for row in results["affinity"]["matrix"] for v in row)
     assert not os.path.exists(os.path.join(backup, "network_0"))  # removed when finished
+
+
+def _weights(path):
+    import h5py  # pylint: disable=g-import-not-at-top
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.mark.slow
+def test_mirrored_cli_resume_is_exact(data_dir, tmp_path):  # noqa: F811
+    """celeba.main --strategy=mirrored --logical_cpus=2 --backup_dir, crashed mid-epoch and
+    run again, equals the uninterrupted run exactly: weights, affinity matrix and trace,
+    history, test losses (the epochs' data come from Experiment.train_data_fn)."""
+    from tag_tf import resume  # pylint: disable=g-import-not-at-top
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0",
+               CUDA_VISIBLE_DEVICES="")
+
+    def cli(name, crash_at=0):
+        return subprocess.run(
+            [sys.executable, "-m", "tests.mirrored_resume_run", "cli", str(crash_at),
+             "--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={tmp_path / name}",
+             "--strategy=mirrored", "--logical_cpus=2", f"--backup_dir={tmp_path / 'b' / name}",
+             "--save_freq=1", "--save_weights", *TINY],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+
+    done = cli("straight")
+    assert done.returncode == 0, done.stderr[-3000:]
+    crashed = cli("resumed", crash_at=5)  # 3 batches per epoch: backup (1, 1), crash at (1, 2)
+    assert crashed.returncode != 0 and "crash" in crashed.stderr, crashed.stderr[-3000:]
+    backup = str(tmp_path / "b" / "resumed" / "network_0")
+    assert resume.read_resume_point(backup, 3) == (1, 1)
+    done = cli("resumed")
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight, resumed = _results(str(tmp_path / "straight")), _results(str(tmp_path / "resumed"))
+    assert resumed["networks"][0]["replicas"] == 2
+    for key in ("history", "epochs_run", "best_epoch", "test"):
+        assert resumed["networks"][0][key] == straight["networks"][0][key], key
+    assert resumed["affinity"]["matrix"] == straight["affinity"]["matrix"]
+    assert resumed["test_loss"] == straight["test_loss"]
+    for name in ("affinity.json",):
+        with open(tmp_path / "straight" / name) as f, open(tmp_path / "resumed" / name) as g:
+            assert json.load(g)["epochs"] == json.load(f)["epochs"]
+    expected = _weights(tmp_path / "straight" / "network_0.weights.h5")
+    got = _weights(tmp_path / "resumed" / "network_0.weights.h5")
+    assert sorted(got) == sorted(expected) and expected
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
