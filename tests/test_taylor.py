@@ -9,10 +9,12 @@ import tensorflow as tf
 import tag_tf
 from tests import numpy_reference as ref
 from tests import test_distribute as dist
+from tests import test_mixed_precision as mixed
+from tests.test_mixed_precision import restore_policy  # noqa: F401  (fixture)
 from tests.test_affinity_exact import OPTIMIZERS, TASKS, WEIGHTS, as_f32, batches, \
     linear_network
 
-pytestmark = pytest.mark.usefixtures("float64_keras")
+float64 = pytest.mark.usefixtures("float64_keras")
 
 
 def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=False, steps=3,
@@ -64,36 +66,43 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
     return model
 
 
+@float64
 @pytest.mark.parametrize("optimizer_name", ["sgd", "momentum", "schedule"])
 def test_sgd_rule_matches_reference(optimizer_name):
     run_and_compare(optimizer_name, "sgd")
 
 
+@float64
 @pytest.mark.parametrize("optimizer_name", ["momentum", "nesterov", "adam", "adamw"])
 def test_optimizer_rule_matches_reference(optimizer_name):
     run_and_compare(optimizer_name, "optimizer")
 
 
+@float64
 def test_divide_by_lr_matches_reference():
     run_and_compare("schedule", "sgd", divide_by_lr=True)
     run_and_compare("adam", "optimizer", divide_by_lr=True, steps=2)
 
 
+@float64
 @pytest.mark.parametrize("rule, optimizer_name", [("sgd", "sgd"), ("optimizer", "momentum")])
 def test_validation_batch_matches_reference(rule, optimizer_name):
     run_and_compare(optimizer_name, rule, validation=True, steps=4)
 
 
+@float64
 def test_recorded_beside_lookahead_and_cosine_without_changing_them():
     model = run_and_compare("momentum", "optimizer", measures=("lookahead", "cosine", "taylor"))
     np.testing.assert_array_equal(model.cosine_count.numpy(), 3)
     run_and_compare("sgd", "sgd", validation=True, measures=("taylor", "lookahead"), steps=2)
 
 
+@float64
 def test_unweighted_tasks():
     run_and_compare("sgd", "sgd", loss_weights=None)
 
 
+@float64
 def test_lookahead_steps_equal_the_lookahead_difference():
     """theta - lookahead_values, computed without cancellation, for every optimizer."""
     for name, (make_optimizer, _) in OPTIMIZERS.items():
@@ -124,6 +133,7 @@ def one_step_affinities(lr):
     return model.affinity_sum.numpy(), model.taylor_sum.numpy()
 
 
+@float64
 def test_taylor_approaches_the_lookahead_like_lr():
     """The neglected term is O(lr^2) against Z = O(lr): the relative gap scales like lr."""
     gaps = []
@@ -135,6 +145,28 @@ def test_taylor_approaches_the_lookahead_like_lr():
         assert 5 < larger / smaller < 20, gaps  # about 10x per 10x smaller lr
 
 
+@float64
+def test_uncertainty_weighting_targets_are_the_unweighted_losses_gradients():
+    """Sources step on the weighted term (as the lookahead), targets are d L_j (Eq. 1's
+    unweighted L_j): at a small lr the Taylor Z equals the lookahead's, column by column,
+    although the weights exp(-s_j) * w_j differ by up to 6x."""
+    model = tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+                                  weighting=tag_tf.UncertaintyWeighting(),
+                                  affinity=tag_tf.AffinityConfig(
+                                      every_n=1, measures=("lookahead", "taylor")))
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse", loss_weights=WEIGHTS)
+    first, second = batches(2)
+    model.train_on_batch(*as_f32(first))  # builds the weighting
+    model.weighting.log_variance.assign([0.5, -0.3, 1.0])
+    model.reset_affinity()  # zeroes the Taylor state too
+    np.testing.assert_array_equal(model.taylor_count.numpy(), 0)
+    model.train_on_batch(*as_f32(second))
+    exact, taylor = model.affinity_sum.numpy(), model.taylor_sum.numpy()
+    assert int(model.affinity_steps.numpy()) == 1
+    np.testing.assert_allclose(taylor, exact, rtol=2e-3)
+
+
+@float64
 def test_zero_loss_weight_target_is_skipped_not_guessed():
     """With a zero loss weight the training tape has no gradient of L_j: column skipped."""
     model = tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
@@ -151,6 +183,7 @@ def test_zero_loss_weight_target_is_skipped_not_guessed():
     np.testing.assert_array_equal(record.affinity[1, [0, 2]], 0.0)  # no step from b
 
 
+@float64
 def test_bad_measures_are_named():
     with pytest.raises(ValueError, match="measures must be a non-empty subset.*taylor"):
         tag_tf.AffinityConfig(measures=("taylor", "tailor"))
@@ -163,6 +196,7 @@ def test_bad_measures_are_named():
         model.affinity_record("taylors")
 
 
+@float64
 def test_mirrored_records_what_one_device_records():
     config = tag_tf.AffinityConfig(every_n=1, measures=("taylor",))
     one = dist.compare(config=config)
@@ -170,6 +204,7 @@ def test_mirrored_records_what_one_device_records():
     assert np.abs(one["taylor"]).min() > 1e-6
 
 
+@float64
 @pytest.mark.slow
 def test_mirrored_optimizer_rule_and_validation_batch():
     config = tag_tf.AffinityConfig(every_n=2, rule="optimizer", batch="validation",
@@ -177,3 +212,15 @@ def test_mirrored_optimizer_rule_and_validation_batch():
                                    measures=("taylor",))
     one = dist.compare(config=config, optimizer=dist.momentum, steps=5)
     assert one["steps"] == 3
+
+
+@pytest.mark.usefixtures("restore_policy", "eager")
+def test_mixed_precision_measures_in_float32():
+    """Under mixed_float16 the Taylor Z uses the float32 gradients and losses (as the
+    lookahead): at the same weights it equals a float32 run's."""
+    measures = ("taylor", "lookahead")
+    reference, initial = mixed.record("float32", steps=1, measures=measures)
+    mixed_model, _ = mixed.record("mixed_float16", steps=1, initial=initial, measures=measures)
+    assert tag_tf.recorder.is_mixed(mixed_model.network)
+    np.testing.assert_allclose(mixed_model.affinity_record("taylor").affinity,
+                               reference.affinity_record("taylor").affinity, rtol=1e-4)
