@@ -289,7 +289,10 @@ class AffinityRecorder:
         if taylor_on:
             local_base, global_base = base if lookahead_on else (
                 base, eval_batch.losses(tf.stack([tf.stop_gradient(v) for v in base])))
-            sources = [[g / tf.cast(loss_scale, g.dtype) for g in grads] for grads in task_grads]
+            sources = task_grads
+            if not float32 and isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+                sources = [[g / tf.cast(loss_scale, g.dtype) for g in grads]
+                           for grads in task_grads]
             if eval_grads is None:  # training batch: grad L_j = g_j / (d term_j / d L_j)
                 products = self._taylor_products(sources, sources, lr)
                 slopes = self._term_slopes(local_base)
@@ -322,7 +325,9 @@ class AffinityRecorder:
         ``s_i`` is the lookahead step of source i (``lr * g_i``, or the optimizer's step
         ``theta - theta'_i`` computed directly by :func:`lookahead.lookahead_steps`),
         ``t_j`` the target gradients. One shared variable at a time, so only one variable's
-        stacked steps exist at once.
+        stacked steps exist at once; each variable's products in the gradients' dtype (a
+        float32 dot product over a variable is accurate to ~1e-6 relative), summed over
+        variables in float64.
         """
         model = self.model
         rule = model.affinity_config.rule
@@ -332,10 +337,10 @@ class AffinityRecorder:
             grads = [grads[index] for grads in sources]
             steps = grads if rule == "sgd" else lookahead.lookahead_steps(
                 rule, model.optimizer, [variable] * count, grads, lr)
-            steps = tf.cast(tf.reshape(tf.stack(steps), [count, -1]), "float64")
+            steps = tf.reshape(tf.stack(steps), [count, -1])
             ends = tf.cast(tf.reshape(tf.stack([t[index] for t in targets]),
-                                      [len(targets), -1]), "float64")
-            products += tf.matmul(steps, ends, transpose_b=True)
+                                      [len(targets), -1]), steps.dtype)
+            products += tf.cast(tf.matmul(steps, ends, transpose_b=True), "float64")
         if rule == "sgd":
             products *= tf.cast(lr, "float64")
         return products
