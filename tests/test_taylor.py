@@ -1,6 +1,9 @@
 """The first-order ("taylor") affinity: exact against a NumPy reference, equal under
 MirroredStrategy, and close to the exact lookahead for small steps."""
 
+import json
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -8,7 +11,11 @@ import tensorflow as tf
 
 import tag_tf
 from tests import numpy_reference as ref
+from absl import flags
+
+from tag_tf import pipeline, script_flags
 from tests import test_distribute as dist
+from tests import test_pipeline
 from tests import test_mixed_precision as mixed
 from tests.test_mixed_precision import restore_policy  # noqa: F401  (fixture)
 from tests.test_affinity_exact import OPTIMIZERS, TASKS, WEIGHTS, as_f32, batches, \
@@ -231,3 +238,37 @@ def test_mixed_precision_measures_in_float32():
     assert tag_tf.recorder.is_mixed(mixed_model.network)
     np.testing.assert_allclose(mixed_model.affinity_record("taylor").affinity,
                                reference.affinity_record("taylor").affinity, rtol=1e-4)
+
+
+def test_affinity_measure_flag_and_option():
+    registry = flags.FlagValues()
+    script_flags.define_pipeline_flags(registry)
+    script_flags.own_registry_parser(registry, "usage")(["prog", "--affinity_measure=taylor"])
+    options = pipeline.Options(**script_flags.seed_option_fields(registry))
+    assert options.affinity_measure == "taylor"
+    assert pipeline._affinity_config("affinity", options, None).measures == ("taylor",)
+    assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
+    assert pipeline._affinity_config("affinity", pipeline.Options(), None).measures == (
+        "lookahead",)
+    with pytest.raises(ValueError, match="affinity_measure must be one of.*'cosine'"):
+        pipeline.Options(affinity_measure="cosine")
+    with pytest.raises(SystemExit):
+        script_flags.own_registry_parser(registry, "usage")(["prog", "--affinity_measure=x"])
+
+
+@pytest.mark.slow
+def test_pipeline_affinity_mode_records_and_selects_from_taylor(tmp_path):
+    options = pipeline.Options(epochs=1, patience=None, verbose=0, every_n=1, budgets=(2,),
+                               bootstrap=0, affinity_measure="taylor")
+    out = str(tmp_path / "affinity")
+    results = pipeline.run("affinity", test_pipeline._experiment(), options, output_dir=out)
+    assert results["affinity"]["measure"] == "taylor"
+    assert results["affinity"]["path"] == os.path.join(out, "taylor_affinity.json")
+    assert not os.path.exists(os.path.join(out, "affinity.json"))
+    for suffix in (".json", ".npz", ".png"):
+        assert os.path.exists(os.path.join(out, "taylor_affinity" + suffix))
+    with open(results["affinity"]["path"]) as f:
+        saved = json.load(f)
+    assert saved["config"]["measure"] == "taylor"
+    assert np.isfinite(np.asarray(results["affinity"]["matrix"], dtype=float)).all()
+    assert results["selection"]["budgets"] == [2]
