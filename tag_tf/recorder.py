@@ -219,6 +219,10 @@ class AffinityRecorder:
         chained by control dependencies: run concurrently, their activation gradients
         coexist, which was measured to triple peak memory on CPU. Cosine: cos(g_i, g_j)
         over the shared variables (kernels only by default, as the original CS baseline).
+        Taylor: ``<s_i, grad L_j> / L_j`` from the same gradients, no forward pass; on the
+        training batch ``grad L_j`` is ``g_j`` divided by ``d term_j / d L_j`` (the loss
+        weight times the weighting's factor), on the validation batch one extra forward
+        pass and one backward pass per task give it.
 
         Returns:
           The updated step count (a tensor to return from ``tf.cond``).
@@ -279,23 +283,22 @@ class AffinityRecorder:
             rows.append(row)
             previous = [row]
 
+        global_base = None  # [target] global-batch base losses
         if lookahead_on:
-            local_base = base
-            base = tf.stack([tf.stop_gradient(v) for v in base])
-            both = eval_batch.losses(tf.concat([base[tf.newaxis], tf.stack(rows)], axis=0))
-            base, after = both[0], both[1:]  # after: [source, target]
-            self._add_lookahead(after, base, lr)
-            base = (local_base, base)
+            stacked = tf.stack([tf.stop_gradient(v) for v in base])
+            both = eval_batch.losses(tf.concat([stacked[tf.newaxis], tf.stack(rows)], axis=0))
+            global_base, after = both[0], both[1:]  # after: [source, target]
+            self._add_lookahead(after, global_base, lr)
         if taylor_on:
-            local_base, global_base = base if lookahead_on else (
-                base, eval_batch.losses(tf.stack([tf.stop_gradient(v) for v in base])))
+            if global_base is None:
+                global_base = eval_batch.losses(tf.stack([tf.stop_gradient(v) for v in base]))
             sources = task_grads
             if not float32 and isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
                 sources = [[g / tf.cast(loss_scale, g.dtype) for g in grads]
                            for grads in task_grads]
             if eval_grads is None:  # training batch: grad L_j = g_j / (d term_j / d L_j)
                 products = self._taylor_products(sources, sources, lr)
-                slopes = self._term_slopes(local_base)
+                slopes = self._term_slopes(base)
                 products = products / slopes[tf.newaxis, :]
                 target_ok = tf.not_equal(slopes, 0.0)
             else:
