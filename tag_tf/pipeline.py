@@ -89,7 +89,10 @@ SELECTION_FILE = "selection.json"
 SUMMED_LOSS = "val_summed_loss"  # the early-stopping monitor
 _UNWEIGHTED = "unweighted_loss"  # per-task metric name: the task's loss, never re-weighted
 _MEASURE_OF_MODE = {"affinity": "lookahead", "cs": "cosine"}
-_FILE_STEMS = {"lookahead": "affinity", "cosine": "cosine_affinity"}
+_FILE_STEMS = {"lookahead": "affinity", "cosine": "cosine_affinity",
+               "taylor": "taylor_affinity"}
+# What the affinity mode may record (Options.affinity_measure).
+AFFINITY_MEASURES = ("lookahead", "taylor")
 
 Mode = Literal["affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups"]
 
@@ -162,6 +165,9 @@ class Options:
       lookahead_rule: ``"sgd"`` (Eq. 1) or ``"optimizer"`` (the optimizer's own step, e.g.
         SGD momentum as the original CelebA code).
       divide_by_lr: divide affinities by the learning rate (the original code).
+      affinity_measure: what the ``affinity`` mode records: ``"lookahead"`` (TAG, Eq. 1,
+        exact) or ``"taylor"`` (Eq. 1 to first order, no lookahead forward passes; files
+        ``taylor_affinity.*``).
       affinity_window: record only in part of training: ``AffinityConfig.window`` (a name
         of :data:`tag_tf.WINDOWS` or a ``(start, end)`` fraction pair); None = all.
       affinity_epochs: ``"all"``: average over every epoch; ``"until_best"``: when early
@@ -210,6 +216,7 @@ class Options:
     affinity_batch: Literal["train", "validation"] = "train"
     lookahead_rule: Literal["sgd", "optimizer"] = "sgd"
     divide_by_lr: bool = False
+    affinity_measure: Literal["lookahead", "taylor"] = "lookahead"
     affinity_window: Optional[Any] = None
     affinity_epochs: Literal["all", "until_best"] = "all"
     budgets: Sequence[int] = ()
@@ -250,6 +257,9 @@ class Options:
         if self.affinity_epochs not in ("all", "until_best"):
             raise ValueError("affinity_epochs must be 'all' or 'until_best'. Received: "
                              f"affinity_epochs={self.affinity_epochs!r}")
+        if self.affinity_measure not in AFFINITY_MEASURES:
+            raise ValueError(f"affinity_measure must be one of {AFFINITY_MEASURES}. "
+                             f"Received: affinity_measure={self.affinity_measure!r}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1. Received: seeds={self.seeds}")
         if self.bootstrap < 0:
@@ -424,9 +434,13 @@ def _affinity_config(mode: str, options: Options, validation) -> Optional[tag_tf
                   window=options.affinity_window,
                   validation_data=validation if options.affinity_batch == "validation"
                   else None)
-    if mode == "cs":
-        kwargs["measures"] = ("cosine",)
+    kwargs["measures"] = (_measure_of(mode, options),)
     return tag_tf.AffinityConfig(**kwargs)
+
+
+def _measure_of(mode: str, options: Options) -> str:
+    """The measure an ``affinity`` / ``cs`` mode records."""
+    return options.affinity_measure if mode == "affinity" else _MEASURE_OF_MODE[mode]
 
 
 def _finite(value: Any) -> Optional[float]:
@@ -667,7 +681,7 @@ def _restrict_epochs(record: affinity_io.AffinityRecord,
 def _finish_affinity(mode: str, options: Options, info: dict, output_dir: Optional[str],
                      model: tag_tf.MultiTaskModel) -> dict:
     """Applies ``affinity_epochs``, (re)writes the files, selects networks; returns the entry."""
-    measure = _MEASURE_OF_MODE[mode]
+    measure = _measure_of(mode, options)
     stem = _FILE_STEMS[measure]
     path = os.path.join(output_dir, stem + ".json") if output_dir else None
     if path and os.path.exists(path):

@@ -30,6 +30,7 @@ PIPELINE_FLAG_DEFAULTS: dict[str, Any] = {
     "seeds": 1, "bootstrap": 200, "mtl_results": None, "stl_results": None,
     "strategy": "default", "mixed_precision": False, "shard_policy": "data",
     "backup_dir": None, "save_freq": "epoch", "logical_cpus": 0,
+    "affinity_measure": "lookahead",
 }
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # Flags that configure distribution, precision and fault tolerance: pipeline.Options fields.
@@ -41,8 +42,8 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     """Defines the :mod:`tag_tf.pipeline` runner flags shared by the dataset scripts.
 
     Training (``--seed --seeds --epochs --batch_size --learning_rate --steps_per_epoch``),
-    affinity (``--every_n --affinity_batch --lookahead --lookahead_rule --divide_by_lr
-    --budgets --bootstrap``), groups (``--selection --budget --selection_table --mtl_results
+    affinity (``--every_n --affinity_batch --affinity_measure --lookahead --lookahead_rule
+    --divide_by_lr --budgets --bootstrap``), groups (``--selection --budget --selection_table --mtl_results
     --stl_results``), baselines (``--uw_clipped
     --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
     --verbose``), and distribution / fault tolerance (``--strategy --mixed_precision
@@ -82,6 +83,11 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_enum("affinity_batch", d["affinity_batch"], ["train", "validation"],
                       "affinity / cs: measure the loss change on the training batch or on a "
                       "validation batch.", **at)
+    flags.DEFINE_enum("affinity_measure", d["affinity_measure"], ["lookahead", "taylor"],
+                      "affinity: 'lookahead' = TAG's exact Eq. 1 (a forward pass per task on "
+                      "every recording step); 'taylor' = Eq. 1 to first order in the step, "
+                      "<step_i, grad L_j> / L_j, from the per-task gradients alone (cheaper; "
+                      "writes taylor_affinity.*).", **at)
     flags.DEFINE_enum("lookahead", d["lookahead"], list(LOOKAHEADS),
                       "affinity: 'fixed' = this project's lookahead (the original's defects "
                       "fixed); 'original' = the lookahead of the dataset's original code, as "
@@ -179,9 +185,10 @@ def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
 
 def seed_option_fields(registry: flags.FlagValues) -> dict[str, Any]:
     """The :class:`tag_tf.pipeline.Options` fields of ``--seeds --bootstrap --mtl_results
-    --stl_results`` (flags defined by :func:`define_pipeline_flags`)."""
+    --stl_results --affinity_measure`` (flags defined by :func:`define_pipeline_flags`)."""
     return {name: registry[name].value
-            for name in ("seeds", "bootstrap", "mtl_results", "stl_results")}
+            for name in ("seeds", "bootstrap", "mtl_results", "stl_results",
+                         "affinity_measure")}
 
 
 def own_registry_parser(registry: flags.FlagValues,

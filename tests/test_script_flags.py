@@ -36,12 +36,13 @@ def test_pipeline_seed_flags_parse_into_options_fields():
     define_pipeline_flags(registry)
     own_registry_parser(registry, "usage")(["prog"])
     assert seed_option_fields(registry) == {"seeds": 1, "bootstrap": 200, "mtl_results": None,
-                                            "stl_results": None}
+                                            "stl_results": None,
+                                            "affinity_measure": "lookahead"}
     own_registry_parser(registry, "usage")(
         ["prog", "--seeds=3", "--bootstrap=0", "--mtl_results=m.json", "--stl_results=s.json"])
     fields = seed_option_fields(registry)
     assert fields == {"seeds": 3, "bootstrap": 0, "mtl_results": "m.json",
-                      "stl_results": "s.json"}
+                      "stl_results": "s.json", "affinity_measure": "lookahead"}
     assert pipeline.Options(**fields).seeds == 3
     fresh = flags.FlagValues()
     define_pipeline_flags(fresh)
