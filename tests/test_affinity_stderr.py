@@ -100,9 +100,11 @@ def test_every_k_recorded_steps_equals_from_series(eager, block):
         np.testing.assert_array_equal(record.stderr_blocks, -(-12 // block))
         np.testing.assert_allclose(record.stderr, expected.stderr, rtol=1e-10, atol=1e-15)
     if block == 1:  # one value per block: the i.i.d. standard error
-        np.testing.assert_allclose(record.stderr,
-                                   uncertainty.naive_stderr(np.stack(series.values["cosine"])),
-                                   rtol=1e-10, atol=1e-15)
+        for measure in MEASURES:
+            np.testing.assert_allclose(
+                model.affinity_record(measure).stderr,
+                uncertainty.naive_stderr(np.stack(series.values[measure])),
+                rtol=1e-10, atol=1e-15, err_msg=measure)
 
 
 def test_every_k_blocks_count_recorded_steps_not_training_steps(eager):
