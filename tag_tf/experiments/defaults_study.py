@@ -387,7 +387,9 @@ def define_flags() -> None:
                       "(sgd|optimizer), every_n, window (first|middle|final|none), scale.")
     flags.DEFINE_integer("rg_samples", 1000, "Random partitions of the random baseline.")
     flags.DEFINE_integer("max_tasks", table3.MAX_TASKS, "Refuse more tasks (2^n - 1 groups).")
-    flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism().")
+    flags.DEFINE_bool("deterministic", True,
+                      "harness.make_deterministic(): op determinism, one inter-op thread, "
+                      "no Grappler rewriting (same numbers in any process).")
     flags.DEFINE_integer("prefill_seed", None,
                          "Only train this seed's ground truth and variant runs into the cache "
                          "(no report): run one process per seed, then the study without it.")
@@ -402,8 +404,7 @@ def main(argv):
     from tag_tf.script_flags import parse_budgets  # pylint: disable=g-import-not-at-top
     values = flags.FLAGS
     if values.deterministic:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        tf.config.experimental.enable_op_determinism()
+        harness_lib.make_deterministic()
     adapter = make_adapter(values.adapter, values.adapter_args)
     variants = [parse_variant(v) for v in values.variants]
     if values.prefill_seed is not None:
