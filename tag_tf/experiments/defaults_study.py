@@ -132,22 +132,10 @@ def make_adapter(spec: str, args: Any = None) -> Any:
 
 
 # ----------------------------------------------------------------------------- scoring
-def mean_std(values: Sequence[Optional[float]]) -> dict:
-    """``{"mean", "std" (ddof 1; 0 for one value), "n"}`` of the defined values."""
-    ok = [float(v) for v in values if v is not None]
-    if not ok:
-        return {"mean": None, "std": None, "n": 0}
-    std = float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0
-    return {"mean": float(np.mean(ok)), "std": std, "n": len(ok)}
+mean_std = report.mean_std
 
 
-def pooled_truth(errs: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean over seeds of ``err[group, task]`` tables (nan stays nan: non-members)."""
-    stack = np.stack([np.asarray(e, dtype=np.float64) for e in errs])
-    out = np.full(stack.shape[1:], np.nan)
-    defined = np.all(np.isfinite(stack), axis=0)
-    out[defined] = stack[:, defined].mean(axis=0)
-    return out
+pooled_truth = table3.pooled_truth
 
 
 def score_selection(err: np.ndarray, tasks: Sequence[str], networks, reference: dict) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 from tag_tf import affinity_io
 from tag_tf import pipeline
 from tag_tf import selection as selection_lib
+from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
 
 # Option fields that do not change a training's numbers (left out of cache keys).
@@ -430,6 +431,17 @@ class Harness:
                 test.setdefault(task, {})[partner] = results["test_error"][task]
         return {"validation": validation, "test": test, "seconds": seconds,
                 "trainings": len(groups)}
+
+
+def seeded_harnesses(harness: Harness, seeds: int) -> list[Harness]:
+    """``harness`` and one harness per further training seed (``adapter.replicate(k)``,
+    same problem and data, other initialisation and data order), sharing the cache
+    directory (the replicate's settings give its own cache keys) and the progress."""
+    if int(seeds) < 1:
+        raise ValueError(f"seeds must be at least 1. Received: {seeds}")
+    return [harness] + [
+        type(harness)(adapter_lib.replicate(harness.adapter, k), harness.cache.root,
+                log=harness.log, progress=harness.progress) for k in range(1, int(seeds))]
 
 
 def rg_group_count(budget: int, num_tasks: int) -> int:

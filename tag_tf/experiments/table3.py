@@ -37,7 +37,7 @@ import numpy as np
 
 from tag_tf.experiments import plot
 from tag_tf.experiments import report
-from tag_tf.experiments.harness import Harness, Training, rg_saturation_note
+from tag_tf.experiments.harness import Harness, Training, rg_saturation_note, seeded_harnesses
 from tag_tf.experiments.train_val import pearson
 from tag_tf.selection.problem import mask_members
 
@@ -170,6 +170,28 @@ def ground_truth(harness: Harness) -> dict:
                      "total_test_error": results["total_test_error"],
                      "seconds": results["seconds"], "cache_dir": results["cache_dir"]})
     return {"err": err, "groups": rows, "training_seconds": seconds}
+
+
+def pooled_truth(errs: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean over seeds of ``err[group, task]`` tables (nan stays nan: non-members)."""
+    stack = np.stack([np.asarray(e, dtype=np.float64) for e in errs])
+    out = np.full(stack.shape[1:], np.nan)
+    defined = np.all(np.isfinite(stack), axis=0)
+    out[defined] = stack[:, defined].mean(axis=0)
+    return out
+
+
+def pooled_groups(truths: Sequence[dict], err: np.ndarray, tasks: Sequence[str]) -> list:
+    """The ground-truth rows of the pooled table ``err`` (one per task group)."""
+    out = []
+    for k, group in enumerate(truths[0]["groups"]):
+        g = mask_of(tasks, group["tasks"])
+        errors = {t: float(err[g, tasks.index(t)]) for t in group["tasks"]}
+        out.append({"tasks": group["tasks"], "test_error": errors,
+                    "total_test_error": _finite_sum(errors.values()),
+                    "seconds": sum(t["groups"][k]["seconds"] for t in truths),
+                    "cache_dirs": [t["groups"][k]["cache_dir"] for t in truths]})
+    return out
 
 
 def score_networks(err: np.ndarray, tasks: Sequence[str],
@@ -309,34 +331,74 @@ def check_size(harness: Harness, max_tasks: int) -> None:
 
 def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
         variants: Sequence[Variant] = VARIANTS, include_cs: bool = True,
-        rg_samples: int = 1000, seed: int = 0, max_tasks: int = MAX_TASKS,
+        rg_samples: int = 1000, seed: int = 0, seeds: int = 1, max_tasks: int = MAX_TASKS,
         output_dir: str = "runs/table3") -> dict:
     """Ground truth, references and every variant (all cached); writes ``table3.*``.
 
     ``table3.{md,json}`` hold the numbers, ``table3.{png,pdf}`` the figure.
 
     The base variant is always included (first) as the reference of the correlations.
+    ``seeds``: training seeds (``adapter.replicate``). With more than one, the ground truth
+    is trained once per seed and *pooled* (each task's error in each group averaged over
+    the seeds); the references are read off the pooled table; every row's affinity
+    training runs once per seed, each seed's groups are scored on the pooled table, and
+    each number is the mean ± sample std over the seeds (``per_seed``: each seed's rows).
     """
     start = time.perf_counter()
     check_size(harness, max_tasks)
     tasks = harness.tasks
     budgets = [int(b) for b in budgets if 1 <= int(b) <= len(tasks)]
     variants = [BASE] + [v for v in variants if not v.is_base]
-    harnesses = [variant_harness(harness, v) for v in variants]  # fails early without vary
+    seeded = seeded_harnesses(harness, seeds)
+    # Every variant of every seed (fails early without vary).
+    grid = [[variant_harness(h, v) for v in variants] for h in seeded]
     # Progress: every training is known up front (selections are scored, not trained).
-    for h in harnesses:
-        h.plan([h.affinity_training("lookahead")], complete=False)
-    if include_cs:
-        harness.plan([harness.affinity_training("cosine")], complete=False)
-    harness.plan([Training(tuple(tasks[i] for i in mask_members(mask, len(tasks))))
-                  for mask in range(1, 1 << len(tasks))], complete=True)
-    harness.log(f"Table 3: ground truth ({(1 << len(tasks)) - 1} task groups)")
-    truth = ground_truth(harness)
-    err = truth["err"]
+    for h_seed, hs in zip(seeded, grid):
+        for h in hs:
+            h.plan([h.affinity_training("lookahead")], complete=False)
+        if include_cs:
+            h_seed.plan([h_seed.affinity_training("cosine")], complete=False)
+        h_seed.plan([Training(tuple(tasks[i] for i in mask_members(mask, len(tasks))))
+                     for mask in range(1, 1 << len(tasks))], complete=True)
+    truths = []
+    for k, h in enumerate(seeded):
+        harness.log(f"Table 3: ground truth ({(1 << len(tasks)) - 1} task groups)"
+                    + (f", seed {k + 1} of {len(seeded)}" if len(seeded) > 1 else ""))
+        truths.append(ground_truth(h))
+    err = truths[0]["err"] if len(truths) == 1 else pooled_truth([t["err"] for t in truths])
     partitions = {b: harness.random_partitions(b, rg_samples, seed) for b in budgets}
     references = reference_groupings(err, tasks, budgets, partitions)
+    per_seed = [_seed_rows(h_seed, hs, variants, include_cs, budgets, err, references)
+                for h_seed, hs in zip(seeded, grid)]
+    rows = per_seed[0] if len(per_seed) == 1 else aggregate_rows(per_seed, budgets)
+    caches = list({id(h.cache): h.cache for hs in grid for h in hs}.values())
+    payload = {"table": "3", "adapter": harness.adapter.name,
+               "adapter_settings": harness.adapter.settings(),
+               "options": harness.base_options.to_json(), "budgets": budgets, "tasks": tasks,
+               "error_name": harness.error_name, "seeds": len(seeded),
+               "ground_truth": (truths[0]["groups"] if len(truths) == 1
+                                else pooled_groups(truths, err, tasks)),
+               "ground_truth_training_seconds": sum(t["training_seconds"] for t in truths),
+               "references": references, "rg_samples": rg_samples, "seed": seed,
+               "rows": rows, "seconds": time.perf_counter() - start,
+               **report.training_counts(caches)}
+    if len(seeded) > 1:
+        payload["per_seed"] = [{"adapter_settings": h.adapter.settings(), "rows": r}
+                               for h, r in zip(seeded, per_seed)]
+    figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table3.png")))
+    markdown = format_markdown(payload) + FIGURE_NOTE
+    payload["outputs"] = {**report.write_outputs(output_dir, "table3", payload, markdown),
+                          **figures}
+    payload["markdown"] = markdown
+    return payload
+
+
+def _seed_rows(harness: Harness, variant_harnesses: Sequence[Harness],
+               variants: Sequence[Variant], include_cs: bool, budgets: Sequence[int],
+               err: np.ndarray, references: dict) -> dict:
+    """One seed's rows: TAG under every variant (and CS), scored on ``err``."""
     rows = {}
-    for variant, h in zip(variants, harnesses):
+    for variant, h in zip(variants, variant_harnesses):
         rows[f"TAG, {variant.name}"] = {
             **selection_rows(h, variant.name, "lookahead", budgets, err, references),
             "method": "TAG", "variant": variant._asdict()}
@@ -350,25 +412,46 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
             v["above_optimal_percent"] for v in row["budgets"].values())
         row["mean_gap_closed_percent"] = _mean(
             v["gap_closed_percent"] for v in row["budgets"].values())
-    caches = [harness.cache] + [h.cache for h in harnesses if h is not harness]
-    payload = {"table": "3", "adapter": harness.adapter.name,
-               "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "budgets": budgets, "tasks": tasks,
-               "error_name": harness.error_name, "ground_truth": truth["groups"],
-               "ground_truth_training_seconds": truth["training_seconds"],
-               "references": references, "rg_samples": rg_samples, "seed": seed,
-               "rows": rows, "seconds": time.perf_counter() - start,
-               **report.training_counts(caches)}
-    figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table3.png")))
-    markdown = format_markdown(payload) + FIGURE_NOTE
-    payload["outputs"] = {**report.write_outputs(output_dir, "table3", payload, markdown),
-                          **figures}
-    payload["markdown"] = markdown
-    return payload
+    return rows
+
+
+_SEED_STATS = ("pearson_vs_base_tag", "affinity_seconds", "mean_above_optimal_percent",
+               "mean_gap_closed_percent")
+_BUDGET_STATS = ("total_error", "above_optimal_percent", "gap_closed_percent")
+
+
+def aggregate_rows(per_seed: Sequence[dict], budgets: Sequence[int]) -> dict:
+    """Mean ± sample std over seeds of every row's numbers: ``<key>`` is the mean,
+    ``<key>_std`` the std and ``<key>_seeds`` the per-seed values; ``networks`` are the
+    first seed's groups, ``networks_per_seed`` every seed's. Other fields (settings,
+    affinity matrix, paths) are the first seed's."""
+    rows = {}
+    for label, first in per_seed[0].items():
+        seed_rows = [r[label] for r in per_seed]
+        row = {k: v for k, v in first.items() if k not in _SEED_STATS and k != "budgets"}
+        row["seeds"] = len(seed_rows)
+        for key in _SEED_STATS:
+            values = [r[key] for r in seed_rows]
+            stats = report.mean_std(values)
+            row.update({key: stats["mean"], f"{key}_std": stats["std"], f"{key}_seeds": values})
+        row["budgets"] = {}
+        for b in budgets:
+            entries = [r["budgets"][b] for r in seed_rows]
+            entry = {"networks": entries[0]["networks"],
+                     "networks_per_seed": [e["networks"] for e in entries]}
+            for key in _BUDGET_STATS:
+                values = [e[key] for e in entries]
+                stats = report.mean_std(values)
+                entry.update({key: stats["mean"], f"{key}_std": stats["std"],
+                              f"{key}_seeds": values})
+            row["budgets"][b] = entry
+        rows[label] = row
+    return rows
 
 
 FIGURE_NOTE = ("\n\nFigure: table3.png (+ PDF): (a) % above optimal and (b) % of the "
-               "random-to-optimal gap closed, per budget, for each variant.")
+               "random-to-optimal gap closed, per budget, for each variant (with several "
+               "seeds: ±1 std error bars).")
 
 
 def plot_table(payload: dict, path: str) -> list[str]:
@@ -381,13 +464,21 @@ def make_figure(payload: dict) -> plot.Figure:
     budgets, rows = payload["budgets"], payload["rows"]
     groups = [_nets(b) for b in budgets]
     fig, (above, gap) = plot.new_figure(12.0, 5.2, ncols=2)
+
+    def errors(key):  # +-1 std over seeds (multi-seed runs only)
+        return {label: [row["budgets"][b].get(f"{key}_std") for b in budgets]
+                for label, row in rows.items()
+                if any(f"{key}_std" in row["budgets"][b] for b in budgets)}
+
     plot.grouped_bars(above, groups, {label: [row["budgets"][b]["above_optimal_percent"]
-                                              for b in budgets] for label, row in rows.items()})
+                                              for b in budgets] for label, row in rows.items()},
+                      errors=errors("above_optimal_percent"))
     above.set_ylabel("above optimal (%), lower is better\n100 (total − optimal) / optimal")
     above.set_title("(a) total test error above the optimal grouping\n(0: optimal)",
                     fontsize=10)
     plot.grouped_bars(gap, groups, {label: [row["budgets"][b]["gap_closed_percent"]
-                                            for b in budgets] for label, row in rows.items()})
+                                            for b in budgets] for label, row in rows.items()},
+                      errors=errors("gap_closed_percent"))
     gap.axhline(100, color="grey", linestyle="--", linewidth=1)
     gap.set_ylabel("gap closed (%), higher is better\n100 (random − total) / "
                    "(random − optimal)")
@@ -399,13 +490,19 @@ def make_figure(payload: dict) -> plot.Figure:
                ncols=min(4, len(rows)), fontsize=8, frameon=False, title="groups found with",
                title_fontsize=8)
     unit = plot.ERROR_UNITS.get(payload["error_name"], payload["error_name"])
+    seeds = payload.get("seeds", 1)
     fig.suptitle(f"Table 3 ({payload['adapter']}): groupings scored on the ground truth "
-                 f"(total test {unit})", fontsize=11)
+                 f"(total test {unit})"
+                 + (f"\nmean ± std over {seeds} training seeds (pooled ground truth)"
+                    if seeds > 1 else ""), fontsize=11)
     return fig
 
 
 def _groups(entry: dict) -> str:
-    """``{0,1} {2}``; a network serving only some of its members marks them ``*``."""
+    """``{0,1} {2}``; a network serving only some of its members marks them ``*``; one
+    grouping per seed (``a / b``) for a multi-seed row."""
+    if "networks_per_seed" in entry:
+        return " / ".join(_groups({"networks": n}) for n in entry["networks_per_seed"])
     parts = []
     for net in entry["networks"]:
         names = [t.replace("task_", "") + ("" if t in net["serves"] else "*")
@@ -421,6 +518,7 @@ def _nets(budget: int) -> str:
 def format_markdown(payload: dict) -> str:
     budgets, name, refs = payload["budgets"], payload["error_name"], payload["references"]
     n = len(payload["tasks"])
+    seeds = payload.get("seeds", 1)
     ref_body = []
     for label, key in (("optimal", "optimal"), ("random (mean ± std)", "random"),
                        ("worst", "worst")):
@@ -435,15 +533,20 @@ def format_markdown(payload: dict) -> str:
             cells.append(text)
         ref_body.append(cells)
     rel_body, total_body = [], []
+
+    def cell(entry, key, spec, std_spec=None):
+        return report.pm(entry[key], entry.get(f"{key}_std"), spec, std_spec or spec)
+
     for label, row in payload["rows"].items():
         rel_body.append(
-            [label, report.fmt(row["pearson_vs_base_tag"], ".3f")]
-            + [report.fmt(row["budgets"][b]["above_optimal_percent"], "+.1f") for b in budgets]
-            + [report.fmt(row["mean_above_optimal_percent"], "+.1f")]
-            + [report.fmt(row["budgets"][b]["gap_closed_percent"], ".0f") for b in budgets]
-            + [report.fmt(row["mean_gap_closed_percent"], ".0f")])
-        total_body.append([label, report.fmt(row["affinity_seconds"], ".1f")]
-                          + [f"{report.fmt(row['budgets'][b]['total_error'])} "
+            [label, cell(row, "pearson_vs_base_tag", ".3f", ".2f")]
+            + [cell(row["budgets"][b], "above_optimal_percent", "+.1f", ".1f")
+               for b in budgets]
+            + [cell(row, "mean_above_optimal_percent", "+.1f", ".1f")]
+            + [cell(row["budgets"][b], "gap_closed_percent", ".0f") for b in budgets]
+            + [cell(row, "mean_gap_closed_percent", ".0f")])
+        total_body.append([label, cell(row, "affinity_seconds", ".1f")]
+                          + [f"{cell(row['budgets'][b], 'total_error', '.4g', '.2g')} "
                              f"{_groups(row['budgets'][b])}" for b in budgets])
     settings = payload["adapter_settings"]
     base = ", ".join(f"{k} {settings[k]}" for k in ("batch_size", "learning_rate")
@@ -451,11 +554,18 @@ def format_markdown(payload: dict) -> str:
     return "\n".join([
         f"## Table 3 ({payload['adapter']}: {n} tasks)", "",
         f"Ground truth: all {(1 << n) - 1} task groups trained with the base settings"
-        + (f" ({base})" if base else "") + f"; every grouping's total test {name} over all "
+        + (f" ({base})" if base else "")
+        + (f", once per training seed ({seeds} seeds), each task's error in each group "
+           "averaged over the seeds (the pooled table)" if seeds > 1 else "")
+        + f"; every grouping's total test {name} over all "
         "tasks is read off these trainings (each task from the network serving it). "
         "Groupings found by TAG's affinity training under each hyper-parameter variant "
         "(and by CS under the base settings), relative to the optimal grouping of the "
-        "same budget:", "",
+        "same budget"
+        + (f"; each affinity training ran once per seed, each seed's groups are scored on "
+           f"the pooled table, and every number is the mean ± sample std over the {seeds} "
+           "seeds (groups: one grouping per seed, separated by /)" if seeds > 1 else "")
+        + ":", "",
         f"* *above optimal*: `100 * (total - optimal) / optimal` in % (0 = optimal, lower "
         "is better);",
         "* *gap closed*: `100 * (random - total) / (random - optimal)` in % (100 = optimal, "
@@ -489,7 +599,7 @@ def main(argv):
     payload = run(harness, budgets=cli.budgets(),
                   variants=[parse_variant(v) for v in flags.variants],
                   include_cs=flags.include_cs, rg_samples=flags.rg_samples, seed=flags.seed,
-                  max_tasks=flags.max_tasks, output_dir=flags.output_dir)
+                  seeds=flags.seeds, max_tasks=flags.max_tasks, output_dir=flags.output_dir)
     print(payload["markdown"])
 
 
