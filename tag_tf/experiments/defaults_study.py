@@ -87,16 +87,16 @@ class StudyHarness(Harness):
 
     lookahead_scale: float = 1.0
 
-    def training_settings(self, mode, tasks, options, window=None) -> dict:
-        settings = super().training_settings(mode, tasks, options, window)
+    def training_settings(self, mode, tasks, options, window=None, measures=None) -> dict:
+        settings = super().training_settings(mode, tasks, options, window, measures)
         if mode == "affinity" and self.lookahead_scale != 1.0:
             settings["lookahead_scale"] = self.lookahead_scale
         return settings
 
-    def train(self, tasks, mode="mtl", *, window=None, **overrides) -> dict:
+    def train(self, tasks, mode="mtl", *, window=None, measures=None, **overrides) -> dict:
         scale = self.lookahead_scale if mode == "affinity" else 1.0
         with harness_lib.affinity_overrides(lookahead_scale=None if scale == 1.0 else scale):
-            return super().train(tasks, mode, window=window, **overrides)
+            return super().train(tasks, mode, window=window, measures=measures, **overrides)
 
     def variant_affinity(self, variant: Variant) -> tuple[np.ndarray, float]:
         """TAG's affinity matrix ([source, target]) under ``variant``, and its seconds."""

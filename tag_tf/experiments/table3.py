@@ -293,12 +293,22 @@ def variant_harness(harness: Harness, variant: Variant) -> Harness:
     return Harness(varied, harness.cache.root, log=harness.log, progress=harness.progress)
 
 
+TAYLOR_ROW = "TAG (Taylor)"
+
+
 def selection_rows(harness: Harness, label: str, measure: str, budgets: Sequence[int],
-                   err: np.ndarray, references: dict) -> dict:
-    """One affinity training (cached), its selections, scored on the ground truth."""
+                   err: np.ndarray, references: dict, *, also: Sequence[str] = (),
+                   matrix_of: Optional[str] = None) -> dict:
+    """One affinity training (cached), its selections, scored on the ground truth.
+
+    ``also``: further measures recorded in the same training; ``matrix_of``: select on one
+    of them (e.g. ``"taylor"``) instead of ``measure``'s own matrix.
+    """
     harness.log(f"Table 3: {label} affinity training")
-    run_ = harness.affinity(measure)
-    selections, sel_seconds = harness.select(run_.matrix, budgets)
+    run_ = harness.affinity(measure, also=also)
+    matrix = run_.matrix if matrix_of in (None, measure) else harness.also_matrix(run_,
+                                                                                 matrix_of)
+    selections, sel_seconds = harness.select(matrix, budgets)
     per_budget = {}
     for chosen in selections:
         ref = references[chosen.budget]
@@ -307,8 +317,8 @@ def selection_rows(harness: Harness, label: str, measure: str, budgets: Sequence
         per_budget[chosen.budget] = {
             **scored, **relative(scored["total_error"], ref["optimal"]["total_error"],
                                  ref["random"]["total_error"])}
-    return {"measure": measure, "adapter_settings": harness.adapter.settings(),
-            "settings": run_.settings, "affinity": run_.matrix, "affinity_path": run_.path,
+    return {"measure": matrix_of or measure, "adapter_settings": harness.adapter.settings(),
+            "settings": run_.settings, "affinity": matrix, "affinity_path": run_.path,
             "affinity_seconds": run_.seconds, "selection_seconds": sel_seconds,
             "budgets": per_budget}
 
@@ -332,7 +342,7 @@ def check_size(harness: Harness, max_tasks: int) -> None:
 def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
         variants: Sequence[Variant] = VARIANTS, include_cs: bool = True,
         rg_samples: int = 1000, seed: int = 0, seeds: int = 1, max_tasks: int = MAX_TASKS,
-        output_dir: str = "runs/table3") -> dict:
+        taylor: bool = True, output_dir: str = "runs/table3") -> dict:
     """Ground truth, references and every variant (all cached); writes ``table3.*``.
 
     ``table3.{md,json}`` hold the numbers, ``table3.{png,pdf}`` the figure.
@@ -343,6 +353,11 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
     the seeds); the references are read off the pooled table; every row's affinity
     training runs once per seed, each seed's groups are scored on the pooled table, and
     each number is the mean ± sample std over the seeds (``per_seed``: each seed's rows).
+
+    ``taylor``: the base TAG training also records the first-order Taylor measure
+    (``measures=("lookahead", "taylor")``, the same steps); the row ``TAG (Taylor)``
+    scores the groups its matrix selects, and its *r* is the Pearson correlation of the
+    Taylor matrix with the exact lookahead matrix of the same training.
     """
     start = time.perf_counter()
     check_size(harness, max_tasks)
@@ -354,8 +369,9 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
     grid = [[variant_harness(h, v) for v in variants] for h in seeded]
     # Progress: every training is known up front (selections are scored, not trained).
     for h_seed, hs in zip(seeded, grid):
-        for h in hs:
-            h.plan([h.affinity_training("lookahead")], complete=False)
+        for v, h in zip(variants, hs):
+            also = ("taylor",) if taylor and v.is_base else ()
+            h.plan([h.affinity_training("lookahead", also=also)], complete=False)
         if include_cs:
             h_seed.plan([h_seed.affinity_training("cosine")], complete=False)
         h_seed.plan([Training(tuple(tasks[i] for i in mask_members(mask, len(tasks))))
@@ -368,7 +384,8 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
     err = truths[0]["err"] if len(truths) == 1 else pooled_truth([t["err"] for t in truths])
     partitions = {b: harness.random_partitions(b, rg_samples, seed) for b in budgets}
     references = reference_groupings(err, tasks, budgets, partitions)
-    per_seed = [_seed_rows(h_seed, hs, variants, include_cs, budgets, err, references)
+    per_seed = [_seed_rows(h_seed, hs, variants, include_cs, budgets, err, references,
+                           taylor)
                 for h_seed, hs in zip(seeded, grid)]
     rows = per_seed[0] if len(per_seed) == 1 else aggregate_rows(per_seed, budgets)
     caches = list({id(h.cache): h.cache for hs in grid for h in hs}.values())
@@ -395,19 +412,28 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
 
 def _seed_rows(harness: Harness, variant_harnesses: Sequence[Harness],
                variants: Sequence[Variant], include_cs: bool, budgets: Sequence[int],
-               err: np.ndarray, references: dict) -> dict:
+               err: np.ndarray, references: dict, taylor: bool = False) -> dict:
     """One seed's rows: TAG under every variant (and CS), scored on ``err``."""
     rows = {}
     for variant, h in zip(variants, variant_harnesses):
+        also = ("taylor",) if taylor and variant.is_base else ()
         rows[f"TAG, {variant.name}"] = {
-            **selection_rows(h, variant.name, "lookahead", budgets, err, references),
+            **selection_rows(h, variant.name, "lookahead", budgets, err, references,
+                             also=also),
             "method": "TAG", "variant": variant._asdict()}
+    if taylor:  # the Taylor matrix of the base TAG training (the same steps)
+        rows[TAYLOR_ROW] = {
+            **selection_rows(harness, "Taylor (base TAG's)", "lookahead", budgets, err,
+                             references, also=("taylor",), matrix_of="taylor"),
+            "method": TAYLOR_ROW, "variant": BASE._asdict()}
     if include_cs:
         rows["CS, base"] = {**selection_rows(harness, "CS", "cosine", budgets, err, references),
                             "method": "CS", "variant": BASE._asdict()}
     base_matrix = rows[f"TAG, {BASE.name}"]["affinity"]
     for row in rows.values():
         row["pearson_vs_base_tag"] = pearson(base_matrix, row["affinity"])
+    if TAYLOR_ROW in rows:  # the same training: Taylor vs exact lookahead
+        rows[TAYLOR_ROW]["pearson_taylor_vs_lookahead"] = rows[TAYLOR_ROW]["pearson_vs_base_tag"]
         row["mean_above_optimal_percent"] = _mean(
             v["above_optimal_percent"] for v in row["budgets"].values())
         row["mean_gap_closed_percent"] = _mean(
@@ -416,7 +442,7 @@ def _seed_rows(harness: Harness, variant_harnesses: Sequence[Harness],
 
 
 _SEED_STATS = ("pearson_vs_base_tag", "affinity_seconds", "mean_above_optimal_percent",
-               "mean_gap_closed_percent")
+               "mean_gap_closed_percent", "pearson_taylor_vs_lookahead")
 _BUDGET_STATS = ("total_error", "above_optimal_percent", "gap_closed_percent")
 
 
@@ -431,6 +457,8 @@ def aggregate_rows(per_seed: Sequence[dict], budgets: Sequence[int]) -> dict:
         row = {k: v for k, v in first.items() if k not in _SEED_STATS and k != "budgets"}
         row["seeds"] = len(seed_rows)
         for key in _SEED_STATS:
+            if key not in first:
+                continue
             values = [r[key] for r in seed_rows]
             stats = report.mean_std(values)
             row.update({key: stats["mean"], f"{key}_std": stats["std"], f"{key}_seeds": values})
@@ -572,7 +600,10 @@ def format_markdown(payload: dict) -> str:
         "0 = as good as the mean random grouping, negative = worse; n/a when random is "
         f"within {100 * MIN_GAP:g} % of optimal);",
         "* *r*: Pearson correlation of the variant's affinity matrix with the base TAG one "
-        "(off-diagonal entries).", "",
+        "(off-diagonal entries)"
+        + (f"; for {TAYLOR_ROW}: of the first-order Taylor matrix with the exact lookahead "
+           "matrix recorded in the same training (`measures=(\"lookahead\", \"taylor\")`)"
+           if TAYLOR_ROW in payload["rows"] else "") + ".", "",
         report.markdown_table(
             ["groups found with", "r vs base"]
             + [f"above optimal, {_nets(b)} (%)" for b in budgets] + ["mean (%)"]
@@ -599,7 +630,8 @@ def main(argv):
     payload = run(harness, budgets=cli.budgets(),
                   variants=[parse_variant(v) for v in flags.variants],
                   include_cs=flags.include_cs, rg_samples=flags.rg_samples, seed=flags.seed,
-                  seeds=flags.seeds, max_tasks=flags.max_tasks, output_dir=flags.output_dir)
+                  seeds=flags.seeds, max_tasks=flags.max_tasks, taylor=flags.taylor,
+                  output_dir=flags.output_dir)
     print(payload["markdown"])
 
 
@@ -613,6 +645,10 @@ def define_flags() -> None:
                       "Hyper-parameter variants besides the base: 'batch=<factor>', "
                       "'lr=<factor>' or both joined by '+' (e.g. 'lr=0.5,batch=2+lr=2').")
     flags.DEFINE_bool("include_cs", True, "Also score CS (cosine) groups under the base.")
+    flags.DEFINE_bool("taylor", True,
+                      "The base TAG training also records the first-order Taylor measure; "
+                      "adds the row 'TAG (Taylor)' (its r: correlation with the exact "
+                      "matrix of the same training).")
     flags.DEFINE_integer("max_tasks", MAX_TASKS,
                          "Refuse more tasks: the ground truth is 2^n - 1 trainings.")
 
