@@ -22,7 +22,16 @@ Table 3 (hyper-parameter sensitivity) also needs
   trainings get their own cache keys; the original adapter is left unchanged. The other
   tables never call it (``load_adapter`` does not require it).
 
-The built-in :class:`SyntheticAdapter` uses :mod:`tag_tf.synthetic` at CPU-small size.
+Runs over several training seeds (``--seeds=K`` of Figure 3 and Table 3) also need
+
+* ``adapter.replicate(k)`` -- a *new* adapter for the ``k``-th further training seed: the
+  same problem and examples, another network initialisation and data order. Its
+  ``settings()`` must differ from the original's (its own cache keys); see
+  :func:`replicate`.
+
+The built-in :class:`SyntheticAdapter` uses :mod:`tag_tf.synthetic` at CPU-small size;
+it and :class:`tag_tf.experiments.synthetic_cases.HelpingTasksAdapter` share
+:class:`PlantedNetworkAdapter` (network, optimiser, options, ``vary``).
 Another dataset's adapter is any object with the same four members (plus ``vary`` for
 Table 3); the scripts load one with ``--adapter=package.module:factory``
 (``factory(**json.loads(--adapter_args))``). ``isinstance(x, Adapter)`` checks all five.
