@@ -163,7 +163,7 @@ def test_table3_aggregates_seeds_with_error_bars():
                "references": {2: {k: {"total_error": 1.0, "std": 0.1, "networks": []}
                                   for k in ("optimal", "random", "worst")}}}
     text = table3.format_markdown(payload)
-    assert "| TAG, base | 0.950 ± 0.07 | +5.5 ± 0.7 | +5.5 ± 0.7 | 55 ± 7 | 55 ± 7 |" in text
+    assert "| TAG, base | 0.950 ± 0.071 | +5.5 ± 0.7 | +5.5 ± 0.7 | 55 ± 7 | 55 ± 7 |" in text
     assert "mean ± sample std over the 2 seeds" in text
     assert "Taylor matrix with the exact lookahead matrix" in text
     fig = table3.make_figure(payload)

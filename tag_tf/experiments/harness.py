@@ -383,10 +383,11 @@ class Harness:
         beside its own (``affinity(..., also=(measure,))``), in ``run.tasks`` order."""
         import tag_tf.callbacks  # pylint: disable=g-import-not-at-top
         stem = tag_tf.callbacks.FILE_STEMS[measure]
-        path = os.path.join(run.results["cache_dir"], stem + ".json")
+        directory = os.path.dirname(run.path)  # beside the training's own affinity file
+        path = os.path.join(directory, stem + ".json")
         if not os.path.exists(path):
-            raise ValueError(f"The affinity training in {run.results['cache_dir']} did not "
-                             f"record {measure!r} (no {stem}.json): pass also=({measure!r},).")
+            raise ValueError(f"The affinity training in {directory} did not record "
+                             f"{measure!r} (no {stem}.json): pass also=({measure!r},).")
         record = affinity_io.load_affinity(path)
         order = [list(record.tasks).index(t) for t in run.tasks]
         return np.asarray(record.affinity, dtype=np.float64)[np.ix_(order, order)]

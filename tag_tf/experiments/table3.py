@@ -423,7 +423,7 @@ def _seed_rows(harness: Harness, variant_harnesses: Sequence[Harness],
             "method": "TAG", "variant": variant._asdict()}
     if taylor:  # the Taylor matrix of the base TAG training (the same steps)
         rows[TAYLOR_ROW] = {
-            **selection_rows(harness, "Taylor (base TAG's)", "lookahead", budgets, err,
+            **selection_rows(harness, "TAG (Taylor): the base TAG", "lookahead", budgets, err,
                              references, also=("taylor",), matrix_of="taylor"),
             "method": TAYLOR_ROW, "variant": BASE._asdict()}
     if include_cs:
@@ -432,12 +432,12 @@ def _seed_rows(harness: Harness, variant_harnesses: Sequence[Harness],
     base_matrix = rows[f"TAG, {BASE.name}"]["affinity"]
     for row in rows.values():
         row["pearson_vs_base_tag"] = pearson(base_matrix, row["affinity"])
-    if TAYLOR_ROW in rows:  # the same training: Taylor vs exact lookahead
-        rows[TAYLOR_ROW]["pearson_taylor_vs_lookahead"] = rows[TAYLOR_ROW]["pearson_vs_base_tag"]
         row["mean_above_optimal_percent"] = _mean(
             v["above_optimal_percent"] for v in row["budgets"].values())
         row["mean_gap_closed_percent"] = _mean(
             v["gap_closed_percent"] for v in row["budgets"].values())
+    if TAYLOR_ROW in rows:  # the same training: Taylor vs exact lookahead
+        rows[TAYLOR_ROW]["pearson_taylor_vs_lookahead"] = rows[TAYLOR_ROW]["pearson_vs_base_tag"]
     return rows
 
 
@@ -567,7 +567,7 @@ def format_markdown(payload: dict) -> str:
 
     for label, row in payload["rows"].items():
         rel_body.append(
-            [label, cell(row, "pearson_vs_base_tag", ".3f", ".2f")]
+            [label, cell(row, "pearson_vs_base_tag", ".3f")]
             + [cell(row["budgets"][b], "above_optimal_percent", "+.1f", ".1f")
                for b in budgets]
             + [cell(row, "mean_above_optimal_percent", "+.1f", ".1f")]
