@@ -590,11 +590,11 @@ def format_markdown(payload: dict) -> str:
         "Groupings found by TAG's affinity training under each hyper-parameter variant "
         "(and by CS under the base settings), relative to the optimal grouping of the "
         "same budget"
-        + (f"; each affinity training ran once per seed, each seed's groups are scored on "
+        + ("; each affinity training ran once per seed, each seed's groups are scored on "
            f"the pooled table, and every number is the mean ± sample std over the {seeds} "
            "seeds (groups: one grouping per seed, separated by /)" if seeds > 1 else "")
         + ":", "",
-        f"* *above optimal*: `100 * (total - optimal) / optimal` in % (0 = optimal, lower "
+        "* *above optimal*: `100 * (total - optimal) / optimal` in % (0 = optimal, lower "
         "is better);",
         "* *gap closed*: `100 * (random - total) / (random - optimal)` in % (100 = optimal, "
         "0 = as good as the mean random grouping, negative = worse; n/a when random is "
