@@ -229,3 +229,19 @@ def test_figure3_two_seeds_every_method_has_a_spread(tmp_path, monkeypatch):
     assert again["trainings_run"] == 0
     assert again["methods"]["TAG"]["budgets"][1]["totals"] == \
         out["methods"]["TAG"]["budgets"][1]["totals"]
+
+
+@pytest.mark.slow
+def test_recording_taylor_beside_lookahead_changes_nothing_else(tmp_path):
+    """The Taylor measure rides along: same lookahead matrix and test error, own cache key."""
+    harness = Harness(adapter_lib.SyntheticAdapter(**TOY), str(tmp_path), log=lambda _: None)
+    alone = harness.affinity("lookahead")
+    both = harness.affinity("lookahead", also=("taylor",))
+    assert alone.path != both.path and both.settings["measures"] == ["lookahead", "taylor"]
+    np.testing.assert_array_equal(alone.matrix, both.matrix)
+    assert alone.results["total_test_error"] == both.results["total_test_error"]
+    taylor = Harness.also_matrix(both, "taylor")
+    assert taylor.shape == both.matrix.shape and np.all(np.isfinite(taylor))
+    assert not np.array_equal(taylor, both.matrix)
+    with pytest.raises(ValueError, match="did not record 'taylor'"):
+        Harness.also_matrix(alone, "taylor")
