@@ -210,8 +210,12 @@ def test_table3_toy_and_rerun_without_training(tmp_path, monkeypatch):
     variants = [table3.BASE, table3.Variant("lr 2x", learning_rate_scale=2.0)]
     kwargs = dict(budgets=[1, 2], variants=variants, include_cs=False, rg_samples=20)
     out = table3.run(harness, output_dir=str(tmp_path / "t3"), **kwargs)
-    _check_payload(out, ["TAG, base", "TAG, lr 2x"], [1, 2])
+    _check_payload(out, ["TAG, base", "TAG, lr 2x", table3.TAYLOR_ROW], [1, 2])
     assert (out["trainings_run"], out["trainings_reused"]) == (3 + 2, 0)
+    # The Taylor row selects on the base TAG training's own first-order matrix.
+    taylor = out["rows"][table3.TAYLOR_ROW]
+    assert taylor["affinity_path"] == out["rows"]["TAG, base"]["affinity_path"]
+    assert taylor["measure"] == "taylor" and "measures" in taylor["settings"]
     # Every training is planned up front, the variant's too: [1/5] ... [5/5].
     progress = [line for line in lines if line.startswith("[")]
     assert [line.split("]")[0] for line in progress] == [f"[{k}/5" for k in range(1, 6)]
@@ -240,7 +244,7 @@ def test_table3_toy_default_variants_and_cs(tmp_path, monkeypatch):
     kwargs = dict(budgets=[1, 2, 3], rg_samples=20)
     out = table3.run(_toy_harness(tmp_path / "cache"), output_dir=str(tmp_path / "t3"),
                      **kwargs)
-    labels = ["TAG, base", "TAG, batch 0.5x", "TAG, lr 2x", "CS, base"]
+    labels = ["TAG, base", "TAG, batch 0.5x", "TAG, lr 2x", "CS, base", table3.TAYLOR_ROW]
     _check_payload(out, labels, [1, 2, 3])
     assert (out["trainings_run"], out["trainings_reused"]) == (7 + 4, 0)
     assert out["rows"]["TAG, batch 0.5x"]["adapter_settings"]["batch_size"] == 16

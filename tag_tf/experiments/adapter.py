@@ -22,7 +22,16 @@ Table 3 (hyper-parameter sensitivity) also needs
   trainings get their own cache keys; the original adapter is left unchanged. The other
   tables never call it (``load_adapter`` does not require it).
 
-The built-in :class:`SyntheticAdapter` uses :mod:`tag_tf.synthetic` at CPU-small size.
+Runs over several training seeds (``--seeds=K`` of Figure 3 and Table 3) also need
+
+* ``adapter.replicate(k)`` -- a *new* adapter for the ``k``-th further training seed: the
+  same problem and examples, another network initialisation and data order. Its
+  ``settings()`` must differ from the original's (its own cache keys); see
+  :func:`replicate`.
+
+The built-in :class:`SyntheticAdapter` uses :mod:`tag_tf.synthetic` at CPU-small size;
+it and :class:`tag_tf.experiments.synthetic_cases.HelpingTasksAdapter` share
+:class:`PlantedNetworkAdapter` (network, optimiser, options, ``vary``).
 Another dataset's adapter is any object with the same four members (plus ``vary`` for
 Table 3); the scripts load one with ``--adapter=package.module:factory``
 (``factory(**json.loads(--adapter_args))``). ``isinstance(x, Adapter)`` checks all five.
@@ -33,9 +42,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import keras
+import tensorflow as tf
 
 from tag_tf import pipeline
 from tag_tf import synthetic
@@ -59,13 +69,71 @@ class Adapter(Protocol):
         ...
 
 
+class PlantedNetworkAdapter:
+    """What the synthetic adapters share: the planted network, SGD with momentum, MSE,
+    fixed epochs, ``vary`` and ``replicate``.
+
+    A subclass is a dataclass with ``batch_size``, ``learning_rate``, ``epochs``,
+    ``hidden``, ``bottleneck``, ``head_hidden`` and a ``problem`` (``tasks``,
+    ``input_dim``), and defines :meth:`datasets` (train, validation, test),
+    :meth:`training_seed` (network initialisation and options seed) and
+    :meth:`replicate`.
+    """
+
+    activation: str = "tanh"
+
+    def training_seed(self) -> int:
+        raise NotImplementedError
+
+    def datasets(self) -> tuple:
+        """Fresh ``(train, validation, test)`` datasets."""
+        raise NotImplementedError
+
+    def replicate(self, k: int) -> "PlantedNetworkAdapter":
+        """The adapter of the ``k``-th training seed of a ``--seeds`` run (``k = 0``: this
+        one): same problem and examples, other initialisation and data order."""
+        raise NotImplementedError
+
+    def experiment(self) -> pipeline.Experiment:
+        """A new Experiment with fresh datasets (see the module docstring)."""
+        problem, seed = self.problem, self.training_seed()
+        train, validation, test = self.datasets()
+        return pipeline.Experiment(
+            tasks=list(problem.tasks),
+            network_fn=lambda tasks: synthetic.planted_network(
+                list(tasks), problem.input_dim, hidden=self.hidden,
+                bottleneck=self.bottleneck, head_hidden=self.head_hidden, seed=seed,
+                activation=self.activation),
+            shared=list(synthetic.SHARED_LAYERS),
+            loss_fn=lambda task: keras.losses.MeanSquaredError(),
+            train_data=train, validation_data=validation, test_data=test,
+            optimizer_fn=lambda: keras.optimizers.SGD(self.learning_rate, momentum=0.9),
+            error_name="mse",
+        )
+
+    def options(self) -> pipeline.Options:
+        return pipeline.Options(epochs=self.epochs, patience=None, seed=self.training_seed(),
+                                verbose=0, every_n=10)
+
+    def vary(self, *, batch_size_scale: float = 1.0, learning_rate_scale: float = 1.0):
+        """A copy with ``batch_size * batch_size_scale`` (rounded, >= 1) and
+        ``learning_rate * learning_rate_scale``; same data, model and epochs."""
+        check_scales(batch_size_scale, learning_rate_scale)
+        return dataclasses.replace(
+            self, batch_size=scaled_batch_size(self.batch_size, batch_size_scale),
+            learning_rate=self.learning_rate * learning_rate_scale)
+
+
 @dataclasses.dataclass
-class SyntheticAdapter:
+class SyntheticAdapter(PlantedNetworkAdapter):
     """Planted-cluster regression tasks (:mod:`tag_tf.synthetic`), small enough for a CPU.
 
     The error is the test MSE of each task (``error_name = "mse"``). Training runs a fixed
     number of epochs (``patience=None``) so that the affinity windows of Table 2 are
-    fractions of a known number of steps.
+    fractions of a known number of steps. ``seed`` makes the problem, its examples and (by
+    default) the training randomness; ``train_seed`` (None: ``seed``) overrides the last
+    only -- the network initialisation and the shuffling -- for runs over several seeds
+    (:meth:`replicate`).
     """
 
     num_tasks: int = 6
@@ -80,14 +148,19 @@ class SyntheticAdapter:
     bottleneck: int = 4
     head_hidden: int = 8
     seed: int = 0
+    train_seed: Optional[int] = None
     name: str = "synthetic"
 
     def __post_init__(self):
+        if self.train_seed == self.seed:
+            self.train_seed = None  # one setting, one cache key
         self.problem = synthetic.planted_tasks(self.num_tasks, self.num_clusters,
                                                seed=self.seed)
 
     def settings(self) -> dict:
         values = dataclasses.asdict(self)
+        if values["train_seed"] is None:  # keys of single-seed runs stay as they were
+            del values["train_seed"]
         values["adapter"] = "tag_tf.experiments.adapter.SyntheticAdapter"
         return values
 
@@ -96,37 +169,46 @@ class SyntheticAdapter:
         """The planted ground truth: task -> cluster."""
         return dict(zip(self.problem.tasks, self.problem.cluster_of))
 
-    def experiment(self) -> pipeline.Experiment:
-        """A new Experiment with fresh datasets (see the module docstring)."""
-        problem, seed = self.problem, self.seed
-        data = lambda n, s, shuffle: problem.dataset(  # noqa: E731
-            n, batch_size=self.batch_size, seed=s, shuffle=shuffle)
-        return pipeline.Experiment(
-            tasks=list(problem.tasks),
-            network_fn=lambda tasks: synthetic.planted_network(
-                list(tasks), problem.input_dim, hidden=self.hidden,
-                bottleneck=self.bottleneck, head_hidden=self.head_hidden, seed=seed),
-            shared=list(synthetic.SHARED_LAYERS),
-            loss_fn=lambda task: keras.losses.MeanSquaredError(),
-            train_data=data(self.train_examples, seed + 1, True),
-            validation_data=data(self.validation_examples, seed + 2, False),
-            test_data=data(self.test_examples, seed + 3, False),
-            optimizer_fn=lambda: keras.optimizers.SGD(self.learning_rate, momentum=0.9),
-            error_name="mse",
-        )
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
-    def options(self) -> pipeline.Options:
-        return pipeline.Options(epochs=self.epochs, patience=None, seed=self.seed, verbose=0,
-                                every_n=10)
+    def replicate(self, k: int) -> "SyntheticAdapter":
+        return dataclasses.replace(self, train_seed=self.training_seed() + int(k))
 
-    def vary(self, *, batch_size_scale: float = 1.0,
-             learning_rate_scale: float = 1.0) -> "SyntheticAdapter":
-        """A copy with ``batch_size * batch_size_scale`` (rounded, >= 1) and
-        ``learning_rate * learning_rate_scale``; same data, model and epochs."""
-        check_scales(batch_size_scale, learning_rate_scale)
-        return dataclasses.replace(
-            self, batch_size=scaled_batch_size(self.batch_size, batch_size_scale),
-            learning_rate=self.learning_rate * learning_rate_scale)
+    def datasets(self) -> tuple:
+        # Examples from ``seed`` (as PlantedTasks.dataset); only the shuffle follows the
+        # training seed, which is ``seed`` unless replicated (then the same ops as before).
+        problem, seed, shuffle_seed = self.problem, self.seed, self.training_seed()
+
+        def data(n, k, shuffle):
+            x, y = problem.sample(n, seed + k)
+            ds = tf.data.Dataset.from_tensor_slices((x, y))
+            if shuffle:
+                ds = ds.shuffle(n, seed=shuffle_seed + k, reshuffle_each_iteration=True)
+            return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+
+        return (data(self.train_examples, 1, True), data(self.validation_examples, 2, False),
+                data(self.test_examples, 3, False))
+
+
+def replicate(adapter: Any, k: int) -> Any:
+    """The adapter of the ``k``-th training seed of a multi-seed run (``--seeds=K``):
+    ``adapter`` itself for ``k = 0``, else ``adapter.replicate(k)``, which must keep the
+    problem and its examples and change only the training randomness (initialisation,
+    data order), with its own ``settings()`` (so its own cache keys)."""
+    if k == 0:
+        return adapter
+    method = getattr(adapter, "replicate", None)
+    if not callable(method):
+        raise TypeError(
+            f"Several seeds need adapter.replicate(k): an adapter with the same problem and "
+            f"data and another training seed. Adapter {getattr(adapter, 'name', adapter)!r} "
+            f"({type(adapter).__module__}.{type(adapter).__qualname__}) has none.")
+    out = method(k)
+    if out.settings() == adapter.settings():
+        raise ValueError(f"adapter.replicate({k}) returned the same settings as the adapter: "
+                         "its trainings would share cache keys with seed 0.")
+    return out
 
 
 def check_scales(batch_size_scale: float, learning_rate_scale: float) -> None:

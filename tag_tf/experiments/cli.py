@@ -25,6 +25,11 @@ def define_flags(default_output: str) -> None:
     flags.DEFINE_list("budgets", ["2", "3", "4"], "Network budgets.")
     flags.DEFINE_integer("rg_samples", 2, "Random groupings trained per budget (RG).")
     flags.DEFINE_integer("seed", 0, "Seed of the random groupings.")
+    flags.DEFINE_integer("seeds", 1,
+                         "Training seeds (figure3, table3): every method runs once per seed "
+                         "(adapter.replicate(k): same problem and data, other initialisation "
+                         "and data order; cached per seed) and each number is reported as "
+                         "mean ± std over the seeds.", lower_bound=1)
     flags.DEFINE_bool("deterministic", True,
                       "Op determinism and one inter-op thread (harness.make_deterministic): "
                       "the same settings give the same numbers in any process (what the "

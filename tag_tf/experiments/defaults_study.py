@@ -87,16 +87,16 @@ class StudyHarness(Harness):
 
     lookahead_scale: float = 1.0
 
-    def training_settings(self, mode, tasks, options, window=None) -> dict:
-        settings = super().training_settings(mode, tasks, options, window)
+    def training_settings(self, mode, tasks, options, window=None, measures=None) -> dict:
+        settings = super().training_settings(mode, tasks, options, window, measures)
         if mode == "affinity" and self.lookahead_scale != 1.0:
             settings["lookahead_scale"] = self.lookahead_scale
         return settings
 
-    def train(self, tasks, mode="mtl", *, window=None, **overrides) -> dict:
+    def train(self, tasks, mode="mtl", *, window=None, measures=None, **overrides) -> dict:
         scale = self.lookahead_scale if mode == "affinity" else 1.0
         with harness_lib.affinity_overrides(lookahead_scale=None if scale == 1.0 else scale):
-            return super().train(tasks, mode, window=window, **overrides)
+            return super().train(tasks, mode, window=window, measures=measures, **overrides)
 
     def variant_affinity(self, variant: Variant) -> tuple[np.ndarray, float]:
         """TAG's affinity matrix ([source, target]) under ``variant``, and its seconds."""
@@ -132,22 +132,10 @@ def make_adapter(spec: str, args: Any = None) -> Any:
 
 
 # ----------------------------------------------------------------------------- scoring
-def mean_std(values: Sequence[Optional[float]]) -> dict:
-    """``{"mean", "std" (ddof 1; 0 for one value), "n"}`` of the defined values."""
-    ok = [float(v) for v in values if v is not None]
-    if not ok:
-        return {"mean": None, "std": None, "n": 0}
-    std = float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0
-    return {"mean": float(np.mean(ok)), "std": std, "n": len(ok)}
+mean_std = report.mean_std
 
 
-def pooled_truth(errs: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean over seeds of ``err[group, task]`` tables (nan stays nan: non-members)."""
-    stack = np.stack([np.asarray(e, dtype=np.float64) for e in errs])
-    out = np.full(stack.shape[1:], np.nan)
-    defined = np.all(np.isfinite(stack), axis=0)
-    out[defined] = stack[:, defined].mean(axis=0)
-    return out
+pooled_truth = table3.pooled_truth
 
 
 def score_selection(err: np.ndarray, tasks: Sequence[str], networks, reference: dict) -> dict:
@@ -387,7 +375,9 @@ def define_flags() -> None:
                       "(sgd|optimizer), every_n, window (first|middle|final|none), scale.")
     flags.DEFINE_integer("rg_samples", 1000, "Random partitions of the random baseline.")
     flags.DEFINE_integer("max_tasks", table3.MAX_TASKS, "Refuse more tasks (2^n - 1 groups).")
-    flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism().")
+    flags.DEFINE_bool("deterministic", True,
+                      "harness.make_deterministic(): op determinism, one inter-op thread, "
+                      "no Grappler rewriting (same numbers in any process).")
     flags.DEFINE_integer("prefill_seed", None,
                          "Only train this seed's ground truth and variant runs into the cache "
                          "(no report): run one process per seed, then the study without it.")
@@ -402,8 +392,7 @@ def main(argv):
     from tag_tf.script_flags import parse_budgets  # pylint: disable=g-import-not-at-top
     values = flags.FLAGS
     if values.deterministic:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        tf.config.experimental.enable_op_determinism()
+        harness_lib.make_deterministic()
     adapter = make_adapter(values.adapter, values.adapter_args)
     variants = [parse_variant(v) for v in values.variants]
     if values.prefill_seed is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from tag_tf import affinity_io
 from tag_tf import pipeline
 from tag_tf import selection as selection_lib
+from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
 
 # Option fields that do not change a training's numbers (left out of cache keys).
@@ -219,12 +220,25 @@ class Progress:
 
 
 class Training(NamedTuple):
-    """A training the harness can run: ``Harness.train(tasks, mode, window=, **overrides)``."""
+    """A training the harness can run: ``Harness.train(tasks, mode, window=, measures=,
+    **overrides)``."""
 
     tasks: tuple[str, ...]
     mode: str = "mtl"
     window: Any = None
     overrides: tuple[tuple[str, Any], ...] = ()
+    measures: Optional[tuple[str, ...]] = None  # None: the mode's own
+
+
+def _measures(measure: str, also: Sequence[str]) -> Optional[tuple[str, ...]]:
+    """The recorded measures: None (the mode's own) or ``measure`` and ``also``."""
+    extra = tuple(m for m in also if m != measure)
+    return (measure, *extra) if extra else None
+
+
+def _matrix(rows) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in rows],
+                    dtype=np.float64)
 
 
 class Harness:
@@ -254,50 +268,56 @@ class Harness:
         return dataclasses.replace(self.base_options, **overrides)
 
     def training_settings(self, mode: str, tasks: Sequence[str], options: pipeline.Options,
-                          window: Any = None) -> dict:
+                          window: Any = None, measures: Optional[Sequence[str]] = None) -> dict:
         # Options the pipeline added later are left out at their None default, so the
-        # existing cache stays valid (the window is keyed as "window" below).
+        # existing cache stays valid (the window is keyed as "window" below; the recorded
+        # measures only when they are not the mode's own).
         opts = {k: v for k, v in options.to_json().items()
                 if k not in _NOT_IN_KEY and not (k in _LATER_OPTIONS and v is None)}
-        return cache_lib.to_json_value({"adapter": self.adapter.settings(), "mode": mode,
-                                        "tasks": list(tasks), "options": opts,
-                                        "window": window, "onednn": _onednn_setting()})
+        settings = {"adapter": self.adapter.settings(), "mode": mode, "tasks": list(tasks),
+                    "options": opts, "window": window, "onednn": _onednn_setting()}
+        if measures:
+            settings["measures"] = list(measures)
+        return cache_lib.to_json_value(settings)
 
-    def _settings(self, tasks: Sequence[str], mode: str, window: Any,
-                  overrides: dict) -> tuple[list[str], pipeline.Options, dict]:
+    def _settings(self, tasks: Sequence[str], mode: str, window: Any, overrides: dict,
+                  measures: Optional[Sequence[str]] = None
+                  ) -> tuple[list[str], pipeline.Options, dict]:
         tasks = [t for t in self.tasks if t in set(tasks)]
         options = self.options(**overrides)
-        return tasks, options, self.training_settings(mode, tasks, options, window)
+        return tasks, options, self.training_settings(mode, tasks, options, window, measures)
 
     def plan(self, trainings: Iterable[Training], *, complete: bool = True) -> int:
         """Tells :attr:`progress` which trainings this command will need (those not in the
         cache yet are counted); ``complete``: all of them. Returns how many are new."""
         keys = set()
         for t in trainings:
-            _, _, settings = self._settings(t.tasks, t.mode, t.window, dict(t.overrides))
+            _, _, settings = self._settings(t.tasks, t.mode, t.window, dict(t.overrides),
+                                            t.measures)
             if not self.cache.holds(settings):
                 keys.add(cache_lib.settings_key(settings))
         self.progress.plan(keys, complete=complete)
         return len(keys)
 
     def affinity_training(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
-                          window: Any = None, batch: str = "train") -> Training:
+                          window: Any = None, batch: str = "train",
+                          also: Sequence[str] = ()) -> Training:
         """The :class:`Training` :meth:`affinity` runs."""
         overrides = {"affinity_batch": batch}
         if every_n is not None:
             overrides["every_n"] = every_n
         return Training(tuple(self.tasks), _MEASURE_MODE[measure], window,
-                        tuple(sorted(overrides.items())))
+                        tuple(sorted(overrides.items())), _measures(measure, also))
 
     def train(self, tasks: Sequence[str], mode: str = "mtl", *, window: Any = None,
-              **overrides) -> dict:
+              measures: Optional[Sequence[str]] = None, **overrides) -> dict:
         """Results JSON of ``mode`` on ``tasks`` (one network; trained or from the cache).
 
         A training seeds everything itself (``options.seed``) before building its
         datasets and network, so its numbers do not depend on what ran before it; with
         :func:`make_deterministic` they are the same in any process.
         """
-        tasks, options, settings = self._settings(tasks, mode, window, overrides)
+        tasks, options, settings = self._settings(tasks, mode, window, overrides, measures)
         native_window = window is not None and _HAS_WINDOW_OPTION
         if native_window:
             options = dataclasses.replace(options, affinity_window=window)
@@ -320,7 +340,8 @@ class Harness:
                 return list(base.callbacks_fn()) + [timers[-1]]
 
             experiment = dataclasses.replace(base, tasks=tasks, callbacks_fn=callbacks)
-            with affinity_overrides(window=None if native_window else window):
+            with affinity_overrides(window=None if native_window else window,
+                                    measures=tuple(measures) if measures else None):
                 results = pipeline.run(mode, experiment, options, output_dir=directory)
             # Per-epoch wall times (the first epoch includes tracing), one list per network.
             results["epoch_seconds"] = [t.seconds for t in timers]
@@ -336,18 +357,40 @@ class Harness:
         return results
 
     def affinity(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
-                 window: Any = None, batch: str = "train") -> AffinityRun:
-        """A TAG (``"lookahead"``) or CS (``"cosine"``) affinity training on all tasks."""
-        training = self.affinity_training(measure, every_n=every_n, window=window, batch=batch)
+                 window: Any = None, batch: str = "train",
+                 also: Sequence[str] = ()) -> AffinityRun:
+        """A TAG (``"lookahead"``) or CS (``"cosine"``) affinity training on all tasks.
+
+        ``also``: further measures recorded in the same training (e.g. ``("taylor",)``: the
+        first-order Eq. 1 from the same steps' gradients), read with :meth:`also_matrix`.
+        """
+        training = self.affinity_training(measure, every_n=every_n, window=window, batch=batch,
+                                          also=also)
         overrides = dict(training.overrides)
         mode = training.mode
-        results = self.train(self.tasks, mode, window=window, **overrides)
+        results = self.train(self.tasks, mode, window=window, measures=training.measures,
+                             **overrides)
         entry = results["affinity"]
-        matrix = np.array([[np.nan if v is None else v for v in row] for row in entry["matrix"]],
-                          dtype=np.float64)
-        settings = self.training_settings(mode, self.tasks, self.options(**overrides), window)
+        matrix = _matrix(entry["matrix"])
+        settings = self.training_settings(mode, self.tasks, self.options(**overrides), window,
+                                          training.measures)
         return AffinityRun(list(entry["tasks"]), matrix, float(results["seconds"]),
                            entry["path"], settings, results)
+
+    @staticmethod
+    def also_matrix(run: AffinityRun, measure: str) -> np.ndarray:
+        """The mean matrix ([source, target]) of ``measure``, recorded in ``run``'s training
+        beside its own (``affinity(..., also=(measure,))``), in ``run.tasks`` order."""
+        import tag_tf.callbacks  # pylint: disable=g-import-not-at-top
+        stem = tag_tf.callbacks.FILE_STEMS[measure]
+        directory = os.path.dirname(run.path)  # beside the training's own affinity file
+        path = os.path.join(directory, stem + ".json")
+        if not os.path.exists(path):
+            raise ValueError(f"The affinity training in {directory} did not record "
+                             f"{measure!r} (no {stem}.json): pass also=({measure!r},).")
+        record = affinity_io.load_affinity(path)
+        order = [list(record.tasks).index(t) for t in run.tasks]
+        return np.asarray(record.affinity, dtype=np.float64)[np.ix_(order, order)]
 
     # ------------------------------------------------------------------ groupings
     def select(self, matrix: np.ndarray, budgets: Sequence[int], *, minimize: bool = False,
@@ -430,6 +473,17 @@ class Harness:
                 test.setdefault(task, {})[partner] = results["test_error"][task]
         return {"validation": validation, "test": test, "seconds": seconds,
                 "trainings": len(groups)}
+
+
+def seeded_harnesses(harness: Harness, seeds: int) -> list[Harness]:
+    """``harness`` and one harness per further training seed (``adapter.replicate(k)``,
+    same problem and data, other initialisation and data order), sharing the cache
+    directory (the replicate's settings give its own cache keys) and the progress."""
+    if int(seeds) < 1:
+        raise ValueError(f"seeds must be at least 1. Received: {seeds}")
+    return [harness] + [
+        type(harness)(adapter_lib.replicate(harness.adapter, k), harness.cache.root,
+                log=harness.log, progress=harness.progress) for k in range(1, int(seeds))]
 
 
 def rg_group_count(budget: int, num_tasks: int) -> int:

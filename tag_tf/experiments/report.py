@@ -18,6 +18,23 @@ def fmt(value: Optional[float], spec: str = ".4g") -> str:
     return format(value, spec)
 
 
+def mean_std(values: Sequence[Optional[float]]) -> dict:
+    """``{"mean", "std" (sample std, ddof 1; 0 for one value), "n"}`` of the defined values
+    (None when there are none)."""
+    ok = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not ok:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0
+    return {"mean": float(np.mean(ok)), "std": std, "n": len(ok)}
+
+
+def pm(value: Optional[float], std: Optional[float], spec: str = ".4g",
+       std_spec: str = ".2g") -> str:
+    """``0.1204 ± 0.0031`` (just the value when ``std`` is None)."""
+    text = fmt(value, spec)
+    return text if std is None or value is None else f"{text} ± {fmt(std, std_spec)}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -15,7 +15,8 @@ noise. :class:`HelpingTasks` plants the structure the grouping methods are meant
 
 A family's target is ``tanh(x @ P_F) @ m_F`` (two latent features); unlabelled examples
 carry sample weight 0. The network is :func:`tag_tf.synthetic.planted_network` with a
-bottleneck of ``bottleneck`` ReLU units, enough for one family but not for three.
+bottleneck of ``bottleneck`` units (``activation``, default tanh: a ReLU bottleneck or
+head can die on some seeds), enough for one family but not for three.
 
 :class:`HelpingTasksAdapter` is a harness adapter (:class:`tag_tf.experiments.adapter.
 Adapter`) for it. Its ``seed`` varies the network initialisation and the shuffling only;
@@ -28,12 +29,9 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import pipeline
-from tag_tf import synthetic
 from tag_tf.experiments import adapter as adapter_lib
 
 # task -> (family, noise standard deviation, signal scale, label period, label phase):
@@ -127,7 +125,7 @@ def helping_tasks(*, input_dim: int = 8, seed: int = 0, tasks: dict = None) -> H
 
 
 @dataclasses.dataclass
-class HelpingTasksAdapter:
+class HelpingTasksAdapter(adapter_lib.PlantedNetworkAdapter):
     """Harness adapter for :class:`HelpingTasks` (error: test MSE per task).
 
     ``seed`` changes the network initialisation and the data order; ``problem_seed`` the
@@ -148,6 +146,7 @@ class HelpingTasksAdapter:
     tasks: tuple = DEFAULT_TASKS
     problem_seed: int = 0
     seed: int = 0
+    activation: str = "tanh"
     name: str = "helping_tasks"
 
     def __post_init__(self):
@@ -167,35 +166,16 @@ class HelpingTasksAdapter:
         return adapter_lib.dataclass_settings(
             self, "tag_tf.experiments.synthetic_cases.HelpingTasksAdapter")
 
-    def experiment(self) -> pipeline.Experiment:
-        """A new Experiment with fresh datasets (see :mod:`tag_tf.experiments.adapter`)."""
+    def training_seed(self) -> int:
+        return self.seed
+
+    def replicate(self, k: int) -> "HelpingTasksAdapter":
+        return dataclasses.replace(self, seed=self.seed + int(k))
+
+    def datasets(self) -> tuple:
         problem, seed, data_seed = self.problem, self.seed, 1000 * self.problem_seed
         data = lambda n, k, train: problem.dataset(  # noqa: E731
             n, batch_size=self.batch_size, data_seed=data_seed + k, shuffle_seed=seed + k,
             shuffle=train, partial_labels=train)
-        return pipeline.Experiment(
-            tasks=list(problem.tasks),
-            network_fn=lambda tasks: synthetic.planted_network(
-                list(tasks), problem.input_dim, hidden=self.hidden,
-                bottleneck=self.bottleneck, head_hidden=self.head_hidden, seed=seed,
-                activation="relu"),  # the study (README table) was measured with ReLU units
-            shared=list(synthetic.SHARED_LAYERS),
-            loss_fn=lambda task: keras.losses.MeanSquaredError(),
-            train_data=data(self.train_examples, 1, True),
-            validation_data=data(self.validation_examples, 2, False),
-            test_data=data(self.test_examples, 3, False),
-            optimizer_fn=lambda: keras.optimizers.SGD(self.learning_rate, momentum=0.9),
-            error_name="mse",
-        )
-
-    def options(self) -> pipeline.Options:
-        return pipeline.Options(epochs=self.epochs, patience=None, seed=self.seed, verbose=0,
-                                every_n=10)
-
-    def vary(self, *, batch_size_scale: float = 1.0,
-             learning_rate_scale: float = 1.0) -> "HelpingTasksAdapter":
-        """A copy with scaled batch size (rounded, >= 1) and learning rate."""
-        adapter_lib.check_scales(batch_size_scale, learning_rate_scale)
-        return dataclasses.replace(
-            self, batch_size=adapter_lib.scaled_batch_size(self.batch_size, batch_size_scale),
-            learning_rate=self.learning_rate * learning_rate_scale)
+        return (data(self.train_examples, 1, True), data(self.validation_examples, 2, False),
+                data(self.test_examples, 3, False))

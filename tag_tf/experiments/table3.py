@@ -37,7 +37,7 @@ import numpy as np
 
 from tag_tf.experiments import plot
 from tag_tf.experiments import report
-from tag_tf.experiments.harness import Harness, Training, rg_saturation_note
+from tag_tf.experiments.harness import Harness, Training, rg_saturation_note, seeded_harnesses
 from tag_tf.experiments.train_val import pearson
 from tag_tf.selection.problem import mask_members
 
@@ -172,6 +172,28 @@ def ground_truth(harness: Harness) -> dict:
     return {"err": err, "groups": rows, "training_seconds": seconds}
 
 
+def pooled_truth(errs: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean over seeds of ``err[group, task]`` tables (nan stays nan: non-members)."""
+    stack = np.stack([np.asarray(e, dtype=np.float64) for e in errs])
+    out = np.full(stack.shape[1:], np.nan)
+    defined = np.all(np.isfinite(stack), axis=0)
+    out[defined] = stack[:, defined].mean(axis=0)
+    return out
+
+
+def pooled_groups(truths: Sequence[dict], err: np.ndarray, tasks: Sequence[str]) -> list:
+    """The ground-truth rows of the pooled table ``err`` (one per task group)."""
+    out = []
+    for k, group in enumerate(truths[0]["groups"]):
+        g = mask_of(tasks, group["tasks"])
+        errors = {t: float(err[g, tasks.index(t)]) for t in group["tasks"]}
+        out.append({"tasks": group["tasks"], "test_error": errors,
+                    "total_test_error": _finite_sum(errors.values()),
+                    "seconds": sum(t["groups"][k]["seconds"] for t in truths),
+                    "cache_dirs": [t["groups"][k]["cache_dir"] for t in truths]})
+    return out
+
+
 def score_networks(err: np.ndarray, tasks: Sequence[str],
                    networks: Sequence[tuple[Sequence[str], Sequence[str]]]) -> dict:
     """Total error of ``(tasks, serves)`` networks read off the ground truth: each task from
@@ -271,12 +293,22 @@ def variant_harness(harness: Harness, variant: Variant) -> Harness:
     return Harness(varied, harness.cache.root, log=harness.log, progress=harness.progress)
 
 
+TAYLOR_ROW = "TAG (Taylor)"
+
+
 def selection_rows(harness: Harness, label: str, measure: str, budgets: Sequence[int],
-                   err: np.ndarray, references: dict) -> dict:
-    """One affinity training (cached), its selections, scored on the ground truth."""
+                   err: np.ndarray, references: dict, *, also: Sequence[str] = (),
+                   matrix_of: Optional[str] = None) -> dict:
+    """One affinity training (cached), its selections, scored on the ground truth.
+
+    ``also``: further measures recorded in the same training; ``matrix_of``: select on one
+    of them (e.g. ``"taylor"``) instead of ``measure``'s own matrix.
+    """
     harness.log(f"Table 3: {label} affinity training")
-    run_ = harness.affinity(measure)
-    selections, sel_seconds = harness.select(run_.matrix, budgets)
+    run_ = harness.affinity(measure, also=also)
+    matrix = run_.matrix if matrix_of in (None, measure) else harness.also_matrix(run_,
+                                                                                 matrix_of)
+    selections, sel_seconds = harness.select(matrix, budgets)
     per_budget = {}
     for chosen in selections:
         ref = references[chosen.budget]
@@ -285,8 +317,8 @@ def selection_rows(harness: Harness, label: str, measure: str, budgets: Sequence
         per_budget[chosen.budget] = {
             **scored, **relative(scored["total_error"], ref["optimal"]["total_error"],
                                  ref["random"]["total_error"])}
-    return {"measure": measure, "adapter_settings": harness.adapter.settings(),
-            "settings": run_.settings, "affinity": run_.matrix, "affinity_path": run_.path,
+    return {"measure": matrix_of or measure, "adapter_settings": harness.adapter.settings(),
+            "settings": run_.settings, "affinity": matrix, "affinity_path": run_.path,
             "affinity_seconds": run_.seconds, "selection_seconds": sel_seconds,
             "budgets": per_budget}
 
@@ -309,37 +341,91 @@ def check_size(harness: Harness, max_tasks: int) -> None:
 
 def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
         variants: Sequence[Variant] = VARIANTS, include_cs: bool = True,
-        rg_samples: int = 1000, seed: int = 0, max_tasks: int = MAX_TASKS,
-        output_dir: str = "runs/table3") -> dict:
+        rg_samples: int = 1000, seed: int = 0, seeds: int = 1, max_tasks: int = MAX_TASKS,
+        taylor: bool = True, output_dir: str = "runs/table3") -> dict:
     """Ground truth, references and every variant (all cached); writes ``table3.*``.
 
     ``table3.{md,json}`` hold the numbers, ``table3.{png,pdf}`` the figure.
 
     The base variant is always included (first) as the reference of the correlations.
+    ``seeds``: training seeds (``adapter.replicate``). With more than one, the ground truth
+    is trained once per seed and *pooled* (each task's error in each group averaged over
+    the seeds); the references are read off the pooled table; every row's affinity
+    training runs once per seed, each seed's groups are scored on the pooled table, and
+    each number is the mean ± sample std over the seeds (``per_seed``: each seed's rows).
+
+    ``taylor``: the base TAG training also records the first-order Taylor measure
+    (``measures=("lookahead", "taylor")``, the same steps); the row ``TAG (Taylor)``
+    scores the groups its matrix selects, and its *r* is the Pearson correlation of the
+    Taylor matrix with the exact lookahead matrix of the same training.
     """
     start = time.perf_counter()
     check_size(harness, max_tasks)
     tasks = harness.tasks
     budgets = [int(b) for b in budgets if 1 <= int(b) <= len(tasks)]
     variants = [BASE] + [v for v in variants if not v.is_base]
-    harnesses = [variant_harness(harness, v) for v in variants]  # fails early without vary
+    seeded = seeded_harnesses(harness, seeds)
+    # Every variant of every seed (fails early without vary).
+    grid = [[variant_harness(h, v) for v in variants] for h in seeded]
     # Progress: every training is known up front (selections are scored, not trained).
-    for h in harnesses:
-        h.plan([h.affinity_training("lookahead")], complete=False)
-    if include_cs:
-        harness.plan([harness.affinity_training("cosine")], complete=False)
-    harness.plan([Training(tuple(tasks[i] for i in mask_members(mask, len(tasks))))
-                  for mask in range(1, 1 << len(tasks))], complete=True)
-    harness.log(f"Table 3: ground truth ({(1 << len(tasks)) - 1} task groups)")
-    truth = ground_truth(harness)
-    err = truth["err"]
+    for h_seed, hs in zip(seeded, grid):
+        for v, h in zip(variants, hs):
+            also = ("taylor",) if taylor and v.is_base else ()
+            h.plan([h.affinity_training("lookahead", also=also)], complete=False)
+        if include_cs:
+            h_seed.plan([h_seed.affinity_training("cosine")], complete=False)
+        h_seed.plan([Training(tuple(tasks[i] for i in mask_members(mask, len(tasks))))
+                     for mask in range(1, 1 << len(tasks))], complete=True)
+    truths = []
+    for k, h in enumerate(seeded):
+        harness.log(f"Table 3: ground truth ({(1 << len(tasks)) - 1} task groups)"
+                    + (f", seed {k + 1} of {len(seeded)}" if len(seeded) > 1 else ""))
+        truths.append(ground_truth(h))
+    err = truths[0]["err"] if len(truths) == 1 else pooled_truth([t["err"] for t in truths])
     partitions = {b: harness.random_partitions(b, rg_samples, seed) for b in budgets}
     references = reference_groupings(err, tasks, budgets, partitions)
+    per_seed = [_seed_rows(h_seed, hs, variants, include_cs, budgets, err, references,
+                           taylor)
+                for h_seed, hs in zip(seeded, grid)]
+    rows = per_seed[0] if len(per_seed) == 1 else aggregate_rows(per_seed, budgets)
+    caches = list({id(h.cache): h.cache for hs in grid for h in hs}.values())
+    payload = {"table": "3", "adapter": harness.adapter.name,
+               "adapter_settings": harness.adapter.settings(),
+               "options": harness.base_options.to_json(), "budgets": budgets, "tasks": tasks,
+               "error_name": harness.error_name, "seeds": len(seeded),
+               "ground_truth": (truths[0]["groups"] if len(truths) == 1
+                                else pooled_groups(truths, err, tasks)),
+               "ground_truth_training_seconds": sum(t["training_seconds"] for t in truths),
+               "references": references, "rg_samples": rg_samples, "seed": seed,
+               "rows": rows, "seconds": time.perf_counter() - start,
+               **report.training_counts(caches)}
+    if len(seeded) > 1:
+        payload["per_seed"] = [{"adapter_settings": h.adapter.settings(), "rows": r}
+                               for h, r in zip(seeded, per_seed)]
+    figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table3.png")))
+    markdown = format_markdown(payload) + FIGURE_NOTE
+    payload["outputs"] = {**report.write_outputs(output_dir, "table3", payload, markdown),
+                          **figures}
+    payload["markdown"] = markdown
+    return payload
+
+
+def _seed_rows(harness: Harness, variant_harnesses: Sequence[Harness],
+               variants: Sequence[Variant], include_cs: bool, budgets: Sequence[int],
+               err: np.ndarray, references: dict, taylor: bool = False) -> dict:
+    """One seed's rows: TAG under every variant (and CS), scored on ``err``."""
     rows = {}
-    for variant, h in zip(variants, harnesses):
+    for variant, h in zip(variants, variant_harnesses):
+        also = ("taylor",) if taylor and variant.is_base else ()
         rows[f"TAG, {variant.name}"] = {
-            **selection_rows(h, variant.name, "lookahead", budgets, err, references),
+            **selection_rows(h, variant.name, "lookahead", budgets, err, references,
+                             also=also),
             "method": "TAG", "variant": variant._asdict()}
+    if taylor:  # the Taylor matrix of the base TAG training (the same steps)
+        rows[TAYLOR_ROW] = {
+            **selection_rows(harness, "TAG (Taylor): the base TAG", "lookahead", budgets, err,
+                             references, also=("taylor",), matrix_of="taylor"),
+            "method": TAYLOR_ROW, "variant": BASE._asdict()}
     if include_cs:
         rows["CS, base"] = {**selection_rows(harness, "CS", "cosine", budgets, err, references),
                             "method": "CS", "variant": BASE._asdict()}
@@ -350,25 +436,50 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
             v["above_optimal_percent"] for v in row["budgets"].values())
         row["mean_gap_closed_percent"] = _mean(
             v["gap_closed_percent"] for v in row["budgets"].values())
-    caches = [harness.cache] + [h.cache for h in harnesses if h is not harness]
-    payload = {"table": "3", "adapter": harness.adapter.name,
-               "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "budgets": budgets, "tasks": tasks,
-               "error_name": harness.error_name, "ground_truth": truth["groups"],
-               "ground_truth_training_seconds": truth["training_seconds"],
-               "references": references, "rg_samples": rg_samples, "seed": seed,
-               "rows": rows, "seconds": time.perf_counter() - start,
-               **report.training_counts(caches)}
-    figures = plot.outputs(plot_table(payload, os.path.join(output_dir, "table3.png")))
-    markdown = format_markdown(payload) + FIGURE_NOTE
-    payload["outputs"] = {**report.write_outputs(output_dir, "table3", payload, markdown),
-                          **figures}
-    payload["markdown"] = markdown
-    return payload
+    if TAYLOR_ROW in rows:  # the same training: Taylor vs exact lookahead
+        rows[TAYLOR_ROW]["pearson_taylor_vs_lookahead"] = rows[TAYLOR_ROW]["pearson_vs_base_tag"]
+    return rows
+
+
+_SEED_STATS = ("pearson_vs_base_tag", "affinity_seconds", "mean_above_optimal_percent",
+               "mean_gap_closed_percent", "pearson_taylor_vs_lookahead")
+_BUDGET_STATS = ("total_error", "above_optimal_percent", "gap_closed_percent")
+
+
+def aggregate_rows(per_seed: Sequence[dict], budgets: Sequence[int]) -> dict:
+    """Mean ± sample std over seeds of every row's numbers: ``<key>`` is the mean,
+    ``<key>_std`` the std and ``<key>_seeds`` the per-seed values; ``networks`` are the
+    first seed's groups, ``networks_per_seed`` every seed's. Other fields (settings,
+    affinity matrix, paths) are the first seed's."""
+    rows = {}
+    for label, first in per_seed[0].items():
+        seed_rows = [r[label] for r in per_seed]
+        row = {k: v for k, v in first.items() if k not in _SEED_STATS and k != "budgets"}
+        row["seeds"] = len(seed_rows)
+        for key in _SEED_STATS:
+            if key not in first:
+                continue
+            values = [r[key] for r in seed_rows]
+            stats = report.mean_std(values)
+            row.update({key: stats["mean"], f"{key}_std": stats["std"], f"{key}_seeds": values})
+        row["budgets"] = {}
+        for b in budgets:
+            entries = [r["budgets"][b] for r in seed_rows]
+            entry = {"networks": entries[0]["networks"],
+                     "networks_per_seed": [e["networks"] for e in entries]}
+            for key in _BUDGET_STATS:
+                values = [e[key] for e in entries]
+                stats = report.mean_std(values)
+                entry.update({key: stats["mean"], f"{key}_std": stats["std"],
+                              f"{key}_seeds": values})
+            row["budgets"][b] = entry
+        rows[label] = row
+    return rows
 
 
 FIGURE_NOTE = ("\n\nFigure: table3.png (+ PDF): (a) % above optimal and (b) % of the "
-               "random-to-optimal gap closed, per budget, for each variant.")
+               "random-to-optimal gap closed, per budget, for each variant (with several "
+               "seeds: ±1 std error bars).")
 
 
 def plot_table(payload: dict, path: str) -> list[str]:
@@ -381,13 +492,21 @@ def make_figure(payload: dict) -> plot.Figure:
     budgets, rows = payload["budgets"], payload["rows"]
     groups = [_nets(b) for b in budgets]
     fig, (above, gap) = plot.new_figure(12.0, 5.2, ncols=2)
+
+    def errors(key):  # +-1 std over seeds (multi-seed runs only)
+        return {label: [row["budgets"][b].get(f"{key}_std") for b in budgets]
+                for label, row in rows.items()
+                if any(f"{key}_std" in row["budgets"][b] for b in budgets)}
+
     plot.grouped_bars(above, groups, {label: [row["budgets"][b]["above_optimal_percent"]
-                                              for b in budgets] for label, row in rows.items()})
+                                              for b in budgets] for label, row in rows.items()},
+                      errors=errors("above_optimal_percent"))
     above.set_ylabel("above optimal (%), lower is better\n100 (total − optimal) / optimal")
     above.set_title("(a) total test error above the optimal grouping\n(0: optimal)",
                     fontsize=10)
     plot.grouped_bars(gap, groups, {label: [row["budgets"][b]["gap_closed_percent"]
-                                            for b in budgets] for label, row in rows.items()})
+                                            for b in budgets] for label, row in rows.items()},
+                      errors=errors("gap_closed_percent"))
     gap.axhline(100, color="grey", linestyle="--", linewidth=1)
     gap.set_ylabel("gap closed (%), higher is better\n100 (random − total) / "
                    "(random − optimal)")
@@ -399,13 +518,19 @@ def make_figure(payload: dict) -> plot.Figure:
                ncols=min(4, len(rows)), fontsize=8, frameon=False, title="groups found with",
                title_fontsize=8)
     unit = plot.ERROR_UNITS.get(payload["error_name"], payload["error_name"])
+    seeds = payload.get("seeds", 1)
     fig.suptitle(f"Table 3 ({payload['adapter']}): groupings scored on the ground truth "
-                 f"(total test {unit})", fontsize=11)
+                 f"(total test {unit})"
+                 + (f"\nmean ± std over {seeds} training seeds (pooled ground truth)"
+                    if seeds > 1 else ""), fontsize=11)
     return fig
 
 
 def _groups(entry: dict) -> str:
-    """``{0,1} {2}``; a network serving only some of its members marks them ``*``."""
+    """``{0,1} {2}``; a network serving only some of its members marks them ``*``; one
+    grouping per seed (``a / b``) for a multi-seed row."""
+    if "networks_per_seed" in entry:
+        return " / ".join(_groups({"networks": n}) for n in entry["networks_per_seed"])
     parts = []
     for net in entry["networks"]:
         names = [t.replace("task_", "") + ("" if t in net["serves"] else "*")
@@ -421,6 +546,7 @@ def _nets(budget: int) -> str:
 def format_markdown(payload: dict) -> str:
     budgets, name, refs = payload["budgets"], payload["error_name"], payload["references"]
     n = len(payload["tasks"])
+    seeds = payload.get("seeds", 1)
     ref_body = []
     for label, key in (("optimal", "optimal"), ("random (mean ± std)", "random"),
                        ("worst", "worst")):
@@ -435,15 +561,20 @@ def format_markdown(payload: dict) -> str:
             cells.append(text)
         ref_body.append(cells)
     rel_body, total_body = [], []
+
+    def cell(entry, key, spec, std_spec=None):
+        return report.pm(entry[key], entry.get(f"{key}_std"), spec, std_spec or spec)
+
     for label, row in payload["rows"].items():
         rel_body.append(
-            [label, report.fmt(row["pearson_vs_base_tag"], ".3f")]
-            + [report.fmt(row["budgets"][b]["above_optimal_percent"], "+.1f") for b in budgets]
-            + [report.fmt(row["mean_above_optimal_percent"], "+.1f")]
-            + [report.fmt(row["budgets"][b]["gap_closed_percent"], ".0f") for b in budgets]
-            + [report.fmt(row["mean_gap_closed_percent"], ".0f")])
-        total_body.append([label, report.fmt(row["affinity_seconds"], ".1f")]
-                          + [f"{report.fmt(row['budgets'][b]['total_error'])} "
+            [label, cell(row, "pearson_vs_base_tag", ".3f")]
+            + [cell(row["budgets"][b], "above_optimal_percent", "+.1f", ".1f")
+               for b in budgets]
+            + [cell(row, "mean_above_optimal_percent", "+.1f", ".1f")]
+            + [cell(row["budgets"][b], "gap_closed_percent", ".0f") for b in budgets]
+            + [cell(row, "mean_gap_closed_percent", ".0f")])
+        total_body.append([label, cell(row, "affinity_seconds", ".1f")]
+                          + [f"{cell(row['budgets'][b], 'total_error', '.4g', '.2g')} "
                              f"{_groups(row['budgets'][b])}" for b in budgets])
     settings = payload["adapter_settings"]
     base = ", ".join(f"{k} {settings[k]}" for k in ("batch_size", "learning_rate")
@@ -451,18 +582,28 @@ def format_markdown(payload: dict) -> str:
     return "\n".join([
         f"## Table 3 ({payload['adapter']}: {n} tasks)", "",
         f"Ground truth: all {(1 << n) - 1} task groups trained with the base settings"
-        + (f" ({base})" if base else "") + f"; every grouping's total test {name} over all "
+        + (f" ({base})" if base else "")
+        + (f", once per training seed ({seeds} seeds), each task's error in each group "
+           "averaged over the seeds (the pooled table)" if seeds > 1 else "")
+        + f"; every grouping's total test {name} over all "
         "tasks is read off these trainings (each task from the network serving it). "
         "Groupings found by TAG's affinity training under each hyper-parameter variant "
         "(and by CS under the base settings), relative to the optimal grouping of the "
-        "same budget:", "",
-        f"* *above optimal*: `100 * (total - optimal) / optimal` in % (0 = optimal, lower "
+        "same budget"
+        + ("; each affinity training ran once per seed, each seed's groups are scored on "
+           f"the pooled table, and every number is the mean ± sample std over the {seeds} "
+           "seeds (groups: one grouping per seed, separated by /)" if seeds > 1 else "")
+        + ":", "",
+        "* *above optimal*: `100 * (total - optimal) / optimal` in % (0 = optimal, lower "
         "is better);",
         "* *gap closed*: `100 * (random - total) / (random - optimal)` in % (100 = optimal, "
         "0 = as good as the mean random grouping, negative = worse; n/a when random is "
         f"within {100 * MIN_GAP:g} % of optimal);",
         "* *r*: Pearson correlation of the variant's affinity matrix with the base TAG one "
-        "(off-diagonal entries).", "",
+        "(off-diagonal entries)"
+        + (f"; for {TAYLOR_ROW}: of the first-order Taylor matrix with the exact lookahead "
+           "matrix recorded in the same training (`measures=(\"lookahead\", \"taylor\")`)"
+           if TAYLOR_ROW in payload["rows"] else "") + ".", "",
         report.markdown_table(
             ["groups found with", "r vs base"]
             + [f"above optimal, {_nets(b)} (%)" for b in budgets] + ["mean (%)"]
@@ -489,7 +630,8 @@ def main(argv):
     payload = run(harness, budgets=cli.budgets(),
                   variants=[parse_variant(v) for v in flags.variants],
                   include_cs=flags.include_cs, rg_samples=flags.rg_samples, seed=flags.seed,
-                  max_tasks=flags.max_tasks, output_dir=flags.output_dir)
+                  seeds=flags.seeds, max_tasks=flags.max_tasks, taylor=flags.taylor,
+                  output_dir=flags.output_dir)
     print(payload["markdown"])
 
 
@@ -503,6 +645,10 @@ def define_flags() -> None:
                       "Hyper-parameter variants besides the base: 'batch=<factor>', "
                       "'lr=<factor>' or both joined by '+' (e.g. 'lr=0.5,batch=2+lr=2').")
     flags.DEFINE_bool("include_cs", True, "Also score CS (cosine) groups under the base.")
+    flags.DEFINE_bool("taylor", True,
+                      "The base TAG training also records the first-order Taylor measure; "
+                      "adds the row 'TAG (Taylor)' (its r: correlation with the exact "
+                      "matrix of the same training).")
     flags.DEFINE_integer("max_tasks", MAX_TASKS,
                          "Refuse more tasks: the ground truth is 2^n - 1 trainings.")
 
