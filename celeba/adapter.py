@@ -104,6 +104,14 @@ class CelebAAdapter:
             gradnorm_alpha=self.gradnorm_alpha,
             strategy=self.strategy)
 
+    def replicate(self, k: int) -> CelebAAdapter:
+        """The adapter of the ``k``-th further training seed (harness ``--seeds``): seed
+        ``seed + k`` changes the initialisation and the training data's order (and flips),
+        never the examples or the splits."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative integer. Received: k={k!r}")
+        return dataclasses.replace(self, seed=self.seed + k)
+
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> CelebAAdapter:
         """A new adapter with the batch size (rounded, >= 1) and learning rate scaled (the

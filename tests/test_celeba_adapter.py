@@ -163,3 +163,18 @@ def test_harness_numbers_equal_celeba_main(tiny, tmp_path, eager, capsys):
         verbose=0)
     assert cached["test_loss"] == pytest.approx(direct["test_loss"], rel=1e-6)
     assert cached["test_error"] == pytest.approx(direct["test_error"])
+
+
+def test_replicate_changes_only_the_training_seed(tiny):
+    """harness --seeds: same examples, another seed (its own cache keys)."""
+    adapter = celeba_adapter.CelebAAdapter(**tiny)
+    assert adapter_lib.replicate(adapter, 0) is adapter
+    second = adapter_lib.replicate(adapter, 2)
+    assert second.seed == adapter.seed + 2 and adapter.seed == tiny.get("seed", 0)
+    changed = {k for k in adapter.settings() if adapter.settings()[k] != second.settings()[k]}
+    assert changed == {"seed"}
+    first_val = _first_batch(adapter.experiment().validation_data)
+    second_val = _first_batch(second.experiment().validation_data)
+    np.testing.assert_array_equal(first_val[0], second_val[0])
+    with pytest.raises(ValueError, match="non-negative"):
+        adapter.replicate(-1)

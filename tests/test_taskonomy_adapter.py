@@ -158,3 +158,17 @@ def test_harness_numbers_equal_taskonomy_main(tiny, tmp_path, eager, capsys):
     assert cached["test_loss"] == pytest.approx(direct["test_loss"], rel=1e-6)
     assert cached["networks"][0]["history"]["loss"] == pytest.approx(
         direct["networks"][0]["history"]["loss"], rel=1e-6)
+
+
+def test_replicate_changes_only_the_training_seed(tiny):
+    """harness --seeds: same examples, another seed (its own cache keys)."""
+    adapter = taskonomy_adapter.TaskonomyAdapter(**tiny)
+    second = adapter_lib.replicate(adapter, 1)
+    assert second.seed == adapter.seed + 1
+    changed = {k for k in adapter.settings() if adapter.settings()[k] != second.settings()[k]}
+    assert changed == {"seed"}
+    x1, _ = next(iter(adapter.experiment().validation_data))
+    x2, _ = next(iter(second.experiment().validation_data))
+    np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+    with pytest.raises(ValueError, match="non-negative"):
+        adapter.replicate(True)
