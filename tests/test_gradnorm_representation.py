@@ -255,7 +255,8 @@ def test_taskonomy_gradnorm_mode_is_the_original():
     from taskonomy import main as taskonomy_main
     tasks = ["depth_zbuffer", "normal"]
     experiment = taskonomy_main.build_experiment(
-        tasks, types.SimpleNamespace(train=None, validation=None, test=None),
+        tasks, types.SimpleNamespace(train=None, validation=None, test=None,
+                                      train_data_fn=None),
         image_size=32, widths="tiny")
     weighting = experiment.gradnorm_fn(taskonomy_main.GRADNORM_ALPHA)
     assert isinstance(weighting, tag_tf.RepresentationGradNorm)
