@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional, Tuple
+from typing import Any, Literal, Optional, Tuple, Union
 
 from tag_tf.lookahead import LOOKAHEAD_RULES, LookaheadRule
 
@@ -52,6 +52,10 @@ class AffinityConfig:
         baseline) or both, from the same per-task gradients.
       cosine_kernels_only: cosine over rank >= 2 shared variables only, as the
         original CS code (BatchNorm scales and biases left out).
+      parallel: run the T per-task backward passes and lookahead forwards of a recording
+        step as batched (vectorised) computations instead of one after another (see
+        :mod:`tag_tf.vectorized`); same affinities. False (default): sequential, the
+        lowest peak memory. An int n: batched, at most n tasks at a time (bounds memory).
     """
 
     every_n: int = 10
@@ -64,6 +68,7 @@ class AffinityConfig:
     validation_data: Optional[Any] = dataclasses.field(default=None, compare=False)
     measures: Tuple[str, ...] = ("lookahead",)
     cosine_kernels_only: bool = True
+    parallel: Union[bool, int] = False
 
     def __post_init__(self):
         if not isinstance(self.every_n, int) or isinstance(self.every_n, bool) \
@@ -87,6 +92,10 @@ class AffinityConfig:
                 or len(set(measures)) != len(measures):
             raise ValueError(f"measures must be a non-empty subset of {MEASURES}. "
                              f"Received: measures={self.measures!r}")
+        if not isinstance(self.parallel, (bool, int)) or (
+                not isinstance(self.parallel, bool) and self.parallel < 1):
+            raise ValueError(f"parallel must be a bool or a positive int (tasks per batched "
+                             f"pass). Received: parallel={self.parallel!r}")
         if self.window is not None and self.step_range is not None:
             raise ValueError("Give either window (fractions) or step_range (steps), not both.")
         self.window_fractions()  # validates
@@ -107,6 +116,10 @@ class AffinityConfig:
         config = cls(**{**values, "batch": "train"})
         object.__setattr__(config, "batch", "validation")
         return config
+
+    def parallel_chunk(self) -> Optional[int]:
+        """Tasks per batched pass when ``parallel`` (None: all at once)."""
+        return None if isinstance(self.parallel, bool) else self.parallel
 
     def window_fractions(self) -> Optional[Tuple[float, float]]:
         """The window as ``(start, end)`` fractions of training, or None."""
@@ -154,4 +167,5 @@ class AffinityConfig:
             "batch": self.batch,
             "measures": list(self.measures),
             "cosine_kernels_only": self.cosine_kernels_only,
+            "parallel": self.parallel,
         }
