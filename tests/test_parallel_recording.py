@@ -32,6 +32,18 @@ def conv_network(seed=0):
     return keras.Model(inputs, outputs)
 
 
+def dense_network(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIDE, SIDE, 2))
+    h = keras.layers.Flatten()(inputs)
+    h = keras.layers.Dense(5, activation="tanh", name="dense")(h)
+    outputs = {t: keras.layers.Dense(1, name=t)(h) for t in TASKS}
+    return keras.Model(inputs, outputs)
+
+
+NETWORKS = {"conv": (conv_network, ["conv", "bn", "dense"]), "dense": (dense_network, ["dense"])}
+
+
 def data(n, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, SIDE, SIDE, 2))
@@ -40,15 +52,15 @@ def data(n, seed=0):
 
 
 def record(parallel, *, rule="sgd", optimizer=None, validation=False,
-           measures=("lookahead", "cosine")):
+           measures=("lookahead", "cosine"), net="conv"):
     extra = {}
     if validation:
         extra = dict(batch="validation",
                      validation_data=tf.data.Dataset.from_tensor_slices(data(16, 3)).batch(8))
     config = tag_tf.AffinityConfig(every_n=1, rule=rule, measures=measures, parallel=parallel,
                                    **extra)
-    network = conv_network()
-    model = tag_tf.MultiTaskModel(network, shared=["conv", "bn", "dense"], affinity=config)
+    build, shared = NETWORKS[net]
+    model = tag_tf.MultiTaskModel(build(), shared=shared, affinity=config)
     model.compile(optimizer=optimizer() if optimizer else keras.optimizers.SGD(0.1),
                   loss="mse", loss_weights=WEIGHTS)
     model.fit(tf.data.Dataset.from_tensor_slices(data(STEPS * BATCH)).batch(BATCH), epochs=1,
@@ -80,15 +92,16 @@ def adam():
 
 
 @pytest.mark.usefixtures("float64_keras")
-@pytest.mark.parametrize("parallel, rule, optimizer, validation", [
-    (True, "sgd", None, False),
-    (3, "sgd", None, True),       # chunks of 3 tasks (4 tasks: chunks of 3 and 1)
-    (True, "optimizer", momentum, False),
-    (2, "optimizer", adam, True),  # per-task clipnorm inside the batched pass
+@pytest.mark.parametrize("net, parallel, rule, optimizer, validation", [
+    ("conv", True, "sgd", None, False),
+    ("dense", 2, "optimizer", adam, True),  # chunks; per-task clipnorm in the batched pass
+    pytest.param("conv", 3, "sgd", None, True, marks=pytest.mark.slow),  # chunks of 3 and 1
+    pytest.param("conv", True, "optimizer", momentum, False, marks=pytest.mark.slow),
+    pytest.param("conv", 2, "optimizer", adam, True, marks=pytest.mark.slow),
 ])
-def test_parallel_records_what_sequential_records(parallel, rule, optimizer, validation):
-    sequential = record(False, rule=rule, optimizer=optimizer, validation=validation)
-    batched = record(parallel, rule=rule, optimizer=optimizer, validation=validation)
+def test_parallel_records_what_sequential_records(net, parallel, rule, optimizer, validation):
+    sequential = record(False, rule=rule, optimizer=optimizer, validation=validation, net=net)
+    batched = record(parallel, rule=rule, optimizer=optimizer, validation=validation, net=net)
     assert_same(sequential, batched)
     # Not a trivially equal pair: tasks differ, so the off-diagonal Z do too.
     z = sequential["lookahead"]
@@ -97,7 +110,40 @@ def test_parallel_records_what_sequential_records(parallel, rule, optimizer, val
 
 @pytest.mark.usefixtures("float64_keras")
 def test_parallel_cosine_only_matches():
-    assert_same(record(False, measures=("cosine",)), record(True, measures=("cosine",)))
+    assert_same(record(False, measures=("cosine",), net="dense"),
+                record(True, measures=("cosine",), net="dense"))
+
+
+@pytest.fixture
+def restore_policy():
+    previous = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("restore_policy")
+def test_parallel_under_mixed_precision_records_what_sequential_records():
+    """Both measure with float32 gradients and losses (tag_tf.recorder); float32 round-off."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    sequential = record(False, net="dense")
+    batched = record(True, net="dense")
+    keras.mixed_precision.set_global_policy("float32")
+    for measure in ("lookahead", "cosine"):
+        np.testing.assert_allclose(batched[measure], sequential[measure], rtol=1e-4,
+                                   err_msg=measure)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("float64_keras")
+def test_parallel_under_mirrored_strategy_records_what_one_device_records():
+    from tests import test_distribute  # pylint: disable=g-import-not-at-top
+    config = tag_tf.AffinityConfig(every_n=1, measures=("lookahead", "cosine"))
+    one = test_distribute.train(test_distribute.one_device(), config=config)
+    many = test_distribute.train(test_distribute.mirrored(),
+                                 config=tag_tf.AffinityConfig(
+                                     every_n=1, measures=("lookahead", "cosine"), parallel=2))
+    test_distribute.assert_same(one, many)
 
 
 def test_task_gradients_equal_per_task_tape_gradients():
