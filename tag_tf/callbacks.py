@@ -15,8 +15,9 @@ from tag_tf.affinity_io import AffinityRecord, save_affinity_json, save_affinity
 from tag_tf import heatmap
 
 TRACE_FILE = "affinity_trace.json"
-# Output file stem per measure: affinity.{json,npz,png} and cosine_affinity.{json,npz,png}.
-FILE_STEMS = {"lookahead": "affinity", "cosine": "cosine_affinity"}
+# Output file stem per measure: affinity.*, cosine_affinity.* and taylor_affinity.* (json, npz, png).
+FILE_STEMS = {"lookahead": "affinity", "cosine": "cosine_affinity",
+              "taylor": "taylor_affinity"}
 
 
 def _epoch_mean(total: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -15,9 +15,10 @@ WINDOWS = {
 }
 
 AffinityBatch = Literal["train", "validation"]
-# What a recording step measures: TAG's lookahead affinity (Eq. 1) and/or the cosine
-# similarity of the per-task shared gradients (the paper's CS baseline).
-MEASURES = ("lookahead", "cosine")
+# What a recording step measures: TAG's lookahead affinity (Eq. 1), the cosine similarity
+# of the per-task shared gradients (the paper's CS baseline) and/or the first-order Taylor
+# expansion of Eq. 1 (no lookahead forward passes; see tag_tf.recorder).
+MEASURES = ("lookahead", "cosine", "taylor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +49,15 @@ class AffinityConfig:
         lookahead step always uses the training batch's gradient.
       validation_data: a ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, w)``
         batches; required when ``batch="validation"``.
-      measures: what to record: ``("lookahead",)`` (TAG), ``("cosine",)`` (CS
-        baseline) or both, from the same per-task gradients.
+      measures: what to record, any non-empty subset of :data:`MEASURES`, all from the
+        same per-task gradients: ``"lookahead"`` (TAG, Eq. 1, exact), ``"cosine"`` (CS
+        baseline) and ``"taylor"``, Eq. 1 to first order in the step:
+        ``Z[i, j] = <s_i, grad L_j> / L_j`` with ``s_i = lr * g_i`` (``rule="sgd"``) or
+        the optimizer's step ``theta - theta'_i`` (``rule="optimizer"``), ``g_i`` the
+        gradient of task i's (weighted) training term and ``grad L_j`` that of task j's
+        unweighted loss, on the batch ``batch`` selects; it needs no lookahead forward
+        pass. ``rule``, ``lookahead_scale``, ``divide_by_lr`` and ``batch`` apply to it as
+        to ``"lookahead"``.
       cosine_kernels_only: cosine over rank >= 2 shared variables only, as the
         original CS code (BatchNorm scales and biases left out).
       parallel: run the T per-task backward passes and lookahead forwards of a recording

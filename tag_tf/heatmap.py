@@ -45,6 +45,8 @@ MEASURES = {  # measure -> (title, colour-bar label)
                   "affinity Z (red: source helps target)"),
     "cosine": ("gradient cosine similarity cos(g_source, g_target)",
                "cosine similarity (red: aligned gradients)"),
+    "taylor": ("first-order (Taylor) affinity Z[source → target]",
+               "affinity Z to first order (red: source helps target)"),
 }
 # Outline colours of selected networks: none is red or blue, so they stand out on RdBu.
 GROUP_COLOURS = ("black", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",

@@ -115,6 +115,59 @@ def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
     return value - m * alpha / (tf.sqrt(v) + tf.cast(opt.epsilon, dtype))
 
 
+def _optimizer_decrement(opt: keras.optimizers.Optimizer, variable: keras.Variable,
+                         value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+    """``value - _optimizer_step(...)`` computed directly (no cancellation against ``value``)."""
+    dtype = value.dtype
+    lr = tf.cast(lr, dtype)
+    grad = tf.cast(_clip(opt, grad), dtype)
+    if hasattr(opt, "lookahead_gradient"):
+        grad = opt.lookahead_gradient(grad, value)
+    decay = None
+    if opt.weight_decay is not None and opt._use_weight_decay(variable):  # pylint: disable=protected-access
+        decay = value * tf.cast(opt.weight_decay, dtype) * lr
+    index = opt._get_variable_index(variable)  # pylint: disable=protected-access
+    if isinstance(opt, keras.optimizers.SGD):
+        if not opt.momentum:
+            step = lr * grad
+        else:
+            coefficient = getattr(opt, "lookahead_momentum", None)
+            momentum = tf.cast(opt.momentum if coefficient is None else coefficient, dtype)
+            velocity = opt.momentums[index] * momentum - lr * grad
+            step = lr * grad - velocity * momentum if opt.nesterov else -velocity
+    else:  # Adam / AdamW
+        count = tf.cast(opt.iterations + 1, dtype)
+        beta_1 = tf.cast(opt.beta_1, dtype)
+        beta_2 = tf.cast(opt.beta_2, dtype)
+        m = opt._momentums[index]  # pylint: disable=protected-access
+        v = opt._velocities[index]  # pylint: disable=protected-access
+        m = m + (grad - m) * (1 - beta_1)
+        v = v + (tf.square(grad) - v) * (1 - beta_2)
+        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, count)) / (1 - tf.pow(beta_1, count))
+        step = m * alpha / (tf.sqrt(v) + tf.cast(opt.epsilon, dtype))
+    return step if decay is None else decay + step
+
+
+def lookahead_steps(rule: LookaheadRule, optimizer: keras.optimizers.Optimizer,
+                    variables: Sequence[keras.Variable], grads: Sequence[tf.Tensor],
+                    lr: tf.Tensor) -> list[tf.Tensor]:
+    """``theta - lookahead_values(...)``: the decrement one lookahead step applies.
+
+    Computed directly, not as a difference of two nearly equal tensors, so it keeps full
+    relative precision (the first-order ``"taylor"`` measure is ``<step_i, grad L_j>``).
+    Same arguments as :func:`lookahead_values`; ``variables`` may repeat a variable.
+    """
+    opt = base_optimizer(optimizer)
+    out = []
+    for variable, grad in zip(variables, grads):
+        value = tf.convert_to_tensor(variable.value)
+        if rule == "sgd":
+            out.append(tf.cast(lr, value.dtype) * tf.cast(grad, value.dtype))
+        else:
+            out.append(_optimizer_decrement(opt, variable, value, grad, lr))
+    return out
+
+
 def lookahead_values(rule: LookaheadRule, optimizer: keras.optimizers.Optimizer,
                      variables: Sequence[keras.Variable], grads: Sequence[tf.Tensor],
                      lr: tf.Tensor) -> list[tf.Tensor]:

@@ -3,8 +3,9 @@
 The model owns the state (non-trainable weights, so checkpoints carry it) and the
 training; the :class:`AffinityRecorder` decides which steps record and, on those,
 turns the per-task shared gradients into lookahead affinities (paper Eq. 1)
-``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)`` and gradient cosines, and adds
-them to the accumulators.
+``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)``, gradient cosines and/or Eq. 1
+to first order (``"taylor"``, :meth:`AffinityRecorder._taylor_products`), and adds them to
+the accumulators.
 
 Distribution (see :mod:`tag_tf.replicas`): g_i, L_j before and L_j after are the global
 batch's, reduced across replicas, so every replica computes the same Z and the
@@ -44,9 +45,13 @@ STATE = (("affinity_sum", "float64", 2), ("affinity_count", "int64", 2),
          ("affinity_skipped", "int64", 2), ("cosine_sum", "float64", 2),
          ("cosine_count", "int64", 2), ("cosine_skipped", "int64", 2),
          ("affinity_steps", "int64", 0), ("train_step_counter", "int64", 0),
-         ("window_start", "int64", 0), ("window_end", "int64", 0))
+         ("window_start", "int64", 0), ("window_end", "int64", 0),
+         ("taylor_sum", "float64", 2), ("taylor_count", "int64", 2),
+         ("taylor_skipped", "int64", 2))
 BOOKKEEPING = tuple(name for name, _, _ in STATE)
-ACCUMULATORS = BOOKKEEPING[:7]
+# What reset() zeroes: everything but the step counter and the window.
+ACCUMULATORS = tuple(name for name in BOOKKEEPING
+                     if name not in ("train_step_counter", "window_start", "window_end"))
 
 
 def add_state(model: keras.Model, num_tasks: int) -> None:
@@ -157,6 +162,18 @@ class AffinityRecorder:
         1e-3 relative error per element, enough to change small affinities by tens of
         percent); the lookahead uses these instead.
         """
+        return self._shared_gradients(x, y, sample_weight, state_before, current, batch,
+                                      float32=True, weighted=True)
+
+    def _shared_gradients(self, x, y, sample_weight, state_before, current, batch, *,
+                          float32: bool, weighted: bool):
+        """Per-task global shared gradients and this replica's unweighted losses, from one
+        forward pass with ``current`` values (float32 compute when ``float32``).
+
+        ``weighted``: gradients of the training terms (loss weights and weighting, as the
+        training tape's); otherwise of the unweighted losses (Taylor targets on the
+        validation batch).
+        """
         model = self.model
         network, shared = model.network, model.shared_variables
         task_losses = model._require_task_losses()  # pylint: disable=protected-access
@@ -167,13 +184,17 @@ class AffinityRecorder:
             values[position[id(variable)]] = value
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(watched)
-            with float32_compute(network):
+            with float32_compute(network) if float32 else contextlib.nullcontext():
                 outputs, _ = network_call.stateless_call(network, values, state_before, x,
                                                          training=True)
             outputs = model._as_task_dict(outputs)  # pylint: disable=protected-access
-            weighted = task_losses.compute(y, outputs, sample_weight)
-            terms = model.weighting.task_terms(weighted) if model.weighting else weighted
-        base = task_losses.compute(y, outputs, sample_weight, weighted=False)
+            if weighted:
+                losses = task_losses.compute(y, outputs, sample_weight)
+                terms = model.weighting.task_terms(losses) if model.weighting else losses
+            else:
+                terms = task_losses.compute(y, outputs, sample_weight, weighted=False)
+        base = task_losses.compute(y, outputs, sample_weight, weighted=False) if weighted \
+            else terms
         config = model.affinity_config
         grads = []
         per_task = vectorized.task_gradients(tape, terms, watched, config.parallel_chunk(),
@@ -212,6 +233,7 @@ class AffinityRecorder:
         loss_scale = model.optimizer.scale_loss(tf.constant(1.0))
         lr = lookahead.current_learning_rate(model.optimizer) * config.lookahead_scale
         lookahead_on = "lookahead" in config.measures
+        taylor_on = "taylor" in config.measures
         float32 = is_mixed(network)
         current = [v.value for v in network.trainable_variables]
         train_base = None
@@ -221,12 +243,19 @@ class AffinityRecorder:
             task_gradient = float32_grads.__getitem__  # unscaled: no loss scale to undo
             loss_scale = tf.constant(1.0)
 
-        if lookahead_on and config.batch == "validation":
+        eval_grads = None  # Taylor targets on the validation batch: grad of unweighted L_j
+        if (lookahead_on or taylor_on) and config.batch == "validation":
             x_eval, y_eval, w_eval = self._validation_batch()
             eval_batch = replicas.GlobalBatch(model._require_task_losses().losses,  # pylint: disable=protected-access
                                               model.tasks, y_eval, w_eval)
-            base = self._eval_losses(current, state_before, x_eval, y_eval, w_eval, float32)
-        elif lookahead_on:
+            if taylor_on:  # one forward with a tape serves the gradients and the base losses
+                eval_grads, base = self._shared_gradients(
+                    x_eval, y_eval, w_eval, state_before, current, eval_batch,
+                    float32=float32, weighted=False)
+            else:
+                base = self._eval_losses(current, state_before, x_eval, y_eval, w_eval,
+                                         float32)
+        elif lookahead_on or taylor_on:
             x_eval, y_eval, w_eval, eval_batch = x, y, sample_weight, batch
             if float32:  # the training forward ran in float16: use the float32 one
                 base = train_base
@@ -265,10 +294,25 @@ class AffinityRecorder:
             previous = [row]
 
         if lookahead_on:
+            local_base = base
             base = tf.stack([tf.stop_gradient(v) for v in base])
             both = eval_batch.losses(tf.concat([base[tf.newaxis], tf.stack(rows)], axis=0))
             base, after = both[0], both[1:]  # after: [source, target]
             self._add_lookahead(after, base, lr)
+            base = (local_base, base)
+        if taylor_on:
+            local_base, global_base = base if lookahead_on else (
+                base, eval_batch.losses(tf.stack([tf.stop_gradient(v) for v in base])))
+            sources = [[g / tf.cast(loss_scale, g.dtype) for g in grads] for grads in task_grads]
+            if eval_grads is None:  # training batch: grad L_j = g_j / (d term_j / d L_j)
+                products = self._taylor_products(sources, sources, lr)
+                slopes = self._term_slopes(local_base)
+                products = products / slopes[tf.newaxis, :]
+                target_ok = tf.not_equal(slopes, 0.0)
+            else:
+                products = self._taylor_products(sources, eval_grads, lr)
+                target_ok = tf.ones([len(model.tasks)], tf.bool)
+            self._add_taylor(products, tf.cast(global_base, "float64"), target_ok, lr)
         if "cosine" in config.measures:
             self._add_cosine(task_grads)
         model.affinity_steps.assign_add(1)
@@ -285,6 +329,64 @@ class AffinityRecorder:
         model.affinity_sum.assign_add(z)
         model.affinity_count.assign_add(tf.cast(valid, "int64"))
         model.affinity_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
+
+    def _taylor_products(self, sources, targets, lr) -> tf.Tensor:
+        """``[source, target]`` float64 matrix ``<s_i, t_j>`` over the shared variables.
+
+        ``s_i`` is the lookahead step of source i (``lr * g_i``, or the optimizer's step
+        ``theta - theta'_i`` computed directly by :func:`lookahead.lookahead_steps`),
+        ``t_j`` the target gradients. One shared variable at a time, so only one variable's
+        stacked steps exist at once.
+        """
+        model = self.model
+        rule = model.affinity_config.rule
+        count = len(sources)
+        products = tf.zeros([count, len(targets)], "float64")
+        for index, variable in enumerate(model.shared_variables):
+            grads = [grads[index] for grads in sources]
+            steps = grads if rule == "sgd" else lookahead.lookahead_steps(
+                rule, model.optimizer, [variable] * count, grads, lr)
+            steps = tf.cast(tf.reshape(tf.stack(steps), [count, -1]), "float64")
+            ends = tf.cast(tf.reshape(tf.stack([t[index] for t in targets]),
+                                      [len(targets), -1]), "float64")
+            products += tf.matmul(steps, ends, transpose_b=True)
+        if rule == "sgd":
+            products *= tf.cast(lr, "float64")
+        return products
+
+    def _term_slopes(self, local_losses) -> tf.Tensor:
+        """``d term_k / d L_k`` per task (float64): the loss weight times the weighting's
+        slope, so ``grad L_k = g_k / slope`` for the training terms ``w_k(state) * L_k +
+        const`` of loss weights, uncertainty weighting and GradNorm."""
+        model = self.model
+        task_losses = model._require_task_losses()  # pylint: disable=protected-access
+        losses = [tf.identity(tf.stop_gradient(v)) for v in local_losses]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(losses)
+            weighted = [v * w if w != 1.0 else v for v, w in zip(losses, task_losses.weights)]
+            terms = model.weighting.task_terms(weighted) if model.weighting else weighted
+        slopes = []
+        for k, loss in enumerate(losses):
+            slope = tape.gradient(terms[k], loss)
+            slopes.append(tf.zeros([], "float64") if slope is None
+                          else tf.cast(slope, "float64"))
+        del tape
+        return tf.stack(slopes)
+
+    def _add_taylor(self, products: tf.Tensor, base: tf.Tensor, target_ok: tf.Tensor,
+                    lr: tf.Tensor) -> None:
+        """Adds ``Z = <s_i, grad L_j> / L_j`` (divided by lr when ``divide_by_lr``); pairs
+        with a non-finite value, a zero or non-finite base loss or an unknown target
+        gradient (zero loss weight on the training batch) count as skipped."""
+        model = self.model
+        z = products / base[tf.newaxis, :]
+        if model.affinity_config.divide_by_lr:
+            z = z / tf.cast(lr, z.dtype)
+        valid = tf.math.is_finite(z) & (tf.math.is_finite(base) & tf.not_equal(base, 0.0)
+                                        & target_ok)[tf.newaxis, :]
+        model.taylor_sum.assign_add(tf.where(valid, z, tf.zeros_like(z)))
+        model.taylor_count.assign_add(tf.cast(valid, "int64"))
+        model.taylor_skipped.assign_add(tf.cast(tf.logical_not(valid), "int64"))
 
     def _add_cosine(self, task_grads) -> None:
         """Adds cos(g_i, g_j) of the per-task shared gradients (CS baseline)."""
@@ -308,6 +410,8 @@ class AffinityRecorder:
         model = self.model
         if measure == "cosine":
             return model.cosine_sum, model.cosine_count, model.cosine_skipped
+        if measure == "taylor":
+            return model.taylor_sum, model.taylor_count, model.taylor_skipped
         return model.affinity_sum, model.affinity_count, model.affinity_skipped
 
     def affinity_record(self, measure: str = "lookahead") -> AffinityRecord:

@@ -91,6 +91,31 @@ def tag_step(W, V, x, y, weights, opt, rule, *, eval_batch=None, divide_by_lr=Fa
     return z
 
 
+def taylor_step(W, V, x, y, weights, opt, rule, *, eval_batch=None, divide_by_lr=False):
+    """Eq. 1 to first order in the step: Z[i, j] = <s_i, dL_j/dW> / L_j.
+
+    s_i is the step of source i's weighted training gradient (lr * g_i, or W minus the
+    optimizer's new value); dL_j/dW and L_j are task j's UNWEIGHTED gradient and loss on
+    the evaluation batch (the training batch by default), so that
+    L_j(W - s_i) = L_j(W) - <s_i, dL_j/dW> + O(s^2) and Z matches tag_step to first order.
+    """
+    tasks = list(V)
+    grads = task_gradients(W, V, x, y, weights)
+    x_e, y_e = eval_batch if eval_batch is not None else (x, y)
+    target_grads = task_gradients(W, V, x_e, y_e, {t: 1.0 for t in tasks})
+    base = task_losses(W, V, x_e, y_e)
+    lr = opt.current_lr()
+    z = np.zeros((len(tasks), len(tasks)))
+    for i, source in enumerate(tasks):
+        g = grads[source][0]
+        step = lr * g if rule == "sgd" else W - opt.new_value("W", W, g)[0]
+        for j, target in enumerate(tasks):
+            z[i, j] = np.sum(step * target_grads[target][0]) / base[target]
+    if divide_by_lr:
+        z = z / lr
+    return z
+
+
 def train_update(params, x, y, weights, opt):
     """The training step on sum_t w_t * loss_t (mutates params and opt)."""
     V = {t: params[t] for t in params if t != "W"}

@@ -52,7 +52,7 @@ def data(n, seed=0):
 
 
 def record(parallel, *, rule="sgd", optimizer=None, validation=False,
-           measures=("lookahead", "cosine"), net="conv"):
+           measures=("lookahead", "taylor", "cosine"), net="conv"):
     extra = {}
     if validation:
         extra = dict(batch="validation",
@@ -109,9 +109,10 @@ def test_parallel_records_what_sequential_records(net, parallel, rule, optimizer
 
 
 @pytest.mark.usefixtures("float64_keras")
-def test_parallel_cosine_only_matches():
-    assert_same(record(False, measures=("cosine",), net="dense"),
-                record(True, measures=("cosine",), net="dense"))
+@pytest.mark.parametrize("measures, validation", [(("cosine",), False), (("taylor",), True)])
+def test_parallel_without_lookahead_matches(measures, validation):
+    assert_same(record(False, measures=measures, validation=validation, net="dense"),
+                record(True, measures=measures, validation=validation, net="dense"))
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def test_parallel_under_mixed_precision_records_what_sequential_records():
     sequential = record(False, net="dense")
     batched = record(True, net="dense")
     keras.mixed_precision.set_global_policy("float32")
-    for measure in ("lookahead", "cosine"):
+    for measure in ("lookahead", "taylor", "cosine"):
         np.testing.assert_allclose(batched[measure], sequential[measure], rtol=1e-4,
                                    err_msg=measure)
 
