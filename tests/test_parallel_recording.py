@@ -94,7 +94,8 @@ def adam():
 @pytest.mark.usefixtures("float64_keras")
 @pytest.mark.parametrize("net, parallel, rule, optimizer, validation", [
     ("conv", True, "sgd", None, False),
-    ("dense", 2, "optimizer", adam, True),  # chunks; per-task clipnorm in the batched pass
+    pytest.param("dense", 2, "optimizer", adam, True,  # chunks; per-task clipnorm
+                 marks=pytest.mark.slow),
     pytest.param("conv", 3, "sgd", None, True, marks=pytest.mark.slow),  # chunks of 3 and 1
     pytest.param("conv", True, "optimizer", momentum, False, marks=pytest.mark.slow),
     pytest.param("conv", 2, "optimizer", adam, True, marks=pytest.mark.slow),
@@ -109,6 +110,7 @@ def test_parallel_records_what_sequential_records(net, parallel, rule, optimizer
 
 
 @pytest.mark.usefixtures("float64_keras")
+@pytest.mark.slow
 @pytest.mark.parametrize("measures, validation", [(("cosine",), False), (("taylor",), True)])
 def test_parallel_without_lookahead_matches(measures, validation):
     assert_same(record(False, measures=measures, validation=validation, net="dense"),
