@@ -327,6 +327,9 @@ def main(argv):
         return
     tags = tag_modes(FLAGS.measure, FLAGS.parallel, FLAGS.every_10)
     if FLAGS.slope_tasks:
+        if len(set(FLAGS.slope_tasks)) < 2:
+            raise ValueError("--slope_tasks needs at least two task counts to fit a slope. "
+                             f"Received: {FLAGS.slope_tasks}")
         slope_table([int(t) for t in FLAGS.slope_tasks],
                     [m for m in tags if m.startswith("tag_every_1:")], FLAGS.batch_size,
                     FLAGS.image_size, FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
