@@ -220,7 +220,8 @@ class AffinityRecorder:
 
         Sources are processed one after another (gradient, lookahead forward, losses),
         chained by control dependencies: run concurrently, their activation gradients
-        coexist, which was measured to triple peak memory on CPU. Cosine: cos(g_i, g_j)
+        coexist, which was measured to triple peak memory on CPU (``parallel=True`` batches
+        them instead, :mod:`tag_tf.vectorized`, same Z). Cosine: cos(g_i, g_j)
         over the shared variables (kernels only by default, as the original CS baseline).
 
         Returns:
