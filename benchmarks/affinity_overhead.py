@@ -3,6 +3,10 @@ r"""Cost of TAG's affinity step on the CelebA trunk, measured side by side in on
   python -m benchmarks.affinity_overhead            # batch 256, 64x64, 9 tasks (minutes on CPU)
   python -m benchmarks.affinity_overhead --batch_size=32 --image_size=32   # quick
   python -m benchmarks.affinity_overhead --strategy=mirrored --batch_size=32 --image_size=32
+  python -m benchmarks.affinity_overhead --batch_size=16 --image_size=32 --tasks=40 \
+      --measure=lookahead,taylor --parallel          # both measures, both execution modes
+  python -m benchmarks.affinity_overhead --batch_size=16 --image_size=32 \
+      --slope_tasks=2,5,9,20,40 --parallel           # how a recording step grows with T
 
 Step times are measured in ONE process with the modes taking turns step by step (this
 machine is noisy; medians of interleaved steps compare fairly); peak RSS is measured per
@@ -14,6 +18,13 @@ mode in its own short subprocess. Modes:
               shared variables, assign_sub on them, a full forward pass, restore; then a
               normal training step.
 Prints per-step seconds, ratios to plain training and peak RSS. Never used by tests.
+
+``--measure`` (a list: lookahead, taylor) chooses what the TAG modes record, and
+``--parallel`` adds each TAG mode again with ``AffinityConfig(parallel=...)`` (batched
+per-task passes, :mod:`tag_tf.vectorized`), all interleaved in the same run, so the table
+shows every measure and execution mode side by side. ``--tasks=40`` puts 40 heads on the
+same trunk. ``--slope_tasks`` times a plain and a recording step at each of several task
+counts (interleaved per count) and fits a line: the seconds each extra task adds.
 
 ``--strategy=mirrored`` instead compares TAG / plain under one replica (default strategy)
 and under ``--replicas`` replicas of ``tf.distribute.MirroredStrategy`` (the local GPUs, or
@@ -35,8 +46,8 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", None, ["plain", "tag_every_1", "tag_every_10", "naive"],
-                  "Run one mode (internal); unset runs all and prints the table.")
+flags.DEFINE_string("mode", None, "Run one mode (internal, e.g. tag_every_1:lookahead:"
+                    "parallel); unset runs all and prints the table.")
 flags.DEFINE_integer("batch_size", 256, "Batch size (paper: 256).")
 flags.DEFINE_integer("image_size", 64, "Image side (paper: 64).")
 flags.DEFINE_integer("tasks", 9, "Number of Dense(2) heads.")
@@ -44,6 +55,16 @@ flags.DEFINE_integer("steps", 3, "Timed rounds; tag_every_10 times 10 steps per 
 flags.DEFINE_integer("warmup", 1, "Untimed steps (tracing) per mode.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
                   "mirrored: TAG / plain under --replicas replicas beside one replica.")
+flags.DEFINE_list("measure", ["lookahead"], "What the TAG modes record: lookahead (Eq. 1), "
+                  "taylor (first order); several give one TAG column each.")
+flags.DEFINE_bool("parallel", False, "Also run every TAG mode with batched per-task passes "
+                  "(AffinityConfig(parallel=...)).")
+flags.DEFINE_integer("parallel_chunk", 0, "--parallel: tasks per batched pass (0: all).")
+flags.DEFINE_bool("naive", True, "Include the naive loop.")
+flags.DEFINE_bool("every_10", True, "Include the TAG-every-10-steps modes.")
+flags.DEFINE_bool("memory", True, "Measure peak RSS per mode (a subprocess each).")
+flags.DEFINE_list("slope_tasks", [], "Task counts for the slope fit (e.g. 2,5,9,20,40): "
+                  "instead of the table, time plain and recording steps at each count.")
 flags.DEFINE_integer("replicas", 2, "--strategy=mirrored: logical CPU devices to create "
                      "when there is no GPU.")
 
@@ -58,13 +79,37 @@ def _data(batch_size, image_size, tasks):
     return x, y
 
 
-def _build(mode, tasks, image_size):
+def parse_mode(mode):
+    """``"tag_every_1:taylor:parallel"`` -> ("tag_every_1", "taylor", True); the measure
+    defaults to lookahead and execution to sequential."""
+    name, *options = mode.split(":")
+    if name not in MODES:
+        raise ValueError(f"Unknown mode {name!r}: expected one of {MODES}. Received: {mode!r}")
+    measure = next((o for o in options if o != "parallel"), "lookahead")
+    return name, measure, "parallel" in options
+
+
+def tag_modes(measures, parallel, every_10=True):
+    """The TAG mode strings for each measure and execution mode."""
+    names = ("tag_every_1", "tag_every_10") if every_10 else ("tag_every_1",)
+    executions = ("", ":parallel") if parallel else ("",)
+    return [f"{name}:{measure}{execution}" for measure in measures
+            for execution in executions for name in names]
+
+
+def _build(mode, tasks, image_size, parallel_chunk=0):
     import keras  # pylint: disable=import-outside-toplevel
     import tag_tf  # pylint: disable=import-outside-toplevel
     from celeba.model import TRUNK_LAYERS, celeba_network  # pylint: disable=import-outside-toplevel
+    name, measure, parallel = parse_mode(mode)
+    if measure not in tag_tf.config.MEASURES:
+        raise ValueError(f"--measure={measure!r} is not a measure of this tag_tf: "
+                         f"{tag_tf.config.MEASURES}")
     network = celeba_network(tasks, image_size=image_size)
-    every_n = {"tag_every_1": 1, "tag_every_10": 10}.get(mode)
-    config = tag_tf.AffinityConfig(every_n=every_n) if every_n else None
+    every_n = {"tag_every_1": 1, "tag_every_10": 10}.get(name)
+    config = tag_tf.AffinityConfig(
+        every_n=every_n, measures=(measure,),
+        parallel=(parallel_chunk or True) if parallel else False) if every_n else None
     model = tag_tf.MultiTaskModel(network, shared=list(TRUNK_LAYERS), affinity=config)
     model.compile(optimizer=keras.optimizers.SGD(5e-4, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -97,7 +142,7 @@ def _naive_step_fn(model):
     return step
 
 
-def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None):
+def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None, parallel_chunk=0):
     """One callable per mode, each doing one training step of that mode on a fixed batch
     (models built under ``strategy`` when given)."""
     import contextlib  # pylint: disable=import-outside-toplevel
@@ -107,7 +152,7 @@ def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None):
     fns = {}
     for mode in modes:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            model = _build(mode, tasks, image_size)
+            model = _build(mode, tasks, image_size, parallel_chunk)
         if mode == "naive":
             naive = _naive_step_fn(model)
             xt, yt = tf.constant(x), {t: tf.constant(v) for t, v in y.items()}
@@ -122,39 +167,24 @@ def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None):
     return fns
 
 
-def peak_memory(mode, batch_size, image_size, num_tasks):
+def peak_memory(mode, batch_size, image_size, num_tasks, parallel_chunk=0):
     """Peak RSS (MiB) of a process that traces and runs a few steps of one mode."""
-    (model, step), = _step_fns([mode], batch_size, image_size, num_tasks).values()
-    for _ in range(2 if mode != "tag_every_10" else 1):
+    (model, step), = _step_fns([mode], batch_size, image_size, num_tasks,
+                               parallel_chunk=parallel_chunk).values()
+    for _ in range(2 if not mode.startswith("tag_every_10") else 1):
         step()  # step 0 records in every TAG mode
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def interleaved_times(batch_size, image_size, num_tasks, rounds, warmup):
+def interleaved_times(modes, batch_size, image_size, num_tasks, rounds, warmup,
+                      parallel_chunk=0):
     """Median seconds per step of each mode, the modes taking turns step by step.
 
-    tag_every_10 is timed over whole 10-step windows (one recording step each), reported
-    per step; the others per single step.
+    tag_every_10 modes are timed over whole 10-step windows (one recording step each),
+    reported per step; the others per single step.
     """
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    fns = _step_fns(MODES, batch_size, image_size, num_tasks)
-    for _, step in fns.values():
-        for _ in range(warmup):
-            step()
-    times = {mode: [] for mode in MODES}
-    for _ in range(rounds):
-        for mode, (model, step) in fns.items():
-            if mode == "tag_every_10":
-                model.train_step_counter.assign(0)
-                start = time.perf_counter()
-                for _ in range(10):
-                    step()
-                times[mode].append((time.perf_counter() - start) / 10)
-            else:
-                start = time.perf_counter()
-                step()
-                times[mode].append(time.perf_counter() - start)
-    return {mode: float(np.median(values)) for mode, values in times.items()}
+    fns = _step_fns(modes, batch_size, image_size, num_tasks, parallel_chunk=parallel_chunk)
+    return _time_rounds(fns, rounds, warmup)
 
 
 def _time_rounds(fns, rounds, warmup):
@@ -166,7 +196,8 @@ def _time_rounds(fns, rounds, warmup):
     times = {key: [] for key in fns}
     for _ in range(rounds):
         for key, (model, step) in fns.items():
-            steps = 10 if key[-1] == "tag_every_10" else 1
+            mode = key[-1] if isinstance(key, tuple) else key
+            steps = 10 if mode.startswith("tag_every_10") else 1
             if steps > 1:
                 model.train_step_counter.assign(0)
             start = time.perf_counter()
@@ -204,6 +235,85 @@ def mirrored_comparison(batch_size, image_size, num_tasks, rounds, warmup, repli
               f"{every_1 / plain:.2f} | {every_10 / plain:.2f} |")
 
 
+def machine_load() -> str:
+    """The 1/5/15-minute load averages (the figures are contended when above the cores)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
+
+
+def fit_slope(task_counts, seconds):
+    """Least-squares line ``seconds = intercept + slope * T``: (slope, intercept)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    slope, intercept = np.polyfit(np.asarray(task_counts, float), np.asarray(seconds, float), 1)
+    return float(slope), float(intercept)
+
+
+def slope_table(task_counts, modes, batch_size, image_size, rounds, warmup, parallel_chunk=0):
+    """Times plain and recording steps at each task count; prints them and the fitted
+    seconds per extra task of each mode."""
+    seconds = {}
+    for count in task_counts:
+        print(f"T = {count}: tracing and timing ({machine_load()})", flush=True)
+        times = interleaved_times(["plain"] + modes, batch_size, image_size, count, rounds,
+                                  warmup, parallel_chunk)
+        for mode, value in times.items():
+            seconds[(mode, count)] = value
+    columns = ["plain"] + modes
+    print(f"\nbatch {batch_size}, {image_size}x{image_size}, {machine_load()}")
+    print("| T | " + " | ".join(f"{m} s/step" for m in columns) + " | "
+          + " | ".join(f"{m} / plain" for m in modes) + " |")
+    print("|---" * (1 + len(columns) + len(modes)) + "|")
+    for count in task_counts:
+        plain = seconds[("plain", count)]
+        print(f"| {count} | " + " | ".join(f"{seconds[(m, count)]:.3f}" for m in columns)
+              + " | " + " | ".join(f"{seconds[(m, count)] / plain:.2f}" for m in modes) + " |")
+    print("\n| mode | seconds per extra task (slope) | intercept s | slope / plain step at "
+          f"T={task_counts[0]} |")
+    print("|---|---|---|---|")
+    for mode in columns:
+        slope, intercept = fit_slope(task_counts, [seconds[(mode, c)] for c in task_counts])
+        print(f"| {mode} | {slope:.4f} | {intercept:.3f} | "
+              f"{slope / seconds[('plain', task_counts[0])]:.3f} |")
+    return seconds
+
+
+def overhead_table(modes, peaks, seconds, num_tasks):
+    """Prints the side-by-side ratios of the default (non-slope) run."""
+    plain = seconds["plain"]
+    print(f"\nbatch {FLAGS.batch_size}, {FLAGS.image_size}x{FLAGS.image_size}, "
+          f"{num_tasks} tasks, {machine_load()}")
+    print("| mode | s/step | / plain | peak RSS MiB | RSS / plain |")
+    print("|---|---|---|---|---|")
+    for mode in modes:
+        peak = peaks.get(mode)
+        memory = f"{peak:.0f} | {peak / peaks['plain']:.2f}" if peak else "- | -"
+        print(f"| {mode} | {seconds[mode]:.3f} | {seconds[mode] / plain:.2f} | {memory} |")
+    if "naive" in seconds:
+        naive = seconds["naive"]
+        print(f"\nnaive every 10 / plain (overall): {(9 * plain + naive) / 10 / plain:.2f}")
+        for mode in modes:
+            if mode.startswith("tag_every_1:"):
+                print(f"{mode} step / naive step: {seconds[mode] / naive:.2f} (target <= 0.6)")
+    by_measure = {}
+    for mode in modes:
+        name, measure, parallel = parse_mode(mode) if mode.startswith("tag") else (mode, 0, 0)
+        if name == "tag_every_1":
+            by_measure.setdefault(measure, {})[parallel] = mode
+    for measure, pair in by_measure.items():
+        if len(pair) == 2:
+            seq, par = pair[False], pair[True]
+            memory = (f", peak RSS parallel / sequential {peaks[par] / peaks[seq]:.2f}"
+                      if peaks.get(par) and peaks.get(seq) else "")
+            print(f"{measure}: recording step parallel / sequential "
+                  f"{seconds[par] / seconds[seq]:.2f}{memory}")
+    if "lookahead" in by_measure and "taylor" in by_measure:
+        for parallel, mode in by_measure["taylor"].items():
+            other = by_measure["lookahead"].get(parallel)
+            if other:
+                print(f"taylor / lookahead recording step ({'parallel' if parallel else 'sequential'})"
+                      f": {seconds[mode] / seconds[other]:.2f} (target <= 0.6)")
+
+
 def main(argv):
     del argv
     if FLAGS.strategy == "mirrored":
@@ -212,35 +322,33 @@ def main(argv):
         return
     if FLAGS.mode:
         print("RESULT " + json.dumps({"peak_rss_mib": peak_memory(
-            FLAGS.mode, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks)}))
+            FLAGS.mode, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks,
+            FLAGS.parallel_chunk)}))
         return
+    tags = tag_modes(FLAGS.measure, FLAGS.parallel, FLAGS.every_10)
+    if FLAGS.slope_tasks:
+        if len(set(FLAGS.slope_tasks)) < 2:
+            raise ValueError("--slope_tasks needs at least two task counts to fit a slope. "
+                             f"Received: {FLAGS.slope_tasks}")
+        slope_table([int(t) for t in FLAGS.slope_tasks],
+                    [m for m in tags if m.startswith("tag_every_1:")], FLAGS.batch_size,
+                    FLAGS.image_size, FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
+        return
+    modes = ["plain"] + tags + (["naive"] if FLAGS.naive else [])
     peaks = {}
-    for mode in MODES:
+    for mode in modes if FLAGS.memory else []:
         cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
                f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}",
-               f"--tasks={FLAGS.tasks}"]
+               f"--tasks={FLAGS.tasks}", f"--parallel_chunk={FLAGS.parallel_chunk}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         peaks[mode] = json.loads(out.split("RESULT ", 1)[1])["peak_rss_mib"]
-        print(f"{mode:>13}: peak RSS {peaks[mode]:.0f} MiB", flush=True)
-    seconds = interleaved_times(FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks, FLAGS.steps,
-                                FLAGS.warmup)
-    for mode in MODES:
-        print(f"{mode:>13}: {seconds[mode]:.3f} s/step (median of {FLAGS.steps}, interleaved)")
-    plain, affinity = seconds["plain"], seconds["tag_every_1"]
-    naive, every_10 = seconds["naive"], seconds["tag_every_10"]
-    print(f"\nbatch {FLAGS.batch_size}, {FLAGS.image_size}x{FLAGS.image_size}, "
-          f"{FLAGS.tasks} tasks, {os.cpu_count()} CPU cores")
-    print("| measure | value | target |")
-    print("|---|---|---|")
-    print(f"| naive affinity step / plain step | {naive / plain:.2f} | (reference) |")
-    print(f"| TAG affinity step / plain step | {affinity / plain:.2f} | |")
-    print(f"| TAG affinity step / naive step | {affinity / naive:.2f} | <= 0.6 |")
-    print(f"| TAG every 10 / plain (overall) | {every_10 / plain:.2f} | <= 1.35 |")
-    print(f"| naive every 10 / plain (overall) | {(9 * plain + naive) / 10 / plain:.2f} | |")
-    for mode in MODES[1:]:
-        print(f"| peak RSS {mode} / plain | {peaks[mode] / peaks['plain']:.2f} | "
-              f"{'<= 1.5' if mode.startswith('tag') else ''} |")
+        print(f"{mode:>30}: peak RSS {peaks[mode]:.0f} MiB ({machine_load()})", flush=True)
+    seconds = interleaved_times(modes, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks,
+                                FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
+    for mode in modes:
+        print(f"{mode:>30}: {seconds[mode]:.3f} s/step (median of {FLAGS.steps}, interleaved)")
+    overhead_table(modes, peaks, seconds, FLAGS.tasks)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ class AffinityConfig:
       stderr_block: the blocks of the batch-means standard error kept during ``fit()``
         (:mod:`tag_tf.affinity_stderr`): ``"epoch"`` (one block per epoch) or an int K
         (a block every K recorded steps).
+      parallel: run the T per-task backward passes and lookahead forwards of a recording
+        step as batched (vectorised) computations instead of one after another (see
+        :mod:`tag_tf.vectorized`); same affinities. False (default): sequential, the
+        lowest peak memory. An int n: batched, at most n tasks at a time (bounds memory).
     """
 
     every_n: int = 10
@@ -76,6 +80,7 @@ class AffinityConfig:
     measures: Tuple[str, ...] = ("lookahead",)
     cosine_kernels_only: bool = True
     stderr_block: Union[str, int] = "epoch"
+    parallel: Union[bool, int] = False
 
     def __post_init__(self):
         if not isinstance(self.every_n, int) or isinstance(self.every_n, bool) \
@@ -104,6 +109,10 @@ class AffinityConfig:
                 and self.stderr_block >= 1)):
             raise ValueError("stderr_block must be 'epoch' or a positive number of recorded "
                              f"steps. Received: stderr_block={self.stderr_block!r}")
+        if not isinstance(self.parallel, (bool, int)) or (
+                not isinstance(self.parallel, bool) and self.parallel < 1):
+            raise ValueError(f"parallel must be a bool or a positive int (tasks per batched "
+                             f"pass). Received: parallel={self.parallel!r}")
         if self.window is not None and self.step_range is not None:
             raise ValueError("Give either window (fractions) or step_range (steps), not both.")
         self.window_fractions()  # validates
@@ -124,6 +133,10 @@ class AffinityConfig:
         config = cls(**{**values, "batch": "train"})
         object.__setattr__(config, "batch", "validation")
         return config
+
+    def parallel_chunk(self) -> Optional[int]:
+        """Tasks per batched pass when ``parallel`` (None: all at once)."""
+        return None if isinstance(self.parallel, bool) else self.parallel
 
     def window_fractions(self) -> Optional[Tuple[float, float]]:
         """The window as ``(start, end)`` fractions of training, or None."""
@@ -172,4 +185,5 @@ class AffinityConfig:
             "measures": list(self.measures),
             "cosine_kernels_only": self.cosine_kernels_only,
             "stderr_block": self.stderr_block,
+            "parallel": self.parallel,
         }

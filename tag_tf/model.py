@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import affinity_stderr, lookahead, recorder, replicas, uncertainty
+from tag_tf import affinity_stderr, lookahead, recorder, replicas, uncertainty, vectorized
 from tag_tf.affinity_io import AffinityRecord, validate_tasks
 from tag_tf.config import AffinityConfig
 from tag_tf.pcgrad import PCGrad
@@ -411,6 +411,11 @@ class MultiTaskModel(keras.Model):
 
         def local_gradient(k):
             """This replica's gradient of task k's (loss-scaled) term; computed once."""
+            config = self.affinity_config
+            if k not in local_grads and record is True and self.gradient is None \
+                    and config.parallel:  # all tasks in one batched backward pass
+                local_grads.update(enumerate(vectorized.task_gradients(
+                    tape, scaled, shared, config.parallel_chunk(), self.tasks)))
             if k not in local_grads:
                 grads = tape.gradient(scaled[k], shared)
                 if all(g is None for g in grads):

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import lookahead, network_call, replicas
+from tag_tf import lookahead, network_call, replicas, vectorized
 from tag_tf.affinity_io import AffinityRecord
 from tag_tf.config import MEASURES
 
@@ -195,9 +195,12 @@ class AffinityRecorder:
                 terms = task_losses.compute(y, outputs, sample_weight, weighted=False)
         base = task_losses.compute(y, outputs, sample_weight, weighted=False) if weighted \
             else terms
+        config = model.affinity_config
         grads = []
+        per_task = vectorized.task_gradients(tape, terms, watched, config.parallel_chunk(),
+                                             model.tasks) if config.parallel else None
         for k in range(len(model.tasks)):
-            local = tape.gradient(terms[k], watched)
+            local = per_task[k] if per_task else tape.gradient(terms[k], watched)
             local = [tf.zeros_like(w) if g is None else g for g, w in zip(local, watched)]
             grads.append(batch.gradients(local, k))
         del tape
@@ -217,7 +220,8 @@ class AffinityRecorder:
 
         Sources are processed one after another (gradient, lookahead forward, losses),
         chained by control dependencies: run concurrently, their activation gradients
-        coexist, which was measured to triple peak memory on CPU. Cosine: cos(g_i, g_j)
+        coexist, which was measured to triple peak memory on CPU (``parallel=True`` batches
+        them instead, :mod:`tag_tf.vectorized`, same Z). Cosine: cos(g_i, g_j)
         over the shared variables (kernels only by default, as the original CS baseline).
         Taylor: ``<s_i, grad L_j> / L_j`` from the same gradients, no forward pass; on the
         training batch ``grad L_j`` is ``g_j`` divided by ``d term_j / d L_j`` (the loss
@@ -265,21 +269,32 @@ class AffinityRecorder:
                     y, y_pred, sample_weight, weighted=False)
 
         shared_index = {id(v): k for k, v in enumerate(shared)}
+
+        def lookahead_row(grads):
+            """Every task's loss after the lookahead step on one source's ``grads``."""
+            unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
+            new_shared = lookahead.lookahead_values(config.rule, model.optimizer, shared,
+                                                    unscaled, lr)
+            values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else value
+                      for v, value in zip(network.trainable_variables, current)]
+            return tf.stack(self._eval_losses(values, state_before, x_eval, y_eval, w_eval,
+                                              float32))
+
         rows, task_grads, previous = [], [], []
-        for k in range(len(model.tasks)):
+        if config.parallel:  # batched passes (tag_tf.vectorized): same rows
+            task_grads = [task_gradient(k) for k in range(len(model.tasks))]
+            if lookahead_on:
+                rows = tf.unstack(vectorized.chunked_map(
+                    lookahead_row, [tf.stack(g) for g in zip(*task_grads)],
+                    config.parallel_chunk()))
+        for k in range(0 if config.parallel else len(model.tasks)):
             with tf.control_dependencies(previous):
                 grads = task_gradient(k)
                 task_grads.append(grads)
                 if not lookahead_on:
                     previous = grads[:1]
                     continue
-                unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
-                new_shared = lookahead.lookahead_values(config.rule, model.optimizer, shared,
-                                                        unscaled, lr)
-                values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else value
-                          for v, value in zip(network.trainable_variables, current)]
-                row = tf.stack(self._eval_losses(values, state_before, x_eval, y_eval, w_eval,
-                                                 float32))
+                row = lookahead_row(grads)
             rows.append(row)
             previous = [row]
 
