@@ -500,16 +500,18 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         callbacks.append(stopper)
     if model.affinity_config is not None:
         callbacks.append(tag_tf.AffinityLogger(output_dir=output_dir, log_dir=options.log_dir))
-    # ---- step-exact backup / resume (resume12)
+    # Step-exact backup / resume.
     steps_per_epoch = options.steps_per_epoch
     from tag_tf import resume  # pylint: disable=g-import-not-at-top
-    data = train
-    if experiment.train_data_fn is not None:  # epoch-indexed: the same batches however read
-        def data(epoch):
-            epoch_data = _select_labels(experiment.train_data_fn(epoch), tasks)
-            if options.strategy != "default":
-                epoch_data = epoch_data.with_options(distribute_options(options.shard_policy))
-            return epoch_data
+
+    def epoch_data(epoch):
+        batches = _select_labels(experiment.train_data_fn(epoch), tasks)
+        if options.strategy != "default":
+            batches = batches.with_options(distribute_options(options.shard_policy))
+        return batches
+
+    # Epoch-indexed data gives the same batches however often it is read.
+    data = train if experiment.train_data_fn is None else epoch_data
     resume_from = resume.ResumePoint()
     if options.backup_dir:
         steps_per_epoch = steps_per_epoch or resume.steps_of(data)

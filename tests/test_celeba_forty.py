@@ -150,7 +150,7 @@ def test_pipeline_selects_forty_tasks_with_the_large_solver(tmp_path, caplog):
     assert sorted(two["served_by"]) == sorted(tasks)
     logged = caplog.text
     assert "Selecting networks for 40 tasks" in logged
-    assert f"budget 2 (large" in logged and two["certificate"] in logged
+    assert "budget 2 (large" in logged and two["certificate"] in logged
     summary = pipeline.format_summary({
         "mode": "affinity", "tasks": tasks, "seconds": 1.0, "networks": [],
         "test_error": {t: None for t in tasks}, "test_loss": {t: None for t in tasks},

@@ -9,7 +9,6 @@ import pytest
 from tag_tf.experiments import defaults_study as study
 from tag_tf.experiments import table3
 from tag_tf.experiments.synthetic_cases import DEFAULT_TASKS, HELPING_TASKS, HelpingTasksAdapter
-from tag_tf.selection.problem import mask_members
 from tests.harness_testing import assert_finite_numbers, no_training
 
 TASKS = ["x", "y", "z"]

@@ -392,7 +392,6 @@ class _Columns:
 
     def solve_integer(self, budget: int, *, time_limit: float) -> tuple[float, list[int] | None]:
         cover, values = self._matrices()
-        n = self.problem.n
         res = optimize.milp(-values, constraints=[
             optimize.LinearConstraint(cover, 1.0, 1.0),
             optimize.LinearConstraint(sparse.csc_matrix(np.ones((1, values.size))), 0.0,
