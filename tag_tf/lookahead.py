@@ -26,7 +26,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -83,68 +83,80 @@ def _clip(opt: keras.optimizers.Optimizer, grad: tf.Tensor) -> tf.Tensor:
     return grad
 
 
-def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
-                    value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-    """The value ``variable`` would have after ``opt.apply`` with ``grad`` (no state change)."""
+def _prepared_gradient(opt: keras.optimizers.Optimizer, value: tf.Tensor, grad: tf.Tensor,
+                       lr: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(grad, lr)`` as the optimizer's rule sees them: clipped, in the value's dtype, and
+    through ``lookahead_gradient`` (e.g. coupled, PyTorch-style weight decay)."""
     dtype = value.dtype
-    lr = tf.cast(lr, dtype)
     grad = tf.cast(_clip(opt, grad), dtype)
-    if hasattr(opt, "lookahead_gradient"):  # e.g. coupled (PyTorch-style) weight decay
+    if hasattr(opt, "lookahead_gradient"):
         grad = opt.lookahead_gradient(grad, value)
+    return grad, tf.cast(lr, dtype)
+
+
+def _decoupled_decay(opt: keras.optimizers.Optimizer, variable: keras.Variable,
+                     value: tf.Tensor, lr: tf.Tensor) -> Optional[tf.Tensor]:
+    """Keras' decoupled weight-decay decrement ``value * wd * lr``, or None without one."""
     if opt.weight_decay is not None and opt._use_weight_decay(variable):  # pylint: disable=protected-access
-        value = value - value * tf.cast(opt.weight_decay, dtype) * lr
-    index = opt._get_variable_index(variable)  # pylint: disable=protected-access
-    if isinstance(opt, keras.optimizers.SGD):
-        if not opt.momentum:
-            return value - lr * grad
-        coefficient = getattr(opt, "lookahead_momentum", None)
-        momentum = tf.cast(opt.momentum if coefficient is None else coefficient, dtype)
-        velocity = opt.momentums[index] * momentum - lr * grad
-        if opt.nesterov:
-            return value + velocity * momentum - lr * grad
-        return value + velocity
-    # Adam / AdamW (AdamW differs only by the weight decay applied above).
-    step = tf.cast(opt.iterations + 1, dtype)
+        return value * tf.cast(opt.weight_decay, value.dtype) * lr
+    return None
+
+
+def _sgd_velocity(opt: keras.optimizers.SGD, index: int, grad: tf.Tensor,
+                  lr: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(momentum, velocity)`` of SGD's momentum rule after this gradient."""
+    coefficient = getattr(opt, "lookahead_momentum", None)
+    momentum = tf.cast(opt.momentum if coefficient is None else coefficient, grad.dtype)
+    return momentum, opt.momentums[index] * momentum - lr * grad
+
+
+def _adam_decrement(opt: keras.optimizers.Optimizer, index: int, grad: tf.Tensor,
+                    lr: tf.Tensor) -> tf.Tensor:
+    """Adam's (and AdamW's, after the decay) step ``m_hat * lr / (sqrt(v_hat) + eps)``."""
+    dtype = grad.dtype
+    count = tf.cast(opt.iterations + 1, dtype)
     beta_1 = tf.cast(opt.beta_1, dtype)
     beta_2 = tf.cast(opt.beta_2, dtype)
     m = opt._momentums[index]  # pylint: disable=protected-access
     v = opt._velocities[index]  # pylint: disable=protected-access
     m = m + (grad - m) * (1 - beta_1)
     v = v + (tf.square(grad) - v) * (1 - beta_2)
-    alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-    return value - m * alpha / (tf.sqrt(v) + tf.cast(opt.epsilon, dtype))
+    alpha = lr * tf.sqrt(1 - tf.pow(beta_2, count)) / (1 - tf.pow(beta_1, count))
+    return m * alpha / (tf.sqrt(v) + tf.cast(opt.epsilon, dtype))
+
+
+def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
+                    value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+    """The value ``variable`` would have after ``opt.apply`` with ``grad`` (no state change)."""
+    grad, lr = _prepared_gradient(opt, value, grad, lr)
+    decay = _decoupled_decay(opt, variable, value, lr)
+    if decay is not None:
+        value = value - decay
+    index = opt._get_variable_index(variable)  # pylint: disable=protected-access
+    if isinstance(opt, keras.optimizers.SGD):
+        if not opt.momentum:
+            return value - lr * grad
+        momentum, velocity = _sgd_velocity(opt, index, grad, lr)
+        if opt.nesterov:
+            return value + velocity * momentum - lr * grad
+        return value + velocity
+    return value - _adam_decrement(opt, index, grad, lr)  # Adam / AdamW
 
 
 def _optimizer_decrement(opt: keras.optimizers.Optimizer, variable: keras.Variable,
                          value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
     """``value - _optimizer_step(...)`` computed directly (no cancellation against ``value``)."""
-    dtype = value.dtype
-    lr = tf.cast(lr, dtype)
-    grad = tf.cast(_clip(opt, grad), dtype)
-    if hasattr(opt, "lookahead_gradient"):
-        grad = opt.lookahead_gradient(grad, value)
-    decay = None
-    if opt.weight_decay is not None and opt._use_weight_decay(variable):  # pylint: disable=protected-access
-        decay = value * tf.cast(opt.weight_decay, dtype) * lr
+    grad, lr = _prepared_gradient(opt, value, grad, lr)
+    decay = _decoupled_decay(opt, variable, value, lr)
     index = opt._get_variable_index(variable)  # pylint: disable=protected-access
     if isinstance(opt, keras.optimizers.SGD):
         if not opt.momentum:
             step = lr * grad
         else:
-            coefficient = getattr(opt, "lookahead_momentum", None)
-            momentum = tf.cast(opt.momentum if coefficient is None else coefficient, dtype)
-            velocity = opt.momentums[index] * momentum - lr * grad
+            momentum, velocity = _sgd_velocity(opt, index, grad, lr)
             step = lr * grad - velocity * momentum if opt.nesterov else -velocity
     else:  # Adam / AdamW
-        count = tf.cast(opt.iterations + 1, dtype)
-        beta_1 = tf.cast(opt.beta_1, dtype)
-        beta_2 = tf.cast(opt.beta_2, dtype)
-        m = opt._momentums[index]  # pylint: disable=protected-access
-        v = opt._velocities[index]  # pylint: disable=protected-access
-        m = m + (grad - m) * (1 - beta_1)
-        v = v + (tf.square(grad) - v) * (1 - beta_2)
-        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, count)) / (1 - tf.pow(beta_1, count))
-        step = m * alpha / (tf.sqrt(v) + tf.cast(opt.epsilon, dtype))
+        step = _adam_decrement(opt, index, grad, lr)
     return step if decay is None else decay + step
 
 
