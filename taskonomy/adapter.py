@@ -132,9 +132,7 @@ class TaskonomyAdapter:
         """The adapter of the ``k``-th further training seed (harness ``--seeds``): seed
         ``seed + k`` changes the initialisation and the training data's order (and flips),
         never the examples or the splits."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be a non-negative integer. Received: k={k!r}")
-        return dataclasses.replace(self, seed=self.seed + k)
+        return adapter_lib.seed_replicate(self, k)
 
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> TaskonomyAdapter:

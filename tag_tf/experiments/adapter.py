@@ -211,6 +211,14 @@ def replicate(adapter: Any, k: int) -> Any:
     return out
 
 
+def seed_replicate(adapter: Any, k: int) -> Any:
+    """``replicate(k)`` for a dataclass adapter whose ``seed`` field only sets the training
+    randomness (initialisation, data order): a copy with ``seed + k``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer. Received: k={k!r}")
+    return dataclasses.replace(adapter, seed=adapter.seed + k)
+
+
 def check_scales(batch_size_scale: float, learning_rate_scale: float) -> None:
     """Raises ValueError unless both ``vary`` factors are finite and positive."""
     for name, value in (("batch_size_scale", batch_size_scale),
