@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
-from tensorflow_datasets.core.download import download_manager
 
 from celeba import adapter
 from celeba import data
@@ -24,6 +23,7 @@ from celeba import testing
 from tag_tf import affinity_io
 from tag_tf import pipeline
 from tag_tf.selection import api
+from tests.test_celeba_main import run_main  # real CLI, downloads patched out
 
 COMMON = ["--batch_size=4", "--image_size=16", "--every_n=1", "--patience=-1", "--verbose=0"]
 
@@ -34,22 +34,6 @@ def _parse_tasks(argv):
     flags(["celeba.main", *argv])
     try:
         return celeba_main.parse_tasks(flags.tasks)
-    finally:
-        flags.unparse_flags()
-
-
-def _no_network(*args, **kwargs):
-    raise AssertionError("A test tried to download something.")
-
-
-def run_main(argv):
-    """Runs celeba.main's ``main`` with ``argv`` parsed into its own flag registry."""
-    flags = celeba_main.FLAGS
-    flags.unparse_flags()
-    flags(["celeba.main", *argv])
-    try:
-        with mock.patch.object(download_manager.DownloadManager, "_download", _no_network):
-            celeba_main.main(["celeba.main"])
     finally:
         flags.unparse_flags()
 
