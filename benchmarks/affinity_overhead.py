@@ -21,7 +21,7 @@ Prints per-step seconds, ratios to plain training and peak RSS. Never used by te
 
 ``--measure`` (a list: lookahead, taylor) chooses what the TAG modes record, and
 ``--parallel`` adds each TAG mode again with ``AffinityConfig(parallel=...)`` (batched
-per-task passes, :mod:`tag_tf.vectorized`), all interleaved in the same run, so the table
+per-task passes, :mod:`tag_tf.core.vectorized`), all interleaved in the same run, so the table
 shows every measure and execution mode side by side. ``--tasks=40`` puts 40 heads on the
 same trunk. ``--slope_tasks`` times a plain and a recording step at each of several task
 counts (interleaved per count) and fits a line: the seconds each extra task adds.
@@ -34,7 +34,7 @@ process; ``--batch_size`` is the global batch in both.
 
 from __future__ import annotations
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import json
 import os
@@ -102,9 +102,9 @@ def _build(mode, tasks, image_size, parallel_chunk=0):
     import tag_tf  # pylint: disable=import-outside-toplevel
     from celeba.model import TRUNK_LAYERS, celeba_network  # pylint: disable=import-outside-toplevel
     name, measure, parallel = parse_mode(mode)
-    if measure not in tag_tf.config.MEASURES:
+    if measure not in tag_tf.MEASURES:
         raise ValueError(f"--measure={measure!r} is not a measure of this tag_tf: "
-                         f"{tag_tf.config.MEASURES}")
+                         f"{tag_tf.MEASURES}")
     network = celeba_network(tasks, image_size=image_size)
     every_n = {"tag_every_1": 1, "tag_every_10": 10}.get(name)
     config = tag_tf.AffinityConfig(
@@ -210,7 +210,7 @@ def _time_rounds(fns, rounds, warmup):
 def mirrored_comparison(batch_size, image_size, num_tasks, rounds, warmup, replicas):
     """TAG / plain under one replica and under ``replicas`` MirroredStrategy replicas."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tag_tf import pipeline  # pylint: disable=import-outside-toplevel
+    from tag_tf.runner import pipeline  # pylint: disable=import-outside-toplevel
     if not tf.config.list_physical_devices("GPU"):
         pipeline.split_cpu(replicas)  # before TensorFlow starts
     mirrored = pipeline.make_strategy("mirrored")

@@ -10,7 +10,7 @@ oracle (what the original notebook does) runs where its combination count is bel
 ``--oracle_max_combinations``, and its objective is checked against the solver's.
 """
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import math
 import time

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from celeba import data
 from celeba import main as celeba_main
-from tag_tf import pipeline
+from tag_tf.runner import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 
 ADAPTER_ID = "celeba.adapter.CelebAAdapter"

@@ -9,7 +9,7 @@ Two steps (see celeba/README.md):
 2. **Read** it with :func:`load_splits`: images to float [0, 1], resized (64 x 64 in the
    paper), one integer label (0/1) per chosen attribute, parallel decoding, optional cache,
    prefetch. Elements are ``(image, {attribute: label})`` batches, as
-   :mod:`tag_tf.pipeline` expects.
+   :mod:`tag_tf.runner.pipeline` expects.
 
 Follows google-research ``tag/celeba/CelebA.ipynb`` (``load_dataset``): ``convert_image_dtype``
 to float, bilinear ``tf.image.resize``, training examples reshuffled every epoch.

@@ -22,7 +22,7 @@ to [0.01, 10] (``uw`` and ``pcgrad``). Every mode prints a summary and writes
 
 from __future__ import annotations
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import dataclasses
 import os
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from absl import app
 from absl import flags
 
-from tag_tf import script_flags
-from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
+from tag_tf.cli import script_flags
+from tag_tf.cli.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
                                   parse_budgets, runtime_fields, seed_option_fields)
 
 if TYPE_CHECKING:
-    from tag_tf import pipeline
+    from tag_tf.runner import pipeline
 
 # Own flag registry: names such as --tasks, --seed and --budgets are also defined by
 # tag_tf.select and celeba.reproduce_selection, which may be imported in the same process.
@@ -129,7 +129,7 @@ def affinity_settings(lookahead: str = "fixed", **given) -> dict:
 def make_optimizer(learning_rate: float = LEARNING_RATE, lookahead: str = "fixed"):
     """The notebook's SGD (momentum 0.9); under ``lookahead="original"`` its TAG lookahead
     adds the whole velocity (:data:`NOTEBOOK_LOOKAHEAD_MOMENTUM`, read by
-    :mod:`tag_tf.lookahead`); the training step is the same either way."""
+    :mod:`tag_tf.core.lookahead`); the training step is the same either way."""
     import keras  # pylint: disable=g-import-not-at-top
     script_flags.check_lookahead(lookahead)
     optimizer = keras.optimizers.SGD(learning_rate, momentum=MOMENTUM)
@@ -144,7 +144,7 @@ def build_experiment(*, data_dir: Optional[str], tasks: Sequence[str], seed: int
                      lr_halving_epochs: int = LR_HALVING_EPOCHS, cache: Optional[str] = None,
                      shuffle_buffer: Optional[int] = None, limit: Optional[int] = None,
                      lookahead: str = "fixed") -> pipeline.Experiment:
-    """The CelebA :class:`tag_tf.pipeline.Experiment`, with fresh datasets on every call.
+    """The CelebA :class:`tag_tf.runner.pipeline.Experiment`, with fresh datasets on every call.
 
     The one definition of the experiment, shared by :func:`run_celeba` and
     :class:`celeba.adapter.CelebAAdapter` (the reproduction harness). ``lookahead`` picks
@@ -154,7 +154,7 @@ def build_experiment(*, data_dir: Optional[str], tasks: Sequence[str], seed: int
     import keras  # pylint: disable=g-import-not-at-top
     from celeba import data  # pylint: disable=g-import-not-at-top
     from celeba import model as celeba_model  # pylint: disable=g-import-not-at-top
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
 
     tasks = data.check_tasks(tasks)
     splits = data.load_splits(data_dir, tasks=tasks, batch_size=batch_size,
@@ -183,9 +183,9 @@ def build_experiment(*, data_dir: Optional[str], tasks: Sequence[str], seed: int
 
 
 def build_options(*, patience: Optional[int] = PATIENCE, **fields) -> pipeline.Options:
-    """:class:`tag_tf.pipeline.Options` as celeba.main trains (``patience`` < 0 or None: no
+    """:class:`tag_tf.runner.pipeline.Options` as celeba.main trains (``patience`` < 0 or None: no
     early stopping); ``fields`` are the other Options fields. Shared with the adapter."""
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.Options(patience=None if patience is None or patience < 0 else patience,
                             **fields)
 
@@ -206,7 +206,7 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
                steps_per_epoch: Optional[int] = None, save_weights: bool = False,
                tensorboard: bool = False, verbose: int = 2,
                runtime: Optional[dict] = None) -> dict:
-    """Runs one training mode on CelebA (see :mod:`tag_tf.pipeline`); returns the results.
+    """Runs one training mode on CelebA (see :mod:`tag_tf.runner.pipeline`); returns the results.
 
     ``tasks``: attribute names, ``["all"]`` / ``"all"`` for the 40, None for the paper's 9
     (:func:`celeba.data.resolve_tasks`; ignored by ``groups``, which trains the
@@ -220,7 +220,7 @@ def run_celeba(mode: str, *, data_dir: Optional[str], output_dir: str,
     rebuilds the experiment (network and data) with its own seed.
     """
     from celeba import data  # pylint: disable=g-import-not-at-top
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
 
     if mode == "groups":
         if not selection:

@@ -10,7 +10,7 @@ single-task networks scored by the single-task error), and prints/writes the sel
 with a random-grouping reference. Tables: ``celeba/published`` (see PROVENANCE.md).
 """
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import os
 

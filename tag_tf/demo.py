@@ -2,15 +2,15 @@ r"""TAG on the built-in planted-cluster data: train once, print affinities and g
 
   python -m tag_tf.demo --output_dir=runs/demo
 
-See :func:`tag_tf.planted_demo.run_demo` for what it does and writes. It ends with two
+See :func:`tag_tf.synthetic.demo.run_demo` for what it does and writes. It ends with two
 verdicts: whether every task trained, and whether b = --clusters recovered the planted clusters.
 """
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 from absl import app, flags
 
-from tag_tf.planted_demo import DEFAULTS, run_demo
+from tag_tf.synthetic.demo import DEFAULTS, run_demo
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("tasks", DEFAULTS["num_tasks"], "Number of synthetic tasks.")

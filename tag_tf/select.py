@@ -14,7 +14,7 @@ pipelines' and the demo's), replacing an earlier one there.
 
 from __future__ import annotations
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import json
 import os
@@ -22,7 +22,7 @@ import os
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import parse_budgets
+from tag_tf.cli.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
 
@@ -77,7 +77,7 @@ def main(argv):
     if FLAGS.bootstrap < 0:
         raise app.UsageError(f"--bootstrap must be >= 0. Received: {FLAGS.bootstrap}")
     paths = [p.strip() for p in FLAGS.affinity.split(",") if p.strip()]
-    if output is None:  # tag_tf.pipeline.SELECTION_FILE, not imported: --help stays fast
+    if output is None:  # tag_tf.runner.pipeline.SELECTION_FILE, not imported: --help stays fast
         output = os.path.join(os.path.dirname(paths[0]), "selection.json")
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     report = api.run_selection(

@@ -20,7 +20,7 @@ import functools
 import os
 from typing import Optional, Sequence
 
-from tag_tf import pipeline
+from tag_tf.runner import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from taskonomy import data
 from taskonomy import main as taskonomy_main

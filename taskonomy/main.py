@@ -26,7 +26,7 @@ writes ``<output_dir>/results.json`` (see taskonomy/README.md).
 
 from __future__ import annotations
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import contextlib
 import dataclasses
@@ -37,14 +37,14 @@ import keras
 from absl import app
 from absl import flags
 
-from tag_tf import script_flags
-from tag_tf.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
+from tag_tf.cli import script_flags
+from tag_tf.cli.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
                                   parse_budgets, runtime_fields, seed_option_fields)
 from absl import logging
 from taskonomy import data as data_lib
 
 if TYPE_CHECKING:
-    from tag_tf import pipeline
+    from tag_tf.runner import pipeline
 
 # Own flag registry (names such as --tasks also exist in tag_tf.select and other scripts).
 FLAGS = flags.FlagValues()
@@ -125,8 +125,8 @@ class PlateauHalving(keras.callbacks.Callback):
     is below ``min_learning_rate`` (the original checks before the next epoch).
 
     Per-step losses are recovered from Keras' running epoch mean (equal batch sizes).
-    ``get_state()`` / ``set_state()`` (:class:`tag_tf.resume.StatefulCallback`): a run
-    resumed by :class:`tag_tf.resume.StepBackupAndRestore`, even mid-epoch, continues the
+    ``get_state()`` / ``set_state()`` (:class:`tag_tf.training.resume.StatefulCallback`): a run
+    resumed by :class:`tag_tf.training.resume.StepBackupAndRestore`, even mid-epoch, continues the
     schedule of the uninterrupted run.
 
     Args:
@@ -162,7 +162,7 @@ class PlateauHalving(keras.callbacks.Callback):
               "_previous_mean")
 
     def get_state(self) -> dict:
-        """The schedule's state, JSON-ready (for tag_tf.resume's backups)."""
+        """The schedule's state, JSON-ready (for tag_tf.training.resume's backups)."""
         return {name.lstrip("_"): getattr(self, name) for name in self._STATE}
 
     def set_state(self, state: dict) -> None:
@@ -247,7 +247,7 @@ class CoupledSGD(keras.optimizers.SGD):
     parameter's gradient, BatchNorm and biases included.
 
     ``lookahead_momentum`` (None: ``momentum``) is the coefficient of the velocity in TAG's
-    ``optimizer`` lookahead (:mod:`tag_tf.lookahead`); 0 gives ``tag.patch``'s lookahead
+    ``optimizer`` lookahead (:mod:`tag_tf.core.lookahead`); 0 gives ``tag.patch``'s lookahead
     ``theta - lr * (g + l2 * theta)``. The training step is unaffected.
     """
 
@@ -332,7 +332,7 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
                      loss_window: int = LOSS_WINDOW, max_loss_window: int = MAX_LOSS_WINDOW,
                      rotate_loss: bool = True, mixed_precision: bool = False,
                      lookahead: str = "fixed") -> pipeline.Experiment:
-    """The Taskonomy :class:`tag_tf.pipeline.Experiment` on ``splits`` (:func:`load_data`).
+    """The Taskonomy :class:`tag_tf.runner.pipeline.Experiment` on ``splits`` (:func:`load_data`).
 
     The one definition of the experiment, shared by :func:`run_taskonomy` and
     :class:`taskonomy.adapter.TaskonomyAdapter`. Every network gets a new optimizer and a
@@ -344,7 +344,7 @@ def build_experiment(tasks: str | Sequence[str], splits: data_lib.Splits, *, see
     :func:`affinity_settings`' Options.
     """
     import tag_tf  # pylint: disable=g-import-not-at-top
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
     from taskonomy import losses as taskonomy_losses  # pylint: disable=g-import-not-at-top
     from taskonomy import model as taskonomy_model  # pylint: disable=g-import-not-at-top
 
@@ -388,10 +388,10 @@ def affinity_settings(lookahead: str = "fixed", **given) -> dict:
 
 def build_options(*, epochs: int = EPOCHS, patience: Optional[int] = None,
                   **fields) -> pipeline.Options:
-    """:class:`tag_tf.pipeline.Options` as taskonomy.main trains: ``patience`` None or < 0
+    """:class:`tag_tf.runner.pipeline.Options` as taskonomy.main trains: ``patience`` None or < 0
     (the original) never stops early but tests the best validation epoch's weights;
     affinities average over all epochs. ``fields``: the other Options fields."""
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
     fields.setdefault("affinity_epochs", "all")
     return pipeline.Options(
         epochs=epochs, patience=epochs if patience is None or patience < 0 else patience,
@@ -431,7 +431,7 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
                   steps_per_epoch: Optional[int] = None, save_weights: bool = False,
                   tensorboard: bool = False, verbose: int = 2,
                   runtime: Optional[dict] = None) -> dict:
-    """Runs one training mode on Taskonomy (see :mod:`tag_tf.pipeline`); returns the results.
+    """Runs one training mode on Taskonomy (see :mod:`tag_tf.runner.pipeline`); returns the results.
 
     ``runtime``: distribution / precision / backup Options fields (``runtime_fields``) and
     the ``seeds`` / ``bootstrap`` / ``mtl_results`` / ``stl_results`` fields
@@ -442,7 +442,7 @@ def run_taskonomy(mode: str, *, data_dir: Optional[str], output_dir: str,
     validation epoch. ``every_n``, ``lookahead_rule``, ``divide_by_lr`` None: ``lookahead``'s
     values (:func:`affinity_settings`).
     """
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
     from taskonomy import data  # pylint: disable=g-import-not-at-top
 
     if mode == "groups":
@@ -506,7 +506,7 @@ def canonical_selection(path: str, *, budget: Optional[int], table: Optional[str
       ``(path, budget, table, tasks)`` to hand to the pipeline.
     """
     import json  # pylint: disable=g-import-not-at-top
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
     from taskonomy import data  # pylint: disable=g-import-not-at-top
     chosen = pipeline.load_selection(path, budget=budget, table=table)
     aliases = {**{v: k for k, v in data.LOSS_KEYS.items()}, **data.TASK_LETTERS,

@@ -13,7 +13,7 @@ PROVENANCE.md); every table is printed and written with the task names (segment_
 depth_zbuffer, normal, edge_texture, keypoints2d), as ``taskonomy.main`` names them.
 """
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 import os
 

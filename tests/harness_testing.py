@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tag_tf import pipeline
+from tag_tf.runner import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ test_strategy_cli.test_mirrored_cli_resume_is_exact (not a test module).
 Splits the CPU into 2 logical devices before TensorFlow starts, then either
 
 - ``python -m tests.mirrored_resume_run WORK_DIR``: trains a MultiTaskModel under
-  MirroredStrategy straight and crashed-then-resumed (tag_tf.resume), and prints one JSON
+  MirroredStrategy straight and crashed-then-resumed (tag_tf.training.resume), and prints one JSON
   line comparing the two runs; or
 - ``python -m tests.mirrored_resume_run cli CRASH_AT CELEBA_MAIN_FLAGS...``: runs
   ``celeba.main`` with those flags, its experiment's callbacks extended by one raising
@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tag_tf  # noqa: E402
-from tag_tf import resume  # noqa: E402
+from tag_tf.training import resume  # noqa: E402
 from tests import test_resume  # noqa: E402
 from tests.test_model import make_model  # noqa: E402
 
@@ -75,7 +75,7 @@ def cli(crash_at: int, argv: list) -> None:
     from absl import app  # pylint: disable=g-import-not-at-top
 
     from celeba import main as celeba_main  # pylint: disable=g-import-not-at-top
-    from tag_tf.script_flags import own_registry_parser  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli.script_flags import own_registry_parser  # pylint: disable=g-import-not-at-top
     build = celeba_main.build_experiment
 
     def with_crash(**kwargs):

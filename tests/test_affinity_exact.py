@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
+from tag_tf.core import lookahead
 from tests import numpy_reference as ref
 
 TASKS = ["a", "b", "c"]
@@ -122,8 +123,8 @@ def test_optimizer_rule_equals_the_real_optimizer_step():
             model.train_on_batch(*as_f32(batch))
         kernel = network.get_layer("trunk").kernel
         grad = tf.random.stateless_normal(kernel.shape, seed=(1, 2))
-        lr = tag_tf.lookahead.current_learning_rate(model.optimizer)
-        predicted = tag_tf.lookahead.lookahead_values("optimizer", model.optimizer, [kernel],
+        lr = lookahead.current_learning_rate(model.optimizer)
+        predicted = lookahead.lookahead_values("optimizer", model.optimizer, [kernel],
                                                       [grad], lr)[0].numpy()
         before = [v.numpy() for v in model.optimizer.variables]
         grads = [grad if v is kernel else tf.zeros_like(v) for v in model.trainable_variables]
@@ -157,12 +158,12 @@ def test_optimizer_subclass_hook_and_rejection():
         model.train_on_batch(*as_f32(batch))
     kernel = network.get_layer("trunk").kernel
     grad = tf.random.stateless_normal(kernel.shape, seed=(3, 4), dtype=kernel.dtype)
-    tag_tf.lookahead.check_supported(model.optimizer, "optimizer")
-    predicted = tag_tf.lookahead.lookahead_values(
+    lookahead.check_supported(model.optimizer, "optimizer")
+    predicted = lookahead.lookahead_values(
         "optimizer", model.optimizer, [kernel], [grad],
-        tag_tf.lookahead.current_learning_rate(model.optimizer))[0].numpy()
+        lookahead.current_learning_rate(model.optimizer))[0].numpy()
     model.optimizer.apply([grad if v is kernel else tf.zeros_like(v)
                            for v in model.trainable_variables], model.trainable_variables)
     np.testing.assert_allclose(kernel.numpy(), predicted, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="SecretSGD overrides update_step"):
-        tag_tf.lookahead.check_supported(SecretSGD(0.1), "optimizer")
+        lookahead.check_supported(SecretSGD(0.1), "optimizer")

@@ -1,6 +1,6 @@
-"""The batch-means standard error kept in MultiTaskModel's state (tag_tf.affinity_stderr).
+"""The batch-means standard error kept in MultiTaskModel's state (tag_tf.core.affinity_stderr).
 
-It must equal tag_tf.uncertainty's NumPy estimators on the same blocks, be NaN (never 0)
+It must equal tag_tf.stats.uncertainty's NumPy estimators on the same blocks, be NaN (never 0)
 with fewer than 2 blocks, survive save/load, BackupAndRestore and a step-exact resume
 after a mid-epoch crash, and be the same under MirroredStrategy as on one device.
 """
@@ -14,8 +14,13 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
-from tag_tf import affinity_io, affinity_stderr, heatmap, recorder, resume, uncertainty
-from tag_tf.config import MEASURES  # every measure: a new one is covered with no extra code
+from tag_tf.io import affinity_io
+from tag_tf.core import affinity_stderr
+from tag_tf.io import heatmap
+from tag_tf.core import recorder
+from tag_tf.training import resume
+from tag_tf.stats import uncertainty
+from tag_tf.core.config import MEASURES  # every measure: a new one is covered with no extra code
 from tests.test_model import TASKS, data, make_model
 
 

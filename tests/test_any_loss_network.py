@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tag_tf
-from tag_tf import task_losses
+from tag_tf.core import task_losses
 
 TASKS = ["s", "o", "f", "l", "p", "c"]  # string, object, function, lambda, partial, callable
 

@@ -20,8 +20,8 @@ from celeba import adapter
 from celeba import data
 from celeba import main as celeba_main
 from celeba import testing
-from tag_tf import affinity_io
-from tag_tf import pipeline
+from tag_tf.io import affinity_io
+from tag_tf.runner import pipeline
 from tag_tf.selection import api
 from tests.test_celeba_main import run_main  # real CLI, downloads patched out
 

@@ -20,9 +20,9 @@ from celeba import adapter
 from celeba import main as celeba_main
 from celeba import model as celeba_model
 from celeba import testing
-from tag_tf import affinity_io
-from tag_tf import lookahead
-from tag_tf import script_flags
+from tag_tf.io import affinity_io
+from tag_tf.core import lookahead
+from tag_tf.cli import script_flags
 
 TASKS = ["Black_Hair", "Blond_Hair", "No_Beard"]
 TWO_TASKS = TASKS[1:]  # the single-method modes: fewer heads (and STL networks), faster
@@ -59,7 +59,7 @@ def data_dir(tmp_path_factory):
 def _results(output_dir):
     with open(os.path.join(output_dir, "results.json")) as f:
         results = json.load(f)
-    assert results["format"] == "tag_tf.pipeline/v1"
+    assert results["format"] == "tag_tf.runner.pipeline/v1"
     assert results["error_name"] == "error_percent"
     for task in results["tasks"]:
         assert 0.0 <= results["test_error"][task] <= 100.0

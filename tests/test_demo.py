@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tag_tf import load_affinity, selection, synthetic
-from tag_tf import planted_demo
-from tag_tf.planted_demo import run_demo
+from tag_tf.synthetic import demo as planted_demo
+from tag_tf.synthetic.demo import run_demo
 
 TASKS = [f"task_{t}" for t in range(6)]
 CLUSTER_OF = [0, 1, 2, 0, 1, 2]
@@ -123,7 +123,8 @@ def test_default_demo_trains_every_task_and_recovers_the_clusters(tmp_path, seed
 
 def test_demo_selection_reports_robustness(tmp_path, capsys):
     """The demo's selection is bootstrapped over the epochs and says whether b is robust."""
-    from tag_tf import AffinityRecord, planted_demo
+    from tag_tf import AffinityRecord
+    from tag_tf.synthetic import demo as planted_demo
     rng = np.random.default_rng(0)
     truth = np.array([[0, 3, -1, -1], [3, 0, -1, -1], [-1, -1, 0, 2], [-1, -1, 2, 0.]])
     epochs = [{"epoch": e, "affinity": (truth + 0.05 * rng.standard_normal((4, 4))).tolist()}

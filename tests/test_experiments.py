@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tag_tf import affinity_io
-from tag_tf import pipeline
+from tag_tf.io import affinity_io
+from tag_tf.runner import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
 from tag_tf.experiments import figure3, figure4, table1, table2, train_val

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from tag_tf import pipeline
+from tag_tf.runner import pipeline
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
 from tag_tf.experiments import figure3, report

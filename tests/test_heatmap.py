@@ -1,4 +1,4 @@
-"""tag_tf.heatmap: the annotated affinity heatmap (matplotlib, Agg) and where it is written."""
+"""tag_tf.io.heatmap: the annotated affinity heatmap (matplotlib, Agg) and where it is written."""
 
 import json
 import os
@@ -12,7 +12,10 @@ import tensorflow as tf
 from matplotlib.collections import LineCollection
 
 import tag_tf
-from tag_tf import affinity_io, heatmap, pipeline, planted_demo
+from tag_tf.io import affinity_io
+from tag_tf.io import heatmap
+from tag_tf.runner import pipeline
+from tag_tf.synthetic import demo as planted_demo
 
 
 def _tasks(n, width=6):

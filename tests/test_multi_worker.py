@@ -1,5 +1,5 @@
 """Two local worker processes (MultiWorkerMirroredStrategy, CPU) record what one device does,
-and resume a crashed run exactly (tag_tf.resume).
+and resume a crashed run exactly (tag_tf.training.resume).
 
 Each worker runs this file as a script (``python -m tests.test_multi_worker WORKER ...``)
 with ``TF_CONFIG`` naming both workers on localhost; the test compares their records
@@ -92,7 +92,7 @@ def _train_resumable(strategy, backup_dir, crash_at=0):
     """resumable_fit of the toy; ``{"crashed": True, ...}`` when the crash callback fired."""
     import keras  # pylint: disable=g-import-not-at-top
 
-    from tag_tf import resume  # pylint: disable=g-import-not-at-top
+    from tag_tf.training import resume  # pylint: disable=g-import-not-at-top
     model = _build(strategy)
     steps = []
 
@@ -178,7 +178,7 @@ def test_two_workers_crash_and_resume_exactly(tmp_path):
     one-device run to 1e-5)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from tag_tf import resume  # pylint: disable=g-import-not-at-top
+    from tag_tf.training import resume  # pylint: disable=g-import-not-at-top
     straight = _run_workers(tmp_path, "straight", "resume", str(tmp_path / "straight"), "0")
     crashed = _run_workers(tmp_path, "crashed", "resume", str(tmp_path / "backup"),
                            str(CRASH_AT))

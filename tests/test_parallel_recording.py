@@ -1,6 +1,6 @@
 """AffinityConfig(parallel=...) records the same affinities as the sequential default.
 
-The batched passes (tag_tf.vectorized) change only the order of float sums, so in float64
+The batched passes (tag_tf.core.vectorized) change only the order of float sums, so in float64
 the recorded Z, cosines, counts and the trained weights agree to ~1e-9; the test allows
 1e-5 relative. The toy has what the CelebA trunk has: a convolution, BatchNormalization
 (training mode in the lookahead forward) and dropout-free dense heads.
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
-from tag_tf import vectorized
+from tag_tf.core import vectorized
 
 TASKS = ["a", "b", "c", "d"]
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 0.5, "d": 1.5}
@@ -127,7 +127,7 @@ def restore_policy():
 @pytest.mark.slow
 @pytest.mark.usefixtures("restore_policy")
 def test_parallel_under_mixed_precision_records_what_sequential_records():
-    """Both measure with float32 gradients and losses (tag_tf.recorder); float32 round-off."""
+    """Both measure with float32 gradients and losses (tag_tf.core.recorder); float32 round-off."""
     keras.mixed_precision.set_global_policy("mixed_float16")
     sequential = record(False, net="dense")
     batched = record(True, net="dense")

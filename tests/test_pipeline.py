@@ -1,4 +1,4 @@
-"""tag_tf.pipeline: selection input, epoch restriction, early-stopping monitor, and tiny runs."""
+"""tag_tf.runner.pipeline: selection input, epoch restriction, early-stopping monitor, and tiny runs."""
 
 import json
 import os
@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from tag_tf import affinity_io
-from tag_tf import pipeline
+from tag_tf.io import affinity_io
+from tag_tf.runner import pipeline
 from tag_tf import synthetic
-from tag_tf import uncertainty
+from tag_tf.stats import uncertainty
 from tag_tf.selection import api as selection_api
 
 

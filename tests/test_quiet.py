@@ -1,4 +1,4 @@
-"""tag_tf.quiet: entry points hide TensorFlow's C++ start-up lines without a GPU, not errors."""
+"""tag_tf.cli.quiet: entry points hide TensorFlow's C++ start-up lines without a GPU, not errors."""
 
 import os
 import re
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tag_tf import quiet
+from tag_tf.cli import quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A C++ log line of TensorFlow / absl: "I0000 00:00:1795986563.540719    6017 port.cc:153] ..."
@@ -24,7 +24,7 @@ def _env(**values):
 
 
 def _level_after_import(env):
-    code = "import os, tag_tf.quiet; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    code = "import os, tag_tf.cli.quiet; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=True)
     return proc.stdout.strip()

@@ -1,4 +1,4 @@
-"""Step-exact resume (tag_tf.resume): a run crashed mid-epoch and resumed equals an
+"""Step-exact resume (tag_tf.training.resume): a run crashed mid-epoch and resumed equals an
 uninterrupted one: same steps, bit-identical weights, affinity state and per-epoch trace."""
 
 import json
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
-from tag_tf import resume
+from tag_tf.training import resume
 from tests.test_model import TASKS, make_model
 
 STEPS, EPOCHS, SAVE_FREQ = 10, 3, 4  # 10 batches of 8 per epoch
@@ -223,7 +223,7 @@ def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
     """pipeline.run(options.backup_dir): a run crashed mid-epoch and rerun gives the same
     results (affinity matrix and trace, history, early stopping, test losses) as an
     uninterrupted one."""
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
     from tests.test_pipeline import _experiment  # pylint: disable=g-import-not-at-top
 
     def run_pipeline(name, crash=None):

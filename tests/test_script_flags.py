@@ -3,7 +3,7 @@
 import pytest
 from absl import flags
 
-from tag_tf.script_flags import own_registry_parser
+from tag_tf.cli.script_flags import own_registry_parser
 
 
 def make_registry():
@@ -30,8 +30,8 @@ def test_unknown_flag_and_help_exit(capsys):
 
 
 def test_pipeline_seed_flags_parse_into_options_fields():
-    from tag_tf import pipeline
-    from tag_tf.script_flags import define_pipeline_flags, seed_option_fields
+    from tag_tf.runner import pipeline
+    from tag_tf.cli.script_flags import define_pipeline_flags, seed_option_fields
     registry = flags.FlagValues()
     define_pipeline_flags(registry)
     own_registry_parser(registry, "usage")(["prog"])
@@ -52,15 +52,15 @@ def test_pipeline_seed_flags_parse_into_options_fields():
 
 # ------------------------------------------------- distribution / backup flags (pipeline)
 def pipeline_registry():
-    from tag_tf.script_flags import define_pipeline_flags  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli.script_flags import define_pipeline_flags  # pylint: disable=g-import-not-at-top
     registry = flags.FlagValues()
     define_pipeline_flags(registry)
     return registry
 
 
 def test_runtime_flags_become_pipeline_options():
-    from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
-    from tag_tf.script_flags import runtime_fields  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli.script_flags import runtime_fields  # pylint: disable=g-import-not-at-top
     registry = pipeline_registry()
     registry(["prog", "--strategy=mirrored", "--mixed_precision", "--backup_dir=/tmp/b",
               "--save_freq=250", "--shard_policy=file"])  # --logical_cpus: a subprocess test
@@ -78,7 +78,7 @@ def test_runtime_flags_become_pipeline_options():
 
 def test_bad_strategy_and_save_freq_are_usage_errors():
     from absl import app  # pylint: disable=g-import-not-at-top
-    from tag_tf.script_flags import runtime_fields  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli.script_flags import runtime_fields  # pylint: disable=g-import-not-at-top
     with pytest.raises(flags.IllegalFlagValueError, match="strategy"):
         pipeline_registry()(["prog", "--strategy=tpu"])
     registry = pipeline_registry()

@@ -7,7 +7,7 @@ import pytest
 from absl import app
 from absl.testing import flagsaver
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 from tag_tf import select
 from tag_tf.selection import subset_dp
 

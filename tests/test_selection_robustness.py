@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 from tag_tf import selection
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import robustness

@@ -1,5 +1,5 @@
 """``--strategy`` / ``--mixed_precision`` / ``--backup_dir`` through the dataset CLIs and the
-shared runner (tag_tf.pipeline) on tiny fake CelebA."""
+shared runner (tag_tf.runner.pipeline) on tiny fake CelebA."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from tag_tf import pipeline
+from tag_tf.runner import pipeline
 from tests.test_celeba_main import TASKS, data_dir, run_main  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_mirrored_cli_resume_is_exact(data_dir, tmp_path):  # noqa: F811
     """celeba.main --strategy=mirrored --logical_cpus=2 --backup_dir, crashed mid-epoch and
     run again, equals the uninterrupted run exactly: weights, affinity matrix and trace,
     history, test losses (the epochs' data come from Experiment.train_data_fn)."""
-    from tag_tf import resume  # pylint: disable=g-import-not-at-top
+    from tag_tf.training import resume  # pylint: disable=g-import-not-at-top
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0",
                CUDA_VISIBLE_DEVICES="")
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tag_tf import affinity_io
-from tag_tf import lookahead
-from tag_tf import script_flags
+from tag_tf.io import affinity_io
+from tag_tf.core import lookahead
+from tag_tf.cli import script_flags
 from taskonomy import adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
@@ -51,7 +51,7 @@ def data_dir(tmp_path_factory):
 def _results(output_dir, tasks):
     with open(os.path.join(output_dir, "results.json")) as f:
         results = json.load(f)
-    assert results["format"] == "tag_tf.pipeline/v1" and results["error_name"] == "loss"
+    assert results["format"] == "tag_tf.runner.pipeline/v1" and results["error_name"] == "loss"
     assert results["tasks"] == tasks
     for task in tasks:
         assert math.isfinite(results["test_loss"][task]) and results["test_loss"][task] > 0

@@ -10,10 +10,13 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
+from tag_tf.core import recorder
+from tag_tf.core import lookahead
 from tests import numpy_reference as ref
 from absl import flags
 
-from tag_tf import pipeline, script_flags
+from tag_tf.runner import pipeline
+from tag_tf.cli import script_flags
 from tests import test_distribute as dist
 from tests import test_pipeline
 from tests import test_mixed_precision as mixed
@@ -146,10 +149,10 @@ def test_lookahead_steps_equal_the_lookahead_difference():
             optimizer.apply([tf.random.stateless_normal(kernel.shape, seed=(seed, 9),
                                                         dtype=kernel.dtype)], [kernel])
         grad = tf.random.stateless_normal(kernel.shape, seed=(1, 2), dtype=kernel.dtype)
-        lr = tag_tf.lookahead.current_learning_rate(optimizer)
+        lr = lookahead.current_learning_rate(optimizer)
         for rule in ("sgd", "optimizer"):
-            new = tag_tf.lookahead.lookahead_values(rule, optimizer, [kernel], [grad], lr)[0]
-            step = tag_tf.lookahead.lookahead_steps(rule, optimizer, [kernel], [grad], lr)[0]
+            new = lookahead.lookahead_values(rule, optimizer, [kernel], [grad], lr)[0]
+            step = lookahead.lookahead_steps(rule, optimizer, [kernel], [grad], lr)[0]
             assert np.abs(step.numpy()).min() > 0
             np.testing.assert_allclose(step.numpy(), (kernel.value - new).numpy(),
                                        rtol=1e-9, atol=1e-14, err_msg=f"{name} {rule}")
@@ -256,7 +259,7 @@ def test_mixed_precision_measures_in_float32():
     measures = ("taylor", "lookahead")
     reference, initial = mixed.record("float32", steps=1, measures=measures)
     mixed_model, _ = mixed.record("mixed_float16", steps=1, initial=initial, measures=measures)
-    assert tag_tf.recorder.is_mixed(mixed_model.network)
+    assert recorder.is_mixed(mixed_model.network)
     np.testing.assert_allclose(mixed_model.affinity_record("taylor").affinity,
                                reference.affinity_record("taylor").affinity, rtol=1e-4)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tag_tf import uncertainty
+from tag_tf.stats import uncertainty
 
 # 16 x 16 cells = 256 independent replications of one sequence per call.
 CELLS = 16
@@ -122,7 +122,7 @@ def test_from_epochs_trace_and_bad_input():
 
 
 # ------------------------------------------------------------ affinity files and pooling
-from tag_tf import affinity_io  # noqa: E402
+from tag_tf.io import affinity_io  # noqa: E402
 
 
 def _record(rng, tasks, **kwargs):

@@ -17,4 +17,4 @@ it) and, for the figures, PNG plots. Table 3 trains all ``2^n - 1`` task groups 
 ground truth (small ``n`` only) and needs ``adapter.vary`` for its hyper-parameter variants.
 """
 
-import tag_tf.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
+import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)

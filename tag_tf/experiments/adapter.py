@@ -1,18 +1,18 @@
 """Dataset adapters: what the experiment harness needs to know about a dataset.
 
-An adapter turns settings into a :class:`tag_tf.pipeline.Experiment` plus default
-:class:`tag_tf.pipeline.Options`. The harness never names a dataset; it calls
+An adapter turns settings into a :class:`tag_tf.runner.pipeline.Experiment` plus default
+:class:`tag_tf.runner.pipeline.Options`. The harness never names a dataset; it calls
 
 * ``adapter.name`` -- a short label for reports;
 * ``adapter.settings()`` -- a JSON dict of *everything* that changes results (data size,
   model size, optimiser, seed ...). It is part of every cache key, so changing a setting
   never reuses a stale training;
-* ``adapter.experiment()`` -- the :class:`~tag_tf.pipeline.Experiment`; called once per
+* ``adapter.experiment()`` -- the :class:`~tag_tf.runner.pipeline.Experiment`; called once per
   training (after the global seed is set), it must return *fresh* datasets so a training's
   data order does not depend on the trainings run before it in the process (a reshuffling
   ``tf.data`` dataset continues its shuffle sequence across iterators). Otherwise the
   cache would hold numbers that depend on the order the tables ran in;
-* ``adapter.options()`` -- the default training :class:`~tag_tf.pipeline.Options`.
+* ``adapter.options()`` -- the default training :class:`~tag_tf.runner.pipeline.Options`.
 
 Table 3 (hyper-parameter sensitivity) also needs
 
@@ -47,7 +47,7 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 import keras
 import tensorflow as tf
 
-from tag_tf import pipeline
+from tag_tf.runner import pipeline
 from tag_tf import synthetic
 
 

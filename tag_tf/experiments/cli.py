@@ -8,7 +8,7 @@ from absl import flags
 
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness, make_deterministic
-from tag_tf.script_flags import parse_budgets
+from tag_tf.cli.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
 

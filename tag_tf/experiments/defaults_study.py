@@ -389,7 +389,7 @@ def define_flags() -> None:
 def main(argv):
     del argv
     from absl import flags  # pylint: disable=g-import-not-at-top
-    from tag_tf.script_flags import parse_budgets  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli.script_flags import parse_budgets  # pylint: disable=g-import-not-at-top
     values = flags.FLAGS
     if values.deterministic:
         harness_lib.make_deterministic()

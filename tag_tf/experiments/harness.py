@@ -1,6 +1,6 @@
 """The shared machinery of the tables: cached trainings, affinities, groupings, scores.
 
-Every training is one :func:`tag_tf.pipeline.run` of a network on a subset of the tasks,
+Every training is one :func:`tag_tf.runner.pipeline.run` of a network on a subset of the tasks,
 cached by its settings (:mod:`tag_tf.experiments.cache`). Groupings are evaluated network
 by network, so a network chosen by several methods or budgets is trained once. A task's
 error is the test error of the network serving it; a grouping's total is the sum over
@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 import keras
 import numpy as np
 
-from tag_tf import affinity_io
-from tag_tf import pipeline
+from tag_tf.io import affinity_io
+from tag_tf.runner import pipeline
 from tag_tf import selection as selection_lib
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
@@ -381,8 +381,8 @@ class Harness:
     def also_matrix(run: AffinityRun, measure: str) -> np.ndarray:
         """The mean matrix ([source, target]) of ``measure``, recorded in ``run``'s training
         beside its own (``affinity(..., also=(measure,))``), in ``run.tasks`` order."""
-        import tag_tf.callbacks  # pylint: disable=g-import-not-at-top
-        stem = tag_tf.callbacks.FILE_STEMS[measure]
+        import tag_tf.io.callbacks  # pylint: disable=g-import-not-at-top
+        stem = tag_tf.io.callbacks.FILE_STEMS[measure]
         directory = os.path.dirname(run.path)  # beside the training's own affinity file
         path = os.path.join(directory, stem + ".json")
         if not os.path.exists(path):

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from tag_tf import heatmap
+from tag_tf.io import heatmap
 
 DPI = heatmap.DPI
 # Units of the adapters' error names (``Experiment.error_name``) for axis labels.

@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 from tag_tf.selection import baselines
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import published
@@ -47,10 +47,10 @@ def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
     """Reads affinity file(s), selects networks for every budget, reports and writes JSON.
 
     Args:
-      affinity_path: file read with :func:`tag_tf.affinity_io.load_affinity`
+      affinity_path: file read with :func:`tag_tf.io.affinity_io.load_affinity`
         (``tag_tf.affinity/v1`` JSON, plain ``{"tasks", "matrix"}`` JSON, ``.npy``/``.npz``),
         or several (runs from different seeds/restarts), pooled with
-        :func:`tag_tf.affinity_io.pool_records` (mean over runs, between-run SE).
+        :func:`tag_tf.io.affinity_io.pool_records` (mean over runs, between-run SE).
       budgets: budgets to solve.
       minimize: minimise (errors, losses).
       singletons: single-task scores (see :func:`make_problem`).

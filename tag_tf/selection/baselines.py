@@ -18,7 +18,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import published
 from tag_tf.selection import result as result_lib

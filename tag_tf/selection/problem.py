@@ -23,7 +23,7 @@ from typing import Any, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 from tag_tf.selection import result as result_lib
 
 # Relative gap below which a bound proves optimality (LP/MILP tolerances are ~1e-9).

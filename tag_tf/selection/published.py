@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 
 
 class PublishedTable(NamedTuple):

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 from absl import app
 from absl import flags
 
-from tag_tf.script_flags import parse_budgets
+from tag_tf.cli.script_flags import parse_budgets
 from tag_tf.selection import api
 
 # The flags defined here belong to the calling script (its --help).

@@ -5,7 +5,7 @@ Each resample is a plausible affinity matrix, drawn in one of two ways (:class:`
 * **block bootstrap**: the recorded blocks (epochs, blocks of K recorded steps, or pooled
   runs) are drawn with replacement and averaged with their counts as weights. Whole block
   matrices are drawn, so correlations between cells are kept; blocks are treated as
-  independent (batch means, see :mod:`tag_tf.uncertainty`).
+  independent (batch means, see :mod:`tag_tf.stats.uncertainty`).
 * **normal draws**: when only the mean and its standard error are known, every
   off-diagonal cell is drawn independently from ``N(mean, stderr^2)`` (ignores the
   correlation between cells).
@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import result as result_lib
 from tag_tf.selection import scoring

@@ -20,9 +20,9 @@ On a recording step, ``train_step`` (paper Eq. 1):
   3. trains with the gradient Keras would use: the shared part is sum_i g_i
      (plus regularisation), so step 1 is reused, not recomputed.
 Other steps run Keras' own ``train_step`` logic unchanged. Steps 1-2 and the
-accumulators live in :mod:`tag_tf.recorder`; the cross-replica reductions that
+accumulators live in :mod:`tag_tf.core.recorder`; the cross-replica reductions that
 make a ``tf.distribute`` step record what one device records in
-:mod:`tag_tf.replicas`.
+:mod:`tag_tf.core.replicas`.
 
 References:
   Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
@@ -39,12 +39,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import affinity_stderr, lookahead, recorder, replicas, uncertainty, vectorized
-from tag_tf.affinity_io import AffinityRecord, validate_tasks
-from tag_tf.config import AffinityConfig
-from tag_tf.pcgrad import PCGrad
-from tag_tf.task_losses import TaskLosses, resolve_task_losses
-from tag_tf.weighting import GradNorm, RepresentationGradNorm, UncertaintyWeighting
+from tag_tf.core import affinity_stderr
+from tag_tf.core import lookahead
+from tag_tf.core import recorder
+from tag_tf.core import replicas
+from tag_tf.stats import uncertainty
+from tag_tf.core import vectorized
+from tag_tf.io.affinity_io import AffinityRecord, validate_tasks
+from tag_tf.core.config import AffinityConfig
+from tag_tf.methods.pcgrad import PCGrad
+from tag_tf.core.task_losses import TaskLosses, resolve_task_losses
+from tag_tf.methods.weighting import GradNorm, RepresentationGradNorm, UncertaintyWeighting
 
 def network_task_names(network: keras.Model) -> list[str]:
     """Task names of a functional multi-output model: its output names."""
@@ -491,7 +496,7 @@ class MultiTaskModel(keras.Model):
         With recording on, the record also carries the batch-means standard error of each
         mean (``stderr``; NaN where fewer than 2 blocks hold values), the blocks behind it
         (``stderr_blocks``, the unfinished block counted as one) and ``stderr_method``; see
-        :mod:`tag_tf.affinity_stderr` and ``AffinityConfig.stderr_block``.
+        :mod:`tag_tf.core.affinity_stderr` and ``AffinityConfig.stderr_block``.
 
         Args:
           measure: ``"lookahead"`` (TAG, Eq. 1) or ``"cosine"`` (gradient cosine similarity).

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from tag_tf import replicas
+from tag_tf.core import replicas
 
 
 @keras.saving.register_keras_serializable(package="tag_tf")

@@ -7,15 +7,15 @@ metadata). Here the training data is one deterministic *stream* of batches in wh
 ``k`` is batches ``[k * steps_per_epoch, (k + 1) * steps_per_epoch)``; a resume skips the
 batches already trained and ends the interrupted epoch after its remaining steps::
 
-    history = tag_tf.resume.resumable_fit(
+    history = tag_tf.training.resume.resumable_fit(
         model, make_train_data,              # make_train_data(epoch) -> that epoch's batches
         backup_dir="runs/backup", save_freq=500, epochs=20,
         validation_data=val, callbacks=[tag_tf.AffinityLogger(output_dir="runs/tag")])
 
 or by hand with the two pieces (the callback first in the list)::
 
-    backup = tag_tf.resume.StepBackupAndRestore("runs/backup", save_freq=500)
-    stream = tag_tf.resume.resumable_dataset(make_train_data, steps_per_epoch=spe,
+    backup = tag_tf.training.resume.StepBackupAndRestore("runs/backup", save_freq=500)
+    stream = tag_tf.training.resume.resumable_dataset(make_train_data, steps_per_epoch=spe,
                                              epochs=20, start=backup.resume_point)
     model.fit(stream, epochs=20, steps_per_epoch=spe, callbacks=[backup, ...])
 
@@ -240,7 +240,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             if not has_state(callback):
                 raise ValueError(
                     f"stateful_callbacks[{k}] ({type(callback).__name__}) has no get_state() "
-                    "/ set_state() (tag_tf.resume.StatefulCallback) and is not an "
+                    "/ set_state() (tag_tf.training.resume.StatefulCallback) and is not an "
                     "EarlyStopping: its state cannot be backed up.")
         self.restored_history: Optional[dict] = None  # {"epoch": [...], "history": {...}}
         self._restored_callbacks: Optional[list] = None

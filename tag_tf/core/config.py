@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Optional, Tuple, Union
 
-from tag_tf.lookahead import LOOKAHEAD_RULES, LookaheadRule
+from tag_tf.core.lookahead import LOOKAHEAD_RULES, LookaheadRule
 
 # Named windows of training, as fractions of the total number of steps (paper Table 2).
 WINDOWS = {
@@ -17,7 +17,7 @@ WINDOWS = {
 AffinityBatch = Literal["train", "validation"]
 # What a recording step measures: TAG's lookahead affinity (Eq. 1), the cosine similarity
 # of the per-task shared gradients (the paper's CS baseline) and/or the first-order Taylor
-# expansion of Eq. 1 (no lookahead forward passes; see tag_tf.recorder).
+# expansion of Eq. 1 (no lookahead forward passes; see tag_tf.core.recorder).
 MEASURES = ("lookahead", "cosine", "taylor")
 
 
@@ -30,7 +30,7 @@ class AffinityConfig:
         paper's experiments use 10.
       rule: lookahead update, ``"sgd"`` (Eq. 1, default) or ``"optimizer"``
         (the model optimizer's own step: momentum, Adam state; see
-        :mod:`tag_tf.lookahead`).
+        :mod:`tag_tf.core.lookahead`).
       divide_by_lr: divide each Z by the current learning rate, as the original
         code did. Default False: Z is Eq. 1 exactly.
       lookahead_scale: the lookahead step uses ``lr * lookahead_scale`` (``lr`` = the
@@ -61,11 +61,11 @@ class AffinityConfig:
       cosine_kernels_only: cosine over rank >= 2 shared variables only, as the
         original CS code (BatchNorm scales and biases left out).
       stderr_block: the blocks of the batch-means standard error kept during ``fit()``
-        (:mod:`tag_tf.affinity_stderr`): ``"epoch"`` (one block per epoch) or an int K
+        (:mod:`tag_tf.core.affinity_stderr`): ``"epoch"`` (one block per epoch) or an int K
         (a block every K recorded steps).
       parallel: run the T per-task backward passes and lookahead forwards of a recording
         step as batched (vectorised) computations instead of one after another (see
-        :mod:`tag_tf.vectorized`); same affinities. False (default): sequential, the
+        :mod:`tag_tf.core.vectorized`); same affinities. False (default): sequential, the
         lowest peak memory. An int n: batched, at most n tasks at a time (bounds memory).
     """
 

@@ -21,11 +21,11 @@ import numpy as np
 import tensorflow as tf
 
 from tag_tf import selection, synthetic
-from tag_tf.callbacks import AffinityLogger
-from tag_tf.config import AffinityConfig
-from tag_tf import heatmap
-from tag_tf.heatmap import format_matrix
-from tag_tf.model import MultiTaskModel
+from tag_tf.io.callbacks import AffinityLogger
+from tag_tf.core.config import AffinityConfig
+from tag_tf.io import heatmap
+from tag_tf.io.heatmap import format_matrix
+from tag_tf.core.model import MultiTaskModel
 
 BOOTSTRAP = 200  # resamples of the selection's robustness check
 # A task "trained" if its final training MSE is at most this fraction of its trivial loss.

@@ -1,6 +1,6 @@
 """Keeps TensorFlow's C++ start-up log lines out of a script's output on machines without a GPU.
 
-Imported first by every command-line entry point (``import tag_tf.quiet  # noqa: F401``,
+Imported first by every command-line entry point (``import tag_tf.cli.quiet  # noqa: F401``,
 before anything imports TensorFlow). If the user has not set ``TF_CPP_MIN_LOG_LEVEL``, it
 sets it to
 

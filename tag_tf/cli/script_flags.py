@@ -39,7 +39,7 @@ RUNTIME_FLAGS = ("strategy", "mixed_precision", "shard_policy", "backup_dir", "s
 
 
 def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
-    """Defines the :mod:`tag_tf.pipeline` runner flags shared by the dataset scripts.
+    """Defines the :mod:`tag_tf.runner.pipeline` runner flags shared by the dataset scripts.
 
     Training (``--seed --seeds --epochs --batch_size --learning_rate --steps_per_epoch``),
     affinity (``--every_n --affinity_batch --affinity_measure --lookahead --lookahead_rule
@@ -48,7 +48,7 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     --gradnorm_alpha``) and output (``--output_dir --save_weights --tensorboard
     --verbose``), and distribution / fault tolerance (``--strategy --mixed_precision
     --shard_policy --backup_dir --save_freq --logical_cpus``; :func:`runtime_fields` turns
-    them into :class:`tag_tf.pipeline.Options` fields). Flags whose meaning differs per
+    them into :class:`tag_tf.runner.pipeline.Options` fields). Flags whose meaning differs per
     dataset (``--mode``, ``--tasks``, ``--patience``, ...) stay in the scripts; a script
     that defines ``--mixed_precision`` itself keeps its own.
 
@@ -125,7 +125,7 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_bool("tensorboard", d["tensorboard"], "Log affinity scalars/heatmaps to "
                       "<output_dir>/tb.", **at)
     flags.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity.", **at)
-    # ---- distribution, precision, fault tolerance (tag_tf.pipeline / tag_tf.resume)
+    # ---- distribution, precision, fault tolerance (tag_tf.runner.pipeline / tag_tf.training.resume)
     flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES),
                       "tf.distribute strategy: 'default' (one device), 'mirrored' (every "
                       "local GPU; without GPUs, every logical CPU, see --logical_cpus) or "
@@ -143,7 +143,7 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
                       "as workers); 'auto' = file if possible, else data.", **at)
     flags.DEFINE_string("backup_dir", d["backup_dir"], "Back up training to this directory "
                         "(one subdirectory per network) and resume from it after an "
-                        "interruption at the exact batch (tag_tf.resume); rerun the same "
+                        "interruption at the exact batch (tag_tf.training.resume); rerun the same "
                         "command to resume.", **at)
     flags.DEFINE_string("save_freq", str(d["save_freq"]), "With --backup_dir: back up every "
                         "N training batches (an integer) or 'epoch'.", **at)
@@ -167,7 +167,7 @@ def parse_save_freq(value: str) -> int | str:
 
 
 def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
-    """The distribution / precision / backup flags as :class:`tag_tf.pipeline.Options` fields
+    """The distribution / precision / backup flags as :class:`tag_tf.runner.pipeline.Options` fields
     (``strategy``, ``shard_policy``, ``backup_dir``, ``save_freq``, ``logical_cpus``, and
     ``mixed_precision``); pass them on with ``**runtime_fields(FLAGS)``.
 
@@ -175,7 +175,7 @@ def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
     TensorFlow work (e.g. loading the data), so call it first thing in ``main``.
     """
     if registry.logical_cpus:
-        from tag_tf import pipeline  # pylint: disable=g-import-not-at-top
+        from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
         pipeline.split_cpu(registry.logical_cpus)
     return {"strategy": registry.strategy, "mixed_precision": registry.mixed_precision,
             "shard_policy": registry.shard_policy, "backup_dir": registry.backup_dir,
@@ -184,7 +184,7 @@ def runtime_fields(registry: flags.FlagValues) -> dict[str, Any]:
 
 
 def seed_option_fields(registry: flags.FlagValues) -> dict[str, Any]:
-    """The :class:`tag_tf.pipeline.Options` fields of ``--seeds --bootstrap --mtl_results
+    """The :class:`tag_tf.runner.pipeline.Options` fields of ``--seeds --bootstrap --mtl_results
     --stl_results --affinity_measure`` (flags defined by :func:`define_pipeline_flags`)."""
     return {name: registry[name].value
             for name in ("seeds", "bootstrap", "mtl_results", "stl_results",

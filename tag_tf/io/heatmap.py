@@ -1,7 +1,7 @@
 """Affinity matrices as a text table and as an annotated matplotlib heatmap (PNG / PDF).
 
 The heatmap (:func:`affinity_figure`) shows ``matrix[source, target]`` (see
-:mod:`tag_tf.affinity_io`): rows are source tasks, columns are target tasks. Colours use
+:mod:`tag_tf.io.affinity_io`): rows are source tasks, columns are target tasks. Colours use
 a diverging map centred at 0 (red: the source helps the target, blue: it hurts), scaled
 by the largest off-diagonal magnitude (a task's effect on itself is usually much larger,
 so diagonal colours are clipped; their numbers are still written). Every cell holds its
@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from tag_tf import affinity_io
+from tag_tf.io import affinity_io
 
 DPI = 150  # resolution of the PNG files
 TENSORBOARD_DPI = 80  # TensorBoard images: smaller, one per epoch
@@ -366,7 +366,7 @@ def selection_groups(selection: Any) -> list[list[str]]:
 def record_figure(record: affinity_io.AffinityRecord, *, measure: Optional[str] = None,
                   selection: Any = None, title: Optional[str] = None,
                   mark_uncertain: bool = True) -> Figure:
-    """:func:`affinity_figure` of an :class:`~tag_tf.affinity_io.AffinityRecord`.
+    """:func:`affinity_figure` of an :class:`~tag_tf.io.affinity_io.AffinityRecord`.
 
     ``measure`` defaults to the record's ``config["measure"]`` (else ``"lookahead"``);
     ``selection`` (a ``Selection`` or its JSON dict, with ``budget`` and ``networks``)

@@ -1,8 +1,8 @@
 """Batch-means standard errors of the recorded means, kept in the model's checkpointed state.
 
-The streaming form of :mod:`tag_tf.uncertainty` (:class:`~tag_tf.uncertainty.BatchMeansState`)
+The streaming form of :mod:`tag_tf.stats.uncertainty` (:class:`~tag_tf.stats.uncertainty.BatchMeansState`)
 as non-trainable weights of a :class:`tag_tf.MultiTaskModel`, one set per measure in
-:data:`tag_tf.config.MEASURES` (``stderr_<measure>_<field>``, each ``[n, n]``):
+:data:`tag_tf.core.config.MEASURES` (``stderr_<measure>_<field>``, each ``[n, n]``):
 
 * ``start_sum``, ``start_count``: the measure's running sum and count when the current block
   began. The current block holds ``sum - start_sum`` over ``count - start_count`` values, so
@@ -12,7 +12,7 @@ as non-trainable weights of a :class:`tag_tf.MultiTaskModel`, one set per measur
 A block ends at every epoch end (:class:`AffinityBlocks`, added by ``MultiTaskModel.fit``
 before the user's callbacks, so ``BackupAndRestore`` saves the folded state) or, with
 ``AffinityConfig(stderr_block=K)``, in the training step after every K-th recorded step.
-The fold is :func:`tag_tf.uncertainty.end_block` in TF ops. Checkpoints, ``model.save`` and
+The fold is :func:`tag_tf.stats.uncertainty.end_block` in TF ops. Checkpoints, ``model.save`` and
 step-exact resumes carry the state, so a resumed run reports the same standard errors.
 :func:`estimate` counts the unfinished block as a block of its own size.
 """
@@ -25,11 +25,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import uncertainty
-from tag_tf.config import MEASURES
+from tag_tf.stats import uncertainty
+from tag_tf.core.config import MEASURES
 
 # Per-measure fields in the order they are created (part of the saved-weight layout, after
-# tag_tf.recorder.STATE): the block start and the finished blocks' BatchMeansState.
+# tag_tf.core.recorder.STATE): the block start and the finished blocks' BatchMeansState.
 FIELDS = (("start_sum", "float64"), ("start_count", "int64"), ("blocks", "int64"),
           ("weight", "int64"), ("mean", "float64"), ("m2", "float64"))
 
@@ -73,7 +73,7 @@ def end_block(model: keras.Model, end=True) -> None:
 
     ``end`` (a bool or scalar bool tensor) gates the fold, so the train step can call this
     every step; cells with an empty current block are left unchanged (as in
-    :func:`tag_tf.uncertainty.end_block`, transcribed here with element-wise ``where``).
+    :func:`tag_tf.stats.uncertainty.end_block`, transcribed here with element-wise ``where``).
     """
     end = tf.convert_to_tensor(end, dtype=tf.bool)
     for measure in model.affinity_config.measures:
@@ -114,7 +114,7 @@ def end_block_if_due(model: keras.Model) -> None:
 
 
 def batch_means_state(model: keras.Model, measure: str) -> uncertainty.BatchMeansState:
-    """One measure's state as NumPy :class:`~tag_tf.uncertainty.BatchMeansState`."""
+    """One measure's state as NumPy :class:`~tag_tf.stats.uncertainty.BatchMeansState`."""
     total, count = (np.asarray(v.numpy()) for v in model.measure_state(measure)[:2])
     state = {field: np.asarray(v.numpy()) for field, v in _fields(model, measure).items()}
     return uncertainty.BatchMeansState(

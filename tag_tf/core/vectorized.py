@@ -1,6 +1,6 @@
 """Vectorised per-task passes of a recording step (``AffinityConfig(parallel=True)``).
 
-The sequential recording step (:meth:`tag_tf.recorder.AffinityRecorder.record`) runs one
+The sequential recording step (:meth:`tag_tf.core.recorder.AffinityRecorder.record`) runs one
 backward pass and one lookahead forward pass per task, one after another. Here both
 become batched computations over the task axis, vectorised by TensorFlow's ``pfor``:
 

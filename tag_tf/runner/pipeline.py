@@ -78,12 +78,12 @@ import tensorflow as tf
 from absl import logging
 
 import tag_tf
-from tag_tf import affinity_io
-from tag_tf import heatmap
-from tag_tf import uncertainty as uncertainty_lib
+from tag_tf.io import affinity_io
+from tag_tf.io import heatmap
+from tag_tf.stats import uncertainty as uncertainty_lib
 
 MODES = ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "groups")
-RESULTS_FORMAT = "tag_tf.pipeline/v1"
+RESULTS_FORMAT = "tag_tf.runner.pipeline/v1"
 RESULTS_FILE = "results.json"
 SELECTION_FILE = "selection.json"
 SUMMED_LOSS = "val_summed_loss"  # the early-stopping monitor
@@ -129,7 +129,7 @@ class Experiment:
         same however often the dataset is iterated (a shuffle seeded by the epoch with
         ``reshuffle_each_iteration=False``). When given, epoch k trains on it instead of
         ``train_data``: what makes ``Options.backup_dir`` resumes exact under a
-        ``tf.distribute`` strategy (:mod:`tag_tf.resume`).
+        ``tf.distribute`` strategy (:mod:`tag_tf.training.resume`).
     """
 
     tasks: Sequence[str]
@@ -202,7 +202,7 @@ class Options:
       shard_policy: how workers split the input under ``multi_worker`` (``"data"``,
         ``"file"`` or ``"auto"``, see :func:`distribute_options`).
       backup_dir: back up each network's training to ``<backup_dir>/network_<k>`` and
-        resume it at the exact batch (:mod:`tag_tf.resume`); None: no backups.
+        resume it at the exact batch (:mod:`tag_tf.training.resume`); None: no backups.
       save_freq: backup frequency: ``"epoch"`` or a number of batches.
       logical_cpus: split the CPU into this many logical devices first (0: don't).
     """
@@ -502,7 +502,7 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         callbacks.append(tag_tf.AffinityLogger(output_dir=output_dir, log_dir=options.log_dir))
     # Step-exact backup / resume.
     steps_per_epoch = options.steps_per_epoch
-    from tag_tf import resume  # pylint: disable=g-import-not-at-top
+    from tag_tf.training import resume  # pylint: disable=g-import-not-at-top
 
     def epoch_data(epoch):
         batches = _select_labels(experiment.train_data_fn(epoch), tasks)
@@ -525,7 +525,7 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
                 experiment.train_data_fn is None:
             logging.warning("Resuming under a tf.distribute strategy without "
                             "Experiment.train_data_fn: exact only when the training data "
-                            "gives the same batches on every iteration (see tag_tf.resume).")
+                            "gives the same batches on every iteration (see tag_tf.training.resume).")
     if options.backup_dir or experiment.train_data_fn is not None:
         steps_per_epoch = steps_per_epoch or resume.steps_of(data)
         train = resume.resumable_dataset(data, steps_per_epoch=steps_per_epoch,
@@ -803,7 +803,7 @@ def _run_seeds(mode: str, experiment: Experiment, options: Options,
     """``options.seeds`` runs of ``mode`` (seeds ``seed, seed + 1, ...``), then combined.
 
     Each run is :func:`run` with one seed, written to ``output_dir/seed_<s>/``. Affinity
-    modes pool the matrices (:func:`tag_tf.affinity_io.pool_records`) into the top-level
+    modes pool the matrices (:func:`affinity_io.pool_records`) into the top-level
     affinity files and select from the pool; every mode reports the per-task test error
     as mean and std (ddof 1) over the runs.
     """

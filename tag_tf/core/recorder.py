@@ -7,7 +7,7 @@ turns the per-task shared gradients into lookahead affinities (paper Eq. 1)
 to first order (``"taylor"``, :meth:`AffinityRecorder._taylor_products`), and adds them to
 the accumulators.
 
-Distribution (see :mod:`tag_tf.replicas`): g_i, L_j before and L_j after are the global
+Distribution (see :mod:`tag_tf.core.replicas`): g_i, L_j before and L_j after are the global
 batch's, reduced across replicas, so every replica computes the same Z and the
 accumulators (``aggregation="only_first_replica"``) are updated once with the value one
 device would record. A multi-replica strategy cannot synchronise inside ``tf.cond``, so
@@ -34,9 +34,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf import lookahead, network_call, replicas, vectorized
-from tag_tf.affinity_io import AffinityRecord
-from tag_tf.config import MEASURES
+from tag_tf.core import lookahead
+from tag_tf.core import network_call
+from tag_tf.core import replicas
+from tag_tf.core import vectorized
+from tag_tf.io.affinity_io import AffinityRecord
+from tag_tf.core.config import MEASURES
 
 NO_END = np.iinfo(np.int64).max
 # Accumulators, counters and the window, in the order the model creates them (this order
@@ -221,7 +224,7 @@ class AffinityRecorder:
         Sources are processed one after another (gradient, lookahead forward, losses),
         chained by control dependencies: run concurrently, their activation gradients
         coexist, which was measured to triple peak memory on CPU (``parallel=True`` batches
-        them instead, :mod:`tag_tf.vectorized`, same Z). Cosine: cos(g_i, g_j)
+        them instead, :mod:`tag_tf.core.vectorized`, same Z). Cosine: cos(g_i, g_j)
         over the shared variables (kernels only by default, as the original CS baseline).
         Taylor: ``<s_i, grad L_j> / L_j`` from the same gradients, no forward pass; on the
         training batch ``grad L_j`` is ``g_j`` divided by ``d term_j / d L_j`` (the loss
@@ -281,7 +284,7 @@ class AffinityRecorder:
                                               float32))
 
         rows, task_grads, previous = [], [], []
-        if config.parallel:  # batched passes (tag_tf.vectorized): same rows
+        if config.parallel:  # batched passes (tag_tf.core.vectorized): same rows
             task_grads = [task_gradient(k) for k in range(len(model.tasks))]
             if lookahead_on:
                 rows = tf.unstack(vectorized.chunked_map(

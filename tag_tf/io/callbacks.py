@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tag_tf.affinity_io import AffinityRecord, save_affinity_json, save_affinity_npz
-from tag_tf import heatmap
+from tag_tf.io.affinity_io import AffinityRecord, save_affinity_json, save_affinity_npz
+from tag_tf.io import heatmap
 
 TRACE_FILE = "affinity_trace.json"
 # Output file stem per measure: affinity.*, cosine_affinity.* and taylor_affinity.* (json, npz, png).
@@ -36,7 +36,7 @@ class AffinityLogger(keras.callbacks.Callback):
         (``BackupAndRestore``) reads back so no epoch is lost.
       log_dir: if given, per epoch: TensorBoard scalars ``affinity/<source>-><target>``
         (the epoch's mean) and the epoch's heatmap
-        (:func:`tag_tf.heatmap.affinity_figure`) as an image; and the overall mean so far
+        (:func:`tag_tf.io.heatmap.affinity_figure`) as an image; and the overall mean so far
         with its batch-means standard error: scalars ``affinity_overall/<pair>``,
         ``affinity_stderr/<pair>``, ``affinity_stderr/within_2se`` (the fraction of
         off-diagonal cells with ``|mean| < 2 SE``) and the image
@@ -45,7 +45,7 @@ class AffinityLogger(keras.callbacks.Callback):
     The PNG heatmaps show task names, cell values, a colour bar centred at 0 (red: the
     source helps the target) and the number of recorded steps; ``affinity.png`` hatches
     the cells not distinguishable from 0 (``|mean| < 2 SE``). The JSON/NPZ files carry
-    the standard errors the model keeps (:mod:`tag_tf.affinity_stderr`).
+    the standard errors the model keeps (:mod:`tag_tf.core.affinity_stderr`).
 
     The trace is also available as :attr:`epochs` (per measure) and through :meth:`record`.
     """
@@ -84,7 +84,7 @@ class AffinityLogger(keras.callbacks.Callback):
         self.epochs = {m: [e for e in trace if e["epoch"] < epoch]
                        for m, trace in self.epochs.items()}
         self._start = {m: self._state(m) for m in self._measures()}
-        # A run resumed in the middle of `epoch` (tag_tf.resume) has trained some of its steps
+        # A run resumed in the middle of `epoch` (tag_tf.training.resume) has trained some of its steps
         # already: that epoch's mean starts from the state saved when the epoch began.
         step = int(self.model.train_step_counter.numpy())
         saved = self._saved_start

@@ -1,0 +1,1 @@
+"""Command-line helpers shared by the scripts: flags, quiet TensorFlow start-up."""

@@ -1,0 +1,1 @@
+"""Core: MultiTaskModel, the recording step and its state, lookahead steps, configuration."""

@@ -1,0 +1,1 @@
+"""Files and figures: affinity records (JSON/NPZ), heatmaps, the AffinityLogger callback."""

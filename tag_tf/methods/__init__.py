@@ -1,0 +1,1 @@
+"""Training methods: loss weightings (UW, GradNorm) and gradient combiners (PCGrad)."""

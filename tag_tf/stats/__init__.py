@@ -1,0 +1,1 @@
+"""Statistics: batch-means standard errors of affinity averages."""

@@ -1,0 +1,1 @@
+"""Training helpers: step-exact backup and resume."""
