@@ -12,20 +12,34 @@ and ``python -m tag_tf.select`` do not import TensorFlow.
 import importlib
 
 _EXPORTS = {
-    "AffinityConfig": "tag_tf.core.config",
-    "AffinityLogger": "tag_tf.io.callbacks",
-    "AffinityRecord": "tag_tf.io.affinity_io",
-    "GradNorm": "tag_tf.methods.weighting",
-    "MEASURES": "tag_tf.core.config",
+    # core: the model and what a recording step measures
     "MultiTaskModel": "tag_tf.core.model",
-    "PCGrad": "tag_tf.methods.pcgrad",
-    "RepresentationGradNorm": "tag_tf.methods.weighting",
-    "UncertaintyWeighting": "tag_tf.methods.weighting",
+    "AffinityConfig": "tag_tf.core.config",
+    "MEASURES": "tag_tf.core.config",
     "WINDOWS": "tag_tf.core.config",
-    "load_affinity": "tag_tf.io.affinity_io",
+    # methods: loss weightings and gradient combiners
+    "UncertaintyWeighting": "tag_tf.methods.weighting",
+    "GradNorm": "tag_tf.methods.weighting",
+    "RepresentationGradNorm": "tag_tf.methods.weighting",
+    "PCGrad": "tag_tf.methods.pcgrad",
     "project_conflicting": "tag_tf.methods.pcgrad",
+    # io: records, files, figures, the logging callback
+    "AffinityRecord": "tag_tf.io.affinity_io",
+    "AffinityLogger": "tag_tf.io.callbacks",
+    "load_affinity": "tag_tf.io.affinity_io",
+    "pool_records": "tag_tf.io.affinity_io",
     "save_affinity_json": "tag_tf.io.affinity_io",
     "save_affinity_npz": "tag_tf.io.affinity_io",
+    "save_affinity_heatmap": "tag_tf.io.heatmap",
+    # training: step-exact backup and resume
+    "resumable_fit": "tag_tf.training.resume",
+    "resumable_dataset": "tag_tf.training.resume",
+    "StepBackupAndRestore": "tag_tf.training.resume",
+    "StatefulCallback": "tag_tf.training.resume",
+    # selection: from an affinity matrix to at most b networks
+    "select_networks": "tag_tf.selection.solvers",
+    "Selection": "tag_tf.selection.result",
+    "Uncertainty": "tag_tf.selection.robustness",
 }
 
 __all__ = sorted(_EXPORTS)
