@@ -27,8 +27,9 @@ import importlib.util
 import itertools
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -77,7 +78,7 @@ def parse_blocks(path: Path) -> list[Block]:
         start, body = i, []
         i += 1
         while i < len(lines) and lines[i].strip() != "```":
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
+            body.append(lines[i].removeprefix(indent))
             i += 1
         if i == len(lines):
             raise AssertionError(f"{path}:{start + 1}: fence never closed")
@@ -212,7 +213,7 @@ def _run(block: Block) -> dict:
         import tag_tf  # pylint: disable=g-import-not-at-top
         namespace.update(keras=keras, tf=tf, np=np, tag_tf=tag_tf)
         namespace.update(SETUPS[block.setup]())
-    exec(compile(block.code, block.id, "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(block.code, block.id, "exec"), namespace)  # noqa: S102  (running the docs is the point)
     return namespace
 
 
@@ -308,8 +309,8 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(path: Path) -> set[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
-    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, re.M)}
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, re.MULTILINE)}
 
 
 def test_named_modules_names_and_paths_exist():
@@ -346,7 +347,7 @@ def test_named_modules_names_and_paths_exist():
 def _layout_entries() -> list[str]:
     text = README.read_text()
     section = text.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
-    tree = re.search(r"```text\n(.*?)```", section, re.S).group(1)
+    tree = re.search(r"```text\n(.*?)```", section, re.DOTALL).group(1)
     entries, stack = [], []
     for line in tree.splitlines():
         match = re.match(r"^( *)(\S+/|\S+\.py)(?:\s|$)", line)
