@@ -40,55 +40,70 @@ DEFAULTS = dict(num_tasks=9, num_clusters=3, steps=2000, steps_per_epoch=200, ba
 def run_demo(*, num_tasks: int, num_clusters: int, steps: int, steps_per_epoch: int,
              batch_size: int, learning_rate: float, every_n: int, rule: str, seed: int,
              budgets: list[int], output_dir: str, hidden: int = 32, bottleneck: int = 4,
-             head_hidden: int = 8, activation: str = "tanh") -> dict:
+             head_hidden: int = 8, activation: str = "tanh", data_seed: int | None = None,
+             report: bool = True) -> dict:
     """Trains with TAG on planted clusters; returns the record, selections and verdicts.
+
+    Args:
+      seed: seed of the initialisation and the data order (and of the data itself unless
+        ``data_seed`` is given).
+      data_seed: seed of the planted problem and its training examples (default ``seed``).
+        Re-runs of one problem keep ``data_seed`` and change ``seed``
+        (:func:`run_demo_seeds`).
+      report: print the training log, the matrix, the selection tables and the verdicts
+        (``False``: write the files and return, printing nothing of its own).
+      The others: the model, training and selection settings (:data:`DEFAULTS`).
 
     The returned dict holds ``record``, ``selections``, ``seconds``, ``cluster_of``,
     ``losses`` / ``trivial_losses`` / ``loss_ratios`` (per task), ``all_trained`` and
     ``recovered`` (whether the b = ``num_clusters`` selection is the planted clusters).
     """
+    data_seed = seed if data_seed is None else int(data_seed)
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    problem = synthetic.planted_tasks(num_tasks, num_clusters, seed=seed)
+    problem = synthetic.planted_tasks(num_tasks, num_clusters, seed=data_seed)
     network = synthetic.planted_network(problem.tasks, problem.input_dim, hidden=hidden,
                                         bottleneck=bottleneck, head_hidden=head_hidden,
                                         activation=activation, seed=seed)
     model = MultiTaskModel(network, shared=list(synthetic.SHARED_LAYERS),
                            affinity=AffinityConfig(every_n=every_n, rule=rule))
     model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9), loss="mse")
-    train = problem.dataset(TRAIN_EXAMPLES, batch_size=batch_size, seed=seed + 1).repeat()
+    train = problem.dataset(TRAIN_EXAMPLES, batch_size=batch_size, seed=data_seed + 1,
+                            shuffle_seed=seed + 1).repeat()
     epochs = max(1, steps // steps_per_epoch)
     logger = AffinityLogger(output_dir=output_dir)
     start = time.time()
-    history = model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2,
-                        callbacks=[logger])
+    history = model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        verbose=2 if report else 0, callbacks=[logger])
     seconds = time.time() - start
     record = logger.record()
+    say = print if report else _silent
 
-    print(f"\nTrained {epochs * steps_per_epoch} steps in {seconds:.1f} s "
-          f"(final loss {history.history['loss'][-1]:.3f}); affinity recorded on "
-          f"{record.config['recorded_steps']} steps.")
-    print(f"Planted clusters: {_groups_text(problem.tasks, problem.cluster_of)}")
-    print("\nMean inter-task affinity Z[source -> target] (paper Eq. 1):")
-    print(format_matrix(record.affinity, record.tasks))
+    say(f"\nTrained {epochs * steps_per_epoch} steps in {seconds:.1f} s "
+        f"(final loss {history.history['loss'][-1]:.3f}); affinity recorded on "
+        f"{record.config['recorded_steps']} steps.")
+    say(f"Planted clusters: {_groups_text(problem.tasks, problem.cluster_of)}")
+    say("\nMean inter-task affinity Z[source -> target] (paper Eq. 1):")
+    say(format_matrix(record.affinity, record.tasks))
     same = np.equal.outer(problem.cluster_of, problem.cluster_of)
     off = ~np.eye(num_tasks, dtype=bool)
     within, across = np.nanmean(record.affinity[same & off]), np.nanmean(record.affinity[~same])
-    print(f"\nMean off-diagonal affinity within clusters: {within:.4f}; "
-          f"across clusters: {across:.4f}")
-    selections = _select(record, budgets, output_dir, marked_budget=num_clusters)
+    say(f"\nMean off-diagonal affinity within clusters: {within:.4f}; "
+        f"across clusters: {across:.4f}")
+    selections = _select(record, budgets, output_dir, marked_budget=num_clusters,
+                         report=report)
 
-    x, y = problem.sample(TRAIN_EXAMPLES, seed + 1)  # the training set, as drawn above
+    x, y = problem.sample(TRAIN_EXAMPLES, data_seed + 1)  # the training set, as drawn above
     losses, trivial = task_losses(network, x, y)
     ratios = {task: losses[task] / trivial[task] for task in problem.tasks}
-    print("\n" + format_task_losses(losses, trivial))
+    say("\n" + format_task_losses(losses, trivial))
     check = next((s for s in selections if s.budget == num_clusters), None)
     if check is None:
         check = selection.select_networks(record.affinity, [num_clusters],
                                           tasks=record.tasks)[0]
     recovered = recovers_clusters(check, problem.tasks, problem.cluster_of)
-    print(verdict_text(check, problem.tasks, problem.cluster_of, ratios))
-    print(f"\nWrote {os.path.join(output_dir, 'affinity.json')} (+ .npz, .png, selection.json).")
+    say(verdict_text(check, problem.tasks, problem.cluster_of, ratios))
+    say(f"\nWrote {os.path.join(output_dir, 'affinity.json')} (+ .npz, .png, selection.json).")
     all_trained = all(r <= LOSS_RATIO_THRESHOLD for r in ratios.values())  # False for NaN
     return {"record": record, "selections": selections, "seconds": seconds,
             "cluster_of": problem.cluster_of, "losses": losses, "trivial_losses": trivial,
@@ -158,12 +173,17 @@ def _groups_text(tasks, cluster_of):
     return " | ".join("{" + ", ".join(g) + "}" for g in planted_groups(tasks, cluster_of))
 
 
-def _select(record, budgets, output_dir, marked_budget=None):
+def _silent(*args, **kwargs) -> None:
+    del args, kwargs
+
+
+def _select(record, budgets, output_dir, marked_budget=None, report=True):
     """Chooses networks for each budget from the mean affinity; prints and writes them.
 
     ``affinity.png`` is redrawn with the networks of ``marked_budget`` (the number of
-    planted clusters; else the first budget) outlined.
+    planted clusters; else the first budget) outlined. ``report=False`` prints nothing.
     """
+    say = print if report else _silent
     budgets = [b for b in budgets if 1 <= b <= len(record.tasks)]
     if not budgets:
         return []
@@ -172,14 +192,14 @@ def _select(record, budgets, output_dir, marked_budget=None):
                    if len(record.epochs or []) >= 2 else None)
     selections = selection.select_networks(record.affinity, budgets, tasks=record.tasks,
                                            uncertainty=uncertainty)
-    print("\nTask groupings chosen from the affinities (paper Sec. 3.2):")
-    print(selection.format_selections(selections))
+    say("\nTask groupings chosen from the affinities (paper Sec. 3.2):")
+    say(selection.format_selections(selections))
     for s in selections:
         if s.robustness is not None and s.budget == marked_budget:
-            print(f"\nIs b = {s.budget} robust? {s.robustness.verdict}: chosen in "
-                  f"{s.robustness.stability:.0%} of {s.robustness.resamples} resamples "
-                  f"({s.robustness.source}), margin {s.robustness.margin:.1f} SE. "
-                  f"{s.robustness.advice}")
+            say(f"\nIs b = {s.budget} robust? {s.robustness.verdict}: chosen in "
+                f"{s.robustness.stability:.0%} of {s.robustness.resamples} resamples "
+                f"({s.robustness.source}), margin {s.robustness.margin:.1f} SE. "
+                f"{s.robustness.advice}")
     with open(os.path.join(output_dir, "selection.json"), "w") as f:
         json.dump({"tasks": record.tasks,
                    "selections": [selection.selection_to_dict(s) for s in selections]}, f,
