@@ -691,8 +691,7 @@ def criterion(runs: int) -> str:
     if int(runs) >= 2:
         return (f"{ROBUST} (across {runs} runs) if {test} (Student-t quantile, {runs - 1} "
                 "df); else within noise")
-    return (f"{STABLE_WITHIN_RUN} if {test}; else within noise (one run: its batch noise "
-            "only, the seed-to-seed variance is unknown)")
+    return f"{STABLE_WITHIN_RUN} (one run) if {test}; else within noise"
 
 
 def evidence_text(runs: int) -> str:
