@@ -118,7 +118,8 @@ def test_default_demo_trains_every_task_and_recovers_the_clusters(tmp_path, seed
     assert result["all_trained"]
     assert result["recovered"], [s.networks for s in result["selections"]]
     chosen = next(s for s in result["selections"] if s.budget == 3)
-    assert chosen.robustness.verdict == "robust", chosen.robustness
+    # One run: the clusters stand out from its batch noise; "robust" needs seeds.
+    assert chosen.robustness.verdict == "stable within this run", chosen.robustness
 
 
 def test_demo_selection_reports_robustness(tmp_path, capsys):
@@ -132,7 +133,11 @@ def test_demo_selection_reports_robustness(tmp_path, capsys):
     record = AffinityRecord(["a", "b", "c", "d"], truth, epochs=epochs)
     selections = planted_demo._select(record, [1, 2], str(tmp_path), marked_budget=2)
     printed = capsys.readouterr().out
-    assert [s.robustness.verdict for s in selections] == ["forced", "robust"]
-    assert "Is b = 2 robust? robust: chosen in 100% of 200 resamples" in printed
+    assert [s.robustness.verdict for s in selections] == ["forced", "stable within this run"]
+    assert ("b = 2 from one run: stable within this run - chosen in 100% of 200 resamples"
+            in printed)
+    assert planted_demo.ONE_RUN_NOTE in printed and "--seeds=" in planted_demo.ONE_RUN_NOTE
     with open(os.path.join(tmp_path, "selection.json")) as f:
-        assert json.load(f)["selections"][1]["robustness"]["verdict"] == "robust"
+        payload = json.load(f)
+    assert payload["selections"][1]["robustness"]["verdict"] == "stable within this run"
+    assert payload["runs"] == 1 and payload["uncertainty"]["evidence"] == "within-run"
