@@ -21,12 +21,10 @@ The selection part is deterministic given ``--seed`` (the bootstrap's).
 
 import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
-import itertools
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cache_dir", None, "Where each run's affinity.json is cached "

@@ -337,7 +337,7 @@ def _npz_run_blocks(data: Any, tasks: Sequence[str]):
         return None
     ends = np.cumsum(data["run_block_sizes"])
     means = _check_blocks(data["run_block_means"], tasks, "run_block_means")
-    counts = data["run_block_counts"] if "run_block_counts" in data else None
+    counts = data.get("run_block_counts")
     return tuple((means[end - size:end], None if counts is None else counts[end - size:end])
                  for size, end in zip(data["run_block_sizes"], ends))
 

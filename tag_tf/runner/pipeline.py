@@ -193,11 +193,13 @@ class Options:
       log_dir: TensorBoard directory (affinity scalars and heatmaps), or None.
       bootstrap: resamples of the selection's robustness check in ``affinity`` / ``cs``
         (stability, objective interval, best alternative, margin, verdict; see
-        :mod:`tag_tf.selection.robustness`), seeded by ``seed``; 0 = off.
+        :mod:`tag_tf.selection.robustness`), seeded by ``seed``; 0 = off. One seed can
+        at best be "stable within this run"; "robust" needs ``seeds >= 2``.
       seeds: train ``seeds`` times with seeds ``seed, seed + 1, ...`` (each run in
         ``output_dir/seed_<s>/``). ``affinity`` / ``cs`` pool the runs' matrices (mean,
-        between-run SE) and select from the pool; the other modes report each task's
-        error as mean and std over the runs.
+        between-run SE; each run's epochs kept for the two-stage bootstrap) and select
+        from the pool; the other modes report each task's error as mean and std over
+        the runs.
       mtl_results, stl_results: ``results.json`` of ``mtl`` / ``stl`` runs that ``groups``
         compares its total test error with (see :func:`compare_errors`).
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (:func:`make_strategy`);

@@ -15,8 +15,7 @@ from scipy import stats
 
 from tag_tf import selection
 from tag_tf.io import affinity_io
-from tag_tf.selection import api
-from tag_tf.selection import robustness
+from tag_tf.selection import api, robustness
 
 ROBUST_WORD = re.compile(r"\brobust\b", flags=re.IGNORECASE)
 N, CLUSTERS, BLOCKS = 6, 2, 8
@@ -186,8 +185,11 @@ def test_two_stage_adds_the_within_run_noise_to_the_between_run_spread():
 def test_two_stage_is_deterministic_given_its_seed():
     runs = _runs(3, 3, signal=0.01, seed_sd=0.01, within_sd=0.01)
     pooled = affinity_io.pool_records(runs)
-    draw = lambda seed: np.stack(selection.Uncertainty.from_record(  # noqa: E731
-        pooled, n_resamples=20, seed=seed).resamples(pooled.affinity))
+
+    def draw(seed):
+        return np.stack(selection.Uncertainty.from_record(
+            pooled, n_resamples=20, seed=seed).resamples(pooled.affinity))
+
     np.testing.assert_array_equal(draw(4), draw(4))
     assert not np.allclose(draw(4), draw(5))
 
@@ -226,7 +228,10 @@ def test_few_runs_draw_student_t_with_k_minus_1_degrees_of_freedom(k):
 
 def test_two_runs_give_a_much_wider_interval_than_normal_draws():
     t_draws, _ = _linear_draws(2, "runs", 20000)
-    width = lambda z: np.subtract(*np.quantile(z, [0.975, 0.025]))  # noqa: E731
+
+    def width(z):
+        return np.subtract(*np.quantile(z, [0.975, 0.025]))
+
     # A 95 % interval from 2 runs is t_1 (12.71) wide, not 1.96: about 6.5 times.
     assert width(t_draws) / 2 == pytest.approx(stats.t.ppf(0.975, 1), rel=0.1)
     rng = np.random.default_rng(0)

@@ -45,6 +45,33 @@ def test_run_demo_writes_affinity_and_selection(tmp_path, capsys):
     assert "trivial MSE" in printed
 
 
+def test_run_demo_seeds_pools_runs_of_one_problem(tmp_path, capsys):
+    out = str(tmp_path / "seeds")
+    toy = dict(num_tasks=4, num_clusters=2, steps=100, steps_per_epoch=50, batch_size=32,
+               learning_rate=0.05, every_n=5, rule="sgd", budgets=[1, 2])
+    result = planted_demo.run_demo_seeds(seeds=2, seed=3, output_dir=out, **toy)
+    printed = capsys.readouterr().out
+    runs = [load_affinity(os.path.join(out, f"seed_{s}", "affinity.json")) for s in (3, 4)]
+    assert not np.allclose(runs[0].affinity, runs[1].affinity)  # the seeds differ
+    pooled = load_affinity(os.path.join(out, "affinity.json"))
+    np.testing.assert_allclose(pooled.affinity, (runs[0].affinity + runs[1].affinity) / 2)
+    assert pooled.runs == 2 and [len(m) for m, _ in pooled.run_blocks] == [2, 2]
+    with open(os.path.join(out, "selection.json")) as f:
+        payload = json.load(f)
+    assert payload["runs"] == 2 and payload["uncertainty"]["evidence"] == "across-runs"
+    assert payload["uncertainty"]["source"].startswith("two-stage: Student-t draws (1 df)")
+    b2 = payload["selections"][1]["robustness"]
+    assert b2["runs"] == 2 and b2["verdict"] in ("robust", "within noise")
+    assert "seed 3: trained" in printed and "seed 4: trained" in printed
+    assert f"b = 2 across 2 seeds: {b2['verdict']}" in printed
+    assert "the between-run part rests on 2 runs" in printed
+    assert [r["record"].tasks for r in result["runs"]] == [pooled.tasks] * 2
+    assert result["recovered"] == planted_demo.recovers_clusters(
+        result["selections"][1], pooled.tasks, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="at least 2 seeds. Received: seeds=1"):
+        planted_demo.run_demo_seeds(seeds=1, seed=0, output_dir=out, **toy)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_planted_targets_have_comparable_variance_and_clustered_signals(seed):
     """Every task's trivial loss is about 1 + noise^2 (no cluster's signal dominates), and a
