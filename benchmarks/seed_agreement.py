@@ -12,6 +12,8 @@ already there is reused, so the training is paid once). Then, without training a
   set whose verdict is ``robust``, every *other* set is an independent pooled re-run: the
   agreement rate is the fraction of (robust set, other set) pairs that chose the same
   networks.
+  A second rate compares each robust set with every single run outside it (a re-run
+  of one seed).
 * **single runs**: the same for each run's one-run verdict (``stable within this run``)
   against every other single run.
 
@@ -118,12 +120,21 @@ def run(*, cache_dir, runs, ks, budgets, data_seed, bootstrap, seed, train_only=
         print(f"\nPooled sets of K = {k} seeds {sets}: does 'robust' predict an independent "
               "pooled re-run's selection?")
         print("\n".join(header + rows))
+        one_agree = one_total = 0
+        for members, result in zip(sets, pooled):
+            for b in budgets:
+                if result[b][1] == "robust":
+                    others = [s for s in range(runs) if s not in members]
+                    one_total += len(others)
+                    one_agree += sum(single[s][b][0] == result[b][0] for s in others)
+        print(f"robust sets vs single re-runs outside them: {one_agree}/{one_total}"
+              + (f" = {one_agree / one_total:.2f}" if one_total else ""))
         for members, result in zip(sets, pooled):
             print(f"  seeds {members}: " + "; ".join(
                 f"b={b} {result[b][1]} (stability {result[b][2].stability:.2f}, margin "
                 f"{result[b][2].margin:.1f} SE)" for b in budgets))
         print(f"overall: {agree}/{total}" + (f" = {agree / total:.2f}" if total else ""))
-        out[k] = (agree, total)
+        out[k] = (agree, total, one_agree, one_total)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
     return out
 

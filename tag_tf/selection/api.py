@@ -241,7 +241,7 @@ def format_selections(selections: Sequence[result_lib.Selection]) -> str:
             row += " - | - | - | - |"
         summary.append(row)
     if any(s.robustness is not None and s.robustness.runs < 2 for s in selections):
-        summary.append(f"Verdicts from one run: {robustness.SEED_ADVICE}")
+        summary.append(f"Note: {robustness.SEED_ADVICE}")
     return "\n\n".join(blocks + ["\n".join(summary)])
 
 
