@@ -249,7 +249,7 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
                 stderr_method=str(data["stderr_method"]) if "stderr_method" in data else None,
                 block_means=data["block_means"] if "block_means" in data else None,
                 block_counts=data["block_counts"] if "block_counts" in data else None,
-                runs=_check_runs(int(data["runs"])) if "runs" in data else 1,
+                runs=_npz_runs(data),
                 run_blocks=_npz_run_blocks(data, file_tasks))
     else:
         try:
@@ -311,6 +311,17 @@ def _runs_of(payload: Mapping[str, Any], path: str) -> int:
         return _check_runs(runs)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def _npz_runs(data: Any) -> int:
+    """An NPZ's ``runs``; pooled NPZs written before it existed (no config in NPZs) are
+    known by their ``stderr_method``, and hold one block per run."""
+    if "runs" in data:
+        return _check_runs(int(data["runs"]))
+    if ("stderr_method" in data and str(data["stderr_method"]) == POOLED_METHOD
+            and "block_means" in data):
+        return max(1, len(data["block_means"]))
+    return 1
 
 
 def _json_run_blocks(value: Any, tasks: Sequence[str], path: str):

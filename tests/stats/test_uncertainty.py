@@ -304,3 +304,15 @@ def test_old_pooled_files_keep_their_run_count(tmp_path):
     path.write_text('{"tasks": ["a", "b"], "affinity": [[0, 1], [2, 0]], "runs": 0}')
     with pytest.raises(ValueError, match="runs .* must be an integer >= 1. Received: runs=0"):
         affinity_io.load_affinity(str(path))
+
+
+def test_old_pooled_npz_files_keep_their_run_count(tmp_path):
+    """NPZs hold no config: an old pooled one is known by its between-run method."""
+    rng = np.random.default_rng(9)
+    pooled = affinity_io.pool_records([_record(rng, ["a", "b"]) for _ in range(3)])
+    path = str(tmp_path / "pooled.npz")
+    affinity_io.save_affinity_npz(path, pooled)
+    with np.load(path) as data:
+        old = {k: data[k] for k in data.files if k != "runs"}
+    np.savez(path, **old)
+    assert affinity_io.load_affinity(path).runs == 3
