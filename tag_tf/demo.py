@@ -1,16 +1,20 @@
 r"""TAG on the built-in planted-cluster data: train once, print affinities and groups.
 
   python -m tag_tf.demo --output_dir=runs/demo
+  python -m tag_tf.demo --seeds=5 --output_dir=runs/demo_seeds   # robust across seeds?
 
 See :func:`tag_tf.synthetic.demo.run_demo` for what it does and writes. It ends with two
 verdicts: whether every task trained, and whether b = --clusters recovered the planted clusters.
+One run can only say whether the grouping is stable against its own batch noise;
+``--seeds=K`` trains K seeds on the same problem, pools them
+(:func:`tag_tf.synthetic.demo.run_demo_seeds`) and says whether it is robust across seeds.
 """
 
 import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
 from absl import app, flags
 
-from tag_tf.synthetic.demo import DEFAULTS, run_demo
+from tag_tf.synthetic.demo import DEFAULTS, run_demo, run_demo_seeds
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("tasks", DEFAULTS["num_tasks"], "Number of synthetic tasks.")
@@ -31,16 +35,23 @@ flags.DEFINE_integer("seed", DEFAULTS["seed"],
 flags.DEFINE_list("budgets", [str(b) for b in DEFAULTS["budgets"]],
                   "Network budgets to select groups for.")
 flags.DEFINE_string("output_dir", "runs/demo", "Where to write affinity.json/.npz/.png.")
+flags.DEFINE_integer("seeds", 1, "Trainings with seeds seed, seed+1, ... on one problem, pooled "
+                     "(K >= 2: the verdict can say 'robust' across seeds; each run in "
+                     "output_dir/seed_<s>/).", lower_bound=1)
 
 
 def main(argv):
     del argv
     budgets = [int(b) for b in FLAGS.budgets]
-    run_demo(num_tasks=FLAGS.tasks, num_clusters=FLAGS.clusters, steps=FLAGS.steps,
-             steps_per_epoch=FLAGS.steps_per_epoch, batch_size=FLAGS.batch_size,
-             learning_rate=FLAGS.learning_rate, every_n=FLAGS.every_n, rule=FLAGS.rule,
-             seed=FLAGS.seed, budgets=budgets, output_dir=FLAGS.output_dir,
-             bottleneck=FLAGS.bottleneck, activation=FLAGS.activation)
+    settings = dict(num_tasks=FLAGS.tasks, num_clusters=FLAGS.clusters, steps=FLAGS.steps,
+                    steps_per_epoch=FLAGS.steps_per_epoch, batch_size=FLAGS.batch_size,
+                    learning_rate=FLAGS.learning_rate, every_n=FLAGS.every_n, rule=FLAGS.rule,
+                    seed=FLAGS.seed, budgets=budgets, output_dir=FLAGS.output_dir,
+                    bottleneck=FLAGS.bottleneck, activation=FLAGS.activation)
+    if FLAGS.seeds > 1:
+        run_demo_seeds(seeds=FLAGS.seeds, **settings)
+    else:
+        run_demo(**settings)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ Reads the ``tag_tf.affinity/v1`` JSON written by the affinity core (or a plain
 who serves whom, helper-only tasks, objective, bound, gap, time) and writes JSON: by
 default ``selection.json`` beside the input, the name every selection file has (the
 pipelines' and the demo's), replacing an earlier one there.
+
+``--bootstrap`` verdicts name their evidence: one file (one training run) can at best be
+"stable within this run"; several files from independent seeds can be "robust" across
+seeds (see :mod:`tag_tf.selection.robustness`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ flags.DEFINE_string("output", None, "Where to write the JSON (default: selection
 flags.DEFINE_float("time_limit", 60.0, "Seconds per budget for the large-scale solver.")
 flags.DEFINE_integer("seed", 0, "Seed of the large-scale solver and of the bootstrap.")
 flags.DEFINE_integer("bootstrap", 0, "Resamples for the robustness check (0 = off): stability, "
-                     "objective interval, best alternative, margin in SE, verdict per budget.")
+                     "objective interval, best alternative, margin in SE, verdict per budget "
+                     "(one file: 'stable within this run' at best; several seeds' files: "
+                     "'robust' across seeds).")
 
 
 def parse_singletons(value: str | None):

@@ -103,7 +103,9 @@ def define_pipeline_flags(registry: flags.FlagValues, **defaults: Any) -> None:
     flags.DEFINE_integer("bootstrap", d["bootstrap"], "affinity / cs: resamples of the "
                          "selection's robustness check (stability, confidence interval, best "
                          "alternative, margin and verdict in selection.json), resampling the "
-                         "epochs or, with --seeds, the runs; 0 = off.", lower_bound=0, **at)
+                         "epochs (one run: at best 'stable within this run') or, with "
+                         "--seeds >= 2, the runs and then their epochs (can say 'robust' "
+                         "across seeds); 0 = off.", lower_bound=0, **at)
     flags.DEFINE_string("selection", d["selection"], "groups: selection JSON (affinity "
                         "mode's selection.json, python -m tag_tf.select or the dataset's "
                         "reproduce_selection).", **at)

@@ -23,8 +23,16 @@ The JSON written by :func:`save_affinity_json` (format ``tag_tf.affinity/v1``)::
     "stderr_blocks": [[...]],        # blocks (or pooled runs) behind each standard error
     "stderr_method": "...",          # how the standard error was computed
     "block_means": [[[...]], ...],   # [blocks][source][target] block means (bootstrap)
-    "block_counts": [[[...]], ...]   # values behind each block mean
+    "block_counts": [[[...]], ...],  # values behind each block mean
+    "runs": K,                       # independent trainings behind the mean (default 1)
+    "run_blocks": [{"block_means": [[[...]]], "block_counts": [[[...]]] or null}, ...]
+                                     # pooled runs: each run's own blocks (two-stage bootstrap)
   }
+
+``runs`` is the evidence: a mean over one training can only speak for that training's
+batch noise, a mean over ``K >= 2`` independent trainings (seeds) also for the
+seed-to-seed spread. Files without it hold one run, except pooled files written before it
+existed, which give ``config["pooled_runs"]``.
 
 :func:`load_affinity` reads that format and also a plain
 ``{"tasks": [...], "matrix": [[...]]}`` JSON (assumed [source][target] unless
@@ -62,6 +70,11 @@ class AffinityRecord(NamedTuple):
     stderr_method: str | None = None
     block_means: np.ndarray | None = None  # [blocks, source, target], for the bootstrap
     block_counts: np.ndarray | None = None  # [blocks, source, target] values per block mean
+    # Independent trainings (seeds) behind ``affinity``: 1 for one run, K for K pooled runs.
+    runs: int = 1
+    # Pooled runs only: per run (pool order, as ``block_means``), its within-run blocks
+    # ``(means [B_k, n, n], counts [B_k, n, n] or None)``, for the two-stage bootstrap.
+    run_blocks: tuple[tuple[np.ndarray, np.ndarray | None], ...] | None = None
 
 
 def validate_tasks(tasks: Sequence[str]) -> list[str]:
@@ -162,6 +175,14 @@ def save_affinity_json(path: str, record: AffinityRecord) -> None:
         if record.block_counts is not None:
             counts = _check_blocks(record.block_counts, tasks, "block_counts")
             payload["block_counts"] = [_to_json_matrix(c) for c in counts]
+    payload["runs"] = _check_runs(record.runs)
+    if record.run_blocks is not None:
+        payload["run_blocks"] = [
+            {"block_means": [_to_json_matrix(m) for m in _check_blocks(means, tasks,
+                                                                       "run_blocks means")],
+             "block_counts": None if counts is None else [
+                 _to_json_matrix(c) for c in _check_blocks(counts, tasks, "run_blocks counts")]}
+            for means, counts in record.run_blocks]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
@@ -183,6 +204,13 @@ def save_affinity_npz(path: str, record: AffinityRecord) -> None:
             arrays[key] = np.asarray(getattr(record, key))
     if record.stderr_method is not None:
         arrays["stderr_method"] = np.array(record.stderr_method)
+    arrays["runs"] = np.array(_check_runs(record.runs))
+    if record.run_blocks is not None:  # ragged: stacked, with each run's block count
+        arrays["run_block_sizes"] = np.array([len(m) for m, _ in record.run_blocks])
+        arrays["run_block_means"] = np.concatenate([np.asarray(m) for m, _ in record.run_blocks])
+        if all(c is not None for _, c in record.run_blocks):
+            arrays["run_block_counts"] = np.concatenate(
+                [np.asarray(c) for _, c in record.run_blocks])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez(path, **arrays)
 
@@ -220,7 +248,9 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
                 stderr_blocks=data["stderr_blocks"] if "stderr_blocks" in data else None,
                 stderr_method=str(data["stderr_method"]) if "stderr_method" in data else None,
                 block_means=data["block_means"] if "block_means" in data else None,
-                block_counts=data["block_counts"] if "block_counts" in data else None)
+                block_counts=data["block_counts"] if "block_counts" in data else None,
+                runs=_npz_runs(data),
+                run_blocks=_npz_run_blocks(data, file_tasks))
     else:
         try:
             with open(path) as f:
@@ -253,7 +283,9 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
             stderr_blocks=_optional_matrix(payload, "stderr_blocks"),
             stderr_method=payload.get("stderr_method"),
             block_means=_optional_blocks(payload, "block_means"),
-            block_counts=_optional_blocks(payload, "block_counts"))
+            block_counts=_optional_blocks(payload, "block_counts"),
+            runs=_runs_of(payload, path),
+            run_blocks=_json_run_blocks(payload.get("run_blocks"), file_tasks, path))
         if record.stderr is not None:
             validate_matrix(record.stderr, file_tasks, name="stderr", allow_nan=True)
         if record.block_means is not None:
@@ -261,6 +293,87 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
     if tasks is not None and list(tasks) != record.tasks:
         raise ValueError(f"{path}: file tasks {record.tasks} differ from the given tasks {list(tasks)}.")
     return record
+
+
+def _check_runs(runs: Any) -> int:
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+        raise ValueError(f"runs (independent trainings behind the mean) must be an integer "
+                         f">= 1. Received: runs={runs!r}")
+    return int(runs)
+
+
+def _runs_of(payload: Mapping[str, Any], path: str) -> int:
+    """The ``runs`` of a JSON payload; older pooled files give ``config["pooled_runs"]``."""
+    runs = payload.get("runs")
+    if runs is None:
+        runs = (payload.get("config") or {}).get("pooled_runs", 1)
+    try:
+        return _check_runs(runs)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _npz_runs(data: Any) -> int:
+    """An NPZ's ``runs``; pooled NPZs written before it existed (no config in NPZs) are
+    known by their ``stderr_method``, and hold one block per run."""
+    if "runs" in data:
+        return _check_runs(int(data["runs"]))
+    if ("stderr_method" in data and str(data["stderr_method"]) == POOLED_METHOD
+            and "block_means" in data):
+        return max(1, len(data["block_means"]))
+    return 1
+
+
+def _json_run_blocks(value: Any, tasks: Sequence[str], path: str):
+    if not value:
+        return None
+    out = []
+    for k, entry in enumerate(value):
+        if not isinstance(entry, Mapping) or not entry.get("block_means"):
+            raise ValueError(f"{path}: run_blocks[{k}] needs 'block_means'.")
+        means = _check_blocks(np.stack([_from_json_matrix(m) for m in entry["block_means"]]),
+                              tasks, f"run_blocks[{k}] block_means")
+        counts = entry.get("block_counts")
+        if counts is not None:
+            counts = np.stack([_from_json_matrix(c) for c in counts])
+            if counts.shape != means.shape:
+                raise ValueError(f"{path}: run_blocks[{k}] block_counts {counts.shape} do not "
+                                 f"match its block_means {means.shape}.")
+        out.append((means, counts))
+    return tuple(out)
+
+
+def _npz_run_blocks(data: Any, tasks: Sequence[str]):
+    if "run_block_sizes" not in data:
+        return None
+    ends = np.cumsum(data["run_block_sizes"])
+    means = _check_blocks(data["run_block_means"], tasks, "run_block_means")
+    counts = data.get("run_block_counts")
+    return tuple((means[end - size:end], None if counts is None else counts[end - size:end])
+                 for size, end in zip(data["run_block_sizes"], ends))
+
+
+def within_run_blocks(record: AffinityRecord) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """One run's own blocks ``(means [B, n, n], counts or None)``, or ``None`` (< 2 blocks).
+
+    Its ``block_means`` when there are 2 or more, else its epochs trace (the epochs in
+    ``config["epochs_used"]`` when given). A pooled record (``runs > 1``) has none: its
+    ``block_means`` are runs.
+    """
+    if record.runs > 1:
+        return None
+    if record.block_means is not None and len(record.block_means) >= 2:
+        return (np.asarray(record.block_means, dtype=np.float64),
+                None if record.block_counts is None
+                else np.asarray(record.block_counts, dtype=np.float64))
+    used = (record.config or {}).get("epochs_used")
+    epochs = [e for e in record.epochs or [] if used is None or e["epoch"] in used]
+    if len(epochs) < 2:
+        return None
+    means = np.stack([_from_json_matrix(e["affinity"]) for e in epochs])
+    counts = (np.stack([np.asarray(e["counts"], dtype=np.float64) for e in epochs])
+              if all(e.get("counts") is not None for e in epochs) else None)
+    return means, counts
 
 
 POOLED_METHOD = ("between-runs: mean over K runs (each run weighted equally), "
@@ -277,6 +390,10 @@ def pool_records(records: Sequence[AffinityRecord]) -> AffinityRecord:
     canonical order (by their values) before summing, so the result is bitwise the same
     for any input order. The run means become ``block_means`` (one block per run) so a
     bootstrap resamples runs; ``counts``/``skipped`` are summed when every record has them.
+    ``runs`` is the number of records (the evidence: independent trainings). When every
+    run has its own blocks (:func:`within_run_blocks`: recorded blocks or an epochs trace
+    of 2+ epochs) they are kept as ``run_blocks``, in the same order as ``block_means``, so
+    the bootstrap can resample runs and then blocks within each run (two-stage).
 
     Raises:
       ValueError: fewer than 2 records, or task sets that differ.
@@ -299,18 +416,31 @@ def pool_records(records: Sequence[AffinityRecord]) -> AffinityRecord:
         if array is None:
             return None
         index = [order.index(t) for t in tasks]
-        return np.asarray(array, dtype=np.float64)[np.ix_(index, index)]
+        return np.asarray(array, dtype=np.float64)[..., index, :][..., index]
+
+    def reorder_blocks(blocks, order):
+        if blocks is None:
+            return None
+        return (_check_blocks(reorder(blocks[0], order), tasks, "block_means"),
+                reorder(blocks[1], order))
 
     runs = []
     for record, order in zip(records, names):
         affinity = validate_matrix(reorder(record.affinity, order), tasks, allow_nan=True)
         runs.append((affinity, reorder(record.counts, order), reorder(record.skipped, order),
-                     record.config))
+                     record.config, reorder_blocks(within_run_blocks(record), order)))
+
+    def blocks_key(blocks):
+        if blocks is None:
+            return b""
+        return blocks[0].tobytes() + (b"" if blocks[1] is None else blocks[1].tobytes())
+
     # Canonical order (by content), so sums below do not depend on the input order.
     runs.sort(key=lambda run: (run[0].tobytes(),
                                b"" if run[1] is None else run[1].tobytes(),
                                b"" if run[2] is None else run[2].tobytes(),
-                               json.dumps(run[3], sort_keys=True, default=str)))
+                               json.dumps(run[3], sort_keys=True, default=str),
+                               blocks_key(run[4])))
     stack = np.stack([run[0] for run in runs])
     finite = np.isfinite(stack)
     k = finite.sum(axis=0)
@@ -337,4 +467,6 @@ def pool_records(records: Sequence[AffinityRecord]) -> AffinityRecord:
         tasks, mean, counts=summed(1), skipped=summed(2), epochs=None,
         config={"pooled_runs": len(runs), "run_configs": [run[3] or {} for run in runs]},
         stderr=stderr, stderr_blocks=k.astype(np.int64), stderr_method=POOLED_METHOD,
-        block_means=stack, block_counts=None)
+        block_means=stack, block_counts=None, runs=len(runs),
+        run_blocks=(None if any(run[4] is None for run in runs)
+                    else tuple(run[4] for run in runs)))

@@ -46,9 +46,13 @@ validation loss, restores the best weights and evaluates each task on the test s
 
 Robustness: with ``Options.bootstrap`` resamples (default 200) every selection in
 ``selection.json`` carries ``robustness`` (``stability``, ``objective_ci``, ``alternative``,
-``margin`` in standard errors, ``verdict``: ``robust`` / ``within noise`` / ``forced``),
-resampling the epochs the mean is over (their batch-means ``stderr`` is stored in the
-affinity file) or, with several seeds, the runs.
+``margin`` in standard errors, ``runs`` and ``evidence``, ``verdict``), resampling the
+epochs the mean is over (their batch-means ``stderr`` is stored in the affinity file) or,
+with several seeds, the runs and then the epochs within each run (two-stage; Student-t
+between runs for 2-4 seeds). One seed can only be ``stable within this run`` / ``within
+noise`` / ``forced``: it shows that run's batch noise, not a re-run's. ``robust`` (a re-run
+with another seed would most likely pick the same networks) needs ``Options.seeds >= 2``
+(see :mod:`tag_tf.selection.robustness`).
 
 Several seeds (``Options.seeds = K``): each run goes to ``seed_<s>/``; the top-level
 ``results.json`` adds ``"seeds"``, ``"runs"`` (per seed: ``test_error``, ``test_loss``,
@@ -189,11 +193,13 @@ class Options:
       log_dir: TensorBoard directory (affinity scalars and heatmaps), or None.
       bootstrap: resamples of the selection's robustness check in ``affinity`` / ``cs``
         (stability, objective interval, best alternative, margin, verdict; see
-        :mod:`tag_tf.selection.robustness`), seeded by ``seed``; 0 = off.
+        :mod:`tag_tf.selection.robustness`), seeded by ``seed``; 0 = off. One seed can
+        at best be "stable within this run"; "robust" needs ``seeds >= 2``.
       seeds: train ``seeds`` times with seeds ``seed, seed + 1, ...`` (each run in
         ``output_dir/seed_<s>/``). ``affinity`` / ``cs`` pool the runs' matrices (mean,
-        between-run SE) and select from the pool; the other modes report each task's
-        error as mean and std over the runs.
+        between-run SE; each run's epochs kept for the two-stage bootstrap) and select
+        from the pool; the other modes report each task's error as mean and std over
+        the runs.
       mtl_results, stl_results: ``results.json`` of ``mtl`` / ``stl`` runs that ``groups``
         compares its total test error with (see :func:`compare_errors`).
       strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (:func:`make_strategy`);
@@ -288,6 +294,8 @@ class LoadedSelection(NamedTuple):
     networks: tuple[ChosenNetwork, ...]
     budget: Optional[int]
     table: Optional[str]
+    # The selection's robustness in today's verdict words (read_robustness), or None.
+    robustness: Optional[dict] = None
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -309,8 +317,14 @@ def load_selection(path: str, *, budget: Optional[int] = None,
     ``selections`` list, one per budget), from ``reproduce_tables`` (a ``tables`` list;
     pick one with ``table``), or a single selection ``{"networks": [{"tasks", "serves"}]}``
     (``serves`` defaults to ``tasks``; a task served twice keeps its first network).
+    Its ``robustness``, if any, is read with
+    :func:`tag_tf.selection.robustness.read_robustness`: a file written before verdicts
+    named their evidence counts as its ``pooled_runs`` (1 if absent), so an old one-run
+    "robust" reads "stable within this run".
     """
+    from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
     payload = _read_json(path, "Selection file")
+    runs = payload.get("pooled_runs") if isinstance(payload, dict) else None
     if "tables" in payload:
         names = [t.get("name") for t in payload["tables"]]
         if table is None and len(names) == 1:
@@ -340,7 +354,8 @@ def load_selection(path: str, *, budget: Optional[int] = None,
                              "not train.")
         served.extend(serves)
         networks.append(ChosenNetwork(tasks, serves))
-    return LoadedSelection(tuple(served), tuple(networks), payload.get("budget", budget), table)
+    return LoadedSelection(tuple(served), tuple(networks), payload.get("budget", budget), table,
+                           robustness.read_robustness(payload.get("robustness"), runs=runs))
 
 
 # --------------------------------------------------------------------------- training pieces
@@ -780,11 +795,7 @@ def _select(affinity_path: str, tasks: Sequence[str], budgets: Sequence[int],
         assessed = robustness.assess(record.affinity, report.selections, uncertainty,
                                      tasks=record.tasks)
         payload["selections"] = api.selection_entries(assessed)
-        payload["uncertainty"] = {
-            "source": uncertainty.source, "resamples": uncertainty.n_resamples,
-            "seed": uncertainty.seed, "confidence": uncertainty.confidence,
-            "robust_if": f"stability >= {robustness.ROBUST_STABILITY} and margin >= "
-                         f"{robustness.ROBUST_MARGIN} SE"}
+        payload["uncertainty"] = api.uncertainty_entry(uncertainty)
     elif note:
         payload["uncertainty"] = {"skipped": note}
     api.write_json(path, payload)
@@ -1010,6 +1021,9 @@ def run(mode: Mode, experiment: Experiment, options: Options = Options(), *,
         tasks = [t for t in tasks if t in chosen.tasks]
         extra["groups"] = {"selection_path": os.path.abspath(options.selection_path),
                            "budget": chosen.budget, "table": chosen.table}
+        if chosen.robustness:
+            extra["groups"]["verdict"] = {k: chosen.robustness.get(k) for k in (
+                "verdict", "runs", "evidence", "stability", "margin")}
     elif mode == "stl":
         networks = [ChosenNetwork((t,), (t,)) for t in tasks]
     else:
@@ -1093,8 +1107,13 @@ def format_summary(results: Mapping[str, Any]) -> str:
     """A short human summary: networks, per-task test error and loss, total, affinity.
 
     With several seeds, errors read ``mean ± std`` over the trainings; selections show
-    their robustness verdict; ``groups`` states how it compares with MTL / STL.
+    their robustness verdict and what it is evidence of (one run: its batch noise only,
+    with how to check across seeds; several: the runs); ``groups`` states how it compares
+    with MTL / STL. Results written before verdicts named their evidence are read with
+    :func:`tag_tf.selection.robustness.read_robustness` (an old one-seed "robust" reads
+    "stable within this run").
     """
+    from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
     tasks = results["tasks"]
     seeds = results.get("seeds")
     lines = [f"mode {results['mode']}: {len(tasks)} task(s), {len(results['networks'])} "
@@ -1148,9 +1167,18 @@ def format_summary(results: Mapping[str, Any]) -> str:
         if solver.get("resolved") == "large":
             lines.append(f"    {solver['note']}")
         uncertainty = selection.get("uncertainty") or {}
+        # Files written before verdicts named their evidence: the runs are the seeds.
+        runs = uncertainty.get("runs") or len(
+            (results.get("affinity") or {}).get("pooled_seeds") or [None])
         if "source" in uncertainty:
+            test = uncertainty.get("criterion") or robustness.criterion(runs)
             lines.append(f"    robustness: {uncertainty['resamples']} resamples, "
-                         f"{uncertainty['source']}; robust if {uncertainty['robust_if']}")
+                         f"{uncertainty['source']}; {test}")
+            lines.append(f"    evidence: {robustness.evidence_text(runs)}")
+            if runs < 2:
+                lines.append("    to check across seeds: rerun with --seeds=K (K >= 2), or "
+                             "python -m tag_tf.select --affinity=<run files, comma-separated> "
+                             "--bootstrap=200")
         elif "skipped" in uncertainty:
             lines.append(f"    robustness {uncertainty['skipped']}")
         for s in selection["selections"]:
@@ -1159,7 +1187,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
                                              "optimal")
             lines.append(f"    budget {s['budget']}: {nets}  objective {_fmt(s['objective'])}, "
                          f"{proof}")
-            r = s.get("robustness")
+            r = robustness.read_robustness(s.get("robustness"), runs=runs)
             if r:
                 low, high = r["objective_ci"]
                 text = (f"      {r['verdict'].upper()}: stability {r['stability']:.2f}, "
@@ -1170,8 +1198,11 @@ def format_summary(results: Mapping[str, Any]) -> str:
                 lines.append(text)
     if "groups" in results:
         g = results["groups"]
+        verdict = g.get("verdict")
         lines.append(f"  selection {g['selection_path']} (budget {g['budget']}"
-                     + (f", table {g['table']}" if g["table"] else "") + ")")
+                     + (f", table {g['table']}" if g["table"] else "")
+                     + (f", verdict {verdict['verdict']} from {verdict['runs']} run(s)"
+                        if verdict else "") + ")")
         for c in g.get("comparisons", []):
             lines.append(f"  {c['statement']}" + (f" [{c['note']}]" if c.get("note") else ""))
     return "\n".join(lines)

@@ -14,7 +14,9 @@ Baselines: :func:`select_cs`, :func:`select_hoa`, :func:`random_groupings`.
 
 Robustness: ``select_networks(..., uncertainty=Uncertainty(...))`` bootstraps the affinities
 and reports per budget stability, an objective interval, the best alternative and a verdict
-(:mod:`tag_tf.selection.robustness`).
+that names its evidence (:mod:`tag_tf.selection.robustness`): one run can only be "stable
+within this run"; "robust" across seeds needs 2+ runs pooled (``Uncertainty.from_record`` of
+:func:`tag_tf.io.affinity_io.pool_records`' result).
 """
 
 from tag_tf.selection.api import (SelectionReport, TableSpec, format_robustness,

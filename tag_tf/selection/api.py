@@ -83,11 +83,7 @@ def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
         "affinity_path": os.path.abspath(paths[0]),
         "affinity_paths": [os.path.abspath(p) for p in paths],
         "pooled_runs": len(paths),
-        "uncertainty": None if uncertainty is None else {
-            "source": uncertainty.source, "resamples": uncertainty.n_resamples,
-            "seed": uncertainty.seed, "confidence": uncertainty.confidence,
-            "robust_if": f"stability >= {robustness.ROBUST_STABILITY} and margin >= "
-                         f"{robustness.ROBUST_MARGIN} SE"},
+        "uncertainty": None if uncertainty is None else uncertainty_entry(uncertainty),
         "tasks": list(record.tasks),
         "minimize": bool(minimize),
         "singletons": _describe_singletons(singletons),
@@ -98,6 +94,19 @@ def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
     if output_path:
         write_json(output_path, payload)
     return SelectionReport(selections, format_selections(selections), payload)
+
+
+def uncertainty_entry(uncertainty: robustness.Uncertainty) -> dict[str, Any]:
+    """selection.json's ``uncertainty``: how it was resampled and what it is evidence of.
+
+    ``runs`` (independent trainings) and ``evidence`` (``within-run`` / ``across-runs``)
+    say what the verdicts may claim; ``criterion`` is the verdicts' test in words.
+    """
+    return {"source": uncertainty.source, "resamples": uncertainty.n_resamples,
+            "seed": uncertainty.seed, "confidence": uncertainty.confidence,
+            "runs": uncertainty.runs, "evidence": uncertainty.evidence,
+            "required_margin": robustness.required_margin(uncertainty.runs),
+            "criterion": robustness.criterion(uncertainty.runs)}
 
 
 def _describe_singletons(singletons: problem_lib.Singletons) -> Any:
@@ -190,10 +199,12 @@ def _networks_text(networks: Sequence[Sequence[str]]) -> str:
 
 
 def format_robustness(r: result_lib.Robustness) -> list[str]:
-    """Indented lines: verdict, stability, objective interval, alternative and margin."""
+    """Indented lines: verdict, its evidence, stability, objective interval, alternative
+    and margin. (The one-run note on seeds is printed once by :func:`format_selections`.)"""
     low, high = r.objective_ci
     lines = [f"  robustness: {r.verdict.upper()} - chosen in {r.stability:.0%} of {r.resamples} "
              f"resamples ({r.source}, seed {r.seed})",
+             f"    evidence: {robustness.evidence_text(r.runs)}",
              f"    objective {100 * r.confidence:.0f}% interval [{_fmt(low)}, {_fmt(high)}], "
              f"SE {_fmt(r.objective_se)}"]
     if r.alternative is not None:
@@ -202,7 +213,9 @@ def format_robustness(r: result_lib.Robustness) -> list[str]:
                      f"objective {_fmt(r.alternative_objective)}")
         lines.append(f"    margin: {_fmt(r.difference)} better = {_fmt(r.margin)} SE "
                      f"(SE of the difference {_fmt(r.difference_se)})")
-    lines.append(f"    next: {r.advice}")
+    advice = r.advice.replace(robustness.SEED_ADVICE, "").strip()
+    if advice:
+        lines.append(f"    next: {advice}")
     return lines
 
 
@@ -227,6 +240,8 @@ def format_selections(selections: Sequence[result_lib.Selection]) -> str:
         elif robust:
             row += " - | - | - | - |"
         summary.append(row)
+    if any(s.robustness is not None and s.robustness.runs < 2 for s in selections):
+        summary.append(f"Note: {robustness.SEED_ADVICE}")
     return "\n\n".join(blocks + ["\n".join(summary)])
 
 

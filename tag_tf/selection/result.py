@@ -52,8 +52,14 @@ class Robustness(NamedTuple):
         estimate (objective units; positive = better, also when minimising).
       difference_se: bootstrap standard deviation of that difference.
       margin: ``difference / difference_se`` (the margin in standard errors).
-      verdict: ``"robust"``, ``"within noise"`` or ``"forced"`` (only one feasible selection).
+      verdict: ``"robust"`` (from 2+ independent runs), ``"stable within this run"`` (the
+        same test passed on one run's batch noise), ``"within noise"`` or ``"forced"``
+        (only one feasible selection).
       advice: what to do next, in words.
+      runs: independent trainings (seeds) the resampling covers; "robust" needs 2+.
+      evidence: ``"within-run"`` (one run: batch noise only) or ``"across-runs"``.
+      required_margin: the margin (SE) the verdict needed: 2 from one run, the Student-t
+        quantile with ``runs - 1`` degrees of freedom from several.
     """
 
     resamples: int
@@ -72,6 +78,9 @@ class Robustness(NamedTuple):
     margin: float
     verdict: str
     advice: str
+    runs: int = 1
+    evidence: str = "within-run"
+    required_margin: float = 2.0
 
 
 class Selection(NamedTuple):
@@ -147,7 +156,8 @@ def robustness_to_dict(robustness: Robustness | None) -> dict[str, Any] | None:
         return None
     out = robustness._asdict()
     for key in ("stability", "confidence", "objective_se", "alternative_frequency",
-                "alternative_objective", "difference", "difference_se", "margin"):
+                "alternative_objective", "difference", "difference_se", "margin",
+                "required_margin"):
         out[key] = _json_float(out[key])
     out["objective_ci"] = [_json_float(v) for v in robustness.objective_ci]
     out["alternative"] = (None if robustness.alternative is None

@@ -51,8 +51,9 @@ def select_networks(affinity: Any, budgets: int | Sequence[int], *,
       seed: seed for ``"large"``.
       uncertainty: if given, every selection also gets a bootstrap ``robustness``
         (stability, objective interval, best alternative and its margin in standard
-        errors, verdict; see :mod:`tag_tf.selection.robustness`). The resampling uses
-        ``uncertainty.seed``, not ``seed``.
+        errors, verdict and its evidence; see :mod:`tag_tf.selection.robustness`): from
+        one run at best "stable within this run", from 2+ pooled runs "robust". The
+        resampling uses ``uncertainty.seed``, not ``seed``.
 
     Returns:
       One :class:`Selection` per budget, in the given order.

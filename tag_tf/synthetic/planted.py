@@ -52,12 +52,17 @@ class PlantedTasks(NamedTuple):
         return x, y
 
     def dataset(self, num_examples: int, *, batch_size: int, seed: int,
-                shuffle: bool = True) -> tf.data.Dataset:
-        """A batched ``tf.data.Dataset`` of ``(x, {task: y})``."""
+                shuffle: bool = True, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        """A batched ``tf.data.Dataset`` of ``(x, {task: y})``.
+
+        ``seed`` draws the examples; ``shuffle_seed`` (default ``seed``) orders them, so
+        re-runs on the same data can differ in their data order only.
+        """
         x, y = self.sample(num_examples, seed)
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
-            ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(num_examples, seed=seed if shuffle_seed is None else shuffle_seed,
+                            reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

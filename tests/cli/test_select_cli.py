@@ -106,11 +106,13 @@ def test_bootstrap_flag_reports_verdicts_from_the_epochs_trace(tmp_path, capsys)
                              seed=4):
         select.main(["select"])
     text = capsys.readouterr().out
-    assert "robustness: ROBUST" in text and "| verdict |" in text
+    assert "robustness: STABLE WITHIN THIS RUN" in text and "| verdict |" in text
     payload = json.loads(open(out).read())
     assert payload["uncertainty"]["source"].startswith("block bootstrap over 8 blocks")
+    assert payload["uncertainty"]["runs"] == 1
+    assert payload["uncertainty"]["evidence"] == "within-run"
     verdicts = [e["robustness"]["verdict"] for e in payload["selections"]]
-    assert verdicts[0] == "forced" and verdicts[1] == "robust"
+    assert verdicts[0] == "forced" and verdicts[1] == "stable within this run"
     assert payload["selections"][1]["robustness"]["seed"] == 4
 
 

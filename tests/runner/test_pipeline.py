@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -176,13 +177,17 @@ def test_selection_json_carries_robustness(tmp_path):
     for r in by_budget.values():
         assert {"stability", "objective_ci", "alternative", "margin", "verdict"} <= set(r)
     assert by_budget[1]["verdict"] == "forced"
-    assert by_budget[2]["verdict"] == "robust" and by_budget[2]["stability"] == 1.0
+    assert by_budget[2]["verdict"] == "stable within this run"  # one run: never "robust"
+    assert by_budget[2]["stability"] == 1.0 and by_budget[2]["runs"] == 1
+    assert payload["uncertainty"]["runs"] == 1
+    assert payload["uncertainty"]["evidence"] == "within-run"
     assert entry["selections"] == payload["selections"]
     summary = pipeline.format_summary({
         "mode": "affinity", "tasks": ["a"], "seconds": 0.0, "networks": [],
         "test_error": {"a": 1.0}, "test_loss": {"a": 1.0}, "total_test_error": 1.0,
         "selection": entry})
-    assert "ROBUST: stability 1.00" in summary and "FORCED" in summary
+    assert "STABLE WITHIN THIS RUN: stability 1.00" in summary and "FORCED" in summary
+    assert "seed-to-seed variance unknown" in summary and "--seeds=K" in summary
 
     noisy = str(tmp_path / "noisy" / "affinity.json")
     affinity_io.save_affinity_json(noisy, _traced_record(epochs=6, noise=20.0))
@@ -201,6 +206,45 @@ def test_selection_json_carries_robustness(tmp_path):
     affinity_io.save_affinity_json(same, affinity_io.pool_records([record, record]))
     entry = pipeline._select(same, record.tasks, [2], str(tmp_path / "same"), bootstrap=40)
     assert "zero" in entry["uncertainty"]["skipped"]
+
+
+def _old_robustness(verdict="robust"):
+    """A robustness entry as files wrote it before verdicts named their evidence."""
+    return {"resamples": 40, "seed": 0, "source": "block bootstrap over 6 blocks",
+            "stability": 1.0, "confidence": 0.95, "objective_ci": [0.1, 0.2],
+            "objective_se": 0.01, "alternative": [["a", "b", "c", "d"]],
+            "alternative_source": "runner-up on the point estimate",
+            "alternative_frequency": 0.0, "alternative_objective": 0.05, "difference": 0.1,
+            "difference_se": 0.01, "margin": 10.0, "verdict": verdict, "advice": "-"}
+
+
+def test_old_files_robust_from_one_run_is_not_read_as_robust_across_seeds(tmp_path):
+    networks = [{"tasks": ["a", "b"], "serves": ["a", "b"]},
+                {"tasks": ["c", "d"], "serves": ["c", "d"]}]
+    old = {"format": "tag_tf.selection/v1", "pooled_runs": 1, "selections": [
+        {"budget": 2, "networks": networks, "robustness": _old_robustness()}]}
+    chosen = pipeline.load_selection(_write(tmp_path / "old.json", old), budget=2)
+    assert [n.tasks for n in chosen.networks] == [("a", "b"), ("c", "d")]
+    assert chosen.robustness["verdict"] == "stable within this run"
+    assert chosen.robustness["relabelled_from"] == "robust"
+    assert chosen.robustness["runs"] == 1 and chosen.robustness["evidence"] == "within-run"
+    pooled = dict(old, pooled_runs=3)  # an old file pooled from 3 runs says so explicitly
+    chosen = pipeline.load_selection(_write(tmp_path / "pooled.json", pooled), budget=2)
+    assert chosen.robustness["verdict"] == "robust" and chosen.robustness["runs"] == 3
+    bare = {"networks": networks}  # no robustness at all
+    assert pipeline.load_selection(_write(tmp_path / "bare.json", bare)).robustness is None
+    # An old results.json (one seed, "robust_if", no runs) prints the new words.
+    summary = pipeline.format_summary({
+        "mode": "affinity", "tasks": ["a"], "seconds": 0.0, "networks": [],
+        "test_error": {"a": 1.0}, "test_loss": {"a": 1.0}, "total_test_error": 1.0,
+        "selection": {"path": "selection.json", "selections": [
+            {"budget": 2, "networks": networks, "objective": 0.1, "optimal": True,
+             "robustness": _old_robustness()}],
+            "uncertainty": {"source": "block bootstrap over 6 blocks", "resamples": 40,
+                            "seed": 0, "confidence": 0.95,
+                            "robust_if": "stability >= 0.8 and margin >= 2.0 SE"}}})
+    assert "STABLE WITHIN THIS RUN: stability 1.00" in summary
+    assert re.search(r"\brobust\b", summary, flags=re.IGNORECASE) is None, summary
 
 
 def _results(totals_by_seed, tasks=("a", "b")):
@@ -301,7 +345,11 @@ def test_affinity_with_two_seeds_pools_the_runs(tmp_path):
     assert not os.path.exists(os.path.join(out, "seed_5", "selection.json"))
     with open(os.path.join(out, "selection.json")) as f:
         selection = json.load(f)
-    assert selection["uncertainty"]["source"].startswith("normal draws")  # 2 runs: their SE
+    # 2 runs with 2 epochs each: Student-t (1 df) between the runs, then their epochs.
+    assert selection["uncertainty"]["source"].startswith(
+        "two-stage: Student-t draws (1 df) from the spread of 2 runs, then 2 blocks")
+    assert selection["uncertainty"]["runs"] == 2
+    assert selection["uncertainty"]["evidence"] == "across-runs"
     assert selection["selections"][0]["robustness"]["verdict"] in ("robust", "within noise")
     for task in results["tasks"]:
         per_seed = [run["test_error"][task] for run in results["runs"]]
@@ -309,6 +357,7 @@ def test_affinity_with_two_seeds_pools_the_runs(tmp_path):
         assert results["test_error_std"][task] == pytest.approx(np.std(per_seed, ddof=1))
     summary = pipeline.format_summary(results)
     assert "pooled over seeds [5, 6]" in summary and " ± " in summary
+    assert "the between-run part rests on 2 runs" in summary
 
 
 @pytest.mark.slow

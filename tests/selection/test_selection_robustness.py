@@ -37,14 +37,16 @@ def _select(block_means, budgets, *, n_resamples=40, seed=0):
                                      uncertainty=uncertainty)
 
 
-def test_planted_clusters_are_robust_at_three_networks():
+def test_planted_clusters_are_stable_within_the_run_at_three_networks():
+    """One run's blocks: the planted clusters stand out, but only "within this run"."""
     blocks, cluster = _planted_blocks(0)
     (chosen,) = _select(blocks, [3])
     r = chosen.robustness
     groups = sorted(tuple(int(t.split("_")[1]) for t in net.tasks) for net in chosen.networks)
     assert groups == [tuple(np.nonzero(cluster == c)[0]) for c in range(3)]
-    assert r.verdict == "robust" and r.stability >= robustness.ROBUST_STABILITY
-    assert r.margin >= robustness.ROBUST_MARGIN
+    assert r.verdict == "stable within this run" and r.stability >= robustness.ROBUST_STABILITY
+    assert r.margin >= robustness.ROBUST_MARGIN == r.required_margin
+    assert r.runs == 1 and r.evidence == "within-run"
     assert r.alternative is not None and r.difference > 0
     low, high = r.objective_ci
     assert low <= chosen.objective <= high and r.resamples == 40
@@ -67,7 +69,7 @@ def test_normal_draws_from_stderr_also_separate_signal_from_noise():
     est_mean, est_se = blocks.mean(axis=0), blocks.std(axis=0, ddof=1) / np.sqrt(len(blocks))
     uncertainty = selection.Uncertainty(mean=est_mean, stderr=est_se, n_resamples=40, seed=1)
     (planted,) = selection.select_networks(est_mean, [3], uncertainty=uncertainty)
-    assert planted.robustness.verdict == "robust"
+    assert planted.robustness.verdict == "stable within this run"
     assert planted.robustness.source.startswith("normal draws")
     noise = _noise_blocks(4)
     uncertainty = selection.Uncertainty(mean=noise.mean(axis=0),
@@ -162,13 +164,15 @@ def test_json_and_table_carry_the_assessment():
     blocks, _ = _planted_blocks(7, n=6, clusters=2)
     selections = _select(blocks, [1, 2], n_resamples=20)
     entry = json.loads(json.dumps(selection.selection_to_dict(selections[1])))
-    assert entry["robustness"]["verdict"] == "robust"
+    assert entry["robustness"]["verdict"] == "stable within this run"
+    assert entry["robustness"]["runs"] == 1 and entry["robustness"]["evidence"] == "within-run"
     assert len(entry["robustness"]["objective_ci"]) == 2
     assert entry["robustness"]["alternative"] and entry["robustness"]["margin"] > 2
     forced = selection.selection_to_dict(selections[0])["robustness"]
     assert forced["verdict"] == "forced" and forced["margin"] is None
     text = selection.format_selections(selections)
-    assert "robustness: ROBUST" in text and "| verdict |" in text and "| robust |" in text
+    assert "robustness: STABLE WITHIN THIS RUN" in text and "| verdict |" in text
+    assert "| stable within this run |" in text
     assert selection.selection_to_dict(selection.select_networks(blocks[0], 2)[0])[
         "robustness"] is None
 

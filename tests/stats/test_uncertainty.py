@@ -230,3 +230,89 @@ def test_with_epoch_stderr_fills_the_record(tmp_path):
     path = str(tmp_path / "a.json")
     affinity_io.save_affinity_json(path, filled)
     assert affinity_io.load_affinity(path).stderr_method == "batch means, one block per epoch"
+
+
+def _traced(rng, tasks, epochs, *, config=None):
+    """One run with an epochs trace (unequal counts) and a mean over its epochs."""
+    n = len(tasks)
+    trace = [{"epoch": e, "affinity": rng.normal(size=(n, n)).tolist(),
+              "counts": rng.integers(1, 6, size=(n, n)).tolist()} for e in range(epochs)]
+    return affinity_io.AffinityRecord(list(tasks), rng.normal(size=(n, n)), epochs=trace,
+                                      config=config or {})
+
+
+def test_pooling_records_runs_and_keeps_each_runs_blocks_in_pool_order():
+    rng = np.random.default_rng(7)
+    tasks = ["a", "b", "c"]
+    records = [_traced(rng, tasks, 4), _traced(rng, tasks, 3),
+               _traced(rng, tasks, 5, config={"epochs_used": [0, 1]})]
+    # One run carries recorded blocks: they win over its trace; another lists tasks
+    # in another order: its blocks are reordered with its matrix.
+    blocks = rng.normal(size=(6, 3, 3))
+    records[1] = records[1]._replace(block_means=blocks, block_counts=np.ones((6, 3, 3)))
+    order = [2, 0, 1]
+    moved = records[0]._replace(tasks=[tasks[i] for i in order],
+                                affinity=records[0].affinity[np.ix_(order, order)],
+                                epochs=[{**e, "affinity": np.asarray(e["affinity"])[
+                                    np.ix_(order, order)].tolist(), "counts": np.asarray(
+                                        e["counts"])[np.ix_(order, order)].tolist()}
+                                        for e in records[0].epochs])
+    pooled = affinity_io.pool_records([moved, records[1], records[2]])
+    assert pooled.runs == 3 and pooled.config["pooled_runs"] == 3
+    assert len(pooled.run_blocks) == 3
+    for run_mean, (means, counts) in zip(pooled.block_means, pooled.run_blocks):
+        k = next(i for i, r in enumerate(records)
+                 if np.array_equal(r.affinity, run_mean))  # same pool order as block_means
+        expected = affinity_io.within_run_blocks(records[k])
+        np.testing.assert_array_equal(means, expected[0])
+        np.testing.assert_array_equal(counts, expected[1])
+    # epochs_used restricts a trace to the epochs its mean is over.
+    assert len(affinity_io.within_run_blocks(records[2])[0]) == 2
+    # A run without 2 blocks: no two-stage information, the pool still works.
+    bare = affinity_io.pool_records([records[0], records[0]._replace(epochs=None)])
+    assert bare.run_blocks is None and bare.runs == 2
+    # A pooled record is not one run: it has no within-run blocks.
+    assert affinity_io.within_run_blocks(pooled) is None
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_runs_and_run_blocks_round_trip(tmp_path, suffix):
+    rng = np.random.default_rng(8)
+    tasks = ["a", "b", "c"]
+    pooled = affinity_io.pool_records([_traced(rng, tasks, e) for e in (2, 4, 3)])
+    path = str(tmp_path / f"pooled{suffix}")
+    save = affinity_io.save_affinity_json if suffix == ".json" else affinity_io.save_affinity_npz
+    save(path, pooled)
+    loaded = affinity_io.load_affinity(path)
+    assert loaded.runs == 3 and len(loaded.run_blocks) == 3
+    for (means, counts), (want_means, want_counts) in zip(loaded.run_blocks, pooled.run_blocks):
+        np.testing.assert_array_equal(means, want_means)
+        np.testing.assert_array_equal(counts, want_counts)
+    one = _traced(rng, tasks, 2)
+    save(path, one)
+    assert affinity_io.load_affinity(path).runs == 1
+
+
+def test_old_pooled_files_keep_their_run_count(tmp_path):
+    """Files pooled before ``runs`` existed say it in config["pooled_runs"]."""
+    path = tmp_path / "old_pooled.json"
+    path.write_text('{"format": "tag_tf.affinity/v1", "tasks": ["a", "b"], '
+                    '"affinity": [[null, 1.0], [2.0, null]], "epochs": [], '
+                    '"config": {"pooled_runs": 3}, "block_means": [[[0, 1], [2, 0]], '
+                    '[[0, 1], [2, 0]], [[0, 1], [2, 0]]]}')
+    assert affinity_io.load_affinity(str(path)).runs == 3
+    path.write_text('{"tasks": ["a", "b"], "affinity": [[0, 1], [2, 0]], "runs": 0}')
+    with pytest.raises(ValueError, match="runs .* must be an integer >= 1. Received: runs=0"):
+        affinity_io.load_affinity(str(path))
+
+
+def test_old_pooled_npz_files_keep_their_run_count(tmp_path):
+    """NPZs hold no config: an old pooled one is known by its between-run method."""
+    rng = np.random.default_rng(9)
+    pooled = affinity_io.pool_records([_record(rng, ["a", "b"]) for _ in range(3)])
+    path = str(tmp_path / "pooled.npz")
+    affinity_io.save_affinity_npz(path, pooled)
+    with np.load(path) as data:
+        old = {k: data[k] for k in data.files if k != "runs"}
+    np.savez(path, **old)
+    assert affinity_io.load_affinity(path).runs == 3
