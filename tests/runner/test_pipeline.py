@@ -9,9 +9,9 @@ import pytest
 
 from tag_tf.io import affinity_io
 from tag_tf.runner import pipeline
-from tag_tf import synthetic
 from tag_tf.stats import uncertainty
 from tag_tf.selection import api as selection_api
+from tests.toys import planted_experiment
 
 
 # ----------------------------------------------------------------------------- fast
@@ -81,24 +81,8 @@ def test_summed_validation_loss():
     assert single["val_summed_loss"] == 0.5
 
 
-def _experiment(num_tasks=3, seed=0, **overrides):
-    problem = synthetic.planted_tasks(num_tasks, min(num_tasks, 3))
-    kwargs = dict(
-        tasks=problem.tasks,
-        network_fn=lambda tasks: synthetic.planted_network(list(tasks), problem.input_dim,
-                                                           seed=seed),
-        shared=list(synthetic.SHARED_LAYERS),
-        loss_fn=lambda task: "mse",
-        train_data=problem.dataset(64, batch_size=16, seed=0),
-        validation_data=problem.dataset(32, batch_size=16, seed=1, shuffle=False),
-        test_data=problem.dataset(32, batch_size=16, seed=2, shuffle=False),
-        optimizer_fn=lambda: keras.optimizers.SGD(0.05, momentum=0.9))
-    kwargs.update(overrides)
-    return pipeline.Experiment(**kwargs)
-
-
 def test_argument_errors(tmp_path):
-    experiment = _experiment()
+    experiment = planted_experiment()
     with pytest.raises(ValueError, match="mode"):
         pipeline.run("tag", experiment)
     with pytest.raises(ValueError, match="selection_path"):
@@ -231,7 +215,7 @@ def test_compare_errors_states_beat_or_within_spread():
 # ----------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_affinity_selection_groups_chain(tmp_path):
-    experiment = _experiment()
+    experiment = planted_experiment()
     options = pipeline.Options(epochs=2, patience=1, verbose=0, every_n=1, budgets=(1, 2, 9),
                                affinity_epochs="until_best")
     out = str(tmp_path / "affinity")
@@ -264,7 +248,7 @@ def test_affinity_selection_groups_chain(tmp_path):
 
 @pytest.mark.slow
 def test_stl_with_an_error_metric(tmp_path):
-    experiment = _experiment(2, error_fn=lambda task: keras.metrics.MeanAbsoluteError(
+    experiment = planted_experiment(2, error_fn=lambda task: keras.metrics.MeanAbsoluteError(
         name="mae"), error_name="mae", test_data=None)
     results = pipeline.run("stl", experiment, pipeline.Options(epochs=1, verbose=0),
                            output_dir=str(tmp_path))
@@ -278,7 +262,7 @@ def test_stl_with_an_error_metric(tmp_path):
 
 
 def _seeded_experiment():
-    return _experiment(for_seed=lambda seed: _experiment(seed=seed))
+    return planted_experiment(for_seed=lambda seed: planted_experiment(seed=seed))
 
 
 @pytest.mark.slow
