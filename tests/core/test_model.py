@@ -51,22 +51,30 @@ def test_config_rejects_bad_values():
 
 
 # ----------------------------------------------------- no mutation, training
-def test_lookahead_mutates_no_variable():
-    """The affinity measurement alone leaves every variable and BN statistic bit-identical."""
-    model = bn_dropout_model()
+@pytest.mark.usefixtures("eager")  # a few steps: tracing would cost more than they do
+@pytest.mark.parametrize("rule", ["sgd", "optimizer"])
+def test_lookahead_mutates_no_variable(rule):
+    """The lookahead measurement leaves every weight, BN statistic, optimizer slot and RNG
+    state bit-identical: steps that measure lookahead affinities train exactly as steps that
+    only measure gradient cosines (the same per-task gradients, no lookahead)."""
     x, y = normal_targets_data(16)
-    model.train_on_batch(x, y)  # build optimizer slots, non-zero momentum
-    model.train_on_batch(x, y)
-    watched = model.network.variables + model.optimizer.variables
-    before = [v.numpy().copy() for v in watched]
-    state = [tf.identity(v.value) for v in model.network.non_trainable_variables]
-    y_pred = model(x, training=False)
-    grads = [[tf.ones_like(v.value) * 0.1 for v in model.shared_variables] for _ in TASKS]
-    model._record_affinity(x, y, None, y_pred, state,  # pylint: disable=protected-access
-                           lambda k: grads[k])
-    for value, variable in zip(before, watched):
-        np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
-    assert int(model.affinity_steps.numpy()) == 3
+    models = {measure: bn_dropout_model(tag_tf.AffinityConfig(every_n=1, rule=rule,
+                                                              measures=(measure,)))
+              for measure in ("lookahead", "cosine")}
+    for model in models.values():
+        for _ in range(3):  # from the second step on, with momentum in the optimizer slots
+            model.train_on_batch(x, y)
+    lookahead, cosine = models["lookahead"], models["cosine"]
+    assert int(lookahead.affinity_steps.numpy()) == int(cosine.affinity_steps.numpy()) == 3
+    np.testing.assert_array_equal(lookahead.affinity_count.numpy(), 3)  # the lookahead ran
+    np.testing.assert_array_equal(cosine.affinity_count.numpy(), 0)
+    untrained = bn_dropout_network(0)
+    assert not np.array_equal(untrained.get_layer("trunk").kernel.numpy(),
+                              lookahead.network.get_layer("trunk").kernel.numpy())
+    watched = [m.network.variables + m.optimizer.variables for m in (lookahead, cosine)]
+    assert len(watched[0]) == len(watched[1])
+    for a, b in zip(*watched):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
 @pytest.mark.parametrize("every_n", [1, 3])
