@@ -267,9 +267,9 @@ def test_affinity_measure_flag_and_option():
     script_flags.own_registry_parser(registry, "usage")(["prog", "--affinity_measure=taylor"])
     options = pipeline.Options(**script_flags.seed_option_fields(registry))
     assert options.affinity_measure == "taylor"
-    assert pipeline._affinity_config("affinity", options, None).measures == ("taylor",)
-    assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
-    assert pipeline._affinity_config("affinity", pipeline.Options(), None).measures == (
+    assert toys.runner_affinity_config("affinity", options).measures == ("taylor",)
+    assert toys.runner_affinity_config("cs", options).measures == ("cosine",)
+    assert toys.runner_affinity_config("affinity", pipeline.Options()).measures == (
         "lookahead",)
     with pytest.raises(ValueError, match="affinity_measure must be one of.*'cosine'"):
         pipeline.Options(affinity_measure="cosine")

@@ -11,7 +11,7 @@ from tag_tf.io import affinity_io
 from tag_tf.runner import pipeline
 from tag_tf.stats import uncertainty
 from tag_tf.selection import api as selection_api
-from tests.toys import planted_experiment
+from tests.toys import planted_experiment, runner_affinity_config
 
 
 # ----------------------------------------------------------------------------- fast
@@ -117,11 +117,11 @@ def test_format_summary():
 def test_affinity_config_of_each_mode():
     options = pipeline.Options(every_n=3, lookahead_rule="optimizer", divide_by_lr=True,
                                affinity_window="first")
-    config = pipeline._affinity_config("affinity", options, None)
+    config = runner_affinity_config("affinity", options)
     assert (config.every_n, config.rule, config.divide_by_lr, config.window) == (
         3, "optimizer", True, "first")
-    assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
-    assert pipeline._affinity_config("mtl", options, None) is None
+    assert runner_affinity_config("cs", options).measures == ("cosine",)
+    assert runner_affinity_config("mtl", options) is None
     assert options.to_json()["affinity_window"] == "first"
 
 
