@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("float64_keras")
 
 
 @pytest.mark.parametrize("rule, optimizer", [
-    ("sgd", None), pytest.param("optimizer", toys.sgd_momentum, marks=pytest.mark.slow)])
+    ("sgd", None),
+    pytest.param("optimizer", toys.sgd_momentum, marks=pytest.mark.slow, id="optimizer-momentum")])
 def test_mirrored_records_what_one_device_records(rule, optimizer):
     config = tag_tf.AffinityConfig(every_n=1, rule=rule, measures=("lookahead", "cosine"))
     one = toys.one_device_and_mirrored(config=config, optimizer=optimizer)
