@@ -55,3 +55,11 @@ def eager():
     tf.config.run_functions_eagerly(True)
     yield
     tf.config.run_functions_eagerly(False)
+
+
+@pytest.fixture
+def restore_policy():
+    """Restores Keras' global dtype policy after a test that sets one (mixed precision)."""
+    previous = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(previous)

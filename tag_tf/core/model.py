@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import keras
 import numpy as np
@@ -474,15 +474,6 @@ class MultiTaskModel(keras.Model):
                  for v in self.trainable_variables]
         return (loss, y_pred, _zeros_for_none(grads, self.trainable_variables), task_losses,
                 kernel_norms)
-
-    def _record_affinity(self, x, y, sample_weight, y_pred, state_before,
-                         task_gradient: Callable[[int], list], batch=None):
-        """Adds one step's affinities to the accumulators (see :class:`AffinityRecorder`)."""
-        if batch is None:
-            batch = replicas.GlobalBatch(self._require_task_losses().losses, self.tasks, y,
-                                         sample_weight)
-        return self._recorder.record(x, y, sample_weight, y_pred, state_before, task_gradient,
-                                     batch)
 
     def _require_task_losses(self) -> TaskLosses:
         if self._task_losses is None:

@@ -481,7 +481,7 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         else experiment.validation_data
     test = _select_labels(test_source, tasks)
 
-    # ---- strategy / mixed precision (resume12): everything with variables is built in scope
+    # ---- strategy / mixed precision: everything with variables is built in the scope
     strategy = make_strategy(options.strategy, logical_cpus=options.logical_cpus)
     if options.strategy != "default":
         shard = distribute_options(options.shard_policy)
@@ -549,7 +549,7 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
     history = model.fit(train, validation_data=validation, epochs=options.epochs, shuffle=False,
                         steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                         verbose=options.verbose)
-    if options.backup_dir:  # resume12: the epochs trained before a resume belong to the run
+    if options.backup_dir:  # the epochs trained before a resume belong to the run too
         history = backup.complete_history(history)
     summed = history.history.get(SUMMED_LOSS, [])
     epochs_run = len(history.history.get("loss", []))
@@ -580,13 +580,13 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         "history": {k: [_finite(v) for v in values] for k, values in history.history.items()},
         "test": test_result,
         "test_split": "test" if experiment.test_data is not None else "validation",
-        "replicas": int(strategy.num_replicas_in_sync),  # resume12: tf.distribute replicas
+        "replicas": int(strategy.num_replicas_in_sync),  # devices trained on in sync
     }
     return model, info
 
 
 # --------------------------------------------------------------------------- distribution
-# (resume12) strategy construction, input sharding, mixed precision.
+# Strategy construction, input sharding, mixed precision.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 _SHARD_POLICIES = {"data": tf.data.experimental.AutoShardPolicy.DATA,
                    "file": tf.data.experimental.AutoShardPolicy.FILE,

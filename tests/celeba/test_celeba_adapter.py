@@ -8,16 +8,13 @@ the lookahead step costs more than the few steps; the graph path is the slow CLI
 import dataclasses
 import json
 import math
-from unittest import mock
 
 import numpy as np
 import pytest
-from tensorflow_datasets.core.download import download_manager
 
 from celeba import adapter as celeba_adapter
 from celeba import data
 from celeba import main as celeba_main
-from celeba import testing
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
 from tests.experiments.harness_testing import no_training, run_figure4_cli
@@ -30,24 +27,9 @@ TINY = {"tasks": TASKS, "image_size": 16, "batch_size": 4, "epochs": 1, "patienc
         "steps_per_epoch": 2, "every_n": 1}
 
 
-def _no_network(*args, **kwargs):
-    raise AssertionError("A test tried to download something.")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("celeba_adapter")
-    files = str(root / "files")
-    testing.write_fake_celeba(files, {"train": 8, "validation": 4, "test": 4})
-    with mock.patch.object(download_manager.DownloadManager, "_download", _no_network):
-        celeba_main.prepare(files_dir=files, data_dir=str(root / "tfds"),
-                            verify_checksums=False)
-    return str(root / "tfds")
-
-
 @pytest.fixture
-def tiny(data_dir):
-    return {"data_dir": data_dir, **TINY}
+def tiny(small_data_dir):
+    return {"data_dir": small_data_dir, **TINY}
 
 
 def test_defaults_are_celeba_main_flags():

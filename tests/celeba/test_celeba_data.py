@@ -3,12 +3,10 @@
 import collections
 import os
 import zipfile
-from unittest import mock
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_datasets.core.download import download_manager
 
 from celeba import data
 from celeba import main as celeba_main
@@ -18,16 +16,12 @@ from celeba import testing
 SPLITS = {"train": 6, "validation": 3, "test": 3}
 
 
-def _no_network(*args, **kwargs):
-    raise AssertionError("A test tried to download something.")
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory, no_downloads):
     root = tmp_path_factory.mktemp("celeba")
     files = str(root / "files")
     testing.write_fake_celeba(files, SPLITS)
-    with mock.patch.object(download_manager.DownloadManager, "_download", _no_network):
+    with no_downloads():
         builder = data.prepare_from_files(files, str(root / "tfds"), verify_checksums=False)
     return files, str(root / "tfds"), builder
 

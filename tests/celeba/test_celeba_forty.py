@@ -19,11 +19,9 @@ from absl import app
 from celeba import adapter
 from celeba import data
 from celeba import main as celeba_main
-from celeba import testing
 from tag_tf.io import affinity_io
 from tag_tf.runner import pipeline
 from tag_tf.selection import api
-from tests.celeba.test_celeba_main import run_main  # real CLI, downloads patched out
 
 COMMON = ["--batch_size=4", "--image_size=16", "--every_n=1", "--patience=-1", "--verbose=0"]
 
@@ -64,7 +62,7 @@ def test_tasks_errors_name_the_bad_attributes():
         data.check_tasks("Male")
 
 
-def test_main_rejects_bad_tasks_and_time_limit_before_loading_data(tmp_path):
+def test_main_rejects_bad_tasks_and_time_limit_before_loading_data(run_main, tmp_path):
     missing = str(tmp_path / "no_tfds")  # never read: the flags fail first
     with pytest.raises(app.UsageError, match=r"\['Nope'\]"):
         run_main(["--mode=mtl", f"--data_dir={missing}", "--tasks=Male,Nope"])
@@ -149,23 +147,13 @@ def test_pipeline_selects_forty_tasks_with_the_large_solver(tmp_path, caplog):
 
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("celeba_forty")
-    files = str(root / "files")
-    testing.write_fake_celeba(files, {"train": 8, "validation": 4, "test": 4})
-    run_main(["--mode=prepare", f"--files_dir={files}", f"--data_dir={root / 'tfds'}",
-              "--noverify_checksums"])
-    return str(root / "tfds")
-
-
-@pytest.fixture(scope="module")
-def affinity_dir(data_dir, tmp_path_factory):
+def affinity_dir(small_data_dir, run_main, tmp_path_factory):
     """The affinity mode with 40 heads, run eagerly: tracing the 40-task recording step
     costs far more than the toy run's 4 steps (see celeba/README.md, "All 40 attributes")."""
     out = str(tmp_path_factory.mktemp("affinity40"))
     tf.config.run_functions_eagerly(True)
     try:
-        run_main(["--mode=affinity", "--tasks=all", f"--data_dir={data_dir}",
+        run_main(["--mode=affinity", "--tasks=all", f"--data_dir={small_data_dir}",
                   f"--output_dir={out}", "--epochs=2", "--budgets=2,3",
                   "--selection_time_limit=2", *COMMON])
     finally:
@@ -198,10 +186,12 @@ def test_affinity_with_forty_heads_selects_with_a_certificate(affinity_dir):
 
 
 @pytest.mark.slow
-def test_groups_from_a_forty_task_selection(data_dir, affinity_dir, tmp_path, eager):
+def test_groups_from_a_forty_task_selection(small_data_dir, affinity_dir, run_main, tmp_path,
+                                            eager):
     out = str(tmp_path / "groups")
-    run_main(["--mode=groups", f"--data_dir={data_dir}", f"--output_dir={out}", "--epochs=1",
-              f"--selection={affinity_dir}/selection.json", "--budget=2", *COMMON])
+    run_main(["--mode=groups", f"--data_dir={small_data_dir}", f"--output_dir={out}",
+              "--epochs=1", f"--selection={affinity_dir}/selection.json", "--budget=2",
+              *COMMON])
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     with open(os.path.join(affinity_dir, "selection.json")) as f:

@@ -7,19 +7,16 @@ each mode trains 16 x 16 images for 1-2 epochs and the written JSON is checked.
 import json
 import math
 import os
-from unittest import mock
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
-from tensorflow_datasets.core.download import download_manager
 
 from celeba import adapter
 from celeba import main as celeba_main
 from celeba import model as celeba_model
-from celeba import testing
 from tag_tf.io import affinity_io
 from tag_tf.core import lookahead
 from tag_tf.cli import script_flags
@@ -28,32 +25,6 @@ TASKS = ["Black_Hair", "Blond_Hair", "No_Beard"]
 TWO_TASKS = TASKS[1:]  # the single-method modes: fewer heads (and STL networks), faster
 COMMON = ["--batch_size=4", "--image_size=16", "--every_n=1", "--patience=1", "--verbose=0"]
 TINY = ["--tasks=" + ",".join(TASKS), "--budgets=1,2,3", *COMMON]
-
-
-def _no_network(*args, **kwargs):
-    raise AssertionError("A test tried to download something.")
-
-
-def run_main(argv):
-    """Runs celeba.main's ``main`` with ``argv`` parsed into its own flag registry."""
-    flags = celeba_main.FLAGS
-    flags.unparse_flags()
-    flags(["celeba.main", *argv])
-    try:
-        with mock.patch.object(download_manager.DownloadManager, "_download", _no_network):
-            celeba_main.main(["celeba.main"])
-    finally:
-        flags.unparse_flags()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("celeba_main")
-    files = str(root / "files")
-    testing.write_fake_celeba(files, {"train": 12, "validation": 4, "test": 4})
-    run_main(["--mode=prepare", f"--files_dir={files}", f"--data_dir={root / 'tfds'}",
-              "--noverify_checksums"])
-    return str(root / "tfds")
 
 
 def _results(output_dir):
@@ -89,7 +60,7 @@ def _check_selection(path, tasks, budgets):
         assert sorted(selection["served_by"]) == sorted(tasks)
 
 
-def test_prepare_prints_the_splits(data_dir, capsys):
+def test_prepare_prints_the_splits(data_dir, run_main, capsys):
     run_main(["--mode=prepare", f"--files_dir={os.path.dirname(data_dir)}/files",
               f"--data_dir={data_dir}", "--noverify_checksums"])
     assert "{'train': 12, 'validation': 4, 'test': 4}" in capsys.readouterr().out.replace(
@@ -97,7 +68,7 @@ def test_prepare_prints_the_splits(data_dir, capsys):
 
 
 @pytest.fixture(scope="module")
-def affinity_dir(data_dir, tmp_path_factory):
+def affinity_dir(data_dir, run_main, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("affinity"))
     run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",
               "--epochs=2", *TINY])
@@ -116,7 +87,8 @@ def test_affinity(affinity_dir, capsys):
 
 
 @pytest.mark.slow
-def test_groups_from_the_affinity_selection(data_dir, affinity_dir, tmp_path, capsys):
+def test_groups_from_the_affinity_selection(data_dir, affinity_dir, run_main, tmp_path,
+                                            capsys):
     out = str(tmp_path / "groups")
     run_main(["--mode=groups", f"--data_dir={data_dir}", f"--output_dir={out}", "--epochs=1",
               f"--selection={affinity_dir}/selection.json", "--budget=2", *TINY])
@@ -135,7 +107,7 @@ def test_groups_from_the_affinity_selection(data_dir, affinity_dir, tmp_path, ca
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["mtl", "stl", "uw", "gradnorm", "pcgrad", "cs"])
-def test_mode(mode, data_dir, tmp_path, capsys):
+def test_mode(mode, data_dir, run_main, tmp_path, capsys):
     out = str(tmp_path / mode)
     run_main([f"--mode={mode}", f"--data_dir={data_dir}", f"--output_dir={out}", "--epochs=1",
               "--tasks=" + ",".join(TWO_TASKS), "--budgets=1,2", *COMMON])
@@ -249,7 +221,7 @@ def _notebook_affinity(data_dir, steps, coefficient):
 
 
 @pytest.mark.slow
-def test_lookahead_original_records_the_notebook_step(data_dir, tmp_path, eager):
+def test_lookahead_original_records_the_notebook_step(data_dir, run_main, tmp_path, eager):
     # One batch of all 12 training images per epoch, so the batch order cannot differ.
     out = str(tmp_path / "original")
     run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",

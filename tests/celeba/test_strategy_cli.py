@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tag_tf.runner import pipeline
-from tests.celeba.test_celeba_main import TASKS, data_dir, run_main  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["--tasks=" + ",".join(TASKS[:2]), "--batch_size=4", "--image_size=16", "--every_n=1",
+TASKS = ["Black_Hair", "Blond_Hair"]
+TINY = ["--tasks=" + ",".join(TASKS), "--batch_size=4", "--image_size=16", "--every_n=1",
         "--patience=-1", "--verbose=0", "--budgets=", "--epochs=2"]
 
 
@@ -24,7 +24,7 @@ def _results(output_dir):
 
 
 @pytest.mark.slow
-def test_mixed_precision_on_celeba(data_dir, tmp_path, eager):  # noqa: F811
+def test_mixed_precision_on_celeba(data_dir, run_main, tmp_path, eager):
     previous = keras.config.dtype_policy().name
     out = str(tmp_path / "mp")
     run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",
@@ -55,7 +55,7 @@ def test_data_sharding_policy_is_explicit():
 
 
 @pytest.mark.slow
-def test_mirrored_two_logical_cpus_with_backups(data_dir, tmp_path):  # noqa: F811
+def test_mirrored_two_logical_cpus_with_backups(data_dir, tmp_path):
     """celeba.main --strategy=mirrored on 2 logical CPUs (a subprocess: the CPU is split
     before TensorFlow starts), backing up every batch."""
     out, backup = str(tmp_path / "mirrored"), str(tmp_path / "backup")
@@ -87,7 +87,7 @@ def _weights(path):
 
 
 @pytest.mark.slow
-def test_mirrored_cli_resume_is_exact(data_dir, tmp_path):  # noqa: F811
+def test_mirrored_cli_resume_is_exact(data_dir, tmp_path):
     """celeba.main --strategy=mirrored --logical_cpus=2 --backup_dir, crashed mid-epoch and
     run again, equals the uninterrupted run exactly: weights, affinity matrix and trace,
     history, test losses (the epochs' data come from Experiment.train_data_fn)."""

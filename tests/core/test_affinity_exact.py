@@ -8,68 +8,26 @@ import tensorflow as tf
 import tag_tf
 from tag_tf.core import lookahead
 from tests import numpy_reference as ref
-
-TASKS = ["a", "b", "c"]
-WEIGHTS = {"a": 1.0, "b": 2.0, "c": 0.5}
-D, K, BATCH = 5, 4, 16
-
-
-def linear_network(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((D,))
-    h = keras.layers.Dense(K, use_bias=False, name="trunk")(inputs)
-    outputs = {t: keras.layers.Dense(1, use_bias=False, name=t)(h) for t in TASKS}
-    return keras.Model(inputs, outputs)
-
-
-def batches(count, seed=1):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        x = rng.normal(size=(BATCH, D))
-        y = {t: rng.normal(size=(BATCH, 1)) for t in TASKS}
-        out.append((x, y))
-    return out
-
+from tests import toys
+from tests.toys import LOSS_WEIGHTS, OPTIMIZERS, TASKS
 
 pytestmark = pytest.mark.usefixtures("float64_keras")
 
 
-def as_f32(batch):
-    x, y = batch
-    dtype = keras.config.floatx()
-    return x.astype(dtype), {t: v.astype(dtype) for t, v in y.items()}
-
-
-OPTIMIZERS = {
-    "sgd": (lambda: keras.optimizers.SGD(0.1), dict(kind="sgd", lr=0.1)),
-    "momentum": (lambda: keras.optimizers.SGD(0.1, momentum=0.9),
-                 dict(kind="sgd", lr=0.1, momentum=0.9)),
-    "nesterov": (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
-                 dict(kind="sgd", lr=0.05, momentum=0.9, nesterov=True)),
-    "adam": (lambda: keras.optimizers.Adam(0.01), dict(kind="adam", lr=0.01)),
-    "adamw": (lambda: keras.optimizers.AdamW(0.01, weight_decay=0.05),
-              dict(kind="adam", lr=0.01, weight_decay=0.05)),
-    "schedule": (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(
-        0.2, decay_steps=1, decay_rate=0.5), momentum=0.9),
-        dict(kind="sgd", lr=lambda step: 0.2 * 0.5 ** step, momentum=0.9)),
-}
-
-
 def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=False, steps=4):
     make_optimizer, ref_kwargs = OPTIMIZERS[optimizer_name]
-    network = linear_network()
-    train = batches(steps)
-    val = batches(3, seed=7)
+    network = toys.linear_network()
+    train = toys.linear_batches(steps)
+    val = toys.linear_batches(3, seed=7)
     config = dict(every_n=1, rule=rule, divide_by_lr=divide_by_lr)
     if validation:
         val_ds = tf.data.Dataset.from_tensor_slices(
-            (np.stack([as_f32(b)[0] for b in val]),
-             {t: np.stack([as_f32(b)[1][t] for b in val]) for t in TASKS}))
+            (np.stack([toys.as_floatx(b)[0] for b in val]),
+             {t: np.stack([toys.as_floatx(b)[1][t] for b in val]) for t in TASKS}))
         config.update(batch="validation", validation_data=val_ds)
     model = tag_tf.MultiTaskModel(network, shared=["trunk"],
                                   affinity=tag_tf.AffinityConfig(**config))
-    model.compile(optimizer=make_optimizer(), loss="mse", loss_weights=WEIGHTS)
+    model.compile(optimizer=make_optimizer(), loss="mse", loss_weights=LOSS_WEIGHTS)
 
     params = {"W": network.get_layer("trunk").kernel.numpy().astype(np.float64)}
     params.update({t: network.get_layer(t).kernel.numpy().astype(np.float64) for t in TASKS})
@@ -77,15 +35,15 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
     previous = np.zeros((3, 3))
     for step, batch in enumerate(train):
         x, y = batch
-        expected = ref.tag_step(params["W"], {t: params[t] for t in TASKS}, x, y, WEIGHTS, opt,
-                                rule, divide_by_lr=divide_by_lr,
+        expected = ref.tag_step(params["W"], {t: params[t] for t in TASKS}, x, y, LOSS_WEIGHTS,
+                                opt, rule, divide_by_lr=divide_by_lr,
                                 eval_batch=val[step % 3] if validation else None)
-        model.train_on_batch(*as_f32(batch))
+        model.train_on_batch(*toys.as_floatx(batch))
         total = model.affinity_sum.numpy()
         np.testing.assert_allclose(total - previous, expected, rtol=1e-5, atol=1e-7,
                                    err_msg=f"step {step}")
         previous = total
-        ref.train_update(params, x, y, WEIGHTS, opt)
+        ref.train_update(params, x, y, LOSS_WEIGHTS, opt)
         # The training update itself also matches the reference.
         np.testing.assert_allclose(network.get_layer("trunk").kernel.numpy(), params["W"],
                                    rtol=1e-5, atol=1e-7)  # Keras keeps hyper-parameters in float32
@@ -116,11 +74,11 @@ def test_optimizer_rule_equals_the_real_optimizer_step():
     """The 'optimizer' lookahead equals what optimizer.apply would do (on a copy)."""
     for name in ["momentum", "nesterov", "adamw"]:
         make_optimizer, _ = OPTIMIZERS[name]
-        network = linear_network()
+        network = toys.linear_network()
         model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None)
         model.compile(optimizer=make_optimizer(), loss="mse")
-        for batch in batches(3):
-            model.train_on_batch(*as_f32(batch))
+        for batch in toys.linear_batches(3):
+            model.train_on_batch(*toys.as_floatx(batch))
         kernel = network.get_layer("trunk").kernel
         grad = tf.random.stateless_normal(kernel.shape, seed=(1, 2))
         lr = lookahead.current_learning_rate(model.optimizer)
@@ -151,11 +109,11 @@ class SecretSGD(keras.optimizers.SGD):
 
 
 def test_optimizer_subclass_hook_and_rejection():
-    network = linear_network()
+    network = toys.linear_network()
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None)
     model.compile(optimizer=L2SGD(0.1, momentum=0.9), loss="mse")
-    for batch in batches(2):
-        model.train_on_batch(*as_f32(batch))
+    for batch in toys.linear_batches(2):
+        model.train_on_batch(*toys.as_floatx(batch))
     kernel = network.get_layer("trunk").kernel
     grad = tf.random.stateless_normal(kernel.shape, seed=(3, 4), dtype=kernel.dtype)
     lookahead.check_supported(model.optimizer, "optimizer")

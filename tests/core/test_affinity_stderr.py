@@ -21,7 +21,8 @@ from tag_tf.core import recorder
 from tag_tf.training import resume
 from tag_tf.stats import uncertainty
 from tag_tf.core.config import MEASURES  # every measure: a new one is covered with no extra code
-from tests.core.test_model import TASKS, data, make_model
+from tests import toys
+from tests.toys import TASKS, bn_dropout_model, normal_targets_data
 
 
 class SeriesRecorder(keras.callbacks.Callback):
@@ -46,9 +47,9 @@ class SeriesRecorder(keras.callbacks.Callback):
 
 
 def fit_with_series(config, epochs=3, n=64, **kwargs):
-    model = make_model(config, **kwargs)
+    model = bn_dropout_model(config, **kwargs)
     series, logger = SeriesRecorder(), tag_tf.AffinityLogger()
-    x, y = data(n)
+    x, y = normal_targets_data(n)
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
               callbacks=[series, logger])
     return model, series, logger
@@ -114,18 +115,18 @@ def test_every_k_recorded_steps_equals_from_series(eager, block):
 
 def test_every_k_blocks_count_recorded_steps_not_training_steps(eager):
     """every_n=2 over 12 training steps: 6 records, blocks of 2 records -> 3 blocks."""
-    model = make_model(tag_tf.AffinityConfig(every_n=2, stderr_block=2))
-    x, y = data(64)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=2, stderr_block=2))
+    x, y = normal_targets_data(64)
     model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
     assert int(model.affinity_steps.numpy()) == 6
     np.testing.assert_array_equal(model.affinity_record().stderr_blocks, 3)
 
 
 def test_one_block_gives_nan_never_zero(eager):
-    model = make_model(tag_tf.AffinityConfig(every_n=1, measures=MEASURES))
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1, measures=MEASURES))
     empty = model.affinity_record()
     assert np.isnan(empty.stderr).all() and (empty.stderr_blocks == 0).all()
-    x, y = data(64)
+    x, y = normal_targets_data(64)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     for measure in MEASURES:
         record = model.affinity_record(measure)
@@ -141,8 +142,8 @@ def test_logger_files_leave_out_an_all_unknown_stderr(tmp_path, eager):
     """One epoch: the files carry no stderr, so the selection bootstrap says "no
     uncertainty information" instead of taking NaN errors for exact values."""
     from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
-    model = make_model(tag_tf.AffinityConfig(every_n=2))
-    x, y = data(32)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=2))
+    x, y = normal_targets_data(32)
     out = str(tmp_path / "out")
     logger = tag_tf.AffinityLogger(output_dir=out)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[logger])
@@ -163,9 +164,9 @@ def test_unfinished_block_counts_as_a_block_mid_epoch(eager):
             if int(self.model.train_step_counter.numpy()) == 6:
                 seen["record"] = self.model.affinity_record()
 
-    model = make_model(tag_tf.AffinityConfig(every_n=1))
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1))
     series = SeriesRecorder()
-    x, y = data(64)
+    x, y = normal_targets_data(64)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
               callbacks=[series, Peek()])
     record = seen["record"]  # epoch 0 (4 steps) + 2 steps of epoch 1
@@ -179,8 +180,8 @@ def test_unfinished_block_counts_as_a_block_mid_epoch(eager):
 
 # ------------------------------------------------------------- state handling
 def test_state_is_bookkeeping_reset_with_the_accumulators(eager):
-    model = make_model(tag_tf.AffinityConfig(every_n=1))
-    x, y = data(64)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1))
+    x, y = normal_targets_data(64)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert int(model.stderr_lookahead_blocks.numpy()[0, 0]) == 2
     skipped = {id(getattr(model, n)) for n in recorder.BOOKKEEPING + affinity_stderr.NAMES}
@@ -195,8 +196,8 @@ def test_state_is_bookkeeping_reset_with_the_accumulators(eager):
 
 def test_save_and_load_round_trip(tmp_path, eager):
     config = tag_tf.AffinityConfig(every_n=1, measures=MEASURES, stderr_block=3)
-    x, y = data(64)
-    model = make_model(config, dropout=0)
+    x, y = normal_targets_data(64)
+    model = bn_dropout_model(config, dropout=0)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)  # 4 records: 1 + 1/3
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -205,7 +206,7 @@ def test_save_and_load_round_trip(tmp_path, eager):
     assert_same_stderr(model, loaded)
     weights = str(tmp_path / "model.weights.h5")
     model.save_weights(weights)
-    other = make_model(config, seed=2, dropout=0)
+    other = bn_dropout_model(config, seed=2, dropout=0)
     other.load_weights(weights)
     assert_same_stderr(model, other)
     # Training on from the loaded state continues the same blocks (the open one included).
@@ -229,24 +230,18 @@ def test_config_option_is_validated_and_saved():
 
 
 # --------------------------------------------------------------------- resume
-class CrashAtEpoch(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("crash")
-
-
 def test_backup_and_restore_gives_the_same_stderr(tmp_path, eager):
     """Keras' BackupAndRestore saves at the epoch end: after the block was folded."""
-    x, y = data(64)
+    x, y = normal_targets_data(64)
     config = tag_tf.AffinityConfig(every_n=1)
-    straight = make_model(config)
+    straight = bn_dropout_model(config)
     straight.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
     backup = str(tmp_path / "backup")
-    first = make_model(config)
+    first = bn_dropout_model(config)
     with pytest.raises(RuntimeError):
         first.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
-                  callbacks=[keras.callbacks.BackupAndRestore(backup), CrashAtEpoch()])
-    resumed = make_model(config, seed=1)  # other init: everything comes from the backup
+                  callbacks=[keras.callbacks.BackupAndRestore(backup), toys.CrashAtEpoch(2)])
+    resumed = bn_dropout_model(config, seed=1)  # other init: everything comes from the backup
     resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(backup)])
     np.testing.assert_array_equal(resumed.stderr_lookahead_blocks.numpy(), 4)
@@ -254,20 +249,7 @@ def test_backup_and_restore_gives_the_same_stderr(tmp_path, eager):
 
 
 def _epoch_data(epoch):
-    x, y = data(32)
-    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
-        32, seed=100 + epoch, reshuffle_each_iteration=False).batch(8)  # 4 steps
-
-
-class CrashAtStep(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.steps = at, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps == self.at:
-            raise RuntimeError("crash")
+    return toys.shuffled_epoch_batches(epoch, num=32)  # 4 steps
 
 
 @pytest.mark.parametrize("block", ["epoch", pytest.param(3, marks=pytest.mark.slow)])
@@ -276,9 +258,9 @@ def test_step_exact_resume_after_a_mid_epoch_crash_gives_the_same_stderr(tmp_pat
     config = tag_tf.AffinityConfig(every_n=1, measures=MEASURES, stderr_block=block)
 
     def run(name, crash=None, seed=0):
-        model = make_model(config, seed=seed)
+        model = bn_dropout_model(config, seed=seed)
         keras.utils.set_random_seed(0)
-        callbacks = [CrashAtStep(crash)] if crash else []
+        callbacks = [toys.CrashAfterSteps(crash)] if crash else []
         resume.resumable_fit(model, _epoch_data, backup_dir=str(tmp_path / name),
                              save_freq=2, epochs=3, callbacks=callbacks, verbose=0)
         return model
@@ -299,20 +281,18 @@ def test_step_exact_resume_after_a_mid_epoch_crash_gives_the_same_stderr(tmp_pat
 @pytest.mark.parametrize("block", [
     2, pytest.param("epoch", marks=pytest.mark.slow)])
 def test_mirrored_strategy_equals_one_device(block):
-    from tests.core.test_distribute import (LOSS_WEIGHTS, mirrored, network, one_device)  # pylint: disable=g-import-not-at-top
-    from tests.core.test_distribute import data as mirrored_data  # pylint: disable=g-import-not-at-top
     config = tag_tf.AffinityConfig(every_n=1, measures=MEASURES, stderr_block=block)
 
     def train(strategy):
         with strategy.scope():
-            model = tag_tf.MultiTaskModel(network(), shared=["trunk"], affinity=config)
+            model = tag_tf.MultiTaskModel(toys.tanh_network(), shared=["trunk"], affinity=config)
             model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse",
-                          loss_weights=LOSS_WEIGHTS)
-        dataset = tf.data.Dataset.from_tensor_slices(mirrored_data(3 * 32)).batch(32)
+                          loss_weights=toys.LOSS_WEIGHTS)
+        dataset = tf.data.Dataset.from_tensor_slices(toys.tanh_mixture_data(3 * 32)).batch(32)
         model.fit(dataset, epochs=2, verbose=0)  # 6 records
         return {m: model.affinity_record(m) for m in MEASURES}
 
-    one, many = train(one_device()), train(mirrored())
+    one, many = train(toys.one_device_strategy()), train(toys.mirrored_strategy())
     for measure in MEASURES:
         np.testing.assert_array_equal(many[measure].stderr_blocks, 3 if block == 2 else 2)
         np.testing.assert_array_equal(many[measure].stderr_blocks, one[measure].stderr_blocks)
@@ -323,8 +303,8 @@ def test_mirrored_strategy_equals_one_device(block):
 
 # ----------------------------------------------------------------- outputs
 def test_logger_writes_stderr_to_json_npz_png_and_tensorboard(tmp_path, eager):
-    x, y = data(64)
-    model = make_model(tag_tf.AffinityConfig(every_n=1))
+    x, y = normal_targets_data(64)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1))
     out, logs = str(tmp_path / "out"), str(tmp_path / "tb")
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
               callbacks=[tag_tf.AffinityLogger(output_dir=out, log_dir=logs)])

@@ -49,7 +49,8 @@ def functional_network(tasks=TASKS, seed=0):
     return keras.Model(inputs, {t: keras.layers.Dense(1, name=t)(h) for t in tasks})
 
 
-def data(tasks=TASKS, num=16, seed=1, shape=(5,)):
+def loss_form_data(tasks=TASKS, num=16, seed=1, shape=(5,)):
+    """Standard normal inputs of ``shape`` and targets for ``tasks``."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(num, *shape)).astype("float32")
     # 1-D targets for the string task: Keras matches their rank to the (num, 1) output.
@@ -88,7 +89,7 @@ def test_mixed_loss_forms_record_and_train_as_plain_keras(tasks, as_list):
     """Recording steps train exactly as Keras' own fit with the same losses."""
     forms = every_loss_form()
     loss = [forms[t] for t in tasks] if as_list else {t: forms[t] for t in tasks}
-    x, y = data(tasks)
+    x, y = loss_form_data(tasks)
     reference = functional_network(tasks)
     reference.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
     network = functional_network(tasks)
@@ -106,7 +107,7 @@ def test_mixed_loss_forms_record_and_train_as_plain_keras(tasks, as_list):
 
 
 def test_per_task_losses_are_the_given_functions():
-    x, y = data()
+    x, y = loss_form_data()
     network = functional_network()
     resolved = task_losses.resolve_task_losses(TASKS, every_loss_form())
     pred = network(x)
@@ -123,7 +124,7 @@ def test_per_task_losses_are_the_given_functions():
 def test_unnamed_loss_forms_train_with_every_method(method):
     """Lambda, partial and callable object (graph mode) through every training path."""
     tasks = ["l", "p", "c"]
-    x, y = data(tasks)
+    x, y = loss_form_data(tasks)
     model = build(method, functional_network(tasks), shared=["trunk"])
     model.compile(optimizer=keras.optimizers.SGD(0.05),
                   loss={t: every_loss_form()[t] for t in tasks})
@@ -135,7 +136,7 @@ def test_lambda_loss_saves_and_loads_as_keras_does(tmp_path, eager):
     """Keras warns when saving a lambda and refuses to load it unless safe_mode=False."""
     tasks = ["s", "o", "f", "l"]  # Keras can save none of a partial or a callable object
     loss = {t: every_loss_form()[t] for t in tasks}
-    x, y = data(tasks)
+    x, y = loss_form_data(tasks)
     model = tag_tf.MultiTaskModel(functional_network(tasks), shared=["trunk"],
                                   affinity=tag_tf.AffinityConfig(every_n=1))
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
@@ -159,7 +160,7 @@ def test_unsavable_losses_fail_at_save_as_in_keras(tmp_path, eager):
     """A functools.partial cannot be saved by Keras either: compile and fit work, save
     raises Keras' own error."""
     loss = {"s": "mse", "p": every_loss_form()["p"]}
-    x, y = data(["s", "p"])
+    x, y = loss_form_data(["s", "p"])
     plain = functional_network(["s", "p"])
     plain.compile(optimizer="sgd", loss=loss)
     with pytest.raises(TypeError) as keras_error:
@@ -209,7 +210,7 @@ def subclassed(cls, seed=0):
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("cls", [WithoutTraining, WithTraining])
 def test_subclassed_networks_train_with_every_method(cls, method, eager):
-    x, y = data(["a", "b"])
+    x, y = loss_form_data(["a", "b"])
     network = subclassed(cls)
     model = build(method, network, shared=[network.trunk, "bn"], tasks=["a", "b"])
     assert {id(v) for v in model.shared_variables} == \
@@ -227,7 +228,7 @@ def test_unbuilt_subclassed_network_is_a_clear_error():
 def test_network_without_training_arg_records_in_training_mode(eager):
     """Its lookahead runs BatchNorm and Dropout in training mode, as the training pass: the
     same affinities and weights as the same network whose call passes ``training`` on."""
-    x, y = data(["a", "b"])
+    x, y = loss_form_data(["a", "b"])
     results = []
     for cls in (WithoutTraining, WithTraining):
         network = subclassed(cls)
@@ -269,7 +270,7 @@ def test_nested_backbone_as_the_shared_part(by_name, method, eager):
     assert {id(v) for v in model.shared_variables} == {id(v) for v in backbone.trainable_variables}
     assert len(model.shared_variables) == 6  # two Dense (kernel, bias) + BatchNorm (gamma, beta)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    x, y = data(["a", "b"])
+    x, y = loss_form_data(["a", "b"])
     before = [v.numpy().copy() for v in backbone.trainable_variables]
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     check_trained(model, history, ["a", "b"])
@@ -287,7 +288,7 @@ def test_keras_applications_backbone_records_and_trains(eager):
                                   weighting=tag_tf.UncertaintyWeighting())
     assert {id(v) for v in model.shared_variables} == {id(v) for v in backbone.trainable_variables}
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    x, y = data(["a", "b"], num=4, shape=(32, 32, 3))
+    x, y = loss_form_data(["a", "b"], num=4, shape=(32, 32, 3))
     history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert int(model.affinity_steps.numpy()) == 2

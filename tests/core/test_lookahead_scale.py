@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import tag_tf
+from tests import toys
+from tests.toys import TASKS
 
-TASKS = ["a", "b", "c"]
-D, K, BATCH, LR = 5, 4, 16, 0.1
+D, K, LR = toys.LINEAR_INPUTS, toys.LINEAR_WIDTH, 0.1  # the linear toy's shapes and batches
 
 pytestmark = pytest.mark.usefixtures("float64_keras")
 
@@ -28,17 +29,11 @@ def _model(lr, scale, rule):
     return model
 
 
-def _batches(count):
-    rng = np.random.default_rng(1)
-    return [(rng.normal(size=(BATCH, D)), {t: rng.normal(size=(BATCH, 1)) for t in TASKS})
-            for _ in range(count)]
-
-
 def _step_affinities(scale, rule, steps=3):
     """Per-step Z of (scale s, SGD lr) and (scale 1, SGD lr * s), from the same weights."""
     scaled, reference = _model(LR, scale, rule), _model(LR * scale, 1.0, rule)
     pairs = []
-    for batch in _batches(steps):
+    for batch in toys.linear_batches(steps):
         before = [m.affinity_sum.numpy().copy() for m in (scaled, reference)]
         scaled.train_on_batch(*batch)
         reference.train_on_batch(*batch)

@@ -10,37 +10,8 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf import synthetic
-
-TASKS = ["a", "b", "c"]
-
-
-def bn_dropout_network(seed=0, dropout=0.3):
-    """Trunk with BatchNorm and Dropout (RNG state), three heads."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((6,))
-    # No bias before BatchNorm: its gradient is 0 up to rounding, which Adam would amplify.
-    h = keras.layers.Dense(8, use_bias=False, name="trunk")(inputs)
-    h = keras.layers.BatchNormalization(name="bn")(h)
-    h = keras.layers.Activation("relu")(h)
-    if dropout:
-        h = keras.layers.Dropout(dropout, seed=seed, name="drop")(h)
-    outputs = {t: keras.layers.Dense(1, name=t)(h) for t in TASKS}
-    return keras.Model(inputs, outputs)
-
-
-def data(num=96, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num, 6)).astype("float32")
-    y = {t: rng.normal(size=(num, 1)).astype("float32") for t in TASKS}
-    return x, y
-
-
-def make_model(config=tag_tf.AffinityConfig(every_n=1), seed=0, optimizer=None, dropout=0.3):
-    model = tag_tf.MultiTaskModel(bn_dropout_network(seed, dropout), shared=["trunk", "bn"],
-                                  affinity=config)
-    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.05, momentum=0.9), loss="mse",
-                  loss_weights={"b": 2.0})
-    return model
+from tests.toys import TASKS, CrashAtEpoch, bn_dropout_model, bn_dropout_network, \
+    normal_targets_data
 
 
 # ------------------------------------------------------------------ schedule
@@ -51,7 +22,7 @@ def make_model(config=tag_tf.AffinityConfig(every_n=1), seed=0, optimizer=None, 
     (tag_tf.AffinityConfig(every_n=2, window=(0.25, 0.5)), [4]),  # [3, 6) -> 4
 ])
 def test_schedule_records_exactly_the_expected_steps(config, expected_steps):
-    model = make_model(config)
+    model = bn_dropout_model(config)
     recorded = []
 
     class Watch(keras.callbacks.Callback):
@@ -59,7 +30,7 @@ def test_schedule_records_exactly_the_expected_steps(config, expected_steps):
             if int(self.model.affinity_steps.numpy()) > len(recorded):
                 recorded.append(int(self.model.train_step_counter.numpy()) - 1)
 
-    x, y = data(96)
+    x, y = normal_targets_data(96)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[Watch()])
     assert recorded == expected_steps
     assert int(model.affinity_steps.numpy()) == len(expected_steps)
@@ -80,28 +51,36 @@ def test_config_rejects_bad_values():
 
 
 # ----------------------------------------------------- no mutation, training
-def test_lookahead_mutates_no_variable():
-    """The affinity measurement alone leaves every variable and BN statistic bit-identical."""
-    model = make_model()
-    x, y = data(16)
-    model.train_on_batch(x, y)  # build optimizer slots, non-zero momentum
-    model.train_on_batch(x, y)
-    watched = model.network.variables + model.optimizer.variables
-    before = [v.numpy().copy() for v in watched]
-    state = [tf.identity(v.value) for v in model.network.non_trainable_variables]
-    y_pred = model(x, training=False)
-    grads = [[tf.ones_like(v.value) * 0.1 for v in model.shared_variables] for _ in TASKS]
-    model._record_affinity(x, y, None, y_pred, state,  # pylint: disable=protected-access
-                           lambda k: grads[k])
-    for value, variable in zip(before, watched):
-        np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
-    assert int(model.affinity_steps.numpy()) == 3
+@pytest.mark.usefixtures("eager")  # a few steps: tracing would cost more than they do
+@pytest.mark.parametrize("rule", ["sgd", "optimizer"])
+def test_lookahead_mutates_no_variable(rule):
+    """The lookahead measurement leaves every weight, BN statistic, optimizer slot and RNG
+    state bit-identical: steps that measure lookahead affinities train exactly as steps that
+    only measure gradient cosines (the same per-task gradients, no lookahead)."""
+    x, y = normal_targets_data(16)
+    models = {measure: bn_dropout_model(tag_tf.AffinityConfig(every_n=1, rule=rule,
+                                                              measures=(measure,)))
+              for measure in ("lookahead", "cosine")}
+    for model in models.values():
+        for _ in range(3):  # from the second step on, with momentum in the optimizer slots
+            model.train_on_batch(x, y)
+    lookahead, cosine = models["lookahead"], models["cosine"]
+    assert int(lookahead.affinity_steps.numpy()) == int(cosine.affinity_steps.numpy()) == 3
+    np.testing.assert_array_equal(lookahead.affinity_count.numpy(), 3)  # the lookahead ran
+    np.testing.assert_array_equal(cosine.affinity_count.numpy(), 0)
+    untrained = bn_dropout_network(0)
+    assert not np.array_equal(untrained.get_layer("trunk").kernel.numpy(),
+                              lookahead.network.get_layer("trunk").kernel.numpy())
+    watched = [m.network.variables + m.optimizer.variables for m in (lookahead, cosine)]
+    assert len(watched[0]) == len(watched[1])
+    for a, b in zip(*watched):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
 @pytest.mark.parametrize("every_n", [1, 3])
 def test_training_with_tag_equals_training_without(every_n):
     """Weights, BN statistics and optimizer state match plain Keras fit()."""
-    x, y = data(96)
+    x, y = normal_targets_data(96)
     plain = bn_dropout_network(0)
     # Keras reads a partial loss_weights dict with a single loss as a global factor; spell
     # out what MultiTaskModel means by loss="mse", loss_weights={"b": 2.0}.
@@ -109,7 +88,7 @@ def test_training_with_tag_equals_training_without(every_n):
                   loss_weights={"a": 1.0, "b": 2.0, "c": 1.0})
     plain_history = plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
 
-    model = make_model(tag_tf.AffinityConfig(every_n=every_n),
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=every_n),
                        optimizer=keras.optimizers.Adam(0.01))
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert int(model.affinity_steps.numpy()) > 0
@@ -122,12 +101,12 @@ def test_training_with_tag_equals_training_without(every_n):
 
 
 def test_without_affinity_is_exactly_keras():
-    x, y = data(64)
+    x, y = normal_targets_data(64)
     plain = bn_dropout_network(0)
     plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                   loss={t: "mse" for t in TASKS}, loss_weights={"a": 1.0, "b": 2.0, "c": 1.0})
     plain.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    model = make_model(None)
+    model = bn_dropout_model(None)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(plain.variables, model.network.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
@@ -136,23 +115,18 @@ def test_without_affinity_is_exactly_keras():
 # ------------------------------------------------------------ state, resume
 def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
     # With Dropout: MultiTaskModel also saves the RNG state that Keras weight files omit.
-    x, y = data(96)
-    straight = make_model(tag_tf.AffinityConfig(every_n=2))
+    x, y = normal_targets_data(96)
+    straight = bn_dropout_model(tag_tf.AffinityConfig(every_n=2))
     straight.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
-
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise RuntimeError("crash")
 
     backup = str(tmp_path / "backup")
     logger_dir = str(tmp_path / "out")
-    first = make_model(tag_tf.AffinityConfig(every_n=2))
+    first = bn_dropout_model(tag_tf.AffinityConfig(every_n=2))
     with pytest.raises(RuntimeError):
         first.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                   callbacks=[keras.callbacks.BackupAndRestore(backup),
-                             tag_tf.AffinityLogger(output_dir=logger_dir), Crash()])
-    resumed = make_model(tag_tf.AffinityConfig(every_n=2), seed=1)  # other init: restored
+                             tag_tf.AffinityLogger(output_dir=logger_dir), CrashAtEpoch(2)])
+    resumed = bn_dropout_model(tag_tf.AffinityConfig(every_n=2), seed=1)  # other init: restored
     logger = tag_tf.AffinityLogger(output_dir=logger_dir)
     resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(backup), logger])
@@ -166,20 +140,20 @@ def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
 
 
 def test_checkpoint_carries_affinity_state(tmp_path):
-    x, y = data(32)
-    model = make_model()
+    x, y = normal_targets_data(32)
+    model = bn_dropout_model()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     path = str(tmp_path / "ckpt")
     tf.train.Checkpoint(model=model).write(path)
-    other = make_model(seed=3)
+    other = bn_dropout_model(seed=3)
     tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
     np.testing.assert_array_equal(other.affinity_sum.numpy(), model.affinity_sum.numpy())
     np.testing.assert_array_equal(other.affinity_count.numpy(), model.affinity_count.numpy())
 
 
 def test_save_and_load_keras_file(tmp_path):
-    x, y = data(32)
-    model = make_model(tag_tf.AffinityConfig(every_n=2, window="middle"))
+    x, y = normal_targets_data(32)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=2, window="middle"))
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -203,10 +177,10 @@ def test_save_and_load_keras_file(tmp_path):
 
 
 def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
-    x, y = data(32)
-    validation = tf.data.Dataset.from_tensor_slices(data(32, seed=1)).batch(16)
+    x, y = normal_targets_data(32)
+    validation = tf.data.Dataset.from_tensor_slices(normal_targets_data(32, seed=1)).batch(16)
     config = tag_tf.AffinityConfig(every_n=1, batch="validation", validation_data=validation)
-    model = make_model(config)
+    model = bn_dropout_model(config)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -219,7 +193,7 @@ def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
     assert int(loaded.affinity_steps.numpy()) == 4
     assert np.all(np.isfinite(loaded.affinity_record().affinity[~np.eye(3, dtype=bool)]))
     with pytest.raises(ValueError, match="batch='validation'"):
-        make_model().attach_validation_data(validation)
+        bn_dropout_model().attach_validation_data(validation)
 
 
 # ------------------------------------------------------------------ bad input
@@ -236,7 +210,7 @@ def test_zero_losses_are_skipped_and_counted_not_averaged():
                                   affinity=tag_tf.AffinityConfig(every_n=1))
     model.compile(optimizer=keras.optimizers.SGD(0.01),
                   loss={"a": "mse", "b": "mse", "c": ZeroLossOnLargeTargets()})
-    x, y = data(32)
+    x, y = normal_targets_data(32)
     model.train_on_batch(x, y)  # every loss > 0: all recorded
     np.testing.assert_array_equal(model.affinity_skipped.numpy(), 0)
     first = model.affinity_record().affinity
@@ -283,8 +257,8 @@ def test_task_that_ignores_the_shared_trunk_is_rejected():
 
 
 def test_fractional_window_needs_known_steps():
-    model = make_model(tag_tf.AffinityConfig(window="first"))
-    x, y = data(32)
+    model = bn_dropout_model(tag_tf.AffinityConfig(window="first"))
+    x, y = normal_targets_data(32)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
     with pytest.raises(ValueError, match="fractional affinity window"):
         model.fit(ds.filter(lambda *_: True).take(4), epochs=1, verbose=0)
@@ -315,8 +289,8 @@ def test_seeded_runs_are_identical_and_recover_planted_clusters():
 
 
 def test_logger_exports_json_npz_png_and_tensorboard(tmp_path):
-    x, y = data(64)
-    model = make_model(tag_tf.AffinityConfig(every_n=2))
+    x, y = normal_targets_data(64)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=2))
     out, logs = str(tmp_path / "out"), str(tmp_path / "tb")
     model.fit(x, y, batch_size=16, epochs=3, verbose=0,
               callbacks=[tag_tf.AffinityLogger(output_dir=out, log_dir=logs)])
@@ -335,8 +309,8 @@ def test_logger_exports_json_npz_png_and_tensorboard(tmp_path):
 
 
 def test_early_stopping_restores_weights_but_keeps_the_recorded_affinities():
-    x, y = data(64)
-    model = make_model(tag_tf.AffinityConfig(every_n=1), dropout=0)
+    x, y = normal_targets_data(64)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1), dropout=0)
     weights_after_first = []
 
     class Snapshot(keras.callbacks.Callback):

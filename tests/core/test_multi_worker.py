@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-TASKS = ["a", "b", "c"]
-D, HIDDEN, GLOBAL_BATCH, STEPS = 6, 8, 32, 3
+TASKS = ["a", "b", "c"]  # toys.tanh_network's tasks and inputs
+D, GLOBAL_BATCH, STEPS = 6, 32, 3
 
 
 def _train(strategy, validation: bool):
@@ -45,13 +45,11 @@ def _build(strategy, extra=None):
     import keras  # pylint: disable=g-import-not-at-top
 
     import tag_tf  # pylint: disable=g-import-not-at-top
+    from tests import toys  # pylint: disable=g-import-not-at-top
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     with strategy.scope():
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((D,))
-        h = keras.layers.Dense(HIDDEN, activation="tanh", name="trunk")(inputs)
-        network = keras.Model(inputs, {t: keras.layers.Dense(1, name=t)(h) for t in TASKS})
+        network = toys.tanh_network(seed=0)
         model = tag_tf.MultiTaskModel(
             network, shared=["trunk"], affinity=tag_tf.AffinityConfig(
                 every_n=1, rule="optimizer", measures=("lookahead", "cosine"), **(extra or {})))

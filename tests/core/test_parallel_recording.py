@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf.core import vectorized
+from tests import toys
 
 TASKS = ["a", "b", "c", "d"]
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 0.5, "d": 1.5}
@@ -44,7 +45,7 @@ def dense_network(seed=0):
 NETWORKS = {"conv": (conv_network, ["conv", "bn", "dense"]), "dense": (dense_network, ["dense"])}
 
 
-def data(n, seed=0):
+def image_data(n, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, SIDE, SIDE, 2))
     y = {t: rng.normal(size=(n, 1)) + 0.5 * x[:, k, k, :1] for k, t in enumerate(TASKS)}
@@ -56,14 +57,14 @@ def record(parallel, *, rule="sgd", optimizer=None, validation=False,
     extra = {}
     if validation:
         extra = dict(batch="validation",
-                     validation_data=tf.data.Dataset.from_tensor_slices(data(16, 3)).batch(8))
+                     validation_data=tf.data.Dataset.from_tensor_slices(image_data(16, 3)).batch(8))
     config = tag_tf.AffinityConfig(every_n=1, rule=rule, measures=measures, parallel=parallel,
                                    **extra)
     build, shared = NETWORKS[net]
     model = tag_tf.MultiTaskModel(build(), shared=shared, affinity=config)
     model.compile(optimizer=optimizer() if optimizer else keras.optimizers.SGD(0.1),
                   loss="mse", loss_weights=WEIGHTS)
-    model.fit(tf.data.Dataset.from_tensor_slices(data(STEPS * BATCH)).batch(BATCH), epochs=1,
+    model.fit(tf.data.Dataset.from_tensor_slices(image_data(STEPS * BATCH)).batch(BATCH), epochs=1,
               verbose=0)
     out = {"weights": model.get_weights()}
     for measure in measures:
@@ -117,13 +118,6 @@ def test_parallel_without_lookahead_matches(measures, validation):
                 record(True, measures=measures, validation=validation, net="dense"))
 
 
-@pytest.fixture
-def restore_policy():
-    previous = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(previous)
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("restore_policy")
 def test_parallel_under_mixed_precision_records_what_sequential_records():
@@ -140,13 +134,13 @@ def test_parallel_under_mixed_precision_records_what_sequential_records():
 @pytest.mark.slow
 @pytest.mark.usefixtures("float64_keras")
 def test_parallel_under_mirrored_strategy_records_what_one_device_records():
-    from tests.core import test_distribute  # pylint: disable=g-import-not-at-top
     config = tag_tf.AffinityConfig(every_n=1, measures=("lookahead", "cosine"))
-    one = test_distribute.train(test_distribute.one_device(), config=config)
-    many = test_distribute.train(test_distribute.mirrored(),
-                                 config=tag_tf.AffinityConfig(
-                                     every_n=1, measures=("lookahead", "cosine"), parallel=2))
-    test_distribute.assert_same(one, many)
+    one = toys.train_under_strategy(toys.one_device_strategy(), config=config)
+    many = toys.train_under_strategy(toys.mirrored_strategy(),
+                                     config=tag_tf.AffinityConfig(
+                                         every_n=1, measures=("lookahead", "cosine"),
+                                         parallel=2))
+    toys.assert_same_training(one, many)
 
 
 def test_task_gradients_equal_per_task_tape_gradients():

@@ -17,28 +17,24 @@ from absl import flags
 
 from tag_tf.runner import pipeline
 from tag_tf.cli import script_flags
-from tests.core import test_distribute as dist
-from tests.runner import test_pipeline
-from tests.core import test_mixed_precision as mixed
-from tests.core.test_mixed_precision import restore_policy  # noqa: F401  (fixture)
-from tests.core.test_affinity_exact import OPTIMIZERS, TASKS, WEIGHTS, as_f32, batches, \
-    linear_network
+from tests import toys
+from tests.toys import LOSS_WEIGHTS, OPTIMIZERS, TASKS
 
 float64 = pytest.mark.usefixtures("float64_keras")
 
 
 def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=False, steps=3,
-                    measures=("taylor",), loss_weights=WEIGHTS):
+                    measures=("taylor",), loss_weights=LOSS_WEIGHTS):
     """Trains the linear toy model step by step; each step's Taylor Z equals the reference."""
     make_optimizer, ref_kwargs = OPTIMIZERS[optimizer_name]
-    network = linear_network()
-    train = batches(steps)
-    val = batches(3, seed=7)
+    network = toys.linear_network()
+    train = toys.linear_batches(steps)
+    val = toys.linear_batches(3, seed=7)
     config = dict(every_n=1, rule=rule, divide_by_lr=divide_by_lr, measures=measures)
     if validation:
         val_ds = tf.data.Dataset.from_tensor_slices(
-            (np.stack([as_f32(b)[0] for b in val]),
-             {t: np.stack([as_f32(b)[1][t] for b in val]) for t in TASKS}))
+            (np.stack([toys.as_floatx(b)[0] for b in val]),
+             {t: np.stack([toys.as_floatx(b)[1][t] for b in val]) for t in TASKS}))
         config.update(batch="validation", validation_data=val_ds)
     model = tag_tf.MultiTaskModel(network, shared=["trunk"],
                                   affinity=tag_tf.AffinityConfig(**config))
@@ -57,7 +53,7 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
         exact = ref.tag_step(params["W"], V, x, y, weights, opt, rule,
                              divide_by_lr=divide_by_lr, eval_batch=eval_batch)
         before_lookahead = model.affinity_sum.numpy()
-        model.train_on_batch(*as_f32((x, y)))
+        model.train_on_batch(*toys.as_floatx((x, y)))
         total = model.taylor_sum.numpy()
         # rtol as the lookahead's test: Keras keeps Adam's hyper-parameters in float32.
         np.testing.assert_allclose(total - previous, expected, rtol=1e-5, atol=1e-9,
@@ -160,11 +156,11 @@ def test_lookahead_steps_equal_the_lookahead_difference():
 
 def one_step_affinities(lr):
     """Lookahead and Taylor Z of one recording step of plain SGD(lr) on the toy model."""
-    model = tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+    model = tag_tf.MultiTaskModel(toys.linear_network(), shared=["trunk"],
                                   affinity=tag_tf.AffinityConfig(
                                       every_n=1, measures=("lookahead", "taylor")))
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", loss_weights=WEIGHTS)
-    model.train_on_batch(*as_f32(batches(1)[0]))
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", loss_weights=LOSS_WEIGHTS)
+    model.train_on_batch(*toys.as_floatx(toys.linear_batches(1)[0]))
     return model.affinity_sum.numpy(), model.taylor_sum.numpy()
 
 
@@ -187,17 +183,17 @@ def test_uncertainty_weighting_targets_are_the_unweighted_losses_gradients():
     """Sources step on the weighted term (as the lookahead), targets are d L_j (Eq. 1's
     unweighted L_j): at a small lr the Taylor Z equals the lookahead's, column by column,
     although the weights exp(-s_j) * w_j differ by up to 6x."""
-    model = tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+    model = tag_tf.MultiTaskModel(toys.linear_network(), shared=["trunk"],
                                   weighting=tag_tf.UncertaintyWeighting(),
                                   affinity=tag_tf.AffinityConfig(
                                       every_n=1, measures=("lookahead", "taylor")))
-    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse", loss_weights=WEIGHTS)
-    first, second = batches(2)
-    model.train_on_batch(*as_f32(first))  # builds the weighting
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse", loss_weights=LOSS_WEIGHTS)
+    first, second = toys.linear_batches(2)
+    model.train_on_batch(*toys.as_floatx(first))  # builds the weighting
     model.weighting.log_variance.assign([0.5, -0.3, 1.0])
     model.reset_affinity()  # zeroes the Taylor state too
     np.testing.assert_array_equal(model.taylor_count.numpy(), 0)
-    model.train_on_batch(*as_f32(second))
+    model.train_on_batch(*toys.as_floatx(second))
     exact, taylor = model.affinity_sum.numpy(), model.taylor_sum.numpy()
     assert int(model.affinity_steps.numpy()) == 1
     np.testing.assert_allclose(taylor, exact, rtol=2e-3)
@@ -207,13 +203,13 @@ def test_uncertainty_weighting_targets_are_the_unweighted_losses_gradients():
 @pytest.mark.usefixtures("eager")
 def test_zero_loss_weight_target_is_skipped_not_guessed():
     """With a zero loss weight the training tape has no gradient of L_j: column skipped."""
-    model = tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+    model = tag_tf.MultiTaskModel(toys.linear_network(), shared=["trunk"],
                                   affinity=tag_tf.AffinityConfig(every_n=1,
                                                                  measures=("taylor",)))
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse",
                   loss_weights={"a": 1.0, "b": 0.0, "c": 1.0})
-    for batch in batches(2):
-        model.train_on_batch(*as_f32(batch))
+    for batch in toys.linear_batches(2):
+        model.train_on_batch(*toys.as_floatx(batch))
     np.testing.assert_array_equal(model.taylor_skipped.numpy()[:, 1], 2)
     np.testing.assert_array_equal(model.taylor_count.numpy()[:, [0, 2]], 2)
     record = model.affinity_record("taylor")
@@ -227,7 +223,7 @@ def test_bad_measures_are_named():
         tag_tf.AffinityConfig(measures=("taylor", "tailor"))
     with pytest.raises(ValueError, match="measures must be"):
         tag_tf.AffinityConfig(measures=("taylor", "taylor"))
-    model = tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+    model = tag_tf.MultiTaskModel(toys.linear_network(), shared=["trunk"],
                                   affinity=tag_tf.AffinityConfig(measures="taylor"))
     assert model.affinity_config.measures == ("taylor",)
     with pytest.raises(ValueError, match="measure must be one of"):
@@ -237,8 +233,8 @@ def test_bad_measures_are_named():
 @float64
 def test_mirrored_records_what_one_device_records():
     config = tag_tf.AffinityConfig(every_n=1, measures=("taylor",))
-    one = dist.compare(config=config)
-    assert np.all(one["taylor_counts"] == dist.STEPS)
+    one = toys.one_device_and_mirrored(config=config)
+    assert np.all(one["taylor_counts"] == toys.STRATEGY_STEPS)
     assert np.abs(one["taylor"]).min() > 1e-6
 
 
@@ -246,9 +242,9 @@ def test_mirrored_records_what_one_device_records():
 @pytest.mark.slow
 def test_mirrored_optimizer_rule_and_validation_batch():
     config = tag_tf.AffinityConfig(every_n=2, rule="optimizer", batch="validation",
-                                   validation_data=dist.validation_data(),
+                                   validation_data=toys.tanh_validation_data(),
                                    measures=("taylor",))
-    one = dist.compare(config=config, optimizer=dist.momentum, steps=5)
+    one = toys.one_device_and_mirrored(config=config, optimizer=toys.sgd_momentum, steps=5)
     assert one["steps"] == 3
 
 
@@ -257,8 +253,9 @@ def test_mixed_precision_measures_in_float32():
     """Under mixed_float16 the Taylor Z uses the float32 gradients and losses (as the
     lookahead): at the same weights it equals a float32 run's."""
     measures = ("taylor", "lookahead")
-    reference, initial = mixed.record("float32", steps=1, measures=measures)
-    mixed_model, _ = mixed.record("mixed_float16", steps=1, initial=initial, measures=measures)
+    reference, initial = toys.train_under_policy("float32", steps=1, measures=measures)
+    mixed_model, _ = toys.train_under_policy("mixed_float16", steps=1, initial=initial,
+                                             measures=measures)
     assert recorder.is_mixed(mixed_model.network)
     np.testing.assert_allclose(mixed_model.affinity_record("taylor").affinity,
                                reference.affinity_record("taylor").affinity, rtol=1e-4)
@@ -270,9 +267,9 @@ def test_affinity_measure_flag_and_option():
     script_flags.own_registry_parser(registry, "usage")(["prog", "--affinity_measure=taylor"])
     options = pipeline.Options(**script_flags.seed_option_fields(registry))
     assert options.affinity_measure == "taylor"
-    assert pipeline._affinity_config("affinity", options, None).measures == ("taylor",)
-    assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
-    assert pipeline._affinity_config("affinity", pipeline.Options(), None).measures == (
+    assert toys.runner_affinity_config("affinity", options).measures == ("taylor",)
+    assert toys.runner_affinity_config("cs", options).measures == ("cosine",)
+    assert toys.runner_affinity_config("affinity", pipeline.Options()).measures == (
         "lookahead",)
     with pytest.raises(ValueError, match="affinity_measure must be one of.*'cosine'"):
         pipeline.Options(affinity_measure="cosine")
@@ -285,7 +282,7 @@ def test_pipeline_affinity_mode_records_and_selects_from_taylor(tmp_path):
     options = pipeline.Options(epochs=1, patience=None, verbose=0, every_n=1, budgets=(2,),
                                bootstrap=0, affinity_measure="taylor")
     out = str(tmp_path / "affinity")
-    results = pipeline.run("affinity", test_pipeline._experiment(), options, output_dir=out)
+    results = pipeline.run("affinity", toys.planted_experiment(), options, output_dir=out)
     assert results["affinity"]["measure"] == "taylor"
     assert results["affinity"]["path"] == os.path.join(out, "taylor_affinity.json")
     assert not os.path.exists(os.path.join(out, "affinity.json"))

@@ -11,28 +11,18 @@ import numpy as np
 import pytest
 
 import tag_tf
+from tests import toys
+from tests.toys import TASKS
 
-TASKS = ["a", "b", "c"]
-D, K, B = 5, 4, 16
+D, K = toys.LINEAR_INPUTS, toys.LINEAR_WIDTH  # the linear toy's encoder: R = x W, W is D x K
 LR = 0.1
 
 pytestmark = pytest.mark.usefixtures("float64_keras")
 
 
-def linear_network(seed=0, tasks=TASKS):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((D,))
-    rep = keras.layers.Dense(K, use_bias=False, name="trunk")(inputs)
-    return keras.Model(inputs, {t: keras.layers.Dense(1, use_bias=False, name=t)(rep)
-                                for t in tasks})
-
-
-def batches(count, seed=1):
-    rng = np.random.default_rng(seed)
+def scaled_batches(count, seed=1):
     # Task scales differ, so the loss ratios (and the weights) move apart.
-    return [(rng.normal(size=(B, D)),
-             {t: s * rng.normal(size=(B, 1)) for t, s in zip(TASKS, (1.0, 3.0, 0.3))})
-            for _ in range(count)]
+    return toys.linear_batches(count, seed, target_scales=(1.0, 3.0, 0.3))
 
 
 class OriginalGradNorm:
@@ -91,7 +81,7 @@ def reference_step(params, x, y, original, heads_weighted=False):
     return np.array(losses)
 
 
-def make_model(network, **kwargs):
+def rep_gradnorm_model(network, **kwargs):
     gradnorm = tag_tf.RepresentationGradNorm(**kwargs)
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None, weighting=gradnorm)
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
@@ -106,11 +96,11 @@ def params_of(network):
 
 @pytest.mark.parametrize("step,reset_until,steps", [(1e-4, 3, 6), (0.05, 3, 8), (0.05, 2, 5)])
 def test_matches_a_numpy_transcription_of_the_original(step, reset_until, steps, eager):
-    network = linear_network()
-    model, gradnorm = make_model(network, alpha=1.5, step=step, reset_until=reset_until)
+    network = toys.linear_network()
+    model, gradnorm = rep_gradnorm_model(network, alpha=1.5, step=step, reset_until=reset_until)
     params = params_of(network)
     original = OriginalGradNorm(len(TASKS), alpha=1.5, step=step, reset_until=reset_until)
-    for k, (x, y) in enumerate(batches(steps)):
+    for k, (x, y) in enumerate(scaled_batches(steps)):
         losses = reference_step(params, x, y, original)
         logs = model.train_on_batch(x, y, return_dict=True)
         np.testing.assert_allclose(logs["loss"], losses.sum(), rtol=1e-9)
@@ -127,12 +117,12 @@ def test_matches_a_numpy_transcription_of_the_original(step, reset_until, steps,
 
 
 def test_resets_until_step_and_weights_only_the_encoder_gradient(eager):
-    network = linear_network()
-    model, gradnorm = make_model(network, step=0.05, reset_until=4)
+    network = toys.linear_network()
+    model, gradnorm = rep_gradnorm_model(network, step=0.05, reset_until=4)
     params = params_of(network)
     original = OriginalGradNorm(len(TASKS), step=0.05, reset_until=4)
     history = []
-    for x, y in batches(6):
+    for x, y in scaled_batches(6):
         losses = reference_step(params, x, y, original)
         model.train_on_batch(x, y)
         history.append((losses, gradnorm.task_weights.numpy().copy()))
@@ -146,20 +136,20 @@ def test_resets_until_step_and_weights_only_the_encoder_gradient(eager):
     np.testing.assert_allclose(gradnorm.initial_losses.numpy(), history[2][0], rtol=1e-12)
     assert np.abs(history[5][1] - 1.0).max() > 0.06  # accumulated past one nudge
     # Heads unweighted: a reference that also weights the heads ends elsewhere.
-    params_weighted = params_of(linear_network())
+    params_weighted = params_of(toys.linear_network())
     weighted = OriginalGradNorm(len(TASKS), step=0.05, reset_until=4)
-    for x, y in batches(6):
+    for x, y in scaled_batches(6):
         reference_step(params_weighted, x, y, weighted, heads_weighted=True)
     assert not np.allclose(params_weighted["b"], network.get_layer("b").kernel.numpy())
     np.testing.assert_allclose(network.get_layer("b").kernel.numpy(), params["b"], rtol=1e-9)
 
 
 def test_state_is_checkpointed_and_resumes_exactly(tmp_path, eager):
-    data = batches(8)
-    straight, _ = make_model(linear_network(), step=0.05, reset_until=3)
+    data = scaled_batches(8)
+    straight, _ = rep_gradnorm_model(toys.linear_network(), step=0.05, reset_until=3)
     for x, y in data:
         straight.train_on_batch(x, y)
-    first, _ = make_model(linear_network(), step=0.05, reset_until=3)
+    first, _ = rep_gradnorm_model(toys.linear_network(), step=0.05, reset_until=3)
     for x, y in data[:4]:
         first.train_on_batch(x, y)
     path = str(tmp_path / "m.keras")
@@ -178,14 +168,14 @@ def test_fit_logs_weights_and_mixed_precision_trains():
     """Graph mode (the other tests run eagerly), a LossScaleOptimizer, float16 gradients."""
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("mixed_float16")
-    network = linear_network()
+    network = toys.linear_network()
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None,
                                   weighting=tag_tf.RepresentationGradNorm(step=0.05,
                                                                           reset_until=2))
     model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LR)),
                   loss="mse")
-    x = np.concatenate([b[0] for b in batches(4)]).astype("float32")
-    y = {t: np.concatenate([b[1][t] for b in batches(4)]).astype("float32") for t in TASKS}
+    x = np.concatenate([b[0] for b in scaled_batches(4)]).astype("float32")
+    y = {t: np.concatenate([b[1][t] for b in scaled_batches(4)]).astype("float32") for t in TASKS}
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     weights = np.array([history.history[f"{t}_weight"] for t in TASKS])
@@ -226,9 +216,9 @@ def test_clear_errors():
         return tag_tf.MultiTaskModel(network, shared=["trunk"], **options)
 
     with pytest.raises(ValueError, match="unknown layer 'nope'"):
-        build(linear_network(), representation="nope")
+        build(toys.linear_network(), representation="nope")
     with pytest.raises(ValueError, match="affinity recording or PCGrad"):
-        tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+        tag_tf.MultiTaskModel(toys.linear_network(), shared=["trunk"],
                               weighting=tag_tf.RepresentationGradNorm())
     subclassed = _Subclassed()
     subclassed(np.zeros((2, D)))

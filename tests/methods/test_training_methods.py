@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import tag_tf
 from tests import numpy_reference as ref
-from tests.core.test_affinity_exact import TASKS, as_f32, batches, linear_network
+from tests import toys
+from tests.toys import TASKS
 
 
 pytestmark = pytest.mark.usefixtures("float64_keras")
@@ -70,19 +71,19 @@ def test_pcgrad_order_is_shuffled_per_step_and_seeded():
 def test_pcgrad_training_step_matches_reference():
     """Two tasks (order irrelevant): shared update = lr * sum of projected gradients."""
     tasks = TASKS[:2]
-    network = linear_network()
+    network = toys.linear_network()
     network = keras.Model(network.input, {t: network.output[t] for t in tasks})
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None,
                                   gradient=tag_tf.PCGrad(seed=0))
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     W = network.get_layer("trunk").kernel.numpy()
     V = {t: network.get_layer(t).kernel.numpy() for t in tasks}
-    x, y = batches(1)[0]
+    x, y = toys.linear_batches(1)[0]
     y = {t: y[t] for t in tasks}
     grads = ref.task_gradients(W, V, x, y, {t: 1.0 for t in tasks})
     flat = np.array([grads[t][0].ravel() for t in tasks])
     expected = W - 0.1 * numpy_pcgrad(flat, [0, 1]).sum(axis=0).reshape(W.shape)
-    model.train_on_batch(*as_f32((x, y)))
+    model.train_on_batch(*toys.as_floatx((x, y)))
     np.testing.assert_allclose(network.get_layer("trunk").kernel.numpy(), expected, rtol=1e-9)
     for t in tasks:  # heads keep their own gradients
         np.testing.assert_allclose(network.get_layer(t).kernel.numpy(),
@@ -92,13 +93,13 @@ def test_pcgrad_training_step_matches_reference():
 # ---------------------------------------------------------------------- UW
 @pytest.mark.parametrize("clipped", [False, True])
 def test_uncertainty_weighting_loss_and_gradient(clipped):
-    network = linear_network()
+    network = toys.linear_network()
     weighting = tag_tf.UncertaintyWeighting(clipped=clipped)
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None, weighting=weighting)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     W = network.get_layer("trunk").kernel.numpy()
     V = {t: network.get_layer(t).kernel.numpy() for t in TASKS}
-    x, y = batches(1)[0]
+    x, y = toys.linear_batches(1)[0]
     losses = np.array([v for v in ref.task_losses(W, V, x, y).values()])
     s = weighting.log_variance.numpy().copy()
     if clipped:
@@ -108,7 +109,7 @@ def test_uncertainty_weighting_loss_and_gradient(clipped):
     else:
         expected_loss = np.sum(np.exp(-s) * losses + s)
         grad_s = -np.exp(-s) * losses + 1
-    logs = model.train_on_batch(*as_f32((x, y)), return_dict=True)
+    logs = model.train_on_batch(*toys.as_floatx((x, y)), return_dict=True)
     np.testing.assert_allclose(logs["loss"], expected_loss, rtol=1e-9)
     np.testing.assert_allclose(weighting.log_variance.numpy(), s - 0.1 * grad_s, rtol=1e-9)
     # The trunk's gradient is the weighted sum of the task gradients.
@@ -121,7 +122,7 @@ def test_uncertainty_weighting_loss_and_gradient(clipped):
 
 # ---------------------------------------------------------------- GradNorm
 def test_gradnorm_one_weight_update_matches_reference():
-    network = linear_network()
+    network = toys.linear_network()
     gradnorm = tag_tf.GradNorm(alpha=0.5, momentum=0.9, clip=(0.1, 10.0))
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=None, weighting=gradnorm)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -131,12 +132,12 @@ def test_gradnorm_one_weight_update_matches_reference():
     w = np.ones(3)
     velocity = np.zeros(3)
     initial = None
-    for step, (x, y) in enumerate(batches(3)):
+    for step, (x, y) in enumerate(toys.linear_batches(3)):
         V = {t: params[t] for t in TASKS}
         losses = np.array(list(ref.task_losses(params["W"], V, x, y).values()))
         grads = ref.task_gradients(params["W"], V, x, y, {t: 1.0 for t in TASKS})
         norms = np.array([np.linalg.norm(grads[t][0]) for t in TASKS])
-        model.train_on_batch(*as_f32((x, y)))
+        model.train_on_batch(*toys.as_floatx((x, y)))
         # Reference: model step with the old weights, then the GradNorm step.
         weighted = ref.task_gradients(params["W"], V, x, y, dict(zip(TASKS, w)))
         params["W"] = params["W"] - lr * sum(g[0] for g in weighted.values())
@@ -158,13 +159,13 @@ def test_gradnorm_one_weight_update_matches_reference():
 
 def test_gradnorm_rejects_unknown_layer():
     with pytest.raises(ValueError, match="GradNorm layer 'a'"):
-        tag_tf.MultiTaskModel(linear_network(), shared=["trunk"],
+        tag_tf.MultiTaskModel(toys.linear_network(), shared=["trunk"],
                               weighting=tag_tf.GradNorm(layer="a"))
 
 
 # ---------------------------------------------------------------- CS
 def test_cosine_affinity_matches_reference_and_shares_the_step():
-    network = linear_network()
+    network = toys.linear_network()
     model = tag_tf.MultiTaskModel(network, shared=["trunk"], affinity=tag_tf.AffinityConfig(
         every_n=1, measures=("lookahead", "cosine")))
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -172,7 +173,7 @@ def test_cosine_affinity_matches_reference_and_shares_the_step():
     params.update({t: network.get_layer(t).kernel.numpy() for t in TASKS})
     opt = ref.Optimizer(kind="sgd", lr=0.1)
     expected_cos, expected_z = np.zeros((3, 3)), np.zeros((3, 3))
-    data = batches(3)
+    data = toys.linear_batches(3)
     for x, y in data:
         V = {t: params[t] for t in TASKS}
         grads = ref.task_gradients(params["W"], V, x, y, {t: 1.0 for t in TASKS})
@@ -180,7 +181,7 @@ def test_cosine_affinity_matches_reference_and_shares_the_step():
         norms = np.linalg.norm(flat, axis=1)
         expected_cos += flat @ flat.T / np.outer(norms, norms)
         expected_z += ref.tag_step(params["W"], V, x, y, {t: 1.0 for t in TASKS}, opt, "sgd")
-        model.train_on_batch(*as_f32((x, y)))
+        model.train_on_batch(*toys.as_floatx((x, y)))
         ref.train_update(params, x, y, {t: 1.0 for t in TASKS}, opt)
     np.testing.assert_allclose(model.affinity_record("cosine").affinity, expected_cos / 3,
                                rtol=1e-9)
@@ -195,14 +196,15 @@ def test_cosine_affinity_matches_reference_and_shares_the_step():
 def test_fit_with_tag_pcgrad_and_uw_end_to_end(tmp_path):
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
-    network = linear_network()
+    network = toys.linear_network()
     model = tag_tf.MultiTaskModel(
         network, shared=["trunk"],
         affinity=tag_tf.AffinityConfig(every_n=2, measures=("lookahead", "cosine")),
         weighting=tag_tf.UncertaintyWeighting(clipped=True), gradient=tag_tf.PCGrad(seed=1))
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
-    x = np.concatenate([as_f32(b)[0] for b in batches(4)])
-    y = {t: np.concatenate([as_f32(b)[1][t] for b in batches(4)]) for t in TASKS}
+    batches = [toys.as_floatx(b) for b in toys.linear_batches(4)]
+    x = np.concatenate([b[0] for b in batches])
+    y = {t: np.concatenate([b[1][t] for b in batches]) for t in TASKS}
     out = str(tmp_path / "out")
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y),
                         callbacks=[tag_tf.AffinityLogger(output_dir=out, log_dir=str(tmp_path)),

@@ -10,9 +10,9 @@ import pytest
 
 from tag_tf.io import affinity_io
 from tag_tf.runner import pipeline
-from tag_tf import synthetic
 from tag_tf.stats import uncertainty
 from tag_tf.selection import api as selection_api
+from tests.toys import planted_experiment, runner_affinity_config
 
 
 # ----------------------------------------------------------------------------- fast
@@ -82,24 +82,8 @@ def test_summed_validation_loss():
     assert single["val_summed_loss"] == 0.5
 
 
-def _experiment(num_tasks=3, seed=0, **overrides):
-    problem = synthetic.planted_tasks(num_tasks, min(num_tasks, 3))
-    kwargs = dict(
-        tasks=problem.tasks,
-        network_fn=lambda tasks: synthetic.planted_network(list(tasks), problem.input_dim,
-                                                           seed=seed),
-        shared=list(synthetic.SHARED_LAYERS),
-        loss_fn=lambda task: "mse",
-        train_data=problem.dataset(64, batch_size=16, seed=0),
-        validation_data=problem.dataset(32, batch_size=16, seed=1, shuffle=False),
-        test_data=problem.dataset(32, batch_size=16, seed=2, shuffle=False),
-        optimizer_fn=lambda: keras.optimizers.SGD(0.05, momentum=0.9))
-    kwargs.update(overrides)
-    return pipeline.Experiment(**kwargs)
-
-
 def test_argument_errors(tmp_path):
-    experiment = _experiment()
+    experiment = planted_experiment()
     with pytest.raises(ValueError, match="mode"):
         pipeline.run("tag", experiment)
     with pytest.raises(ValueError, match="selection_path"):
@@ -134,11 +118,11 @@ def test_format_summary():
 def test_affinity_config_of_each_mode():
     options = pipeline.Options(every_n=3, lookahead_rule="optimizer", divide_by_lr=True,
                                affinity_window="first")
-    config = pipeline._affinity_config("affinity", options, None)
+    config = runner_affinity_config("affinity", options)
     assert (config.every_n, config.rule, config.divide_by_lr, config.window) == (
         3, "optimizer", True, "first")
-    assert pipeline._affinity_config("cs", options, None).measures == ("cosine",)
-    assert pipeline._affinity_config("mtl", options, None) is None
+    assert runner_affinity_config("cs", options).measures == ("cosine",)
+    assert runner_affinity_config("mtl", options) is None
     assert options.to_json()["affinity_window"] == "first"
 
 
@@ -275,7 +259,7 @@ def test_compare_errors_states_beat_or_within_spread():
 # ----------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_affinity_selection_groups_chain(tmp_path):
-    experiment = _experiment()
+    experiment = planted_experiment()
     options = pipeline.Options(epochs=2, patience=1, verbose=0, every_n=1, budgets=(1, 2, 9),
                                affinity_epochs="until_best")
     out = str(tmp_path / "affinity")
@@ -308,7 +292,7 @@ def test_affinity_selection_groups_chain(tmp_path):
 
 @pytest.mark.slow
 def test_stl_with_an_error_metric(tmp_path):
-    experiment = _experiment(2, error_fn=lambda task: keras.metrics.MeanAbsoluteError(
+    experiment = planted_experiment(2, error_fn=lambda task: keras.metrics.MeanAbsoluteError(
         name="mae"), error_name="mae", test_data=None)
     results = pipeline.run("stl", experiment, pipeline.Options(epochs=1, verbose=0),
                            output_dir=str(tmp_path))
@@ -322,7 +306,7 @@ def test_stl_with_an_error_metric(tmp_path):
 
 
 def _seeded_experiment():
-    return _experiment(for_seed=lambda seed: _experiment(seed=seed))
+    return planted_experiment(for_seed=lambda seed: planted_experiment(seed=seed))
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from tests.experiments.harness_testing import no_training, run_figure4_cli
 from taskonomy import adapter as taskonomy_adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
-from taskonomy import testing
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
 
@@ -27,13 +26,6 @@ SPEC = "taskonomy.adapter:TaskonomyAdapter"
 TASKS = ["depth_zbuffer", "normal"]
 TINY = {"tasks": "dn", "widths": "tiny", "image_size": 32, "batch_size": 2, "epochs": 1,
         "every_n": 1}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("taskonomy_adapter") / "data")
-    testing.write_fake_taskonomy(root, size=32, frames=2)
-    return root
 
 
 @pytest.fixture

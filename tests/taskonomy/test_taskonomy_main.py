@@ -22,7 +22,6 @@ from taskonomy import adapter
 from taskonomy import data
 from taskonomy import main as taskonomy_main
 from taskonomy import model as taskonomy_model
-from taskonomy import testing
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
 
@@ -39,13 +38,6 @@ def run_main(argv):
         taskonomy_main.main(["taskonomy.main"])
     finally:
         flags.unparse_flags()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("taskonomy_main") / "data")
-    testing.write_fake_taskonomy(root, size=32, frames=2)
-    return root
 
 
 def _results(output_dir, tasks):

@@ -30,19 +30,18 @@ import numpy as np  # noqa: E402
 
 import tag_tf  # noqa: E402
 from tag_tf.training import resume  # noqa: E402
-from tests.training import test_resume  # noqa: E402
-from tests.core.test_model import make_model  # noqa: E402
+from tests import toys  # noqa: E402
 
 
 def run(strategy, work, name, crash=None, seed=0):
     with strategy.scope():
-        model = make_model(tag_tf.AffinityConfig(every_n=3), seed=seed,
-                           optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        model = toys.bn_dropout_model(tag_tf.AffinityConfig(every_n=3), seed=seed,
+                                      optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     keras.utils.set_random_seed(0)
-    callbacks = [test_resume.Crash(crash)] if crash else []
-    history = resume.resumable_fit(model, test_resume.epoch_data,
+    callbacks = [toys.CrashAfterSteps(crash)] if crash else []
+    history = resume.resumable_fit(model, toys.shuffled_epoch_batches,
                                    backup_dir=os.path.join(work, name),
-                                   save_freq=test_resume.SAVE_FREQ, epochs=test_resume.EPOCHS,
+                                   save_freq=toys.RESUME_SAVE_FREQ, epochs=toys.RESUME_EPOCHS,
                                    callbacks=callbacks, verbose=0)
     return model, history
 
@@ -82,7 +81,7 @@ def cli(crash_at: int, argv: list) -> None:
         experiment = build(**kwargs)
         callbacks_fn = experiment.callbacks_fn
         return dataclasses.replace(
-            experiment, callbacks_fn=lambda: [*callbacks_fn(), test_resume.Crash(crash_at)])
+            experiment, callbacks_fn=lambda: [*callbacks_fn(), toys.CrashAfterSteps(crash_at)])
 
     if crash_at:
         celeba_main.build_experiment = with_crash

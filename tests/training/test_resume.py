@@ -13,55 +13,28 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf.training import resume
-from tests.core.test_model import TASKS, make_model
+from tests import toys
+from tests.toys import CrashAfterSteps, bn_dropout_model, shuffled_epoch_batches
 
-STEPS, EPOCHS, SAVE_FREQ = 10, 3, 4  # 10 batches of 8 per epoch
+STEPS, EPOCHS, SAVE_FREQ = toys.RESUME_STEPS, toys.RESUME_EPOCHS, toys.RESUME_SAVE_FREQ
 STATE = ["affinity_sum", "affinity_count", "affinity_skipped", "affinity_steps",
          "train_step_counter"]
 
 
-def _arrays(num=80, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num, 6)).astype("float32")
-    return x, {t: rng.normal(size=(num, 1)).astype("float32") for t in TASKS}
-
-
-X, Y = _arrays()
-
-
-def epoch_data(epoch):
-    """Epoch `epoch`'s batches: a shuffle seeded by the epoch, the same however often the
-    dataset is iterated (under a strategy, fit() reads one batch more to build the model)."""
-    return tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(
-        80, seed=100 + epoch, reshuffle_each_iteration=False).batch(8)
-
-
 def one_dataset():
     """One seeded dataset reshuffled every epoch (re-iterated: the stream is its repeat)."""
-    return tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(
+    x, y = toys.normal_targets_data(80)
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
         80, seed=7, reshuffle_each_iteration=True).batch(8)
 
 
-class Crash(keras.callbacks.Callback):
-    """Raises after the `at`-th training step of this fit() call."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.steps = at, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps == self.at:
-            raise RuntimeError("crash")
-
-
-def run(tmp_path, name, *, data=epoch_data, crash=None, seed=0, logger=True):
+def run(tmp_path, name, *, data=shuffled_epoch_batches, crash=None, seed=0, logger=True):
     """One (possibly crashing) resumable_fit; the same seeds every time, as a restarted job."""
-    model = make_model(tag_tf.AffinityConfig(every_n=3), seed=seed)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=3), seed=seed)
     keras.utils.set_random_seed(0)  # the data's shuffles depend on the global seed too
     callbacks = [tag_tf.AffinityLogger(output_dir=str(tmp_path / name / "out"))] if logger else []
     if crash:
-        callbacks.append(Crash(crash))
+        callbacks.append(CrashAfterSteps(crash))
     history = resume.resumable_fit(model, data() if data is one_dataset else data,
                                    backup_dir=str(tmp_path / name / "backup"),
                                    save_freq=SAVE_FREQ, epochs=EPOCHS, callbacks=callbacks,
@@ -98,11 +71,11 @@ def test_crash_mid_epoch_resumes_exactly(tmp_path, eager):
         def on_train_batch_end(self, batch, logs=None):
             steps.append(batch)
 
-    model = make_model(tag_tf.AffinityConfig(every_n=3), seed=1)  # other init: restored
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=3), seed=1)  # other init: restored
     keras.utils.set_random_seed(0)
     logger = tag_tf.AffinityLogger(output_dir=str(tmp_path / "resumed" / "out"))
     resumed_history = resume.resumable_fit(
-        model, epoch_data, backup_dir=str(tmp_path / "resumed" / "backup"),
+        model, shuffled_epoch_batches, backup_dir=str(tmp_path / "resumed" / "backup"),
         save_freq=SAVE_FREQ, epochs=EPOCHS, callbacks=[logger, Count()], verbose=0)
     assert len(steps) == EPOCHS * STEPS - 14  # 10 + 4 steps were trained before the crash
     assert resumed_history.epoch == [0, 1, 2]  # epoch 0's entries come from the backup
@@ -140,13 +113,13 @@ def test_one_seeded_dataset_resumes_exactly(tmp_path, eager):
 @pytest.mark.slow
 def test_keras_backup_and_restore_replays_the_epoch(tmp_path, eager):
     """The problem solved here: Keras' own callback trains the interrupted epoch again."""
-    model = make_model(None)
-    stream = resume.resumable_dataset(epoch_data, steps_per_epoch=STEPS, epochs=EPOCHS)
+    model = bn_dropout_model(None)
+    stream = resume.resumable_dataset(shuffled_epoch_batches, steps_per_epoch=STEPS, epochs=EPOCHS)
     backup = str(tmp_path / "keras")
     with pytest.raises(RuntimeError):
         model.fit(stream, epochs=EPOCHS, steps_per_epoch=STEPS, verbose=0, callbacks=[
-            keras.callbacks.BackupAndRestore(backup, save_freq=SAVE_FREQ), Crash(17)])
-    model = make_model(None)
+            keras.callbacks.BackupAndRestore(backup, save_freq=SAVE_FREQ), CrashAfterSteps(17)])
+    model = bn_dropout_model(None)
     history = model.fit(stream, epochs=EPOCHS, steps_per_epoch=STEPS, verbose=0, callbacks=[
         keras.callbacks.BackupAndRestore(backup, save_freq=SAVE_FREQ)])
     assert history.epoch == [1, 2]
@@ -193,7 +166,7 @@ def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="steps per epoch"):
         resume.steps_of(tf.data.Dataset.range(3).repeat())
     with pytest.raises(ValueError, match="initial_epoch"):
-        resume.resumable_fit(make_model(None), epoch_data, backup_dir="/tmp/x",
+        resume.resumable_fit(bn_dropout_model(None), shuffled_epoch_batches, backup_dir="/tmp/x",
                              initial_epoch=1)
 
 
@@ -213,8 +186,8 @@ def test_mirrored_two_replicas_resume(tmp_path):
     assert result["steps"] == [30, 30]
     assert result["max_weight_diff"] <= 1e-6
     assert result["counts_equal"] and result["affinity_steps_equal"]
-    # Resumed vs straight, both mirrored: measured bit-identical (0.0) before branch dist12
-    # (which makes mirrored affinities equal single-device ones); kept at 1e-6 as weights.
+    # Resumed vs straight, both mirrored: the affinity sums (reduced across the replicas to
+    # what one device records) are held to the weights' bound, 1e-6.
     assert result["max_affinity_sum_diff"] <= 1e-6
 
 
@@ -224,11 +197,11 @@ def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
     results (affinity matrix and trace, history, early stopping, test losses) as an
     uninterrupted one."""
     from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
-    from tests.runner.test_pipeline import _experiment  # pylint: disable=g-import-not-at-top
 
     def run_pipeline(name, crash=None):
         keras.utils.set_random_seed(0)  # the datasets' shuffles depend on the global seed
-        experiment = _experiment(callbacks_fn=(lambda: [Crash(crash)]) if crash else list)
+        experiment = toys.planted_experiment(
+            callbacks_fn=(lambda: [CrashAfterSteps(crash)]) if crash else list)
         options = pipeline.Options(epochs=3, patience=1, every_n=2, verbose=0,
                                    backup_dir=str(tmp_path / name / "backup"), save_freq=2)
         return pipeline.run("affinity", experiment, options,
@@ -266,14 +239,14 @@ class LearningRates(keras.callbacks.Callback):
 
 def _plateau_run(tmp_path, crash=None):
     from taskonomy.main import PlateauHalving  # pylint: disable=g-import-not-at-top
-    model = make_model(None)
+    model = bn_dropout_model(None)
     keras.utils.set_random_seed(0)
     plateau = PlateauHalving(8, window=64, max_window=64, min_learning_rate=1e-9,
                              start_epoch=0)
     rates = LearningRates()
-    callbacks = [plateau, rates] + ([Crash(crash)] if crash else [])
+    callbacks = [plateau, rates] + ([CrashAfterSteps(crash)] if crash else [])
     try:
-        resume.resumable_fit(model, epoch_data, backup_dir=str(tmp_path / "backup"),
+        resume.resumable_fit(model, shuffled_epoch_batches, backup_dir=str(tmp_path / "backup"),
                              save_freq=SAVE_FREQ, epochs=EPOCHS, callbacks=callbacks,
                              verbose=0)
     except RuntimeError:
