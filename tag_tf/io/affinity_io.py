@@ -40,6 +40,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from tag_tf.io import atomic
+
 FORMAT = "tag_tf.affinity/v1"
 ORIENTATION = (
     "affinity[source][target]: 1 - L_target(x, theta_s - lr * g_source, theta_target)"
@@ -162,9 +164,7 @@ def save_affinity_json(path: str, record: AffinityRecord) -> None:
         if record.block_counts is not None:
             counts = _check_blocks(record.block_counts, tasks, "block_counts")
             payload["block_counts"] = [_to_json_matrix(c) for c in counts]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
+    atomic.atomic_write_json(path, payload, indent=1)
 
 
 def save_affinity_npz(path: str, record: AffinityRecord) -> None:
@@ -183,8 +183,8 @@ def save_affinity_npz(path: str, record: AffinityRecord) -> None:
             arrays[key] = np.asarray(getattr(record, key))
     if record.stderr_method is not None:
         arrays["stderr_method"] = np.array(record.stderr_method)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **arrays)
+    with atomic.atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityRecord:

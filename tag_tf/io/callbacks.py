@@ -13,6 +13,7 @@ from absl import logging
 
 from tag_tf.io.affinity_io import AffinityRecord, save_affinity_json, save_affinity_npz
 from tag_tf.io import heatmap
+from tag_tf.io import atomic
 
 TRACE_FILE = "affinity_trace.json"
 # Output file stem per measure: affinity.*, cosine_affinity.* and taylor_affinity.* (json, npz, png).
@@ -177,7 +178,4 @@ class AffinityLogger(keras.callbacks.Callback):
 
     @staticmethod
     def _write_json(path, payload):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, allow_nan=True)
-        os.replace(tmp, path)
+        atomic.atomic_write_json(path, payload, allow_nan=True)

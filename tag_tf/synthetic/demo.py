@@ -12,7 +12,6 @@ exactly the planted clusters; both verdicts are printed and returned.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -24,6 +23,7 @@ from tag_tf import selection, synthetic
 from tag_tf.io.callbacks import AffinityLogger
 from tag_tf.core.config import AffinityConfig
 from tag_tf.io import heatmap
+from tag_tf.io import atomic
 from tag_tf.io.heatmap import format_matrix
 from tag_tf.core.model import MultiTaskModel
 
@@ -180,10 +180,10 @@ def _select(record, budgets, output_dir, marked_budget=None):
                   f"{s.robustness.stability:.0%} of {s.robustness.resamples} resamples "
                   f"({s.robustness.source}), margin {s.robustness.margin:.1f} SE. "
                   f"{s.robustness.advice}")
-    with open(os.path.join(output_dir, "selection.json"), "w") as f:
-        json.dump({"tasks": record.tasks,
-                   "selections": [selection.selection_to_dict(s) for s in selections]}, f,
-                  indent=1)
+    atomic.atomic_write_json(
+        os.path.join(output_dir, "selection.json"),
+        {"tasks": record.tasks,
+         "selections": [selection.selection_to_dict(s) for s in selections]}, indent=1)
     marked = next((s for s in selections if s.budget == marked_budget), selections[0])
     heatmap.save_record_heatmap(os.path.join(output_dir, "affinity.png"), record,
                                 selection=marked)
