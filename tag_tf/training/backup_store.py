@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -58,6 +59,71 @@ WORKER_FILE_TIMEOUT = 600.0  # seconds the chief waits for the other workers' fi
 _NAME = re.compile(r"^backup-e(\d+)-b(\d+)$")
 
 
+# ---- file operations: os for local paths (fast, no TensorFlow call), tf.io.gfile otherwise
+NOT_FOUND = (FileNotFoundError, tf.errors.NotFoundError)
+IO_ERRORS = (OSError, tf.errors.OpError)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path) if atomic.is_local(path) else tf.io.gfile.exists(path)
+
+
+def _isdir(path: str) -> bool:
+    return os.path.isdir(path) if atomic.is_local(path) else tf.io.gfile.isdir(path)
+
+
+def _listdir(path: str) -> list:
+    if atomic.is_local(path):
+        return os.listdir(path)
+    return [e.rstrip("/") for e in tf.io.gfile.listdir(path)]
+
+
+def _read(path: str) -> bytes:
+    if atomic.is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def _rename(src: str, dst: str) -> None:
+    if atomic.is_local(src):
+        os.rename(src, dst)
+    else:
+        tf.io.gfile.rename(src, dst)
+
+
+def _remove(path: str) -> None:
+    if atomic.is_local(path):
+        os.remove(path)
+    else:
+        tf.io.gfile.remove(path)
+
+
+def _rmtree(path: str) -> None:
+    if atomic.is_local(path):
+        shutil.rmtree(path)
+    else:
+        tf.io.gfile.rmtree(path)
+
+
+def makedirs(path: str) -> None:
+    if atomic.is_local(path):
+        os.makedirs(path, exist_ok=True)
+    else:
+        tf.io.gfile.makedirs(path)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Writes a file of a backup being staged (flushed by the commit)."""
+    if atomic.is_local(path):
+        with open(path, "wb") as f:
+            f.write(data)
+    else:
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(data)
+
+
 class Unusable(Exception):
     """A committed backup that cannot be used (missing or damaged file, bad manifest)."""
 
@@ -74,20 +140,15 @@ def staging_name(name: str) -> str:
 
 def committed(backup_dir: str) -> list[str]:
     """Committed backup directories, newest (furthest point) first."""
-    if not tf.io.gfile.isdir(backup_dir):
+    if not _isdir(backup_dir):
         return []
     found = []
-    for entry in tf.io.gfile.listdir(backup_dir):
-        match = _NAME.match(entry.rstrip("/"))
+    for entry in _listdir(backup_dir):
+        match = _NAME.match(entry)
         if match:
             found.append(((int(match.group(1)), int(match.group(2))),
-                          os.path.join(backup_dir, entry.rstrip("/"))))
+                          os.path.join(backup_dir, entry)))
     return [path for _, path in sorted(found, reverse=True)]
-
-
-def _read(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read()
 
 
 def _describe(data: bytes) -> dict:
@@ -100,9 +161,9 @@ def verify(path: str) -> dict:
     manifest_path = os.path.join(path, MANIFEST_FILE)
     try:
         manifest = json.loads(_read(manifest_path))
-    except tf.errors.NotFoundError as e:
+    except NOT_FOUND as e:
         raise Unusable(f"{MANIFEST_FILE} is missing") from e
-    except (ValueError, tf.errors.OpError) as e:
+    except (ValueError, *IO_ERRORS) as e:
         raise Unusable(f"{MANIFEST_FILE} is unreadable: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise Unusable(f"{MANIFEST_FILE} is not a {FORMAT} manifest")
@@ -113,9 +174,9 @@ def verify(path: str) -> dict:
     for name, expected in sorted(files.items()):
         try:
             data = _read(os.path.join(path, name))
-        except tf.errors.NotFoundError as e:
+        except NOT_FOUND as e:
             raise Unusable(f"{name} is missing") from e
-        except tf.errors.OpError as e:
+        except IO_ERRORS as e:
             raise Unusable(f"{name} is unreadable: {e}") from e
         got = _describe(data)
         if got != {"bytes": expected.get("bytes"), "crc32": expected.get("crc32")}:
@@ -189,39 +250,32 @@ def latest(backup_dir: str) -> Optional[str]:
 def discard(path: str) -> None:
     """Deletes a directory: renamed to a ``.trash-*`` name first (atomic), so a kill while
     deleting never leaves a half-deleted directory under a committed or staging name."""
-    if not tf.io.gfile.exists(path):
+    if not _exists(path):
         return
     parent, name = os.path.split(path.rstrip("/"))
     trash = os.path.join(parent, f"{TRASH_PREFIX}{uuid.uuid4().hex[:8]}-{name.lstrip('.')}")
     try:
-        tf.io.gfile.rename(path, trash)
-    except tf.errors.OpError:
+        _rename(path, trash)
+    except IO_ERRORS:
         trash = path  # (e.g. vanished meanwhile, or no rename: delete in place)
-    if tf.io.gfile.exists(trash):
-        tf.io.gfile.rmtree(trash)
+    if _exists(trash):
+        _rmtree(trash)
 
 
 def remove_leftovers(backup_dir: str) -> list[str]:
     """Deletes the staging and trash directories a killed run left; returns their names."""
-    if not tf.io.gfile.isdir(backup_dir):
+    if not _isdir(backup_dir):
         return []
     removed = []
-    for entry in tf.io.gfile.listdir(backup_dir):
-        entry = entry.rstrip("/")
+    for entry in _listdir(backup_dir):
         if entry.startswith((STAGING_PREFIX, TRASH_PREFIX)):
             path = os.path.join(backup_dir, entry)
             if entry.startswith(TRASH_PREFIX):
-                tf.io.gfile.rmtree(path)
+                _rmtree(path)
             else:
                 discard(path)
             removed.append(entry)
     return removed
-
-
-def write_file(path: str, data: bytes) -> None:
-    """Writes a file of a backup being staged (flushed by the commit)."""
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(data)
 
 
 class Commit:
@@ -247,7 +301,7 @@ class Commit:
         deadline = time.monotonic() + self.timeout
         while True:
             missing = [n for n in self.expected
-                       if not tf.io.gfile.exists(os.path.join(self.staging, n))]
+                       if not _exists(os.path.join(self.staging, n))]
             if not missing:
                 return
             if time.monotonic() > deadline:
@@ -259,8 +313,7 @@ class Commit:
         """The whole commit, in the calling thread."""
         self._wait_for_workers()
         files = {}
-        for name in sorted(tf.io.gfile.listdir(self.staging)):
-            name = name.rstrip("/")
+        for name in sorted(_listdir(self.staging)):
             if name == MANIFEST_FILE or name.startswith(atomic.TMP_PREFIX):
                 continue
             path = os.path.join(self.staging, name)
@@ -271,15 +324,15 @@ class Commit:
         write_file(manifest_path, manifest.encode())
         atomic.fsync_file(manifest_path)
         atomic.fsync_dir(self.staging)
-        if tf.io.gfile.exists(self.final):  # (a damaged backup at the same point)
+        if _exists(self.final):  # (a damaged backup at the same point)
             discard(self.final)
-        tf.io.gfile.rename(self.staging, self.final)
+        _rename(self.staging, self.final)
         atomic.fsync_dir(self.backup_dir)
         for old in committed(self.backup_dir)[KEEP:]:
             discard(old)
         for path in self.legacy_files:
-            if tf.io.gfile.exists(path):
-                tf.io.gfile.remove(path)
+            if _exists(path):
+                _remove(path)
 
     def _run_catching(self) -> None:
         try:
@@ -328,7 +381,7 @@ def wait(backup_dir: Optional[str] = None) -> None:
 
 def legacy_files(backup_dir: str, names: Callable[[str], bool]) -> list[str]:
     """Top-level files of ``backup_dir`` for which ``names(file name)`` holds."""
-    if not tf.io.gfile.isdir(backup_dir):
+    if not _isdir(backup_dir):
         return []
-    return [os.path.join(backup_dir, e) for e in tf.io.gfile.listdir(backup_dir)
-            if not tf.io.gfile.isdir(os.path.join(backup_dir, e)) and names(e)]
+    return [os.path.join(backup_dir, e) for e in _listdir(backup_dir)
+            if not _isdir(os.path.join(backup_dir, e)) and names(e)]

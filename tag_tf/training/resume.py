@@ -294,6 +294,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.steps_per_epoch = steps_per_epoch
         self.async_commit = async_commit
         self._commit: Optional[backup_store.Commit] = None  # the latest, maybe running
+        self._legacy_files: list = []  # a flat backup's files, stale after the first commit
         self._source, found = _source(backup_dir)  # where the resume reads
         self._warning = found.warning()
         if self._warning:
@@ -346,6 +347,7 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         if chief:
             for path, _ in found.discarded:  # damaged: never used, so never in the way
                 backup_store.discard(path)
+            self._legacy_files = backup_store.legacy_files(self.backup_dir, _is_legacy_file)
         self._replica_state = None
         self.restored_history, self._restored_callbacks = None, None
         point = ResumePoint()
@@ -482,10 +484,9 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._since_save = 0
         self._save_due = False
         self._last_batch_seen = self._done
-        self._finish_commit()  # one backup at a time: the previous one is committed
         name = backup_store.backup_name(self._current_epoch, self._done)
         staging = os.path.join(self.backup_dir, backup_store.staging_name(name))
-        tf.io.gfile.makedirs(staging)
+        backup_store.makedirs(staging)
         chief = is_chief(self.model)
         self._write_replica_state(staging, shared=not chief)
         if not chief:
@@ -496,10 +497,13 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
                 shutil.rmtree(scratch, ignore_errors=True)
             return
         self._write_backup(staging)
+        # The previous backup's commit ran meanwhile (through the steps since and this
+        # write); commits stay in order: it finishes before this one starts.
+        self._finish_commit()
         commit = backup_store.Commit(
             self.backup_dir, staging, os.path.join(self.backup_dir, name),
-            expected=_all_replica_files(self.model),
-            legacy_files=backup_store.legacy_files(self.backup_dir, _is_legacy_file))
+            expected=_all_replica_files(self.model), legacy_files=self._legacy_files)
+        self._legacy_files = []  # (deleted by the first commit)
         self._commit = commit
         if self.async_commit:
             commit.start()

@@ -113,17 +113,17 @@ def test_failed_background_commit_is_raised_and_keeps_the_previous(tmp_path, eag
                                                                    monkeypatch):
     """A commit that fails in the background thread (here: its rename) stops training at
     the next backup with the error, and the backup before it stays current."""
-    rename = backup_store.tf.io.gfile.rename
+    rename = backup_store._rename  # pylint: disable=protected-access
     renames = []
 
-    def failing(src, dst, overwrite=False):
+    def failing(src, dst):
         if os.path.basename(src).startswith(backup_store.STAGING_PREFIX):
             renames.append(dst)
             if len(renames) == 2:
                 raise OSError("no space left on device")
-        return rename(src, dst, overwrite)
+        return rename(src, dst)
 
-    monkeypatch.setattr(backup_store.tf.io.gfile, "rename", failing)
+    monkeypatch.setattr(backup_store, "_rename", failing)
     with pytest.raises(RuntimeError, match="Committing the backup .*b000000002 failed: no space"):
         fit(tmp_path)
     monkeypatch.undo()
@@ -185,6 +185,7 @@ def test_verify_and_leftovers(tmp_path):
     assert backup_store.latest(str(root)) == str(second)
     third = commit(1, 0, {resume.METADATA_FILE: meta, "w": b"x"})
     assert listing(root) == [second.name, third.name]  # the oldest was deleted
+    assert not first.exists()
     (third / "w").write_bytes(b"y")  # same size, other bytes
     with pytest.raises(backup_store.Unusable, match="CRC32"):
         backup_store.verify(str(third))
