@@ -40,6 +40,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
+from tag_tf.io import atomic
 from tag_tf.io.bad_files import BadFiles, describe_error, find_bad, find_bad_files, handle
 
 SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
@@ -512,7 +513,8 @@ def write_tfrecords(examples: Examples, output_prefix: str, *, num_shards: int =
         raise ValueError(f"num_shards must be >= 1. Received: num_shards={num_shards}")
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     paths = [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    temporary = [atomic.temporary_name(p) for p in paths]  # renamed once all are complete
+    writers = [tf.io.TFRecordWriter(p) for p in temporary]
     try:
         for i in range(len(examples)):
             feature = {}
@@ -525,9 +527,16 @@ def write_tfrecords(examples: Examples, output_prefix: str, *, num_shards: int =
                 value=[key.encode()]))
             record = tf.train.Example(features=tf.train.Features(feature=feature))
             writers[i % num_shards].write(record.SerializeToString())
-    finally:
-        for writer in writers:
+    except BaseException:
+        for writer, tmp in zip(writers, temporary):
             writer.close()
+            os.remove(tmp)
+        raise
+    for writer, tmp, path in zip(writers, temporary, paths):
+        writer.close()
+        atomic.fsync_file(tmp)
+        os.replace(tmp, path)
+    atomic.fsync_dir(os.path.dirname(os.path.abspath(output_prefix)))
     return paths
 
 
@@ -540,9 +549,11 @@ def convert_splits(root: str, tasks: Sequence[str], output_dir: str, *,
                    limit: Optional[int] = None) -> dict:
     """Writes ``output_dir/{train,val,test}-*.tfrecord`` and ``info.json`` (counts, tasks).
 
+    Each shard appears under its name only once complete, and ``info.json`` (which
+    :func:`load_splits` reads first) last, so an interrupted conversion is never read.
+
     ``limit`` caps the images per building of every split (val/test keep at most 1000).
     """
-    import json  # pylint: disable=g-import-not-at-top
     tasks = parse_tasks(tasks)
     info = {"tasks": tasks, "splits": {}}
     for split in SPLITS:
@@ -554,8 +565,7 @@ def convert_splits(root: str, tasks: Sequence[str], output_dir: str, *,
         info["mask_domain"] = examples.mask_domain
         info["splits"][split] = {"examples": len(examples),
                                  "files": [os.path.basename(f) for f in files]}
-    with open(_writer_info_path(output_dir), "w") as f:
-        json.dump(info, f, indent=1)
+    atomic.atomic_write_json(_writer_info_path(output_dir), info, indent=1)  # last: complete
     return info
 
 
