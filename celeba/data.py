@@ -18,13 +18,20 @@ to float, bilinear ``tf.image.resize``, training examples reshuffled every epoch
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import tempfile
+import zipfile
 from typing import Callable, NamedTuple, Optional, Sequence
 from unittest import mock
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+
+from tag_tf.io import atomic
+from tag_tf.io.bad_files import BadFiles, find_bad, handle
 
 # All 40 CelebA attributes, in the order of list_attr_celeba.txt.
 ATTRIBUTES = (
@@ -45,6 +52,7 @@ SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 162_770, "validation": 19_867, "test": 19_962}
 IMAGE_SIZE = 64
 DATASET_NAME = "celeb_a"
+BAD_FILES_FILE = "bad_files.json"  # beside the prepared dataset: what preparing dropped
 
 # The TFDS builder's download keys -> the original file names (as on the CelebA site).
 ORIGINAL_FILES = {
@@ -139,8 +147,74 @@ def verify_original_files(files_dir: str) -> list[str]:
     return mismatched
 
 
+def _listed_names(path: str, *, header: bool) -> list[str]:
+    """Image names of a CelebA list file (first column; after the count and header lines
+    when ``header``)."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    return [line.split()[0] for line in lines[2 if header else 0:] if line.strip()]
+
+
+def check_original_files(files_dir: str, *,
+                         num_parallel_calls: int = tf.data.AUTOTUNE) -> list[tuple[str, str]]:
+    """Every image the partition file lists: in the archive, with a row in the attribute,
+    landmark and identity files, and a complete JPEG (each decoded once, in parallel).
+
+    Returns the bad ones as ``(name, reason)``, names like
+    ``img_align_celeba.zip:img_align_celeba/000002.jpg``.
+    """
+    paths = original_file_paths(files_dir)
+    names = _listed_names(paths["list_eval_partition"], header=False)
+    rows = {key: set(_listed_names(paths[key], header=key != "identity_celeba"))
+            for key in ("list_attr_celeba", "landmarks_celeba", "identity_celeba")}
+    archive_name = os.path.basename(paths["img_align_celeba"])
+    bad, present = [], []
+    with zipfile.ZipFile(paths["img_align_celeba"]) as archive:
+        members = {os.path.basename(n): n for n in archive.namelist() if not n.endswith("/")}
+        for name in names:
+            label = f"{archive_name}:{members.get(name, 'img_align_celeba/' + name)}"
+            lacking = [ORIGINAL_FILES[k] for k, listed in rows.items() if name not in listed]
+            if name not in members:
+                bad.append((label, f"missing from {archive_name}"))
+            elif lacking:
+                bad.append((label, f"no row in {', '.join(lacking)}"))
+            else:
+                present.append(name)
+
+        def read(k):
+            try:
+                return archive.read(members[present[k]])
+            except (zipfile.BadZipFile, OSError) as e:  # a damaged member (CRC, truncation)
+                raise ValueError(f"unreadable in {archive_name}: {e}") from e
+
+        def contents():
+            for k in range(len(present)):
+                try:
+                    yield read(k)
+                except ValueError:
+                    yield b""  # (fails to decode: found bad, and named by read(k))
+
+        dataset = tf.data.Dataset.from_generator(contents,
+                                                 output_signature=tf.TensorSpec((), tf.string))
+        for k, reason in find_bad(dataset, lambda c: tf.io.decode_jpeg(c, channels=3),
+                                  count=len(present), item_at=read,
+                                  num_parallel_calls=num_parallel_calls):
+            bad.append((f"{archive_name}:{members[present[k]]}", reason))
+    return bad
+
+
+def read_bad_files(builder: tfds.core.DatasetBuilder) -> BadFiles:
+    """What :func:`prepare_from_files` dropped (``skip_bad_files``) from this dataset."""
+    path = os.path.join(builder.data_dir, BAD_FILES_FILE)
+    if not tf.io.gfile.exists(path):
+        return BadFiles()
+    with tf.io.gfile.GFile(path) as f:
+        return BadFiles.from_json(json.load(f))
+
+
 def prepare_from_files(files_dir: str, data_dir: str, *,
-                       verify_checksums: bool = True) -> tfds.core.DatasetBuilder:
+                       verify_checksums: bool = True, skip_bad_files: bool = False,
+                       report: Optional[BadFiles] = None) -> tfds.core.DatasetBuilder:
     """Builds TFDS ``celeb_a`` in ``data_dir`` from the original files, without any network.
 
     Runs the real TFDS builder (same features, splits, example keys and file layout as
@@ -148,11 +222,19 @@ def prepare_from_files(files_dir: str, data_dir: str, *,
     ``files_dir`` instead of Google Drive. The archive is read in place (the builder loads
     all images into memory, about 1.5 GB). An already prepared dataset is left as it is.
 
+    Before preparing, every listed image is checked (:func:`check_original_files`): one
+    missing from the archive or the label files, or not a complete JPEG, stops here with
+    :class:`tag_tf.io.bad_files.BadFileError` naming it (nothing is prepared); with
+    ``skip_bad_files`` it is left out of the dataset, and the count and first names are
+    added to ``report`` and written beside the dataset (:func:`read_bad_files`).
+
     Args:
       files_dir: folder holding the five files of :data:`ORIGINAL_FILES`.
       data_dir: TFDS data directory to write (``<data_dir>/celeb_a/2.1.0``).
       verify_checksums: compare the files with the originals' SHA-256 (a mismatch is
         logged as a warning, not an error).
+      skip_bad_files: leave bad images out instead of failing.
+      report: receives the left-out images (count and first names).
 
     Returns:
       The prepared builder.
@@ -180,7 +262,23 @@ def prepare_from_files(files_dir: str, data_dir: str, *,
     builder = module.Builder(data_dir=data_dir)
     if builder.is_prepared():
         logging.info("%s is already prepared in %s.", builder.info.full_name, data_dir)
+        if report is not None:
+            report.extend(read_bad_files(builder).first)
         return builder
+    bad = check_original_files(files_dir)
+    dropped = BadFiles()
+    handle(bad, skip_bad_files=skip_bad_files, report=dropped, what="CelebA image")
+    filtered_dir = None
+    if bad:  # skip_bad_files: a partition list without them (the builder reads only those)
+        names = {name.rsplit("/", 1)[-1] for name, _ in bad}
+        filtered_dir = tempfile.mkdtemp(prefix="celeba_partition_")
+        filtered = os.path.join(filtered_dir, ORIGINAL_FILES["list_eval_partition"])
+        with open(paths["list_eval_partition"]) as f:
+            lines = [line for line in f.read().split("\n")
+                     if line.strip() and line.split()[0] not in names]
+        with open(filtered, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        by_url[module.EVAL_LIST] = filtered
     make_manager = builder._make_download_manager  # pylint: disable=protected-access
 
     def offline_manager(*args, **kwargs):
@@ -190,9 +288,19 @@ def prepare_from_files(files_dir: str, data_dir: str, *,
         return manager
 
     config = tfds.download.DownloadConfig(try_download_gcs=False)
-    with mock.patch.object(builder, "_make_download_manager", offline_manager):
-        builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"),
-                                     download_config=config)
+    try:
+        with mock.patch.object(builder, "_make_download_manager", offline_manager):
+            builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"),
+                                         download_config=config)
+    finally:
+        if filtered_dir:
+            shutil.rmtree(filtered_dir, ignore_errors=True)
+    if dropped:
+        atomic.atomic_write_json(os.path.join(builder.data_dir, BAD_FILES_FILE),
+                                 dropped.to_json(), indent=1)
+    if report is not None:
+        report.extend(dropped.first)
+        report.count += dropped.count - len(dropped.first)
     return builder
 
 
@@ -300,11 +408,13 @@ def train_data_fn(data_dir: Optional[str], *, tasks: Sequence[str] = DEFAULT_TAS
 
 
 class Splits(NamedTuple):
-    """The three CelebA splits as batched datasets."""
+    """The three CelebA splits as batched datasets, and the images the prepare step left
+    out (``prepare_from_files(skip_bad_files=True)``; count and first names)."""
 
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
+    bad_files: Optional[BadFiles] = None
 
 
 def load_splits(data_dir: Optional[str], *, tasks: Sequence[str] = DEFAULT_TASKS,
@@ -322,4 +432,5 @@ def load_splits(data_dir: Optional[str], *, tasks: Sequence[str] = DEFAULT_TASKS
         train=make_dataset(builder, "train", training=True, shuffle_buffer=shuffle_buffer,
                            **common),
         validation=make_dataset(builder, "validation", **common),
-        test=make_dataset(builder, "test", **common))
+        test=make_dataset(builder, "test", **common),
+        bad_files=read_bad_files(builder))

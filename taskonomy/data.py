@@ -25,8 +25,10 @@ Differences from the original, on purpose:
   bilinearly, inventing classes at boundaries);
 * the ``rgb`` -> domain replacement applies to the path below ``root`` only (a root such as
   ``/data/rgbd`` broke the original);
-* a missing or unreadable file drops the example (``ignore_errors``) instead of silently
-  repeating the previous example's label;
+* a missing or unreadable file is found before training (:func:`check_examples`, one decode
+  of every file) and stops the run with an error naming it, or with ``skip_bad_files=True``
+  drops its example and is counted and named in :attr:`Splits.bad_files`, instead of
+  silently repeating the previous example's label;
 * bit depth is read from each PNG header, so raw values are what the file stores (PIL's 'L' and
   'I;16' semantics) whatever the file's bit depth.
 """
@@ -37,6 +39,9 @@ import os
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
+
+from tag_tf.io import atomic
+from tag_tf.io.bad_files import BadFiles, describe_error, find_bad, find_bad_files, handle
 
 SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
 SPLITS = ("train", "val", "test")
@@ -309,6 +314,51 @@ def split_examples(root: str, tasks: Sequence[str], split: str, *,
     return find_examples(root, tasks, split_buildings(split, splits_dir), limit=limit)
 
 
+def _decode_any_png(contents: tf.Tensor) -> tf.Tensor:
+    """Decodes a PNG of either bit depth completely (a truncated or corrupt file fails)."""
+    return tf.io.decode_png(contents, dtype=tf.uint16)
+
+
+_CHECKED: dict = {}  # (path, size, mtime) tuples -> their bad files: one check per process
+
+
+def _stat_key(files: Sequence[str]) -> tuple:
+    key = []
+    for path in files:
+        try:
+            st = os.stat(path)
+            key.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            key.append((path, None, None))
+    return tuple(key)
+
+
+def check_examples(examples: Examples, *, skip_bad_files: bool = False,
+                   report: Optional[BadFiles] = None, what: str = "Taskonomy",
+                   num_parallel_calls: int = tf.data.AUTOTUNE) -> Examples:
+    """Reads and decodes every file of ``examples`` once (input and targets); a missing or
+    corrupt one raises :class:`tag_tf.io.bad_files.BadFileError` naming it and what is
+    wrong, or with ``skip_bad_files`` its example is dropped and the file added to
+    ``report`` (count and first paths).
+
+    Returns the examples without the dropped ones. Checks are remembered in the process
+    (files unchanged in size and time are not decoded again).
+    """
+    files = sorted({p for paths in examples.paths.values() for p in paths})
+    key = _stat_key(files)
+    if key not in _CHECKED:
+        _CHECKED[key] = find_bad_files(files, _decode_any_png,
+                                       num_parallel_calls=num_parallel_calls)
+    bad = dict(_CHECKED[key])
+    if not bad:
+        return examples
+    handle(sorted(bad.items()), skip_bad_files=skip_bad_files, report=report, what=what)
+    keep = [i for i in range(len(examples))
+            if not any(examples.paths[d][i] in bad for d in examples.paths)]
+    return Examples(examples.root, examples.tasks, examples.mask_domain,
+                    {d: [v[i] for i in keep] for d, v in examples.paths.items()})
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Training steps per epoch: the original's epoch is a fifth of the data past 10000 batches."""
     steps = num_examples // batch_size
@@ -334,9 +384,12 @@ def make_dataset(examples: Examples, *, batch_size: int, training: bool,
                  image_size: int = IMAGE_SIZE, augment: Optional[bool] = None,
                  seed: Optional[int] = None, repeat: bool = False,
                  drop_remainder: Optional[bool] = None, deterministic: Optional[bool] = None,
-                 skip_errors: Optional[bool] = None, num_parallel_calls: int = tf.data.AUTOTUNE
-                 ) -> tf.data.Dataset:
+                 num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
     """A batched ``(image, {task: target})`` dataset: parallel read + decode, then prefetch.
+
+    Nothing is dropped: a missing or corrupt file stops the iteration with TensorFlow's
+    error. Check the examples first with :func:`check_examples` (``load_splits`` does),
+    which names the file, or drops it with ``skip_bad_files=True`` and reports it.
 
     Args:
       examples: from :func:`find_examples` / :func:`split_examples`.
@@ -349,12 +402,9 @@ def make_dataset(examples: Examples, *, batch_size: int, training: bool,
       repeat: repeat forever (use with ``fit(steps_per_epoch=...)``).
       drop_remainder: defaults to ``training``.
       deterministic: element order guarantees; defaults to ``not training or seed is not None``.
-      skip_errors: drop examples with a missing or corrupt file instead of failing; defaults
-        to ``training`` (evaluation sets fail loudly and keep a known length).
       num_parallel_calls: decode parallelism.
     """
     augment = training if augment is None else augment
-    skip_errors = training if skip_errors is None else skip_errors
     drop_remainder = training if drop_remainder is None else drop_remainder
     deterministic = (not training or seed is not None) if deterministic is None else deterministic
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -366,12 +416,12 @@ def make_dataset(examples: Examples, *, batch_size: int, training: bool,
     dataset = _with_flips(dataset, augment, seed)
     return _load_batches(dataset, examples, batch_size=batch_size, image_size=image_size,
                          drop_remainder=drop_remainder, deterministic=deterministic,
-                         skip_errors=skip_errors, num_parallel_calls=num_parallel_calls)
+                         num_parallel_calls=num_parallel_calls)
 
 
 def _load_batches(dataset: tf.data.Dataset, examples: Examples, *, batch_size: int,
                   image_size: int, drop_remainder: bool, deterministic: bool,
-                  skip_errors: bool, num_parallel_calls: int) -> tf.data.Dataset:
+                  num_parallel_calls: int) -> tf.data.Dataset:
     """``(paths by domain, flip)`` elements -> decoded, batched, prefetched examples."""
     domains = list(examples.paths)
 
@@ -382,8 +432,6 @@ def _load_batches(dataset: tf.data.Dataset, examples: Examples, *, batch_size: i
 
     dataset = dataset.map(load, num_parallel_calls=num_parallel_calls,
                           deterministic=deterministic)
-    if skip_errors:
-        dataset = dataset.ignore_errors(log_warning=True)
     return _batch_and_prefetch(dataset, batch_size, drop_remainder, deterministic)
 
 
@@ -400,8 +448,8 @@ def epoch_data_fn(examples: Examples, *, batch_size: int, steps_per_epoch: int, 
     batch_size`` on (batches span passes, as :func:`make_dataset` with ``repeat``). An
     epoch's data is a function of the epoch alone, not of how often it was iterated, so
     resumes are exact under a ``tf.distribute`` strategy; starting at epoch k costs no
-    reading of the earlier epochs. Corrupt or missing files are skipped (the epoch then
-    reads a few examples further).
+    reading of the earlier epochs. Pass examples checked by :func:`check_examples`
+    (``load_splits`` does): a missing or corrupt file stops the iteration.
     """
     if steps_per_epoch < 1 or batch_size < 1:
         raise ValueError(f"Need steps_per_epoch >= 1 and batch_size >= 1. Received: "
@@ -428,8 +476,8 @@ def epoch_data_fn(examples: Examples, *, batch_size: int, steps_per_epoch: int, 
                                              flip))
         batches = _load_batches(stream, examples, batch_size=batch_size,
                                 image_size=image_size, drop_remainder=True, deterministic=True,
-                                skip_errors=True, num_parallel_calls=num_parallel_calls)
-        # An endless stream: every epoch has its steps (skipped files only read further).
+                                num_parallel_calls=num_parallel_calls)
+        # An endless stream: every epoch has its steps.
         return batches.take(steps_per_epoch).apply(
             tf.data.experimental.assert_cardinality(steps_per_epoch))
 
@@ -465,7 +513,8 @@ def write_tfrecords(examples: Examples, output_prefix: str, *, num_shards: int =
         raise ValueError(f"num_shards must be >= 1. Received: num_shards={num_shards}")
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     paths = [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    temporary = [atomic.temporary_name(p) for p in paths]  # renamed once all are complete
+    writers = [tf.io.TFRecordWriter(p) for p in temporary]
     try:
         for i in range(len(examples)):
             feature = {}
@@ -478,9 +527,16 @@ def write_tfrecords(examples: Examples, output_prefix: str, *, num_shards: int =
                 value=[key.encode()]))
             record = tf.train.Example(features=tf.train.Features(feature=feature))
             writers[i % num_shards].write(record.SerializeToString())
-    finally:
-        for writer in writers:
+    except BaseException:
+        for writer, tmp in zip(writers, temporary):
             writer.close()
+            os.remove(tmp)
+        raise
+    for writer, tmp, path in zip(writers, temporary, paths):
+        writer.close()
+        atomic.fsync_file(tmp)
+        os.replace(tmp, path)
+    atomic.fsync_dir(os.path.dirname(os.path.abspath(output_prefix)))
     return paths
 
 
@@ -493,9 +549,11 @@ def convert_splits(root: str, tasks: Sequence[str], output_dir: str, *,
                    limit: Optional[int] = None) -> dict:
     """Writes ``output_dir/{train,val,test}-*.tfrecord`` and ``info.json`` (counts, tasks).
 
+    Each shard appears under its name only once complete, and ``info.json`` (which
+    :func:`load_splits` reads first) last, so an interrupted conversion is never read.
+
     ``limit`` caps the images per building of every split (val/test keep at most 1000).
     """
-    import json  # pylint: disable=g-import-not-at-top
     tasks = parse_tasks(tasks)
     info = {"tasks": tasks, "splits": {}}
     for split in SPLITS:
@@ -507,9 +565,60 @@ def convert_splits(root: str, tasks: Sequence[str], output_dir: str, *,
         info["mask_domain"] = examples.mask_domain
         info["splits"][split] = {"examples": len(examples),
                                  "files": [os.path.basename(f) for f in files]}
-    with open(_writer_info_path(output_dir), "w") as f:
-        json.dump(info, f, indent=1)
+    atomic.atomic_write_json(_writer_info_path(output_dir), info, indent=1)  # last: complete
     return info
+
+
+def _record_key(path: str, index: int) -> Optional[str]:
+    """The ``key`` feature (rgb path below the root) of record ``index`` of a shard."""
+    try:
+        record = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
+        key = tf.io.parse_single_example(record, {"key": tf.io.FixedLenFeature([], tf.string)})
+        return key["key"].numpy().decode()
+    except (tf.errors.OpError, StopIteration, UnicodeDecodeError):
+        return None
+
+
+def check_tfrecords(files: Sequence[str], tasks: Sequence[str], *,
+                    mask_domain: Optional[str], skip_bad_files: bool = False,
+                    report: Optional[BadFiles] = None, what: str = "Taskonomy TFRecord",
+                    num_parallel_calls: int = tf.data.AUTOTUNE) -> tuple[dict, dict]:
+    """Reads every record of the shards ``files`` and decodes its PNGs once; a corrupt shard,
+    a record lacking a needed domain or holding a corrupt PNG raises
+    :class:`tag_tf.io.bad_files.BadFileError` naming the shard, the record and its key, or
+    with ``skip_bad_files`` is dropped and added to ``report``.
+
+    Returns ``(excluded, counts)``: ``{shard index: set of bad record indices, or None for a
+    whole unreadable shard}`` (for :func:`make_tfrecord_dataset`'s ``exclude``) and
+    ``{shard index: records}`` of the readable shards.
+    """
+    domains = needed_domains(parse_tasks(tasks), mask_domain)
+    spec = _feature_spec(domains)
+
+    def check(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        return [_decode_any_png(example[d]) for d in domains]
+
+    key = (_stat_key(files), tuple(domains))
+    if key not in _CHECKED:
+        bad, excluded, counts = [], {}, {}
+        for k, path in enumerate(files):
+            records = tf.data.TFRecordDataset(path)
+            try:
+                counts[k] = int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+            except tf.errors.OpError as e:  # missing, truncated or corrupt shard
+                bad.append((path, f"the whole shard: {describe_error(e)}"))
+                excluded[k] = None
+                continue
+            for index, reason in find_bad(records, check, count=counts[k],
+                                          num_parallel_calls=num_parallel_calls):
+                name = _record_key(path, index)
+                bad.append((f"{path} (record {index}" + (f", {name})" if name else ")"), reason))
+                excluded.setdefault(k, set()).add(index)
+        _CHECKED[key] = (bad, excluded, counts)
+    bad, excluded, counts = _CHECKED[key]
+    handle(bad, skip_bad_files=skip_bad_files, report=report, what=what)
+    return excluded, counts
 
 
 class Splits(NamedTuple):
@@ -521,12 +630,14 @@ class Splits(NamedTuple):
     train_examples: int
     steps_per_epoch: int
     train_data_fn: Optional[Callable[[int], tf.data.Dataset]] = None  # :func:`epoch_data_fn`
+    bad_files: Optional[BadFiles] = None  # dropped with skip_bad_files (count, first paths)
 
 
 def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
                 eval_batch_size: Optional[int] = None, image_size: int = IMAGE_SIZE,
                 splits_dir: str = SPLITS_DIR, seed: Optional[int] = None, augment: bool = True,
-                limit: Optional[int] = None, tfrecord_dir: Optional[str] = None) -> Splits:
+                limit: Optional[int] = None, tfrecord_dir: Optional[str] = None,
+                skip_bad_files: bool = False) -> Splits:
     """The three splits as the original trains and evaluates on them.
 
     Training repeats forever (shuffled, flipped) with an epoch of :func:`steps_per_epoch`
@@ -535,8 +646,14 @@ def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
     ``tag.patch``). ``tfrecord_dir`` reads shards from :func:`convert_splits` instead.
     With a ``seed`` and folders (not TFRecords), ``train_data_fn`` is the same training
     stream cut into epochs (:func:`epoch_data_fn`), which the pipeline then trains on.
+
+    Every file (or record) of the three splits is decoded once first
+    (:func:`check_examples`, :func:`check_tfrecords`): a missing or corrupt one stops here
+    with :class:`tag_tf.io.bad_files.BadFileError` naming it; with ``skip_bad_files`` its
+    example is dropped, and ``Splits.bad_files`` counts and names the dropped files.
     """
     tasks = parse_tasks(tasks)
+    report = BadFiles()
     eval_batch_size = eval_batch_size or max(batch_size // 2, 1)
     train_data_fn = None
     if tfrecord_dir:
@@ -550,20 +667,32 @@ def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
         mask_domain = info["mask_domain"] if any(DOMAINS[t].masked for t in tasks) else None
 
         def split_dataset(split, **kwargs):
+            files = [os.path.join(tfrecord_dir, f) for f in info["splits"][split]["files"]]
+            excluded, counts = check_tfrecords(
+                files, tasks, mask_domain=mask_domain, skip_bad_files=skip_bad_files,
+                report=report, what=f"Taskonomy {split} TFRecord")
+            examples = info["splits"][split]["examples"]
+            if excluded:
+                examples = sum(n - len(excluded.get(k) or ()) for k, n in counts.items())
             return make_tfrecord_dataset(
-                [os.path.join(tfrecord_dir, f) for f in info["splits"][split]["files"]], tasks,
-                image_size=image_size, mask_domain=mask_domain,
-                num_examples=info["splits"][split]["examples"], **kwargs)
+                files, tasks, image_size=image_size, mask_domain=mask_domain,
+                num_examples=examples, exclude=excluded, **kwargs), examples
 
-        n_train = info["splits"]["train"]["examples"]
-        train = split_dataset("train", batch_size=batch_size, training=True, augment=augment,
-                              seed=seed, repeat=True)
-        val = split_dataset("val", batch_size=eval_batch_size, training=False)
-        test = split_dataset("test", batch_size=eval_batch_size, training=False)
+        (train, n_train), (val, _), (test, _) = (
+            split_dataset("train", batch_size=batch_size, training=True, augment=augment,
+                          seed=seed, repeat=True),
+            split_dataset("val", batch_size=eval_batch_size, training=False),
+            split_dataset("test", batch_size=eval_batch_size, training=False))
     else:
         eval_limit = min(limit or EVAL_IMAGES_PER_BUILDING, EVAL_IMAGES_PER_BUILDING)
-        train_examples = split_examples(data_dir, tasks, "train", splits_dir=splits_dir,
-                                        limit=limit)
+        def checked(split, split_limit):
+            return check_examples(
+                split_examples(data_dir, tasks, split, splits_dir=splits_dir,
+                               limit=split_limit),
+                skip_bad_files=skip_bad_files, report=report, what=f"Taskonomy {split}")
+
+        train_examples, val_examples, test_examples = (
+            checked("train", limit), checked("val", eval_limit), checked("test", eval_limit))
         n_train = len(train_examples)
         if n_train == 0:
             raise ValueError(f"No training images of the listed buildings under "
@@ -574,13 +703,11 @@ def load_splits(data_dir: str, tasks: Sequence[str], *, batch_size: int,
             train_data_fn = epoch_data_fn(
                 train_examples, batch_size=batch_size, seed=seed, image_size=image_size,
                 augment=augment, steps_per_epoch=steps_per_epoch(n_train, batch_size))
-        val, test = (make_dataset(split_examples(data_dir, tasks, split, splits_dir=splits_dir,
-                                                 limit=eval_limit),
-                                  batch_size=eval_batch_size, training=False,
+        val, test = (make_dataset(examples, batch_size=eval_batch_size, training=False,
                                   image_size=image_size)
-                     for split in ("val", "test"))
+                     for examples in (val_examples, test_examples))
     return Splits(train, val, test, n_train, steps_per_epoch(n_train, batch_size),
-                  train_data_fn)
+                  train_data_fn, report)
 
 
 def make_tfrecord_dataset(files: Sequence[str], tasks: Sequence[str], *, batch_size: int,
@@ -589,12 +716,15 @@ def make_tfrecord_dataset(files: Sequence[str], tasks: Sequence[str], *, batch_s
                           seed: Optional[int] = None, repeat: bool = False,
                           drop_remainder: Optional[bool] = None,
                           shuffle_buffer: int = 10000, num_examples: Optional[int] = None,
+                          exclude: Optional[dict] = None,
                           num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
     """Like :func:`make_dataset`, reading shards written by :func:`write_tfrecords`.
 
     ``mask_domain`` defaults to depth when a masked task is trained (pass ``"mask"`` if the
     shards were written with mask files). ``num_examples`` (from ``info.json``) gives a finite
-    dataset its length, so Keras knows when an evaluation ends.
+    dataset its length, so Keras knows when an evaluation ends. ``exclude`` (from
+    :func:`check_tfrecords` with ``skip_bad_files``): ``{shard index: record indices to
+    drop, or None to drop the shard}``.
     """
     tasks = parse_tasks(tasks)
     if mask_domain == "default":
@@ -603,10 +733,25 @@ def make_tfrecord_dataset(files: Sequence[str], tasks: Sequence[str], *, batch_s
     drop_remainder = training if drop_remainder is None else drop_remainder
     deterministic = not training or seed is not None
     spec = _feature_spec(needed_domains(tasks, mask_domain))
-    dataset = tf.data.Dataset.from_tensor_slices(list(files))
+    exclude = exclude or {}
+    shards = [k for k in range(len(files)) if not (k in exclude and exclude[k] is None)]
+    dropped = [k * 2**32 + i for k, records in exclude.items() for i in (records or ())]
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(shards, tf.int64),
+                                                  tf.constant([files[k] for k in shards],
+                                                              tf.string)))
     if training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 8)),
+        dataset = dataset.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+
+    def read(shard, path):
+        records = tf.data.TFRecordDataset(path)
+        if not dropped:
+            return records
+        codes = tf.constant(dropped, tf.int64)
+        return records.enumerate().filter(
+            lambda i, _: tf.logical_not(tf.reduce_any(tf.equal(shard * 2**32 + i, codes)))
+        ).map(lambda _, record: record)
+
+    dataset = dataset.interleave(read, cycle_length=max(1, min(len(shards), 8)),
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if num_examples is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_examples))

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any, Callable, Optional
 
+from tag_tf.io import atomic
+
 # 2: fresh datasets per training (order-independent numbers).
 # 3: one inter-op thread (harness.make_deterministic): version-2 entries may hold numbers
 #    of a nondeterministic run, so they are not reused.
@@ -83,8 +85,8 @@ class Cache:
                 self._seen.add(key)
             return cached, directory
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, SETTINGS_FILE), "w") as f:
-            json.dump(settings, f, indent=1, sort_keys=True, default=str)
+        atomic.atomic_write_json(os.path.join(directory, SETTINGS_FILE), settings, indent=1,
+                                 sort_keys=True, default=str)
         results = produce(directory)
         if not os.path.exists(os.path.join(directory, RESULTS_FILE)):
             raise RuntimeError(f"The training did not write {RESULTS_FILE} in {directory}.")

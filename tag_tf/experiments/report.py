@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -10,6 +9,8 @@ import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from tag_tf.io import atomic
 
 
 def fmt(value: Optional[float], spec: str = ".4g") -> str:
@@ -81,16 +82,15 @@ def _clean(value: Any) -> Any:
 
 
 def write_outputs(output_dir: str, stem: str, payload: dict, markdown: str) -> dict:
-    """Writes ``<stem>.json`` (payload + environment) and ``<stem>.md``; returns paths."""
+    """Writes ``<stem>.json`` (payload + environment) and ``<stem>.md`` (each atomically);
+    returns paths."""
     os.makedirs(output_dir, exist_ok=True)
     payload = dict(payload)
     payload.setdefault("environment", {
         "written": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
         "machine": platform.machine(), "cpus": os.cpu_count()})
     json_path = os.path.join(output_dir, stem + ".json")
-    with open(json_path, "w") as f:
-        json.dump(_clean(payload), f, indent=1, allow_nan=False)
+    atomic.atomic_write_json(json_path, _clean(payload), indent=1, allow_nan=False)
     md_path = os.path.join(output_dir, stem + ".md")
-    with open(md_path, "w") as f:
-        f.write(markdown.rstrip() + "\n")
+    atomic.atomic_write_text(md_path, markdown.rstrip() + "\n")
     return {"json": json_path, "markdown": md_path}

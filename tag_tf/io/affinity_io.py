@@ -48,6 +48,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from tag_tf.io import atomic
+
 FORMAT = "tag_tf.affinity/v1"
 ORIENTATION = (
     "affinity[source][target]: 1 - L_target(x, theta_s - lr * g_source, theta_target)"
@@ -183,9 +185,7 @@ def save_affinity_json(path: str, record: AffinityRecord) -> None:
              "block_counts": None if counts is None else [
                  _to_json_matrix(c) for c in _check_blocks(counts, tasks, "run_blocks counts")]}
             for means, counts in record.run_blocks]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
+    atomic.atomic_write_json(path, payload, indent=1)
 
 
 def save_affinity_npz(path: str, record: AffinityRecord) -> None:
@@ -211,8 +211,8 @@ def save_affinity_npz(path: str, record: AffinityRecord) -> None:
         if all(c is not None for _, c in record.run_blocks):
             arrays["run_block_counts"] = np.concatenate(
                 [np.asarray(c) for _, c in record.run_blocks])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **arrays)
+    with atomic.atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityRecord:

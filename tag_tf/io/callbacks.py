@@ -13,6 +13,7 @@ from absl import logging
 
 from tag_tf.io.affinity_io import AffinityRecord, save_affinity_json, save_affinity_npz
 from tag_tf.io import heatmap
+from tag_tf.io import atomic
 
 TRACE_FILE = "affinity_trace.json"
 # Output file stem per measure: affinity.*, cosine_affinity.* and taylor_affinity.* (json, npz, png).
@@ -56,6 +57,7 @@ class AffinityLogger(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.epochs: dict[str, list[dict]] = {}
         self._start = None
+        self._start_at = None  # (epoch, step) where self._start was taken
         self._saved_start = None  # the interrupted epoch's start state, read on resume
         self._writer = None
 
@@ -92,11 +94,36 @@ class AffinityLogger(keras.callbacks.Callback):
         if saved and saved["epoch"] == epoch and saved["step"] < step:
             self._start = {m: [np.asarray(v) for v in saved["state"][m]] for m in self._start}
             step = saved["step"]
+        self._start_at = (int(epoch), int(step))
         if self.output_dir:
             self._write_json(os.path.join(self.output_dir, TRACE_FILE), {
                 "tasks": list(self.model.tasks), "epochs": self.epochs,
                 "epoch_start": {"epoch": int(epoch), "step": step, "state": {
                     m: [v.tolist() for v in state] for m, state in self._start.items()}}})
+
+    def get_state(self) -> dict:
+        """The trace so far and the current epoch's start state, JSON-ready.
+
+        :class:`tag_tf.training.resume.StepBackupAndRestore` backs this up with the model
+        (``resumable_fit`` finds the logger), so a run resumed from any backup, even one
+        made mid-epoch or just before an epoch's end was backed up, reports the same
+        per-epoch means as an uninterrupted run, whatever the trace file held.
+        """
+        state = {"epochs": self.epochs}
+        if self._start is not None and self._start_at is not None:
+            state["epoch_start"] = {
+                "epoch": self._start_at[0], "step": self._start_at[1],
+                "state": {m: [np.asarray(v).tolist() for v in values]
+                          for m, values in self._start.items()}}
+        return state
+
+    def set_state(self, state: dict) -> None:
+        """Restores :meth:`get_state` (after ``on_train_begin``, before the resumed
+        epoch's ``on_epoch_begin``)."""
+        self.epochs = {m: list(trace) for m, trace in state.get("epochs", {}).items()}
+        for measure in self._measures():
+            self.epochs.setdefault(measure, [])
+        self._saved_start = state.get("epoch_start")
 
     def on_epoch_end(self, epoch, logs=None):
         for measure in self._measures():
@@ -177,7 +204,4 @@ class AffinityLogger(keras.callbacks.Callback):
 
     @staticmethod
     def _write_json(path, payload):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, allow_nan=True)
-        os.replace(tmp, path)
+        atomic.atomic_write_json(path, payload, allow_nan=True)

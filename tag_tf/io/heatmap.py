@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from typing import Any, Optional, Sequence
 
 import matplotlib
 import matplotlib.ticker
 import numpy as np
-import tensorflow as tf
 from matplotlib import colors as mcolors
 from matplotlib import patches
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,6 +34,7 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from tag_tf.io import affinity_io
+from tag_tf.io import atomic
 
 DPI = 150  # resolution of the PNG files
 TENSORBOARD_DPI = 80  # TensorBoard images: smaller, one per epoch
@@ -95,23 +94,18 @@ def figure_to_png_bytes(fig: Figure, *, dpi: float = DPI) -> bytes:
 def save_figure(fig: Figure, path: str, *, pdf: bool = False, dpi: float = DPI) -> list[str]:
     """Writes ``fig`` as an RGB PNG at ``path`` and, if ``pdf``, a PDF beside it.
 
-    Returns the written paths (PNG first). Uses ``tf.io.gfile``, so any TensorFlow file
-    system path works.
+    Returns the written paths (PNG first). Each file is written atomically
+    (:mod:`tag_tf.io.atomic`); ``scheme://`` paths go through ``tf.io.gfile``.
     """
     if not path.lower().endswith(".png"):
         raise ValueError(f"The figure path must end in .png. Received: {path!r}")
-    directory = os.path.dirname(path)
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(figure_to_png_bytes(fig, dpi=dpi))
+    atomic.atomic_write_bytes(path, figure_to_png_bytes(fig, dpi=dpi))
     paths = [path]
     if pdf:
         pdf_path = path[:-4] + ".pdf"
         buffer = io.BytesIO()
         fig.savefig(buffer, format="pdf")
-        with tf.io.gfile.GFile(pdf_path, "wb") as f:
-            f.write(buffer.getvalue())
+        atomic.atomic_write_bytes(pdf_path, buffer.getvalue())
         paths.append(pdf_path)
     return paths
 

@@ -83,6 +83,7 @@ from absl import logging
 
 import tag_tf
 from tag_tf.io import affinity_io
+from tag_tf.io import atomic
 from tag_tf.io import heatmap
 from tag_tf.stats import uncertainty as uncertainty_lib
 
@@ -569,7 +570,8 @@ def train_network(experiment: Experiment, options: Options, tasks: Sequence[str]
         test_result[task] = {"error": _finite(error), "loss": _finite(loss)}
     if options.save_weights and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        model.save_weights(os.path.join(output_dir, f"network_{index}.weights.h5"))
+        with atomic.atomic_path(os.path.join(output_dir, f"network_{index}.weights.h5")) as tmp:
+            model.save_weights(tmp)
     info = {
         "tasks": tasks,
         "epochs_run": epochs_run,
@@ -1088,11 +1090,7 @@ def _finish_results(results: dict, options: Options, output_dir: Optional[str]) 
 
 def write_results(path: str, results: dict) -> None:
     """Writes ``results`` as indented JSON (non-finite numbers become null)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    atomic.atomic_write_json(path, results, indent=1, allow_nan=False)
 
 
 # format_summary prints the affinity matrix up to this many tasks (wider tables only wrap).

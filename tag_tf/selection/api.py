@@ -8,7 +8,6 @@ returns a readable report and writes JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
@@ -16,6 +15,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from tag_tf.io import affinity_io
+from tag_tf.io import atomic
 from tag_tf.selection import baselines
 from tag_tf.selection import problem as problem_lib
 from tag_tf.selection import published
@@ -118,11 +118,9 @@ def _describe_singletons(singletons: problem_lib.Singletons) -> Any:
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Writes ``payload`` as indented JSON, creating the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=False)
+    """Writes ``payload`` as indented JSON, creating the directory (atomically: a killed
+    process leaves the previous file or none, never a part)."""
+    atomic.atomic_write_json(path, payload, indent=1, allow_nan=False)
 
 
 def _fmt(value: float) -> str:

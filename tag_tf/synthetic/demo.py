@@ -18,7 +18,6 @@ same problem, pools them and can call a grouping *robust* across seeds
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -31,6 +30,7 @@ from tag_tf.io import affinity_io
 from tag_tf.io.callbacks import AffinityLogger
 from tag_tf.core.config import AffinityConfig
 from tag_tf.io import heatmap
+from tag_tf.io import atomic
 from tag_tf.io.heatmap import format_matrix
 from tag_tf.selection import api as selection_api
 from tag_tf.selection import robustness as selection_robustness
@@ -299,10 +299,8 @@ def _select(record, budgets, output_dir, marked_budget=None, report=True):
                "uncertainty": (None if uncertainty is None
                                else selection_api.uncertainty_entry(uncertainty)),
                "selections": [selection.selection_to_dict(s) for s in selections]}
-    tmp = os.path.join(output_dir, "selection.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=False)
-    os.replace(tmp, os.path.join(output_dir, "selection.json"))
+    atomic.atomic_write_json(os.path.join(output_dir, "selection.json"), payload, indent=1,
+                             allow_nan=False)
     marked = next((s for s in selections if s.budget == marked_budget), selections[0])
     heatmap.save_record_heatmap(os.path.join(output_dir, "affinity.png"), record,
                                 selection=marked)

@@ -38,7 +38,14 @@ Runs that are not resumed consume the same stream, so both agree step for step.
 Callbacks with state to keep (``EarlyStopping``, or any :class:`StatefulCallback`: one with
 ``get_state()`` / ``set_state()``) are backed up with the model; ``resumable_fit`` finds them
 in ``callbacks``. Under ``MultiWorkerMirroredStrategy`` every worker passes the same shared
-``backup_dir``; only the chief writes it, and all workers resume from it.
+``backup_dir``; only the chief commits it, and all workers resume from it.
+
+Backups are atomic (:mod:`tag_tf.training.backup_store`): each is written whole into a fresh
+directory, flushed and then made current by one rename; the previous complete backup stays
+until the next one is committed. A process killed at any instant, even in the middle of
+writing a backup, resumes from the newest complete one; a committed backup damaged later
+(truncated, a disk error: its files no longer match their recorded sizes and CRC32) is
+skipped with a warning naming it and the previous complete backup used instead.
 """
 
 from __future__ import annotations
@@ -56,10 +63,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-METADATA_FILE = "training_metadata.json"  # BackupAndRestore's file name
+from tag_tf.io import atomic
+from tag_tf.training import backup_store
+from tag_tf.training.backup_store import MANIFEST_FILE, METADATA_FILE  # noqa: F401
+
 REPLICA_FILE = "replicas{}.npz"  # one per process: per-replica metric sums and variables
 STATE_FILE = "callback_state.json"  # History so far and the stateful callbacks' states
 WEIGHTS_FILE = "latest.weights.h5"  # BackupAndRestore's file name
+BEST_WEIGHTS_FILE = "callback_{}_best_weights.npz"
 _EARLY_STOPPING_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
 
 TrainData = Union[tf.data.Dataset, Callable[[int], tf.data.Dataset]]
@@ -115,6 +126,23 @@ def _replica_file(model: keras.Model) -> str:
     return REPLICA_FILE.format("")
 
 
+def _all_replica_files(model: keras.Model) -> list:
+    """Every process's replica file name (all the chief and worker tasks of the cluster)."""
+    resolver = getattr(_strategy(model), "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return [REPLICA_FILE.format("")]
+    spec = resolver.cluster_spec()
+    return [REPLICA_FILE.format(f"_{job}_{i}") for job in ("chief", "worker")
+            if job in spec.jobs for i in range(spec.num_tasks(job))]
+
+
+def _is_legacy_file(name: str) -> bool:
+    """A file of the flat layout written before atomic backups (and by Keras' own
+    ``BackupAndRestore``: weights, metadata and their ``.bkp`` copies)."""
+    return (name.startswith((WEIGHTS_FILE, METADATA_FILE, STATE_FILE, "replicas"))
+            or (name.startswith("callback_") and name.endswith("_best_weights.npz")))
+
+
 def _local_copies(model: keras.Model, variables: Sequence[Any]) -> list:
     """This process's copies of ``variables``: each replica's for a distributed variable
     (SyncOnRead metric sums, per-replica statistics), the variable itself otherwise."""
@@ -150,15 +178,39 @@ class ResumePoint(NamedTuple):
     batches: int = 0
 
 
+def latest_backup(backup_dir: str) -> Optional[str]:
+    """The directory of the newest complete backup in ``backup_dir`` (the one a resume
+    uses), or None."""
+    return backup_store.latest(backup_dir)
+
+
+def _source(backup_dir: str) -> tuple:
+    """``(directory, scan)``: where a resume reads from (the newest complete backup, or a
+    flat backup of an older version / Keras' ``BackupAndRestore`` when there is no
+    committed one; None: nothing to resume) and the scan of the committed backups."""
+    found = backup_store.scan(backup_dir)
+    if found.newest is not None:
+        return found.newest, found
+    if not found.unusable and tf.io.gfile.exists(os.path.join(backup_dir, METADATA_FILE)):
+        return backup_dir, found  # the flat layout
+    return None, found
+
+
 def read_resume_point(backup_dir: str, steps_per_epoch: Optional[int] = None) -> ResumePoint:
     """The point recorded in ``backup_dir`` by :class:`StepBackupAndRestore`; (0, 0) if none.
 
-    A point at the end of an epoch (``batches == steps_per_epoch``) is the next epoch's
+    The point of the newest complete backup (see :mod:`tag_tf.training.backup_store`). A
+    point at the end of an epoch (``batches == steps_per_epoch``) is the next epoch's
     start. A plain ``BackupAndRestore`` file (no batch count) resumes at its epoch's start.
     """
-    path = os.path.join(backup_dir, METADATA_FILE)
-    if not tf.io.gfile.exists(path):
+    return _point_of(_source(backup_dir)[0], steps_per_epoch)
+
+
+def _point_of(source: Optional[str], steps_per_epoch: Optional[int]) -> ResumePoint:
+    """The point recorded in the backup directory ``source`` ((0, 0) if None)."""
+    if source is None:
         return ResumePoint()
+    path = os.path.join(source, METADATA_FILE)
     with tf.io.gfile.GFile(path) as f:
         try:
             metadata = json.load(f)
@@ -191,7 +243,20 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
       save_freq: ``"epoch"`` or a number of batches.
       steps_per_epoch: the run's steps per epoch (default: ``fit``'s); normalises a point
         recorded at an epoch's last batch to the next epoch's start.
-      double_checkpoint, delete_checkpoint: as ``keras.callbacks.BackupAndRestore``.
+      double_checkpoint: accepted for ``keras.callbacks.BackupAndRestore``'s signature;
+        the previous complete backup is always kept (see below).
+      delete_checkpoint: as ``keras.callbacks.BackupAndRestore``: delete the backups when
+        ``fit`` ends.
+      async_commit: flush and commit each backup in a background thread while training
+        goes on (the next backup waits for it); False: commit before training continues.
+
+    Backups are atomic (:mod:`tag_tf.training.backup_store`): each one is written into a
+    fresh ``.staging-*`` directory, flushed to disk, then renamed to
+    ``backup-e<epoch>-b<batches>`` in one step; the previous complete backup is deleted
+    only after the next one is committed. A restore uses the newest complete backup
+    (every file matching the sizes and CRC32 of its ``manifest.json``), falls back to the
+    previous one with a warning naming both when the newest is damaged, and deletes the
+    leftovers of a killed run.
 
     The running training metrics of the epoch are saved too, so the resumed epoch's logged
     ``loss`` / metrics average over all its steps, and so is the history so far
@@ -203,9 +268,10 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Multi-worker (``MultiWorkerMirroredStrategy``): every worker runs this callback on the
     same ``backup_dir``, which must be storage all workers share. Only the chief writes
-    it (and deletes it at the end); the other workers do the same saving work (in case
-    reading a variable is a collective) into a private temporary directory deleted at
-    once. Every worker resumes from the chief's files, so all resume at one point.
+    it, commits it (once every worker's replica file is in it) and deletes it at the end;
+    the other workers do the same saving work (in case reading a variable is a
+    collective) into a private temporary directory deleted at once. Every worker resumes
+    from the same committed backup, so all resume at one point.
 
     Per-replica copies: under a ``tf.distribute`` strategy Keras updates non-trainable
     variables such as ``BatchNormalization``'s moving statistics on each replica from its
@@ -218,14 +284,22 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str, save_freq: Union[str, int] = "epoch", *,
                  steps_per_epoch: Optional[int] = None, double_checkpoint: bool = False,
                  delete_checkpoint: bool = True,
-                 stateful_callbacks: Sequence[keras.callbacks.Callback] = ()):
+                 stateful_callbacks: Sequence[keras.callbacks.Callback] = (),
+                 async_commit: bool = True):
         if not (save_freq == "epoch" or (isinstance(save_freq, int) and save_freq >= 1)):
             raise ValueError("save_freq must be 'epoch' or a positive number of batches. "
                              f"Received: save_freq={save_freq!r}")
         super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=double_checkpoint,
                          delete_checkpoint=delete_checkpoint)
         self.steps_per_epoch = steps_per_epoch
-        self.resume_point = read_resume_point(backup_dir, steps_per_epoch)
+        self.async_commit = async_commit
+        self._commit: Optional[backup_store.Commit] = None  # the latest, maybe running
+        self._legacy_files: list = []  # a flat backup's files, stale after the first commit
+        self._source, found = _source(backup_dir)  # where the resume reads
+        self._warning = found.warning()
+        if self._warning:
+            logging.warning(self._warning)
+        self.resume_point = _point_of(self._source, steps_per_epoch)
         self._pending = ResumePoint()  # the restored point, applied at its epoch's begin
         self._offset = 0  # batches of the current epoch trained before this fit() call
         self._done = 0  # batches of the current epoch trained so far
@@ -254,39 +328,65 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _steps(self) -> Optional[int]:
         return self.steps_per_epoch or (self.params or {}).get("steps")
 
+    def on_train_begin(self, logs=None):
+        self._history_epochs, self._history_logs, self._ended = [], {}, None
+        self._load_model()  # (Keras' own fallback to ``*.bkp`` files is not used)
+
     def _load_model(self):
-        super()._load_model()  # weights (with the affinity state), Keras' initial epoch
+        backup_store.wait(self.backup_dir)
+        chief = is_chief(self.model)
+        if chief:
+            removed = backup_store.remove_leftovers(self.backup_dir)
+            if removed:
+                logging.info("Removed the incomplete backup(s) %s a killed run left in %s.",
+                             removed, self.backup_dir)
+        source, found = _source(self.backup_dir)
+        warning = found.warning()
+        if warning and warning != self._warning:
+            logging.warning(warning)
+        if chief:
+            for path, _ in found.discarded:  # damaged: never used, so never in the way
+                backup_store.discard(path)
+            self._legacy_files = backup_store.legacy_files(self.backup_dir, _is_legacy_file)
         self._replica_state = None
-        if tf.io.gfile.exists(self._weights_path):
-            self._restore_replica_state()
-        point = read_resume_point(self.backup_dir, self._steps())
-        if point != self.resume_point and tf.io.gfile.exists(self._weights_path):
+        self.restored_history, self._restored_callbacks = None, None
+        point = ResumePoint()
+        if source is not None:
+            self._weights_path = os.path.join(source, WEIGHTS_FILE)
+            self._training_metadata_path = os.path.join(source, METADATA_FILE)
+            try:
+                super()._load_model()  # weights (with the affinity state), Keras' epoch
+            except OSError as e:
+                e.add_note(f"(loading the backup in {source}, whose files match its manifest: "
+                           "was it written by another model?)")
+                raise
+            if tf.io.gfile.exists(self._weights_path):
+                self._restore_replica_state(source)
+            point = _point_of(source, self._steps())
+        loaded = source is not None and tf.io.gfile.exists(self._weights_path)
+        if point != self.resume_point and loaded:
             raise ValueError(
                 f"The backup in {self.backup_dir} records {point}, but this callback was "
                 f"created when it recorded {self.resume_point}: build the data from "
                 "resume_point right before fit().")
         self._pending = point
         self._current_epoch = point.epoch
-        state_path = os.path.join(self.backup_dir, STATE_FILE)
-        if tf.io.gfile.exists(self._weights_path) and tf.io.gfile.exists(state_path):
+        state_path = os.path.join(source or self.backup_dir, STATE_FILE)
+        if loaded and tf.io.gfile.exists(state_path):
             with tf.io.gfile.GFile(state_path) as f:
                 state = json.load(f)
             self.restored_history = state["history"]
             self._restored_callbacks = state["callbacks"]
             for k, saved in enumerate(self._restored_callbacks):
-                weights = os.path.join(self.backup_dir, f"callback_{k}_best_weights.npz")
+                weights = os.path.join(source, BEST_WEIGHTS_FILE.format(k))
                 if saved.get("has_best_weights") and tf.io.gfile.exists(weights):
                     with tf.io.gfile.GFile(weights, "rb") as f:
                         stored = np.load(io.BytesIO(f.read()))
                     saved["best_weights"] = [stored[f"v{i}"] for i in range(len(stored.files))]
         if point.batches and self._replica_state is not None:
             self._metric_values = self._replica_state["metrics"]
-        if tf.io.gfile.exists(self._weights_path):
+        if loaded:
             self.model._initial_epoch = point.epoch  # pylint: disable=protected-access
-
-    def on_train_begin(self, logs=None):
-        self._history_epochs, self._history_logs, self._ended = [], {}, None
-        super().on_train_begin(logs)
 
     def complete_history(self, history: keras.callbacks.History) -> keras.callbacks.History:
         """Prepends the epochs trained before the resume to ``fit``'s ``History``."""
@@ -384,32 +484,56 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._since_save = 0
         self._save_due = False
         self._last_batch_seen = self._done
-        self._write_replica_state()
-        if is_chief(self.model):
-            self._write_backup(self.backup_dir)
+        name = backup_store.backup_name(self._current_epoch, self._done)
+        staging = os.path.join(self.backup_dir, backup_store.staging_name(name))
+        backup_store.makedirs(staging)
+        chief = is_chief(self.model)
+        self._write_replica_state(staging, shared=not chief)
+        if not chief:
+            scratch = tempfile.mkdtemp(prefix="tag_tf_backup_worker_")
+            try:  # the same reads as the chief (if any is a collective), written nowhere read
+                self._write_backup(scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
             return
-        scratch = tempfile.mkdtemp(prefix="tag_tf_backup_worker_")
-        try:  # the same reads as the chief (if any is a collective), written nowhere read
-            self._write_backup(scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        self._write_backup(staging)
+        # The previous backup's commit ran meanwhile (through the steps since and this
+        # write); commits stay in order: it finishes before this one starts.
+        self._finish_commit()
+        commit = backup_store.Commit(
+            self.backup_dir, staging, os.path.join(self.backup_dir, name),
+            expected=_all_replica_files(self.model), legacy_files=self._legacy_files)
+        self._legacy_files = []  # (deleted by the first commit)
+        self._commit = commit
+        if self.async_commit:
+            commit.start()
+        else:
+            commit.run()
 
-    def _write_replica_state(self):
+    def _finish_commit(self):
+        """Waits for the background commit of the previous backup; raises if it failed."""
+        if self._commit is not None:
+            commit, self._commit = self._commit, None
+            commit.join()
+
+    def _write_replica_state(self, directory: str, shared: bool = False):
         """Every process writes its own replicas' copies (no collective: local reads) of
-        the running metric sums and the per-replica variables, into its own file."""
+        the running metric sums and the per-replica variables, into its own file
+        (``shared``: atomically, as the chief commits the directory once it appears)."""
         metrics = _local_copies(self.model, self._metric_variables()) if self._done else []
         copies = _local_copies(self.model, _replica_variables(self.model))
         arrays = {f"m{i}": np.asarray(c.numpy()) for i, c in enumerate(metrics)}
         arrays.update({f"r{i}": np.asarray(c.numpy()) for i, c in enumerate(copies)})
-        tf.io.gfile.makedirs(self.backup_dir)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        with tf.io.gfile.GFile(os.path.join(self.backup_dir, _replica_file(self.model)),
-                               "wb") as f:
-            f.write(buffer.getvalue())
+        path = os.path.join(directory, _replica_file(self.model))
+        if shared:
+            atomic.atomic_write_bytes(path, buffer.getvalue())
+        else:
+            backup_store.write_file(path, buffer.getvalue())
 
-    def _restore_replica_state(self):
-        path = os.path.join(self.backup_dir, _replica_file(self.model))
+    def _restore_replica_state(self, directory: str):
+        path = os.path.join(directory, _replica_file(self.model))
         if not tf.io.gfile.exists(path):
             return
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -432,21 +556,17 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _write_backup(self, directory: str):
         """Weights (with the optimizer and affinity state), the point with its batch count
-        and the callback states (the running metrics: :meth:`_write_replica_state`)."""
-        weights = os.path.join(directory, WEIGHTS_FILE)
-        metadata = os.path.join(directory, METADATA_FILE)
-        tf.io.gfile.makedirs(directory)
-        if self.double_checkpoint:
-            for path in (weights, metadata):
-                if tf.io.gfile.exists(path):
-                    tf.io.gfile.copy(path, f"{path}.bkp", overwrite=True)
-        self.model.save_weights(filepath=weights, overwrite=True)
-        with tf.io.gfile.GFile(metadata, "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
-                       "batches_done": self._done}, f)
+        and the callback states (the running metrics: :meth:`_write_replica_state`), into
+        ``directory`` (the staging directory, flushed and committed afterwards)."""
+        self.model.save_weights(filepath=os.path.join(directory, WEIGHTS_FILE),
+                                overwrite=True)
+        backup_store.write_file(os.path.join(directory, METADATA_FILE), json.dumps(
+            {"epoch": self._current_epoch, "batch": max(self._done - 1, 0),
+             "batches_done": self._done}).encode())
         self._save_callback_state(directory)
 
     def on_train_end(self, logs=None):
+        self._finish_commit()
         if self.delete_checkpoint and is_chief(self.model) and \
                 tf.io.gfile.exists(self.backup_dir):
             tf.io.gfile.rmtree(self.backup_dir)
@@ -463,18 +583,17 @@ class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
             best_weights = getattr(callback, "best_weights", None)
             saved["has_best_weights"] = best_weights is not None
             if best_weights is not None:
-                _write_arrays(os.path.join(directory, f"callback_{k}_best_weights.npz"),
+                _write_arrays(os.path.join(directory, BEST_WEIGHTS_FILE.format(k)),
                               best_weights)
             callbacks.append(saved)
-        with tf.io.gfile.GFile(os.path.join(directory, STATE_FILE), "w") as f:
-            json.dump({"history": history, "callbacks": callbacks}, f)
+        backup_store.write_file(os.path.join(directory, STATE_FILE), json.dumps(
+            {"history": history, "callbacks": callbacks}).encode())
 
 
 def _write_arrays(path: str, arrays: Sequence[Any]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **{f"v{i}": np.asarray(a) for i, a in enumerate(arrays)})
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    backup_store.write_file(path, buffer.getvalue())
 
 
 def _plain(value: Any) -> Any:

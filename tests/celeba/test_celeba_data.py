@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tag_tf.io.bad_files import BadFileError, BadFiles
+
 from celeba import data
 from celeba import main as celeba_main
 from celeba import model as celeba_model
@@ -125,3 +127,43 @@ def test_loss_and_error():
     expected = np.mean(-np.log(np.exp(logits[np.arange(4), labels])
                                 / np.exp(logits).sum(axis=1)))
     assert float(celeba_model.task_loss()(labels, logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def _damage_archive(files, *, truncate: str, remove: str) -> None:
+    """Rewrites img_align_celeba.zip with ``truncate`` cut to 200 bytes and ``remove`` gone."""
+    path = os.path.join(files, data.ORIGINAL_FILES["img_align_celeba"])
+    with zipfile.ZipFile(path) as archive:
+        items = [(i.filename, archive.read(i.filename)) for i in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in items:
+            if not name.endswith(remove):
+                archive.writestr(name, content[:200] if name.endswith(truncate) else content)
+
+
+def test_prepare_stops_on_a_bad_image_or_skips_and_reports_it(tmp_path):
+    """A truncated JPEG or an image missing from the archive stops the prepare step naming
+    it (nothing prepared); with skip_bad_files both are left out, counted and named."""
+    files = str(tmp_path / "files")
+    testing.write_fake_celeba(files, SPLITS)
+    _damage_archive(files, truncate="000002.jpg", remove="000005.jpg")
+    tfds_dir = str(tmp_path / "tfds")
+    with mock.patch.object(download_manager.DownloadManager, "_download", _no_network):
+        with pytest.raises(BadFileError, match="Bad CelebA image file img_align_celeba.zip:"
+                                               "img_align_celeba/000005.jpg: missing from "
+                                               "img_align_celeba.zip .2 bad files in all; the "
+                                               "next: .*000002.jpg"):
+            data.prepare_from_files(files, tfds_dir, verify_checksums=False)
+        with pytest.raises(FileNotFoundError):
+            data.load_builder(tfds_dir)  # nothing was prepared
+        report = BadFiles()
+        builder = data.prepare_from_files(files, tfds_dir, verify_checksums=False,
+                                          skip_bad_files=True, report=report)
+    assert report.count == 2
+    assert report.first[0] == ("img_align_celeba.zip:img_align_celeba/000005.jpg",
+                               "missing from img_align_celeba.zip")
+    assert report.first[1][0] == "img_align_celeba.zip:img_align_celeba/000002.jpg"
+    assert "JPEG" in report.first[1][1] or "jpeg" in report.first[1][1]
+    assert builder.info.splits["train"].num_examples == SPLITS["train"] - 2
+    splits = data.load_splits(tfds_dir, tasks=["Male"], batch_size=2, image_size=8)
+    assert splits.bad_files.to_json() == report.to_json()
+    assert sum(int(x.shape[0]) for x, _ in splits.train) == SPLITS["train"] - 2

@@ -183,10 +183,13 @@ def test_two_workers_crash_and_resume_exactly(tmp_path):
     assert [r["crashed"] for r in crashed] == [True, True]
     assert resume.read_resume_point(str(tmp_path / "backup"), RESUME_STEPS) == (1, 3)
     # Only the chief wrote the backup; each worker added its own replica's metric sums and
-    # copies of the per-replica variables.
-    assert sorted(os.listdir(tmp_path / "backup")) == sorted(
+    # copies of the per-replica variables. (Atomic backups: the chief committed each one,
+    # with every worker's file, as one directory; nothing half written is left.)
+    latest = resume.latest_backup(str(tmp_path / "backup"))
+    assert all(name.startswith("backup-") for name in os.listdir(tmp_path / "backup"))
+    assert sorted(os.listdir(latest)) == sorted(
         [resume.WEIGHTS_FILE, resume.METADATA_FILE, resume.STATE_FILE,
-         "replicas_worker_0.npz", "replicas_worker_1.npz"])
+         "replicas_worker_0.npz", "replicas_worker_1.npz", resume.MANIFEST_FILE])
     resumed = _run_workers(tmp_path, "resumed", "resume", str(tmp_path / "backup"), "0")
     assert not os.path.exists(tmp_path / "backup")  # the chief deleted it when finished
     one_device = _train_resumable(tf.distribute.get_strategy(), str(tmp_path / "one"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tag_tf.io.bad_files import BadFileError, BadFiles
 from taskonomy import data
 from taskonomy import testing
 
@@ -201,17 +202,87 @@ def test_tfrecords_yield_what_the_folders_yield(tree, tmp_path):
     assert x.shape == (2, SIZE, SIZE, 3) and y["normal"].shape == (2, SIZE, SIZE, 4)
 
 
-def test_missing_files_are_skipped_in_training_and_fail_in_evaluation(tmp_path):
+def test_missing_files_stop_the_run_or_are_skipped_and_reported(tmp_path):
+    """A missing target file is never dropped silently: the pipelines fail on it, the check
+    names it, and skip_bad_files drops its example and reports it."""
     root = str(tmp_path / "broken")
     testing.write_fake_taskonomy(root, size=SIZE, frames=3, buildings={"val": ["hortense"]},
                                  domains=("rgb", "keypoints2d"))
     examples = data.split_examples(root, "k", "val")
-    os.remove(examples.paths["keypoints2d"][1])
-    trained = list(data.make_dataset(examples, batch_size=1, training=True, image_size=SIZE,
+    missing = examples.paths["keypoints2d"][1]
+    os.remove(missing)
+    for training in (True, False):  # unchecked examples: the pipeline stops, naming the file
+        with pytest.raises(tf.errors.NotFoundError, match="point_1_view_1_domain_keypoints2d"):
+            list(data.make_dataset(examples, batch_size=1, training=training, image_size=SIZE,
+                                   seed=0))
+    with pytest.raises(BadFileError, match=f"Bad Taskonomy file {missing}: missing"):
+        data.check_examples(examples)
+    report = BadFiles()
+    kept = data.check_examples(examples, skip_bad_files=True, report=report)
+    assert len(kept) == 2 and missing not in kept.paths["keypoints2d"]
+    assert report.count == 1 and report.paths == [missing]
+    trained = list(data.make_dataset(kept, batch_size=1, training=True, image_size=SIZE,
                                      seed=0).as_numpy_iterator())
     assert len(trained) == 2
-    with pytest.raises(tf.errors.NotFoundError):
-        list(data.make_dataset(examples, batch_size=1, training=False, image_size=SIZE))
+
+
+def _truncate(path, size=200):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_truncated_png_stops_the_run_naming_it_or_is_skipped(tmp_path, split):
+    """The issue's case: an rgb PNG truncated to 200 bytes in a training or a test building.
+    load_splits stops before training, naming the file and the problem; with
+    skip_bad_files the example is dropped, counted and named in Splits.bad_files."""
+    root = str(tmp_path / "data")
+    buildings = testing.write_fake_taskonomy(root, size=SIZE, frames=3)
+    bad = data.split_examples(root, "sdntk", split).paths["rgb"][1]
+    _truncate(bad)
+    assert buildings[split]
+    with pytest.raises(BadFileError) as error:
+        data.load_splits(root, "sdntk", batch_size=2, image_size=SIZE, seed=0)
+    message = str(error.value)
+    assert bad in message and "Invalid PNG data" in message and "\n" not in message
+    splits = data.load_splits(root, "sdntk", batch_size=2, image_size=SIZE, seed=0,
+                              skip_bad_files=True)
+    assert splits.bad_files.count == 1 and splits.bad_files.paths == [bad]
+    assert "Invalid PNG data" in splits.bad_files.first[0][1]
+    assert splits.bad_files.to_json()["first"][0]["path"] == bad
+    assert splits.train_examples == (5 if split == "train" else 6)
+    test = list(splits.test.unbatch().as_numpy_iterator())
+    assert len(test) == (2 if split == "test" else 3)
+    next(iter(splits.train_data_fn(0)))
+
+
+def test_tfrecord_input_bad_records_and_shards(tmp_path):
+    """--tfrecord_dir input: a record with a corrupt PNG, or a truncated shard, stops the
+    run naming the shard, the record and its key; skip_bad_files drops and reports it."""
+    root = str(tmp_path / "data")
+    testing.write_fake_taskonomy(root, size=SIZE, frames=3)
+    bad = data.split_examples(root, "k", "train").paths["keypoints2d"][2]
+    _truncate(bad)  # the conversion copies the PNG bytes as they are
+    records = str(tmp_path / "rec")
+    data.convert_splits(root, "k", records, num_shards={"train": 2, "val": 1, "test": 1})
+    key = os.path.relpath(data.split_examples(root, "k", "train").paths["rgb"][2], root)
+    with pytest.raises(BadFileError, match=f"train-00000-of-00002.tfrecord .record 1, {key}.: "
+                                           "InvalidArgumentError.*PNG"):
+        data.load_splits(None, "k", batch_size=2, image_size=SIZE, tfrecord_dir=records)
+    splits = data.load_splits(None, "k", batch_size=2, image_size=SIZE, tfrecord_dir=records,
+                              skip_bad_files=True)
+    assert splits.bad_files.count == 1 and splits.train_examples == 5
+    # (training repeats forever: 5 examples then the first again)
+    keys = [x.shape for x, _ in splits.train.unbatch().take(5).as_numpy_iterator()]
+    assert len(keys) == 5
+    shard = os.path.join(records, "test-00000-of-00001.tfrecord")
+    _truncate(shard, 1000)
+    with pytest.raises(BadFileError, match=f"{shard}: the whole shard: DataLossError"):
+        data.check_tfrecords([shard], "k", mask_domain=None)
+    splits = data.load_splits(None, "k", batch_size=2, image_size=SIZE, tfrecord_dir=records,
+                              skip_bad_files=True)
+    assert splits.bad_files.count == 2 and splits.bad_files.paths[1] == shard
+    assert list(splits.test) == []  # the whole test shard was unreadable
 
 
 def test_steps_per_epoch_is_a_fifth_past_10000_batches():
