@@ -31,10 +31,9 @@ import tag_tf  # noqa: E402
 from tag_tf.experiments import harness  # noqa: E402
 from tag_tf.io import atomic  # noqa: E402
 from tag_tf.training import resume  # noqa: E402
-from tests.core.test_model import make_model  # noqa: E402
-from tests.training.test_resume import X, Y, epoch_data  # noqa: E402
+from tests.toys import bn_dropout_model, normal_targets_data, shuffled_epoch_batches  # noqa: E402
 
-EPOCHS, STEPS = 3, 4  # 4 of epoch_data's 10 batches per epoch: 12 steps in all
+EPOCHS, STEPS = 3, 4  # 4 of shuffled_epoch_batches's 10 batches per epoch: 12 steps in all
 
 
 class Started(keras.callbacks.Callback):
@@ -53,12 +52,14 @@ def main(work: str, pause: float) -> None:
             write_state(self, directory)
 
         resume.StepBackupAndRestore._save_callback_state = paused
-    model = make_model(tag_tf.AffinityConfig(every_n=2), seed=0)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=2), seed=0)
     keras.utils.set_random_seed(0)
     logger = tag_tf.AffinityLogger(output_dir=os.path.join(work, "out"))
+    x, y = normal_targets_data(80)
     validation = tf.data.Dataset.from_tensor_slices(
-        (X[:16], {t: v[:16] for t, v in Y.items()})).batch(8)
-    history = resume.resumable_fit(model, epoch_data, backup_dir=os.path.join(work, "backup"),
+        (x[:16], {t: v[:16] for t, v in y.items()})).batch(8)
+    history = resume.resumable_fit(model, shuffled_epoch_batches,
+                                   backup_dir=os.path.join(work, "backup"),
                                    save_freq=1, epochs=EPOCHS, steps_per_epoch=STEPS,
                                    callbacks=[logger, Started()],
                                    validation_data=validation, verbose=0)

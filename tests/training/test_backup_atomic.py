@@ -11,8 +11,7 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf.training import backup_store, resume
-from tests.core.test_model import make_model
-from tests.training.test_resume import Crash, epoch_data
+from tests.toys import CrashAfterSteps, bn_dropout_model, shuffled_epoch_batches
 
 STEPS = 4  # one epoch of 4 batches (of test_resume's data), a backup after every batch
 
@@ -25,7 +24,7 @@ def fit(tmp_path, *, crash=None, seed=0, async_commit=True, epochs=1, callbacks=
     """resumable_fit by hand (to choose async_commit); returns (model, history, steps run)."""
     # Records at step 0 only (the state is in every backup; recording steps are slow in
     # eager mode, and the slow fault-injection test records every step).
-    model = make_model(tag_tf.AffinityConfig(every_n=100), seed=seed)
+    model = bn_dropout_model(tag_tf.AffinityConfig(every_n=100), seed=seed)
     keras.utils.set_random_seed(0)
     steps = []
 
@@ -35,9 +34,9 @@ def fit(tmp_path, *, crash=None, seed=0, async_commit=True, epochs=1, callbacks=
 
     backup = resume.StepBackupAndRestore(str(tmp_path / "backup"), 1, steps_per_epoch=STEPS,
                                          async_commit=async_commit)
-    stream = resume.resumable_dataset(epoch_data, steps_per_epoch=STEPS, epochs=epochs,
+    stream = resume.resumable_dataset(shuffled_epoch_batches, steps_per_epoch=STEPS, epochs=epochs,
                                       start=backup.resume_point)
-    extra = [Crash(crash)] if crash else []
+    extra = [CrashAfterSteps(crash)] if crash else []
     history = model.fit(stream, epochs=epochs, steps_per_epoch=STEPS, verbose=0,
                         callbacks=[backup, Count(), *callbacks, *extra])
     return model, backup.complete_history(history), steps
