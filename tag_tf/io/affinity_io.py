@@ -108,7 +108,9 @@ def _to_json_matrix(array: np.ndarray | None) -> list[list[Any]] | None:
     return out
 
 
-def _from_json_matrix(rows: Any) -> np.ndarray:
+def decode_matrix(rows: Any) -> np.ndarray:
+    """A JSON matrix (rows of numbers, null for a missing value) as a float64 array, null as
+    NaN: the one reader of every matrix the library writes with nulls."""
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
 
 
@@ -123,14 +125,14 @@ def _check_blocks(blocks: Any, tasks: Sequence[str], name: str) -> np.ndarray:
 
 def _optional_matrix(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
     value = payload.get(key)
-    return None if value is None else _from_json_matrix(value)
+    return None if value is None else decode_matrix(value)
 
 
 def _optional_blocks(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
     value = payload.get(key)
     if not value:
         return None
-    return np.stack([_from_json_matrix(m) for m in value])
+    return np.stack([decode_matrix(m) for m in value])
 
 
 def save_affinity_json(path: str, record: AffinityRecord) -> None:
@@ -231,10 +233,10 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
             raise ValueError(f"{path}: expected a JSON object with a 'tasks' list.")
         file_tasks = validate_tasks(payload["tasks"])
         if "affinity" in payload:
-            matrix = _from_json_matrix(payload["affinity"])
+            matrix = decode_matrix(payload["affinity"])
             orientation = "source_target"
         elif "matrix" in payload:
-            matrix = _from_json_matrix(payload["matrix"])
+            matrix = decode_matrix(payload["matrix"])
             orientation = payload.get("orientation", "source_target")
         else:
             raise ValueError(f"{path}: expected an 'affinity' or 'matrix' entry.")
@@ -246,8 +248,8 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
         matrix = validate_matrix(matrix, file_tasks, allow_nan=True)
         record = AffinityRecord(
             file_tasks, matrix,
-            counts=_from_json_matrix(payload["counts"]) if payload.get("counts") else None,
-            skipped=_from_json_matrix(payload["skipped"]) if payload.get("skipped") else None,
+            counts=decode_matrix(payload["counts"]) if payload.get("counts") else None,
+            skipped=decode_matrix(payload["skipped"]) if payload.get("skipped") else None,
             epochs=payload.get("epochs"), config=payload.get("config"),
             stderr=_optional_matrix(payload, "stderr"),
             stderr_blocks=_optional_matrix(payload, "stderr_blocks"),
