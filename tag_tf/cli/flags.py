@@ -184,14 +184,18 @@ def flags_of(cls: type, instance: Any = None, *, prefix: tuple[str, ...] = ()) -
 
 
 def define_flags(cls: type, registry: flags.FlagValues = flags.FLAGS, *,
-                 instance: Any = None, exclude: Iterable[str] = ()) -> list[Flag]:
+                 instance: Any = None, exclude: Iterable[str] = (),
+                 choices: Optional[Mapping[str, Sequence[Any]]] = None) -> list[Flag]:
     """Defines an absl flag for every command-line setting of ``cls`` in ``registry``.
 
     ``instance``: defaults from this object (e.g. a preset); ``exclude``: flag names left
-    out (a script that defines them another way). Returns the defined flags.
+    out (a script that defines them another way); ``choices``: the choices of enum flags
+    known only at run time (e.g. ``{"mode": ...}``). Returns the defined flags.
     """
     exclude = set(exclude)
     defined = [f for f in flags_of(cls, instance) if f.cli and f.name not in exclude]
+    defined = [f._replace(choices=tuple((choices or {}).get(f.name, f.choices)))
+               for f in defined]
     for f in defined:
         default = f.format(f.default) if f.format else f.default
         at = {"flag_values": registry}
@@ -239,9 +243,21 @@ def read_flags(cls: type, registry: flags.FlagValues = flags.FLAGS, *, base: Any
     return replace(base if base is not None else cls(), **values)
 
 
-def present(registry: flags.FlagValues, names: Iterable[str]) -> dict[str, Any]:
-    """The flags among ``names`` given on the command line, with their values."""
-    return {n: registry[n].value for n in names if n in registry and registry[n].present}
+def given(cls: type, registry: flags.FlagValues = flags.FLAGS, *,
+          exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The settings of ``cls`` given on the command line: ``{flag name: field value}``."""
+    exclude = set(exclude)
+    return {f.name: _value(f, registry) for f in flags_of(cls)
+            if f.cli and f.name not in exclude and f.name in registry
+            and registry[f.name].present}
+
+
+def get(instance: Any, name: str) -> Any:
+    """The value of the setting called ``name`` (a flag name) in dataclass ``instance``."""
+    for f in flags_of(type(instance), instance):
+        if f.name == name:
+            return f.default
+    raise ValueError(f"{type(instance).__name__} has no setting {name!r}. Received: {name}")
 
 
 def replace(instance: Any, **values: Any) -> Any:

@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import Name, setting
-from tag_tf.core.config import MEASURES, AffinityConfig
+from tag_tf.core.config import AffinityConfig
 
 SECTIONS = ("training", "affinity", "selection", "runtime")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -211,8 +211,9 @@ class RunConfig:
     Attributes:
       training: :class:`TrainingConfig`.
       affinity: the recording modes' :class:`tag_tf.AffinityConfig` (``validation_data`` is
-        filled in by the runner); ``measures[0]`` is what the ``affinity`` mode records,
-        ``measures[1:]`` are recorded beside any recording mode's own measure.
+        filled in by the runner); ``measures[0]`` is what the ``affinity`` mode records
+        (``"lookahead"`` or ``"taylor"``), ``measures[1:]`` are recorded beside any
+        recording mode's own measure (``cs`` records ``"cosine"``).
       selection: :class:`SelectionConfig`.
       runtime: :class:`RuntimeConfig`.
       seeds: train K times with seeds ``seed, seed + 1, ...``.
@@ -235,9 +236,9 @@ class RunConfig:
                           ("selection", SelectionConfig), ("runtime", RuntimeConfig)):
             value = getattr(self, name)
             _check(isinstance(value, cls), name, type(value).__name__, f"a {cls.__name__}")
-        measures = self.affinity.measures
-        _check(all(m in MEASURES for m in measures), "affinity.measures", measures,
-               f"a subset of {MEASURES}")
+        _check(self.affinity.measures[0] in AFFINITY_MEASURES, "affinity_measure",
+               self.affinity.measures[0], f"one of {AFFINITY_MEASURES} (what the affinity "
+               "mode records; other measures may follow it)")
 
     def replace(self, **values: Any) -> "RunConfig":
         """A copy with settings changed by their flag names (``epochs=3``,

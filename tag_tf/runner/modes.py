@@ -109,7 +109,10 @@ class Mode:
             sections.append("affinity")
         if self.records or self.networks == "selection":
             sections.append("selection")
-        return config.result_json(sections)
+        out = config.result_json(sections)
+        if self.records:  # what is recorded, not how the config spells it
+            out["affinity"]["measures"] = list(self.measures_of(config))
+        return out
 
     def files(self, config: RunConfig) -> tuple[str, ...]:
         """The files the mode writes into the output directory."""

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow_datasets.core.download import download_manager
 
 from celeba import data
-from celeba import main as celeba_main
+from celeba import experiment as celeba_experiment
 from celeba import model as celeba_model
 from celeba import testing
 
@@ -115,10 +115,10 @@ def test_datasets(prepared):
 
 
 def test_learning_rate_schedule():
-    rates = [celeba_main.learning_rate_at(e) for e in range(31)]
+    rates = [celeba_experiment.learning_rate_at(e) for e in range(31)]
     assert rates[0] == rates[13] == 5e-4  # the notebook halves at the start of epoch 15
     assert rates[14] == rates[28] == 2.5e-4 and rates[29] == rates[30] == 1.25e-4
-    assert celeba_main.learning_rate_at(50, 1.0, 0) == 1.0
+    assert celeba_experiment.learning_rate_at(50, 1.0, 0) == 1.0
 
 
 def test_loss_and_error():

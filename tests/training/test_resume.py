@@ -265,7 +265,7 @@ class LearningRates(keras.callbacks.Callback):
 
 
 def _plateau_run(tmp_path, crash=None):
-    from taskonomy.main import PlateauHalving  # pylint: disable=g-import-not-at-top
+    from taskonomy.training import PlateauHalving  # pylint: disable=g-import-not-at-top
     model = make_model(None)
     keras.utils.set_random_seed(0)
     plateau = PlateauHalving(8, window=64, max_window=64, min_learning_rate=1e-9,
