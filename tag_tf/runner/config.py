@@ -170,6 +170,20 @@ def _window(value: Any) -> Any:
     return text
 
 
+def _parallel(value: Any) -> bool | int:
+    """``--affinity_parallel``: false, true or a positive number of tasks per pass."""
+    text = str(value).strip().lower()
+    if text in ("false", "true"):
+        return text == "true"
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"must be false, true or a positive integer. Received: {value!r}")
+    return number
+
+
 # The affinity section is the library's own AffinityConfig; these are its flags.
 AFFINITY_NAMES = (
     Name("every_n", "every_n", "affinity / cs: record every n training steps.", "integer"),
@@ -199,8 +213,10 @@ AFFINITY_NAMES = (
          "bool", flag=False),
     Name("stderr_block", "stderr_block", "Blocks of the batch-means standard error.",
          "string", flag=False),
-    Name("affinity_parallel", "parallel", "Batched per-task passes (same affinities).",
-         "string", flag=False),
+    Name("affinity_parallel", "parallel", "affinity / cs: run a recording step's per-task "
+         "backward passes and lookahead forwards as batched passes (same affinities, faster "
+         "at many tasks, more memory): 'false', 'true', or at most N tasks per pass.",
+         "string", parse=_parallel, format=str),
 )
 
 

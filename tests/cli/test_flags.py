@@ -159,6 +159,24 @@ def test_runtime_flags_become_config_fields():
     assert flags_lib.read_flags(RunConfig, registry).runtime == RuntimeConfig()
 
 
+def test_affinity_config_fields_are_flags_too():
+    from tag_tf.runner.config import RunConfig  # pylint: disable=g-import-not-at-top
+    registry = pipeline_registry()
+    registry(["prog", "--affinity_parallel=8", "--affinity_window=0.25,0.5",
+              "--lookahead_scale=0.5", "--lookahead_rule=optimizer"])
+    affinity = flags_lib.read_flags(RunConfig, registry).affinity
+    assert (affinity.parallel, affinity.window, affinity.lookahead_scale, affinity.rule) == (
+        8, (0.25, 0.5), 0.5, "optimizer")
+    registry = pipeline_registry()
+    registry(["prog", "--affinity_parallel=true", "--affinity_window=first"])
+    affinity = flags_lib.read_flags(RunConfig, registry).affinity
+    assert (affinity.parallel, affinity.window) == (True, "first")
+    registry = pipeline_registry()
+    registry(["prog", "--affinity_parallel=0"])
+    with pytest.raises(app.UsageError, match="--affinity_parallel: must be false, true or"):
+        flags_lib.read_flags(RunConfig, registry)
+
+
 def test_bad_strategy_and_save_freq_are_usage_errors():
     from tag_tf.runner.config import RunConfig  # pylint: disable=g-import-not-at-top
     with pytest.raises(flags.IllegalFlagValueError, match="strategy"):
