@@ -23,7 +23,7 @@ import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs with
 
 import dataclasses
 import os
-from typing import Literal, Optional
+from typing import Optional
 
 from absl import app
 from absl import flags

@@ -4,7 +4,6 @@ python capture_meaning.py celeba|taskonomy out.json
 For each argv: the runner call (mode, Options JSON, output_dir, tasks) and the dataset's
 experiment / data builder keyword arguments, captured by patching them (nothing trains).
 """
-import dataclasses
 import importlib
 import json
 import os
