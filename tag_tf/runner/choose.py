@@ -10,7 +10,7 @@ from absl import logging
 
 from tag_tf.io import affinity_io
 from tag_tf.io import heatmap
-from tag_tf.runner.config import SelectionConfig
+from tag_tf.runner.config import RunConfig, SelectionConfig
 from tag_tf.runner.modes import SELECTION_FILE
 
 
@@ -36,7 +36,8 @@ def selection_uncertainty(record: affinity_io.AffinityRecord, bootstrap: int,
 
 
 def select(affinity_path: str, tasks: Sequence[str], selection: SelectionConfig,
-           output_dir: str, *, measure: str = "lookahead", seed: int = 0) -> dict:
+           output_dir: str, *, measure: str = "lookahead", seed: int = 0,
+           config: Optional[RunConfig] = None) -> dict:
     """Selects networks for ``selection.budgets`` from the affinity file; writes
     ``selection.json``.
 
@@ -46,6 +47,7 @@ def select(affinity_path: str, tasks: Sequence[str], selection: SelectionConfig,
     ``selection.time_limit`` seconds per budget; what each selection proves (optimal, or
     the certified gap) is logged, written (``certificate``) and returned. The heatmap is
     redrawn with the networks of ``selection.budget`` (default: the first) outlined.
+    ``config``: the run's full configuration, recorded in ``selection.json``.
     """
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     from tag_tf.selection import robustness  # pylint: disable=g-import-not-at-top
@@ -78,6 +80,8 @@ def select(affinity_path: str, tasks: Sequence[str], selection: SelectionConfig,
                          f"{robustness.ROBUST_MARGIN} SE"}
     elif note:
         payload["uncertainty"] = {"skipped": note}
+    if config is not None:
+        payload["config"] = config.to_json()
     api.write_json(path, payload)
     selections = payload["selections"]
     marked = next((s for s in selections if s["budget"] == selection.budget), selections[0])

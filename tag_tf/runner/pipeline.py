@@ -120,7 +120,8 @@ def run(mode: str, experiment: Experiment, config: RunConfig = RunConfig(), *,
             affinity = finish_affinity(measure, config, trained[-1], output_dir, model)
             if selection.budgets and output_dir and affinity.path:
                 chosen_networks = choose.select(affinity.path, tasks, selection, output_dir,
-                                                measure=measure, seed=config.training.seed)
+                                                measure=measure, seed=config.training.seed,
+                                                config=config)
         del model
         keras.backend.clear_session()
 

@@ -83,7 +83,8 @@ def run_seeds(run: RunFn, mode: str, experiment: Experiment, config: RunConfig,
         affinity = pool_affinity([r.affinity for r in runs], seeds, output_dir)
         if config.selection.budgets and affinity.path:
             selection = choose.select(affinity.path, served, config.selection, output_dir,
-                                      measure=affinity.measure, seed=config.training.seed)
+                                      measure=affinity.measure, seed=config.training.seed,
+                                      config=config)
     return RunResult(
         mode=mode, tasks=tuple(served), config=config, error_name=experiment.error_name,
         experiment=dict(experiment.settings), seeds=tuple(seeds), runs=entries,

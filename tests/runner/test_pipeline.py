@@ -253,6 +253,8 @@ def test_affinity_selection_groups_chain(tmp_path):
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f) == json.loads(json.dumps(results.to_json()))
     assert pipeline.load_results(os.path.join(out, "results.json")).config == options
+    with open(results["selection"]["path"]) as f:  # selection.json records it too
+        assert RunConfig.from_json(json.load(f)["config"]) == options
     network = results["networks"][0]
     summed = network["history"]["val_summed_loss"]
     assert network["best_epoch"] == int(np.argmin(summed))
