@@ -28,7 +28,7 @@ from typing import Literal, Optional
 
 from tag_tf import AffinityConfig
 from tag_tf.cli.flags import setting
-from tag_tf.runner.config import RunConfig, SelectionConfig, TrainingConfig
+from tag_tf.runner.config import RunConfig, RuntimeConfig, SelectionConfig, TrainingConfig
 from tag_tf.runner.presets import Preset, configure as configure_preset
 
 # The notebook's settings.
@@ -88,12 +88,22 @@ class CelebASettings:
                    for k, v in dataclasses.asdict(self).items()}}
 
 
-# The runner's side of the default (fixed) configuration.
+# The runner's side of the default (fixed) configuration, every field spelled out.
 RUN = RunConfig(
-    training=TrainingConfig(epochs=EPOCHS, patience=PATIENCE, uw_clipped=True,
-                            gradnorm_alpha=GRADNORM_ALPHA),
-    affinity=AffinityConfig(every_n=10, rule="optimizer", divide_by_lr=True),
-    selection=SelectionConfig(budgets=BUDGETS, affinity_epochs="until_best"))
+    training=TrainingConfig(epochs=EPOCHS, patience=PATIENCE, seed=0, steps_per_epoch=None,
+                            uw_clipped=True, gradnorm_alpha=GRADNORM_ALPHA),
+    # The library's AffinityConfig() defaults are rule="sgd", divide_by_lr=False (Eq. 1).
+    affinity=AffinityConfig(every_n=10, rule="optimizer", divide_by_lr=True,
+                            lookahead_scale=1.0, window=None, step_range=None, batch="train",
+                            measures=("lookahead",), cosine_kernels_only=True,
+                            stderr_block="epoch", parallel=False),
+    selection=SelectionConfig(budgets=BUDGETS, bootstrap=200, time_limit=60.0,
+                              affinity_epochs="until_best", selection_path=None, budget=None,
+                              table=None, mtl_results=None, stl_results=None),
+    runtime=RuntimeConfig(strategy="default", mixed_precision=False, shard_policy="data",
+                          backup_dir=None, save_freq="epoch", logical_cpus=0,
+                          save_weights=False, tensorboard=False, verbose=2),
+    seeds=1)
 
 _LOOKAHEAD = ("every_n", "lookahead_rule", "divide_by_lr")
 PRESETS = {

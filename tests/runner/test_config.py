@@ -128,6 +128,9 @@ def test_presets_of_both_datasets():
     assert taskonomy.configure(patience=-1, epochs=7)[1].training.patience == 7
     assert taskonomy.configure(patience=3)[1].training.patience == 3
     assert presets_lib.value_of(celeba.PRESETS["fixed"], "batch_size") == 256
+    # Every default of a setup is in its presets file: the run config spelled out there
+    # equals the library's defaults only where the file says so.
+    assert celeba.RUN.runtime == RuntimeConfig() and taskonomy.RUN.seeds == 1
 
 
 def _network(**changes):
