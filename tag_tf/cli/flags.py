@@ -40,6 +40,9 @@ from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Option
 from absl import app
 from absl import flags
 
+# Flags defined here belong to the script calling define_flags (its --help lists them).
+flags.disclaim_key_flags()
+
 _KEY = "tag_tf.setting"
 KINDS = ("bool", "integer", "float", "string", "enum", "list")
 

@@ -19,6 +19,8 @@ from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness, make_deterministic
 
 FLAGS = flags.FLAGS
+# Flags defined here belong to the table script calling define_flags (its --help).
+flags.disclaim_key_flags()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -205,3 +205,17 @@ def test_dataset_scripts_have_the_runtime_flags(module):
     for name in ("strategy", "mixed_precision", "backup_dir", "save_freq", "shard_policy"):
         assert name in registry, (module, name)
     assert registry["strategy"].default == "default"
+
+
+def test_generated_flags_are_the_scripts_own_in_help():
+    """``--help`` lists the flags a script defines through the generator (absl shows the
+    main module's key flags only)."""
+    import os  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "tag_tf.select", "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root})
+    for flag in ("--affinity", "--budgets", "--[no]minimize", "--method", "--bootstrap"):
+        assert flag in done.stdout, flag
