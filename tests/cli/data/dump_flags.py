@@ -54,6 +54,6 @@ MODULE, OUT = sys.argv[1], sys.argv[2]
 sys.argv = [MODULE]
 app.run = fake_run
 try:
-    runpy.run_module(MODULE, run_name="__main__")
+    runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
 except Done:
     pass
