@@ -36,37 +36,52 @@ from __future__ import annotations
 
 import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
+import dataclasses
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from typing import Literal, Optional
 
-from absl import app, flags
+from absl import app
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("mode", None, "Run one mode (internal, e.g. tag_every_1:lookahead:"
-                    "parallel); unset runs all and prints the table.")
-flags.DEFINE_integer("batch_size", 256, "Batch size (paper: 256).")
-flags.DEFINE_integer("image_size", 64, "Image side (paper: 64).")
-flags.DEFINE_integer("tasks", 9, "Number of Dense(2) heads.")
-flags.DEFINE_integer("steps", 3, "Timed rounds; tag_every_10 times 10 steps per round.")
-flags.DEFINE_integer("warmup", 1, "Untimed steps (tracing) per mode.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
-                  "mirrored: TAG / plain under --replicas replicas beside one replica.")
-flags.DEFINE_list("measure", ["lookahead"], "What the TAG modes record: lookahead (Eq. 1), "
-                  "taylor (first order); several give one TAG column each.")
-flags.DEFINE_bool("parallel", False, "Also run every TAG mode with batched per-task passes "
-                  "(AffinityConfig(parallel=...)).")
-flags.DEFINE_integer("parallel_chunk", 0, "--parallel: tasks per batched pass (0: all).")
-flags.DEFINE_bool("naive", True, "Include the naive loop.")
-flags.DEFINE_bool("every_10", True, "Include the TAG-every-10-steps modes.")
-flags.DEFINE_bool("memory", True, "Measure peak RSS per mode (a subprocess each).")
-flags.DEFINE_list("slope_tasks", [], "Task counts for the slope fit (e.g. 2,5,9,20,40): "
-                  "instead of the table, time plain and recording steps at each count.")
-flags.DEFINE_integer("replicas", 2, "--strategy=mirrored: logical CPU devices to create "
-                     "when there is no GPU.")
+from tag_tf.cli import flags as flags_lib
+from tag_tf.cli.flags import setting
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The benchmark's flags."""
+
+    mode: Optional[str] = setting(None, help="Run one mode (internal, e.g. tag_every_1:"
+                                  "lookahead:parallel); unset runs all and prints the table.")
+    batch_size: int = setting(256, help="Batch size (paper: 256).")
+    image_size: int = setting(64, help="Image side (paper: 64).")
+    tasks: int = setting(9, help="Number of Dense(2) heads.")
+    steps: int = setting(3, help="Timed rounds; tag_every_10 times 10 steps per round.")
+    warmup: int = setting(1, help="Untimed steps (tracing) per mode.")
+    strategy: Literal["default", "mirrored"] = setting(
+        "default", help="mirrored: TAG / plain under --replicas replicas beside one replica.")
+    measure: tuple[str, ...] = setting(
+        ("lookahead",), help="What the TAG modes record: lookahead (Eq. 1), taylor (first "
+        "order); several give one TAG column each.")
+    parallel: bool = setting(False, help="Also run every TAG mode with batched per-task "
+                             "passes (AffinityConfig(parallel=...)).")
+    parallel_chunk: int = setting(0, help="--parallel: tasks per batched pass (0: all).")
+    naive: bool = setting(True, help="Include the naive loop.")
+    every_10: bool = setting(True, help="Include the TAG-every-10-steps modes.")
+    memory: bool = setting(True, help="Measure peak RSS per mode (a subprocess each).")
+    slope_tasks: tuple[int, ...] = setting(
+        (), parse=flags_lib.int_list, help="Task counts for the slope fit (e.g. 2,5,9,20,40): "
+        "instead of the table, time plain and recording steps at each count.")
+    replicas: int = setting(2, help="--strategy=mirrored: logical CPU devices to create when "
+                            "there is no GPU.")
+
+
+flags_lib.define_flags(Args)
 
 MODES = ("plain", "tag_every_1", "tag_every_10", "naive")
 
@@ -277,10 +292,10 @@ def slope_table(task_counts, modes, batch_size, image_size, rounds, warmup, para
     return seconds
 
 
-def overhead_table(modes, peaks, seconds, num_tasks):
+def overhead_table(modes, peaks, seconds, num_tasks, batch_size, image_size):
     """Prints the side-by-side ratios of the default (non-slope) run."""
     plain = seconds["plain"]
-    print(f"\nbatch {FLAGS.batch_size}, {FLAGS.image_size}x{FLAGS.image_size}, "
+    print(f"\nbatch {batch_size}, {image_size}x{image_size}, "
           f"{num_tasks} tasks, {machine_load()}")
     print("| mode | s/step | / plain | peak RSS MiB | RSS / plain |")
     print("|---|---|---|---|---|")
@@ -316,39 +331,40 @@ def overhead_table(modes, peaks, seconds, num_tasks):
 
 def main(argv):
     del argv
-    if FLAGS.strategy == "mirrored":
-        mirrored_comparison(FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks, FLAGS.steps,
-                            FLAGS.warmup, FLAGS.replicas)
+    args = flags_lib.read_flags(Args)
+    if args.strategy == "mirrored":
+        mirrored_comparison(args.batch_size, args.image_size, args.tasks, args.steps,
+                            args.warmup, args.replicas)
         return
-    if FLAGS.mode:
+    if args.mode:
         print("RESULT " + json.dumps({"peak_rss_mib": peak_memory(
-            FLAGS.mode, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks,
-            FLAGS.parallel_chunk)}))
+            args.mode, args.batch_size, args.image_size, args.tasks,
+            args.parallel_chunk)}))
         return
-    tags = tag_modes(FLAGS.measure, FLAGS.parallel, FLAGS.every_10)
-    if FLAGS.slope_tasks:
-        if len(set(FLAGS.slope_tasks)) < 2:
+    tags = tag_modes(args.measure, args.parallel, args.every_10)
+    if args.slope_tasks:
+        if len(set(args.slope_tasks)) < 2:
             raise ValueError("--slope_tasks needs at least two task counts to fit a slope. "
-                             f"Received: {FLAGS.slope_tasks}")
-        slope_table([int(t) for t in FLAGS.slope_tasks],
-                    [m for m in tags if m.startswith("tag_every_1:")], FLAGS.batch_size,
-                    FLAGS.image_size, FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
+                             f"Received: {args.slope_tasks}")
+        slope_table(list(args.slope_tasks),
+                    [m for m in tags if m.startswith("tag_every_1:")], args.batch_size,
+                    args.image_size, args.steps, args.warmup, args.parallel_chunk)
         return
-    modes = ["plain"] + tags + (["naive"] if FLAGS.naive else [])
+    modes = ["plain"] + tags + (["naive"] if args.naive else [])
     peaks = {}
-    for mode in modes if FLAGS.memory else []:
+    for mode in modes if args.memory else []:
         cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
-               f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}",
-               f"--tasks={FLAGS.tasks}", f"--parallel_chunk={FLAGS.parallel_chunk}"]
+               f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
+               f"--tasks={args.tasks}", f"--parallel_chunk={args.parallel_chunk}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         peaks[mode] = json.loads(out.split("RESULT ", 1)[1])["peak_rss_mib"]
         print(f"{mode:>30}: peak RSS {peaks[mode]:.0f} MiB ({machine_load()})", flush=True)
-    seconds = interleaved_times(modes, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks,
-                                FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
+    seconds = interleaved_times(modes, args.batch_size, args.image_size, args.tasks,
+                                args.steps, args.warmup, args.parallel_chunk)
     for mode in modes:
-        print(f"{mode:>30}: {seconds[mode]:.3f} s/step (median of {FLAGS.steps}, interleaved)")
-    overhead_table(modes, peaks, seconds, FLAGS.tasks)
+        print(f"{mode:>30}: {seconds[mode]:.3f} s/step (median of {args.steps}, interleaved)")
+    overhead_table(modes, peaks, seconds, args.tasks, args.batch_size, args.image_size)
 
 
 if __name__ == "__main__":

@@ -12,21 +12,33 @@ oracle (what the original notebook does) runs where its combination count is bel
 
 import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
+import dataclasses
 import math
 import time
 
 from absl import app
-from absl import flags
 import numpy as np
 
 from tag_tf import selection
+from tag_tf.cli import flags as flags_lib
+from tag_tf.cli.flags import setting
 from tag_tf.selection import exhaustive, problem, scoring
 
-FLAGS = flags.FLAGS
-flags.DEFINE_float("large_time_limit", 60.0, "Time limit per budget of the large solver.")
-flags.DEFINE_float("oracle_max_combinations", 3e8, "Skip the oracle above this many combos.")
-flags.DEFINE_list("sizes", ["9", "12", "16", "20", "40"], "Numbers of tasks.")
-flags.DEFINE_integer("seed", 0, "Seed of the synthetic matrices.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The benchmark's flags."""
+
+    large_time_limit: float = setting(60.0, help="Time limit per budget of the large solver.")
+    oracle_max_combinations: float = setting(3e8, help="Skip the oracle above this many "
+                                             "combos.")
+    sizes: tuple[int, ...] = setting((9, 12, 16, 20, 40), parse=flags_lib.int_list,
+                                     help="Numbers of tasks.")
+    seed: int = setting(0, help="Seed of the synthetic matrices.")
+
+
+flags_lib.define_flags(Args)
 
 
 def planted_affinity(n: int, *, clusters: int, seed: int) -> np.ndarray:
@@ -71,8 +83,9 @@ def run(*, sizes, large_time_limit, oracle_max_combinations, seed):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    print(run(sizes=[int(s) for s in FLAGS.sizes], large_time_limit=FLAGS.large_time_limit,
-              oracle_max_combinations=FLAGS.oracle_max_combinations, seed=FLAGS.seed))
+    args = flags_lib.read_flags(Args)
+    print(run(sizes=list(args.sizes), large_time_limit=args.large_time_limit,
+              oracle_max_combinations=args.oracle_max_combinations, seed=args.seed))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
   python -m tag_tf.experiments.figure3 --adapter=celeba.adapter:CelebAAdapter \\
       --adapter_args='{"data_dir": "~/tfds"}' --output_dir=runs/celeba_fig3
 
-The fields default to ``celeba.main``'s flags (the paper's 9 attributes, 64 x 64 images,
+The fields default to :mod:`celeba.presets` (the paper's 9 attributes, 64 x 64 images,
 batch 256, SGD 5e-4 with momentum 0.9 halved every 15 epochs, at most 100 epochs,
-patience 10); the Experiment and Options are built by the same functions as
-``python -m celeba.main`` (:func:`celeba.main.build_experiment`, :func:`build_options`).
-A task's error is its test classification error in % (``error_percent``).
+patience 10); the Experiment and RunConfig are built by the same functions as
+``python -m celeba.main`` (:func:`celeba.presets.configure`,
+:func:`celeba.experiment.build_experiment`). A task's error is its test classification
+error in % (``error_percent``).
 """
 
 from __future__ import annotations
@@ -19,49 +20,56 @@ import os
 from typing import Optional, Sequence
 
 from celeba import data
-from celeba import main as celeba_main
-from tag_tf.runner import pipeline
+from celeba import experiment as celeba_experiment
+from celeba import presets
+from tag_tf import runner
+from tag_tf.cli import flags as flags_lib
 from tag_tf.experiments import adapter as adapter_lib
 
 ADAPTER_ID = "celeba.adapter.CelebAAdapter"
 # Fields that do not change a training's numbers (left out of settings(), the cache key).
 _NOT_IN_SETTINGS = ("verbose",)
+_FIXED_SETTINGS, _FIXED = presets.PRESETS["fixed"].settings, presets.PRESETS["fixed"].run
+_RUN_FIELDS = ("epochs", "patience", "steps_per_epoch", "seed", "every_n", "affinity_batch",
+               "lookahead_rule", "divide_by_lr", "affinity_epochs", "uw_clipped",
+               "gradnorm_alpha", "strategy", "verbose")
 
 
 @dataclasses.dataclass(frozen=True)
 class CelebAAdapter:
     """Settings of CelebA trainings (every field but ``verbose`` is in :meth:`settings`).
 
-    ``tasks``: attribute names, or ``"all"`` for the 40. ``data_dir`` holds the TFDS ``celeb_a`` prepared by ``python -m celeba.main
-    --mode=prepare`` (None: TFDS's default directory). ``limit`` and ``steps_per_epoch``
-    shrink the data / epochs for debugging and tests; ``patience`` < 0 disables early
-    stopping; ``cache`` is ``celeba.main --cache`` (``"memory"`` or a file prefix).
-    ``lookahead`` is ``celeba.main --lookahead``: ``"original"`` records as the notebook
-    (``every_n`` 1, its lookahead step; :func:`celeba.main.affinity_settings`) and sets
-    ``every_n`` / ``lookahead_rule`` / ``divide_by_lr`` left at their defaults.
+    ``tasks``: attribute names, or ``"all"`` for the 40. ``data_dir`` holds the TFDS
+    ``celeb_a`` prepared by ``python -m celeba.main --mode=prepare`` (None: TFDS's default
+    directory). ``limit`` and ``steps_per_epoch`` shrink the data / epochs for debugging and
+    tests; ``patience`` < 0 disables early stopping; ``cache`` is ``celeba.main --cache``
+    (``"memory"`` or a file prefix). ``lookahead`` is the preset (``celeba.main
+    --lookahead``): ``"original"`` records as the notebook (``every_n`` 1, its lookahead
+    step) and sets ``every_n`` / ``lookahead_rule`` / ``divide_by_lr`` left at their
+    defaults.
     """
 
     data_dir: Optional[str] = None
     tasks: Sequence[str] = data.DEFAULT_TASKS
-    image_size: int = data.IMAGE_SIZE
-    batch_size: int = celeba_main.BATCH_SIZE
-    learning_rate: float = celeba_main.LEARNING_RATE
-    lr_halving_epochs: int = celeba_main.LR_HALVING_EPOCHS
-    epochs: int = celeba_main.EPOCHS
-    patience: int = celeba_main.PATIENCE
+    image_size: int = _FIXED_SETTINGS.image_size
+    batch_size: int = _FIXED_SETTINGS.batch_size
+    learning_rate: float = _FIXED_SETTINGS.learning_rate
+    lr_halving_epochs: int = _FIXED_SETTINGS.lr_halving_epochs
+    epochs: int = _FIXED.training.epochs
+    patience: int = _FIXED.training.patience
     steps_per_epoch: Optional[int] = None
     limit: Optional[int] = None
     shuffle_buffer: Optional[int] = None
     cache: Optional[str] = None
     seed: int = 0
-    every_n: int = 10
-    affinity_batch: str = "train"
+    every_n: int = _FIXED.affinity.every_n
+    affinity_batch: str = _FIXED.affinity.batch
     lookahead: str = "fixed"
-    lookahead_rule: str = "optimizer"
-    divide_by_lr: bool = True
-    affinity_epochs: str = "until_best"
-    uw_clipped: bool = True
-    gradnorm_alpha: float = celeba_main.GRADNORM_ALPHA
+    lookahead_rule: str = _FIXED.affinity.rule
+    divide_by_lr: bool = _FIXED.affinity.divide_by_lr
+    affinity_epochs: str = _FIXED.selection.affinity_epochs
+    uw_clipped: bool = _FIXED.training.uw_clipped
+    gradnorm_alpha: float = _FIXED.training.gradnorm_alpha
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker
     verbose: int = 0
     name: str = "celeba"
@@ -74,35 +82,33 @@ class CelebAAdapter:
             object.__setattr__(self, "data_dir", os.path.expanduser(self.data_dir))
         adapter_lib.check_positive(
             self, ("batch_size", "image_size", "epochs", "learning_rate"))
-        defaults = celeba_main.affinity_settings("fixed")
-        given = {k: None if self.lookahead == "original" and getattr(self, k) == v
-                 else getattr(self, k) for k, v in defaults.items()}
-        for name, value in celeba_main.affinity_settings(self.lookahead, **given).items():
-            object.__setattr__(self, name, value)
+        _, config = self._configure()
+        for name in presets.PRESETS[self.lookahead].pinned:  # the preset's values
+            object.__setattr__(self, name, flags_lib.get(config, name))
+
+    def _configure(self) -> tuple[presets.CelebASettings, runner.RunConfig]:
+        fields = dataclasses.asdict(self)
+        pinned = presets.PRESETS.get(self.lookahead, presets.PRESETS["fixed"]).pinned
+        # A pinned field left at the default preset's value takes the chosen preset's.
+        given = {k: fields[k] for k in _RUN_FIELDS
+                 if not (k in pinned and fields[k] == flags_lib.get(_FIXED, k))}
+        given["patience"] = None if self.patience is None or self.patience < 0 else self.patience
+        own = {f.name for f in dataclasses.fields(presets.CelebASettings)} - {"lookahead"}
+        return presets.configure(self.lookahead, **{k: fields[k] for k in own}, **given)
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""
         return adapter_lib.dataclass_settings(self, ADAPTER_ID, _NOT_IN_SETTINGS)
 
-    def experiment(self) -> pipeline.Experiment:
+    def experiment(self) -> runner.Experiment:
         """``celeba.main``'s Experiment, with fresh datasets on every call."""
-        return celeba_main.build_experiment(
-            data_dir=self.data_dir, tasks=self.tasks, seed=self.seed,
-            batch_size=self.batch_size, image_size=self.image_size,
-            learning_rate=self.learning_rate, lr_halving_epochs=self.lr_halving_epochs,
-            cache=self.cache, shuffle_buffer=self.shuffle_buffer, limit=self.limit,
-            lookahead=self.lookahead)
+        settings, _ = self._configure()
+        return celeba_experiment.build_experiment(settings, seed=self.seed)
 
-    def options(self) -> pipeline.Options:
-        """``celeba.main``'s training Options (no selection: the harness selects)."""
-        return celeba_main.build_options(
-            epochs=self.epochs, patience=self.patience, seed=self.seed,
-            steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
-            every_n=self.every_n, affinity_batch=self.affinity_batch,
-            lookahead_rule=self.lookahead_rule, divide_by_lr=self.divide_by_lr,
-            affinity_epochs=self.affinity_epochs, uw_clipped=self.uw_clipped,
-            gradnorm_alpha=self.gradnorm_alpha,
-            strategy=self.strategy)
+    def config(self) -> runner.RunConfig:
+        """``celeba.main``'s RunConfig (no selection: the harness selects)."""
+        _, config = self._configure()
+        return config.replace(budgets=())
 
     def replicate(self, k: int) -> CelebAAdapter:
         """The adapter of the ``k``-th further training seed (harness ``--seeds``): seed

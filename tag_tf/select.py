@@ -20,37 +20,51 @@ from __future__ import annotations
 
 import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)
 
+import dataclasses
 import json
 import os
+from typing import Literal, Optional
 
 from absl import app
 from absl import flags
 
-from tag_tf.cli.script_flags import parse_budgets
+from tag_tf.cli import flags as flags_lib
+from tag_tf.cli.flags import setting
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("affinity", None, "Affinity file ([source, target]): JSON, .npy or .npz; "
-                    "several comma-separated files (seeds/restarts) are pooled: mean over "
-                    "runs, standard error = between-run std / sqrt(runs).")
-flags.DEFINE_list("budgets", ["1", "2", "3", "4", "5"],
-                  "Comma-separated budgets (maximum numbers of networks).")
-flags.DEFINE_bool("minimize", False, "Minimise (errors/losses) instead of maximising.")
-flags.DEFINE_string(
-    "singletons", None,
-    "Single-task networks: unset = not allowed; 'diagonal' = use the matrix diagonal; a JSON "
-    "file {task: score}; or comma-separated scores in task order.")
-flags.DEFINE_enum("method", "auto", ["auto", "dp", "milp", "exhaustive", "large"],
-                  "Solver; 'auto' = exact subset DP up to 16 tasks, else 'large'.")
-flags.DEFINE_list("tasks", None, "Task names (needed for .npy files).")
-flags.DEFINE_string("output", None, "Where to write the JSON (default: selection.json in "
-                    "the input's folder, replacing one there).")
-flags.DEFINE_float("time_limit", 60.0, "Seconds per budget for the large-scale solver.")
-flags.DEFINE_integer("seed", 0, "Seed of the large-scale solver and of the bootstrap.")
-flags.DEFINE_integer("bootstrap", 0, "Resamples for the robustness check (0 = off): stability, "
-                     "objective interval, best alternative, margin in SE, verdict per budget "
-                     "(one file: 'stable within this run' at best; several seeds' files: "
-                     "'robust' across seeds).")
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The selector's settings (its flags)."""
+
+    affinity: Optional[str] = setting(
+        None, help="Affinity file ([source, target]): JSON, .npy or .npz; several "
+        "comma-separated files (seeds/restarts) are pooled: mean over runs, standard error = "
+        "between-run std / sqrt(runs).")
+    budgets: tuple[int, ...] = setting(
+        (1, 2, 3, 4, 5), parse=flags_lib.int_list,
+        help="Comma-separated budgets (maximum numbers of networks).")
+    minimize: bool = setting(False, help="Minimise (errors/losses) instead of maximising.")
+    singletons: Optional[str] = setting(
+        None, help="Single-task networks: unset = not allowed; 'diagonal' = use the matrix "
+        "diagonal; a JSON file {task: score}; or comma-separated scores in task order.")
+    method: Literal["auto", "dp", "milp", "exhaustive", "large"] = setting(
+        "auto", help="Solver; 'auto' = exact subset DP up to 16 tasks, else 'large'.")
+    tasks: Optional[tuple[str, ...]] = setting(None, kind="list",
+                                               help="Task names (needed for .npy files).")
+    output: Optional[str] = setting(
+        None, help="Where to write the JSON (default: selection.json in the input's folder, "
+        "replacing one there).")
+    time_limit: float = setting(60.0, help="Seconds per budget for the large-scale solver.")
+    seed: int = setting(0, help="Seed of the large-scale solver and of the bootstrap.")
+    bootstrap: int = setting(
+        0, help="Resamples for the robustness check (0 = off): stability, objective interval, "
+        "best alternative, margin in SE, verdict per budget (one file: 'stable within this "
+        "run' at best; several seeds' files: 'robust' across seeds).")
+
+
+flags_lib.define_flags(Args)
 
 
 def parse_singletons(value: str | None):
@@ -76,21 +90,22 @@ def parse_singletons(value: str | None):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.affinity:
+    args = flags_lib.read_flags(Args, FLAGS)
+    if not args.affinity:
         raise app.UsageError("--affinity is required.")
-    budgets = parse_budgets(FLAGS.budgets)
-    output = FLAGS.output
-    if FLAGS.bootstrap < 0:
-        raise app.UsageError(f"--bootstrap must be >= 0. Received: {FLAGS.bootstrap}")
-    paths = [p.strip() for p in FLAGS.affinity.split(",") if p.strip()]
-    if output is None:  # tag_tf.runner.pipeline.SELECTION_FILE, not imported: --help stays fast
+    output = args.output
+    if args.bootstrap < 0:
+        raise app.UsageError(f"--bootstrap must be >= 0. Received: {args.bootstrap}")
+    paths = [p.strip() for p in args.affinity.split(",") if p.strip()]
+    if output is None:  # tag_tf.runner.modes.SELECTION_FILE, not imported: --help stays fast
         output = os.path.join(os.path.dirname(paths[0]), "selection.json")
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
     report = api.run_selection(
-        affinity_path=paths if len(paths) > 1 else paths[0], budgets=budgets,
-        minimize=FLAGS.minimize, singletons=parse_singletons(FLAGS.singletons),
-        method=FLAGS.method, tasks=FLAGS.tasks, output_path=output,
-        time_limit=FLAGS.time_limit, seed=FLAGS.seed, bootstrap=FLAGS.bootstrap)
+        affinity_path=paths if len(paths) > 1 else paths[0], budgets=list(args.budgets),
+        minimize=args.minimize, singletons=parse_singletons(args.singletons),
+        method=args.method, tasks=None if args.tasks is None else list(args.tasks),
+        output_path=output, time_limit=args.time_limit, seed=args.seed,
+        bootstrap=args.bootstrap)
     print(report.text)
     print(f"\nWrote {output}")
 

@@ -8,9 +8,9 @@
 The fields default to ``taskonomy.main``'s flags (``tag.patch``: tasks ``sdntk``, 256 x 256,
 batch 96, CoupledSGD lr 0.1 / momentum 0.9 / weight decay 1e-4, PlateauHalving learning
 rate, stop below 3e-5 or after 100 epochs, test with the best validation epoch's weights);
-the Experiment and Options are built by the same functions as ``python -m taskonomy.main``
-(:func:`taskonomy.main.load_data`, :func:`~taskonomy.main.build_experiment`,
-:func:`~taskonomy.main.build_options`). A task's error is its test loss (``loss``).
+the Experiment and RunConfig are built by the same functions as ``python -m taskonomy.main``
+(:func:`taskonomy.presets.configure`, :func:`taskonomy.experiment.load_data`,
+:func:`~taskonomy.experiment.build_experiment`). A task's error is its test loss (``loss``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ import functools
 import os
 from typing import Optional, Sequence
 
-from tag_tf.runner import pipeline
+from tag_tf import runner
+from tag_tf.cli import flags as flags_lib
 from tag_tf.experiments import adapter as adapter_lib
 from taskonomy import data
-from taskonomy import main as taskonomy_main
+from taskonomy import experiment as taskonomy_experiment
+from taskonomy import presets
 
 ADAPTER_ID = "taskonomy.adapter.TaskonomyAdapter"
 # Fields that do not change a training's numbers (left out of settings(), the cache key).
 _NOT_IN_SETTINGS = ("verbose",)
+_FIXED_SETTINGS, _FIXED = presets.PRESETS["fixed"].settings, presets.PRESETS["fixed"].run
+_RUN_FIELDS = ("epochs", "steps_per_epoch", "seed", "every_n", "affinity_batch",
+               "lookahead_rule", "divide_by_lr", "uw_clipped", "gradnorm_alpha", "strategy",
+               "mixed_precision", "verbose")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,40 +45,39 @@ class TaskonomyAdapter:
     are letters (``"sdntk"``) or names. ``steps_per_epoch`` None: the original's rule
     (:func:`taskonomy.data.steps_per_epoch`); ``limit``: at most N images per building;
     ``patience`` < 0 (the original): no early stopping. ``lookahead`` is
-    ``taskonomy.main --lookahead``: ``"original"`` records as ``tag.patch``
-    (:func:`taskonomy.main.affinity_settings`) and sets ``every_n`` / ``lookahead_rule`` /
-    ``divide_by_lr`` left at their defaults.
+    the preset (``taskonomy.main --lookahead``): ``"original"`` records as ``tag.patch``
+    and sets ``every_n`` / ``lookahead_rule`` / ``divide_by_lr`` left at their defaults.
     """
 
     data_dir: Optional[str] = None
     tfrecord_dir: Optional[str] = None
     splits_dir: Optional[str] = None
-    tasks: str | Sequence[str] = taskonomy_main.TASKS
-    image_size: int = data.IMAGE_SIZE
-    widths: str = "tag"
-    batch_size: int = taskonomy_main.BATCH_SIZE
+    tasks: str | Sequence[str] = _FIXED_SETTINGS.tasks
+    image_size: int = _FIXED_SETTINGS.image_size
+    widths: str = _FIXED_SETTINGS.widths
+    batch_size: int = _FIXED_SETTINGS.batch_size
     eval_batch_size: Optional[int] = None
-    learning_rate: float = taskonomy_main.LEARNING_RATE
-    momentum: float = taskonomy_main.MOMENTUM
-    weight_decay: float = taskonomy_main.WEIGHT_DECAY
-    min_learning_rate: float = taskonomy_main.MIN_LEARNING_RATE
-    loss_window: int = taskonomy_main.LOSS_WINDOW
-    max_loss_window: int = taskonomy_main.MAX_LOSS_WINDOW
-    epochs: int = taskonomy_main.EPOCHS
-    patience: int = -1
+    learning_rate: float = _FIXED_SETTINGS.learning_rate
+    momentum: float = _FIXED_SETTINGS.momentum
+    weight_decay: float = _FIXED_SETTINGS.weight_decay
+    min_learning_rate: float = _FIXED_SETTINGS.min_learning_rate
+    loss_window: int = _FIXED_SETTINGS.loss_window
+    max_loss_window: int = _FIXED_SETTINGS.max_loss_window
+    epochs: int = _FIXED.training.epochs
+    patience: int = _FIXED_SETTINGS.patience
     steps_per_epoch: Optional[int] = None
     limit: Optional[int] = None
-    rotate_loss: bool = True
-    augment: bool = True
+    rotate_loss: bool = _FIXED_SETTINGS.rotate_loss
+    augment: bool = _FIXED_SETTINGS.augment
     mixed_precision: bool = False
     seed: int = 0
-    every_n: int = 10
-    affinity_batch: str = "train"
+    every_n: int = _FIXED.affinity.every_n
+    affinity_batch: str = _FIXED.affinity.batch
     lookahead: str = "fixed"
-    lookahead_rule: str = "optimizer"
-    divide_by_lr: bool = True
-    uw_clipped: bool = False
-    gradnorm_alpha: float = taskonomy_main.GRADNORM_ALPHA
+    lookahead_rule: str = _FIXED.affinity.rule
+    divide_by_lr: bool = _FIXED.affinity.divide_by_lr
+    uw_clipped: bool = _FIXED.training.uw_clipped
+    gradnorm_alpha: float = _FIXED.training.gradnorm_alpha
     strategy: str = "default"  # tf.distribute: default | mirrored | multi_worker
     verbose: int = 0
     name: str = "taskonomy"
@@ -86,47 +91,44 @@ class TaskonomyAdapter:
             raise ValueError("TaskonomyAdapter needs data_dir (or tfrecord_dir).")
         adapter_lib.check_positive(
             self, ("batch_size", "image_size", "epochs", "learning_rate"))
-        defaults = taskonomy_main.affinity_settings("fixed")
-        given = {k: None if self.lookahead == "original" and getattr(self, k) == v
-                 else getattr(self, k) for k, v in defaults.items()}
-        for name, value in taskonomy_main.affinity_settings(self.lookahead, **given).items():
-            object.__setattr__(self, name, value)
+        _, config = self._configure()
+        for name in presets.PRESETS[self.lookahead].pinned:  # the preset's values
+            object.__setattr__(self, name, flags_lib.get(config, name))
+
+    def _configure(self) -> tuple[presets.TaskonomySettings, runner.RunConfig]:
+        fields = dataclasses.asdict(self)
+        pinned = presets.PRESETS.get(self.lookahead, presets.PRESETS["fixed"]).pinned
+        # A pinned field left at the default preset's value takes the chosen preset's.
+        given = {k: fields[k] for k in _RUN_FIELDS
+                 if not (k in pinned and fields[k] == flags_lib.get(_FIXED, k))}
+        own = {f.name for f in dataclasses.fields(presets.TaskonomySettings)} - {"lookahead"}
+        settings = {**{k: fields[k] for k in own}, "tasks": ",".join(self.tasks)}
+        return presets.configure(self.lookahead, **settings, **given)
 
     def settings(self) -> dict:
         """JSON of every field that changes the numbers (part of every cache key)."""
         return adapter_lib.dataclass_settings(self, ADAPTER_ID, _NOT_IN_SETTINGS)
 
     def _splits(self) -> data.Splits:
-        return taskonomy_main.load_data(
-            self.data_dir, self.tasks, tfrecord_dir=self.tfrecord_dir,
-            splits_dir=self.splits_dir, seed=self.seed, batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size, image_size=self.image_size,
-            augment=self.augment, limit=self.limit)
+        settings, _ = self._configure()
+        return taskonomy_experiment.load_data(settings, seed=self.seed)
 
-    def experiment(self) -> pipeline.Experiment:
+    def experiment(self) -> runner.Experiment:
         """``taskonomy.main``'s Experiment with fresh datasets (and, per network, a fresh
         optimizer and PlateauHalving)."""
-        return taskonomy_main.build_experiment(
-            self.tasks, self._splits(), seed=self.seed, batch_size=self.batch_size,
-            image_size=self.image_size, widths=self.widths, learning_rate=self.learning_rate,
-            momentum=self.momentum, weight_decay=self.weight_decay,
-            min_learning_rate=self.min_learning_rate, loss_window=self.loss_window,
-            max_loss_window=self.max_loss_window, rotate_loss=self.rotate_loss,
-            mixed_precision=self.mixed_precision, lookahead=self.lookahead)
+        settings, _ = self._configure()
+        return taskonomy_experiment.build_experiment(settings, self._splits(), seed=self.seed,
+                                                     mixed_precision=self.mixed_precision)
 
     @functools.cached_property
     def _default_steps_per_epoch(self) -> int:
         return self._splits().steps_per_epoch  # lists the training images once
 
-    def options(self) -> pipeline.Options:
-        """``taskonomy.main``'s training Options (no selection: the harness selects)."""
-        return taskonomy_main.build_options(
-            epochs=self.epochs, patience=self.patience, seed=self.seed,
-            steps_per_epoch=self.steps_per_epoch or self._default_steps_per_epoch,
-            verbose=self.verbose, every_n=self.every_n, affinity_batch=self.affinity_batch,
-            lookahead_rule=self.lookahead_rule, divide_by_lr=self.divide_by_lr,
-            uw_clipped=self.uw_clipped, gradnorm_alpha=self.gradnorm_alpha,
-            strategy=self.strategy)
+    def config(self) -> runner.RunConfig:
+        """``taskonomy.main``'s RunConfig (no selection: the harness selects)."""
+        _, config = self._configure()
+        return config.replace(budgets=(), steps_per_epoch=self.steps_per_epoch
+                              or self._default_steps_per_epoch)
 
     def replicate(self, k: int) -> TaskonomyAdapter:
         """The adapter of the ``k``-th further training seed (harness ``--seeds``): seed

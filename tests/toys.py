@@ -10,9 +10,7 @@ also imported by the subprocess scripts ``tests/training/mirrored_resume_run.py`
 ``tests/core/test_multi_worker.py``, so it sets up nothing when imported.
 """
 
-import dataclasses
 import functools
-import warnings
 
 import keras
 import numpy as np
@@ -308,20 +306,3 @@ def planted_experiment(num_tasks: int = 3, seed: int = 0, **overrides):
         optimizer_fn=lambda: keras.optimizers.SGD(0.05, momentum=0.9))
     kwargs.update(overrides)
     return pipeline.Experiment(**kwargs)
-
-
-def runner_affinity_config(mode: str, options):
-    """The ``AffinityConfig`` of the model the runner trains in ``mode`` under ``options``
-    (None without recording), read from the model ``pipeline.train_network`` returns after
-    one epoch of :func:`planted_experiment`, run eagerly (4 steps: tracing costs more)."""
-    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
-    options = dataclasses.replace(options, epochs=1, patience=None, verbose=0)
-    experiment = planted_experiment()
-    tf.config.run_functions_eagerly(True)
-    try:
-        with warnings.catch_warnings():  # tf.data's note that its functions stay traced
-            warnings.filterwarnings("ignore", "Even though", UserWarning)
-            model, _ = pipeline.train_network(experiment, options, experiment.tasks, mode=mode)
-    finally:
-        tf.config.run_functions_eagerly(False)
-    return model.affinity_config

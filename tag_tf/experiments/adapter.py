@@ -1,18 +1,20 @@
 """Dataset adapters: what the experiment harness needs to know about a dataset.
 
-An adapter turns settings into a :class:`tag_tf.runner.pipeline.Experiment` plus default
-:class:`tag_tf.runner.pipeline.Options`. The harness never names a dataset; it calls
+An adapter turns settings into a :class:`tag_tf.runner.Experiment` plus its default
+:class:`tag_tf.runner.RunConfig`. The harness never names a dataset; it calls
 
 * ``adapter.name`` -- a short label for reports;
 * ``adapter.settings()`` -- a JSON dict of *everything* that changes results (data size,
   model size, optimiser, seed ...). It is part of every cache key, so changing a setting
   never reuses a stale training;
-* ``adapter.experiment()`` -- the :class:`~tag_tf.runner.pipeline.Experiment`; called once per
+* ``adapter.experiment()`` -- the :class:`~tag_tf.runner.Experiment`; called once per
   training (after the global seed is set), it must return *fresh* datasets so a training's
   data order does not depend on the trainings run before it in the process (a reshuffling
   ``tf.data`` dataset continues its shuffle sequence across iterators). Otherwise the
   cache would hold numbers that depend on the order the tables ran in;
-* ``adapter.options()`` -- the default training :class:`~tag_tf.runner.pipeline.Options`.
+* ``adapter.config()`` -- the default :class:`~tag_tf.runner.RunConfig` of its trainings
+  (the harness changes settings of it by name, e.g. ``every_n``, and keys its cache on
+  the fields that change results).
 
 Table 3 (hyper-parameter sensitivity) also needs
 
@@ -31,7 +33,7 @@ Runs over several training seeds (``--seeds=K`` of Figure 3 and Table 3) also ne
 
 The built-in :class:`SyntheticAdapter` uses :mod:`tag_tf.synthetic` at CPU-small size;
 it and :class:`tag_tf.experiments.synthetic_cases.HelpingTasksAdapter` share
-:class:`PlantedNetworkAdapter` (network, optimiser, options, ``vary``).
+:class:`PlantedNetworkAdapter` (network, optimiser, config, ``vary``).
 Another dataset's adapter is any object with the same four members (plus ``vary`` for
 Table 3); the scripts load one with ``--adapter=package.module:factory``
 (``factory(**json.loads(--adapter_args))``). ``isinstance(x, Adapter)`` checks all five.
@@ -47,7 +49,7 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 import keras
 import tensorflow as tf
 
-from tag_tf.runner import pipeline
+from tag_tf import runner
 from tag_tf import synthetic
 
 
@@ -59,9 +61,9 @@ class Adapter(Protocol):
 
     def settings(self) -> dict: ...
 
-    def experiment(self) -> pipeline.Experiment: ...
+    def experiment(self) -> runner.Experiment: ...
 
-    def options(self) -> pipeline.Options: ...
+    def config(self) -> runner.RunConfig: ...
 
     def vary(self, *, batch_size_scale: float = 1.0,
              learning_rate_scale: float = 1.0) -> "Adapter":
@@ -76,7 +78,7 @@ class PlantedNetworkAdapter:
     A subclass is a dataclass with ``batch_size``, ``learning_rate``, ``epochs``,
     ``hidden``, ``bottleneck``, ``head_hidden`` and a ``problem`` (``tasks``,
     ``input_dim``), and defines :meth:`datasets` (train, validation, test),
-    :meth:`training_seed` (network initialisation and options seed) and
+    :meth:`training_seed` (network initialisation and training seed) and
     :meth:`replicate`.
     """
 
@@ -94,11 +96,11 @@ class PlantedNetworkAdapter:
         one): same problem and examples, other initialisation and data order."""
         raise NotImplementedError
 
-    def experiment(self) -> pipeline.Experiment:
+    def experiment(self) -> runner.Experiment:
         """A new Experiment with fresh datasets (see the module docstring)."""
         problem, seed = self.problem, self.training_seed()
         train, validation, test = self.datasets()
-        return pipeline.Experiment(
+        return runner.Experiment(
             tasks=list(problem.tasks),
             network_fn=lambda tasks: synthetic.planted_network(
                 list(tasks), problem.input_dim, hidden=self.hidden,
@@ -111,9 +113,10 @@ class PlantedNetworkAdapter:
             error_name="mse",
         )
 
-    def options(self) -> pipeline.Options:
-        return pipeline.Options(epochs=self.epochs, patience=None, seed=self.training_seed(),
-                                verbose=0, every_n=10)
+    def config(self) -> runner.RunConfig:
+        """Fixed epochs (no early stopping), the training seed, affinities every 10 steps."""
+        return runner.RunConfig().replace(epochs=self.epochs, patience=None,
+                                          seed=self.training_seed(), verbose=0, every_n=10)
 
     def vary(self, *, batch_size_scale: float = 1.0, learning_rate_scale: float = 1.0):
         """A copy with ``batch_size * batch_size_scale`` (rounded, >= 1) and
@@ -262,7 +265,7 @@ def load_adapter(spec: str, args: Any = None) -> Adapter:
             raise ValueError(f"--adapter must be 'synthetic' or 'module:factory'. "
                              f"Received: {spec!r}")
         adapter = getattr(importlib.import_module(module_name), attr)(**args)
-    missing = [m for m in ("name", "settings", "experiment", "options")
+    missing = [m for m in ("name", "settings", "experiment", "config")
                if not hasattr(adapter, m)]
     if missing:
         raise TypeError(f"Adapter {spec!r} lacks {missing} (see tag_tf.experiments.adapter).")

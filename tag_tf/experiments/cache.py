@@ -1,9 +1,9 @@
 """A settings-keyed cache of finished trainings: reruns (and crashed runs) reuse them.
 
-Key: SHA-256 of the canonical JSON of the settings (adapter settings, mode, tasks,
-training options, extra switches). Value: the directory ``<root>/<key[:20]>/`` holding the
-pipeline's ``results.json`` (plus its affinity files) and ``settings.json``. A training
-counts as finished only once ``results.json`` exists (the pipeline writes it atomically,
+Key: SHA-256 of the canonical JSON of the settings (adapter settings, mode, tasks, the
+run config's fields that change the mode's results, the oneDNN setting). Value: the directory ``<root>/<key[:20]>/`` holding the
+runner's ``results.json`` (plus its affinity files) and ``settings.json``. A training
+counts as finished only once ``results.json`` exists (the runner writes it atomically,
 last), so an interrupted training is simply redone.
 """
 
@@ -21,7 +21,9 @@ from tag_tf.io import atomic
 #    of a nondeterministic run, so they are not reused.
 # 4: the planted synthetic problem changed (unit-variance targets, relative spread, tanh).
 # 5: --deterministic also turns Grappler's meta optimizer off (CS flipped roundings).
-HARNESS_VERSION = 5
+# 6: keys hold the RunConfig's result-changing fields ("config") instead of the flat
+#    pipeline Options ("options", "window", "measures"); results.json is format v2.
+HARNESS_VERSION = 6
 SETTINGS_FILE = "settings.json"
 RESULTS_FILE = "results.json"
 

@@ -1,48 +1,68 @@
-"""Flags shared by the table scripts (``python -m tag_tf.experiments.<table>``)."""
+"""Flags shared by the table scripts (``python -m tag_tf.experiments.<table>``).
+
+Each table's flags are a dataclass of :func:`tag_tf.cli.flags.setting` fields
+(:class:`HarnessArgs`, extended by a table with its own), defined and read back by
+:mod:`tag_tf.cli.flags` like every other script's.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any, Optional
 
 from absl import flags
 
+from tag_tf.cli import flags as flags_lib
+from tag_tf.cli.flags import setting
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness, make_deterministic
-from tag_tf.cli.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
+# Flags defined here belong to the table script calling define_flags (its --help).
+flags.disclaim_key_flags()
 
 
-def define_flags(default_output: str) -> None:
-    flags.DEFINE_string("adapter", "synthetic",
-                        "'synthetic' or 'package.module:factory' returning an adapter "
-                        "(see tag_tf.experiments.adapter).")
-    flags.DEFINE_string("adapter_args", "",
-                        'JSON keyword arguments for the adapter, e.g. \'{"num_tasks": 9}\'.')
-    flags.DEFINE_string("output_dir", default_output, "Where to write the table/plot/JSON.")
-    flags.DEFINE_string("cache_dir", "runs/cache",
-                        "Training cache shared by all tables (reruns reuse trainings).")
-    flags.DEFINE_list("budgets", ["2", "3", "4"], "Network budgets.")
-    flags.DEFINE_integer("rg_samples", 2, "Random groupings trained per budget (RG).")
-    flags.DEFINE_integer("seed", 0, "Seed of the random groupings.")
-    flags.DEFINE_integer("seeds", 1,
-                         "Training seeds (figure3, table3): every method runs once per seed "
-                         "(adapter.replicate(k): same problem and data, other initialisation "
-                         "and data order; cached per seed) and each number is reported as "
-                         "mean ± std over the seeds.", lower_bound=1)
-    flags.DEFINE_bool("deterministic", True,
-                      "Op determinism and one inter-op thread (harness.make_deterministic): "
-                      "the same settings give the same numbers in any process (what the "
-                      "cache assumes).")
+@dataclasses.dataclass(frozen=True)
+class HarnessArgs:
+    """The flags every table shares."""
+
+    adapter: str = setting("synthetic", help="'synthetic' or 'package.module:factory' "
+                           "returning an adapter (see tag_tf.experiments.adapter).")
+    adapter_args: str = setting("", help="JSON keyword arguments for the adapter, e.g. "
+                                "'{\"num_tasks\": 9}'.")
+    output_dir: str = setting("runs/table", help="Where to write the table/plot/JSON.")
+    cache_dir: str = setting("runs/cache", help="Training cache shared by all tables (reruns "
+                             "reuse trainings).")
+    budgets: tuple[int, ...] = setting((2, 3, 4), parse=flags_lib.int_list,
+                                       help="Network budgets.")
+    rg_samples: int = setting(2, help="Random groupings trained per budget (RG).")
+    seed: int = setting(0, help="Seed of the random groupings.")
+    seeds: int = setting(
+        1, lower_bound=1, help="Training seeds (figure3, table3): every method runs once per "
+        "seed (adapter.replicate(k): same problem and data, other initialisation and data "
+        "order; cached per seed) and each number is reported as mean ± std over the seeds.")
+    deterministic: bool = setting(
+        True, help="Op determinism and one inter-op thread (harness.make_deterministic): the "
+        "same settings give the same numbers in any process (what the cache assumes).")
 
 
-def budgets() -> list[int]:
-    return parse_budgets(FLAGS.budgets)
+def define_flags(default_output: str, args: type = HarnessArgs, **defaults: Any) -> None:
+    """Defines a table's flags (``args``: :class:`HarnessArgs` or a subclass) in absl's
+    registry, with ``--output_dir`` defaulting to ``default_output``."""
+    flags_lib.define_flags(args, FLAGS, instance=args(output_dir=default_output, **defaults))
 
 
-def harness_from_flags() -> Harness:
-    if FLAGS.deterministic:
+def read_args(args: type = HarnessArgs) -> Any:
+    """The parsed flags as ``args``."""
+    return flags_lib.read_flags(args, FLAGS)
+
+
+def harness_from_flags(args: Optional[HarnessArgs] = None) -> Harness:
+    """The harness of ``--adapter`` (made deterministic first under ``--deterministic``)."""
+    args = args or read_args()
+    if args.deterministic:
         make_deterministic()
-    adapter = adapter_lib.load_adapter(FLAGS.adapter, FLAGS.adapter_args)
-    os.makedirs(FLAGS.cache_dir, exist_ok=True)
-    return Harness(adapter, FLAGS.cache_dir)
+    adapter = adapter_lib.load_adapter(args.adapter, args.adapter_args)
+    os.makedirs(args.cache_dir, exist_ok=True)
+    return Harness(adapter, args.cache_dir)

@@ -29,6 +29,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from tag_tf.cli import flags as flags_lib
+from tag_tf.cli.flags import setting
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import report
 from tag_tf.experiments import table3
@@ -81,35 +83,13 @@ def parse_variant(text: str) -> Variant:
 
 
 # ----------------------------------------------------------------------------- trainings
-class StudyHarness(Harness):
-    """A :class:`Harness` whose affinity trainings can use a lookahead step-size scale
-    (part of the cache key only when it is not 1, so other tables' trainings are reused)."""
-
-    lookahead_scale: float = 1.0
-
-    def training_settings(self, mode, tasks, options, window=None, measures=None) -> dict:
-        settings = super().training_settings(mode, tasks, options, window, measures)
-        if mode == "affinity" and self.lookahead_scale != 1.0:
-            settings["lookahead_scale"] = self.lookahead_scale
-        return settings
-
-    def train(self, tasks, mode="mtl", *, window=None, measures=None, **overrides) -> dict:
-        scale = self.lookahead_scale if mode == "affinity" else 1.0
-        with harness_lib.affinity_overrides(lookahead_scale=None if scale == 1.0 else scale):
-            return super().train(tasks, mode, window=window, measures=measures, **overrides)
-
-    def variant_affinity(self, variant: Variant) -> tuple[np.ndarray, float]:
-        """TAG's affinity matrix ([source, target]) under ``variant``, and its seconds."""
-        self.lookahead_scale = variant.lookahead_scale
-        try:
-            results = self.train(self.tasks, "affinity", window=variant.window,
-                                 every_n=variant.every_n, lookahead_rule=variant.rule)
-        finally:
-            self.lookahead_scale = 1.0
-        rows = results["affinity"]["matrix"]
-        matrix = np.array([[np.nan if v is None else v for v in row] for row in rows],
-                          dtype=np.float64)
-        return matrix, float(results["seconds"])
+def variant_affinity(harness: Harness, variant: Variant) -> tuple[np.ndarray, float]:
+    """TAG's affinity matrix ([source, target]) under ``variant``, and its seconds: one
+    affinity training with the variant's AffinityConfig settings (the rest the adapter's)."""
+    results = harness.train(harness.tasks, "affinity", affinity_window=variant.window,
+                            every_n=variant.every_n, lookahead_rule=variant.rule,
+                            lookahead_scale=variant.lookahead_scale)
+    return results.affinity.matrix, float(results.seconds)
 
 
 def with_seed(adapter: Any, seed: int) -> Any:
@@ -186,14 +166,14 @@ def grouping_matters(errs: Sequence[np.ndarray], tasks: Sequence[str],
     return out
 
 
-def variant_row(harnesses: Sequence[StudyHarness], variant: Variant, budgets: Sequence[int],
+def variant_row(harnesses: Sequence[Harness], variant: Variant, budgets: Sequence[int],
                 err: np.ndarray, references: dict) -> dict:
     """One affinity training per seed under ``variant``, its groups scored on ``err``."""
     tasks = harnesses[0].tasks
     seeds = []
     for h in harnesses:
         h.log(f"defaults study: {variant.name}, seed {h.adapter.seed}")
-        matrix, seconds = h.variant_affinity(variant)
+        matrix, seconds = variant_affinity(h, variant)
         selections, _ = h.select(matrix, budgets)
         per_budget = {c.budget: score_selection(err, tasks, [(n.tasks, n.serves)
                                                              for n in c.networks],
@@ -239,7 +219,7 @@ def run(adapter: Any, *, cache_dir: str, output_dir: str, seeds: Sequence[int] =
         raise ValueError(f"Need at least 2 distinct seeds. Received: seeds={seeds}")
     variants = [BASE] + [v for v in (variants or [parse_variant(t) for t in VARIANTS])
                          if v != BASE]
-    harnesses = [StudyHarness(with_seed(adapter, s), cache_dir, log=log) for s in seeds]
+    harnesses = [Harness(with_seed(adapter, s), cache_dir, log=log) for s in seeds]
     table3.check_size(harnesses[0], max_tasks)
     tasks = harnesses[0].tasks
     budgets = [int(b) for b in budgets if 1 <= int(b) <= len(tasks)]
@@ -282,11 +262,11 @@ def prefill(adapter: Any, seed: int, *, cache_dir: str, variants: Sequence[Varia
     """Trains (into the cache) one seed's ground truth (unless ``ground_truth=False``) and
     variant affinity runs, so seeds (and the two parts) can run in separate processes
     before :func:`run` reads them all. Returns the number of trainings run."""
-    harness = StudyHarness(with_seed(adapter, seed), cache_dir, log=log)
+    harness = Harness(with_seed(adapter, seed), cache_dir, log=log)
     if ground_truth:
         table3.ground_truth(harness)
     for variant in [BASE] + [v for v in variants if v != BASE]:
-        harness.variant_affinity(variant)
+        variant_affinity(harness, variant)
     return harness.cache.misses
 
 
@@ -359,51 +339,55 @@ def format_markdown(payload: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- script
+@dataclasses.dataclass(frozen=True)
+class StudyArgs:
+    """The defaults study's flags."""
+
+    adapter: str = setting("helping", help="'helping' (synthetic_cases.HelpingTasksAdapter), "
+                           "'synthetic' or 'package.module:factory'; a dataclass whose 'seed' "
+                           "does not change the problem.")
+    adapter_args: str = setting("", help="JSON keyword arguments for the adapter.")
+    output_dir: str = setting("runs/defaults_study", help="Where to write the study.")
+    cache_dir: str = setting("runs/cache", help="Training cache (reruns train nothing).")
+    seeds: tuple[int, ...] = setting((0, 1, 2), parse=flags_lib.int_list,
+                                     help="Training seeds (at least 2).")
+    budgets: tuple[int, ...] = setting((2, 3, 4), parse=flags_lib.int_list,
+                                       help="Network budgets.")
+    variants: tuple[str, ...] = setting(
+        VARIANTS, help="Affinity variants: 'base' or key=value joined by '+', keys rule "
+        "(sgd|optimizer), every_n, window (first|middle|final|none), scale.")
+    rg_samples: int = setting(1000, help="Random partitions of the random baseline.")
+    max_tasks: int = setting(table3.MAX_TASKS, help="Refuse more tasks (2^n - 1 groups).")
+    deterministic: bool = setting(
+        True, help="harness.make_deterministic(): op determinism, one inter-op thread, no "
+        "Grappler rewriting (same numbers in any process).")
+    prefill_seed: Optional[int] = setting(
+        None, help="Only train this seed's ground truth and variant runs into the cache (no "
+        "report): run one process per seed, then the study without it.")
+    prefill_ground_truth: bool = setting(
+        True, help="With --prefill_seed: also train the ground truth (--noprefill_ground_"
+        "truth: only the variant affinity runs, e.g. in another process).")
+
+
 def define_flags() -> None:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    flags.DEFINE_string("adapter", "helping",
-                        "'helping' (synthetic_cases.HelpingTasksAdapter), 'synthetic' or "
-                        "'package.module:factory'; a dataclass whose 'seed' does not change "
-                        "the problem.")
-    flags.DEFINE_string("adapter_args", "", "JSON keyword arguments for the adapter.")
-    flags.DEFINE_string("output_dir", "runs/defaults_study", "Where to write the study.")
-    flags.DEFINE_string("cache_dir", "runs/cache", "Training cache (reruns train nothing).")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (at least 2).")
-    flags.DEFINE_list("budgets", ["2", "3", "4"], "Network budgets.")
-    flags.DEFINE_list("variants", list(VARIANTS),
-                      "Affinity variants: 'base' or key=value joined by '+', keys rule "
-                      "(sgd|optimizer), every_n, window (first|middle|final|none), scale.")
-    flags.DEFINE_integer("rg_samples", 1000, "Random partitions of the random baseline.")
-    flags.DEFINE_integer("max_tasks", table3.MAX_TASKS, "Refuse more tasks (2^n - 1 groups).")
-    flags.DEFINE_bool("deterministic", True,
-                      "harness.make_deterministic(): op determinism, one inter-op thread, "
-                      "no Grappler rewriting (same numbers in any process).")
-    flags.DEFINE_integer("prefill_seed", None,
-                         "Only train this seed's ground truth and variant runs into the cache "
-                         "(no report): run one process per seed, then the study without it.")
-    flags.DEFINE_bool("prefill_ground_truth", True,
-                      "With --prefill_seed: also train the ground truth (--noprefill_ground_"
-                      "truth: only the variant affinity runs, e.g. in another process).")
+    flags_lib.define_flags(StudyArgs)
 
 
 def main(argv):
     del argv
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    from tag_tf.cli.script_flags import parse_budgets  # pylint: disable=g-import-not-at-top
-    values = flags.FLAGS
-    if values.deterministic:
+    args = flags_lib.read_flags(StudyArgs)
+    if args.deterministic:
         harness_lib.make_deterministic()
-    adapter = make_adapter(values.adapter, values.adapter_args)
-    variants = [parse_variant(v) for v in values.variants]
-    if values.prefill_seed is not None:
-        count = prefill(adapter, values.prefill_seed, cache_dir=values.cache_dir,
-                        variants=variants, ground_truth=values.prefill_ground_truth)
-        print(f"seed {values.prefill_seed}: {count} trainings run")
+    adapter = make_adapter(args.adapter, args.adapter_args)
+    variants = [parse_variant(v) for v in args.variants]
+    if args.prefill_seed is not None:
+        count = prefill(adapter, args.prefill_seed, cache_dir=args.cache_dir,
+                        variants=variants, ground_truth=args.prefill_ground_truth)
+        print(f"seed {args.prefill_seed}: {count} trainings run")
         return
-    payload = run(adapter,
-                  cache_dir=values.cache_dir, output_dir=values.output_dir,
-                  seeds=[int(s) for s in values.seeds], budgets=parse_budgets(values.budgets),
-                  variants=variants, rg_samples=values.rg_samples, max_tasks=values.max_tasks)
+    payload = run(adapter, cache_dir=args.cache_dir, output_dir=args.output_dir,
+                  seeds=list(args.seeds), budgets=list(args.budgets), variants=variants,
+                  rg_samples=args.rg_samples, max_tasks=args.max_tasks)
     print(payload["markdown"])
 
 

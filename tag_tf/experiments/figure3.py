@@ -56,7 +56,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int
     error_name = harness.error_name
     payload = {"figure": "3", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "budgets": budgets,
+               "config": harness.base_config.to_json(), "budgets": budgets,
                "tasks": harness.tasks, "error_name": error_name, "methods": rows,
                "seeds": len(harnesses),
                "seconds": time.perf_counter() - start,
@@ -315,9 +315,10 @@ def make_figure(rows: dict, budgets: Sequence[int], *,
 def main(argv):
     del argv
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    harness = cli.harness_from_flags()
-    payload = run(harness, budgets=cli.budgets(), rg_samples=cli.FLAGS.rg_samples,
-                  seed=cli.FLAGS.seed, seeds=cli.FLAGS.seeds, output_dir=cli.FLAGS.output_dir)
+    args = cli.read_args()
+    harness = cli.harness_from_flags(args)
+    payload = run(harness, budgets=args.budgets, rg_samples=args.rg_samples, seed=args.seed,
+                  seeds=args.seeds, output_dir=args.output_dir)
     print(payload["markdown"])
 
 

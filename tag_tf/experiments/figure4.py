@@ -9,6 +9,7 @@ plots the affinity ``Z[source -> target]`` of every other task per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Optional, Sequence
@@ -16,6 +17,8 @@ from typing import Optional, Sequence
 import matplotlib.ticker
 import numpy as np
 
+from tag_tf.cli.flags import setting
+from tag_tf.experiments import cli
 from tag_tf.experiments import plot
 from tag_tf.experiments import report
 from tag_tf.experiments.harness import Harness
@@ -90,7 +93,7 @@ def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
     figures = plot.outputs(paths)
     payload = {"figure": "4", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "tasks": harness.tasks,
+               "config": harness.base_config.to_json(), "tasks": harness.tasks,
                "affinity_path": run_.path, "settings": run_.settings, "targets": per_target,
                "seconds": time.perf_counter() - start}
     markdown = format_markdown(payload, figures["png"])
@@ -114,17 +117,22 @@ def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Figure4Args(cli.HarnessArgs):
+    """Figure 4's flags: the shared ones plus the target tasks."""
+
+    targets: tuple[str, ...] = setting((), help="Target tasks (default: the first task).")
+
+
 def main(argv):
     del argv
-    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    harness = cli.harness_from_flags()
-    payload = run(harness, targets=cli.FLAGS.targets, output_dir=cli.FLAGS.output_dir)
+    args = cli.read_args(Figure4Args)
+    harness = cli.harness_from_flags(args)
+    payload = run(harness, targets=list(args.targets), output_dir=args.output_dir)
     print(payload["markdown"])
 
 
 if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=g-import-not-at-top
-    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top,reimported
-    cli.define_flags(default_output="runs/fig4")
-    flags.DEFINE_list("targets", [], "Target tasks (default: the first task).")
+    from absl import app  # pylint: disable=g-import-not-at-top
+    cli.define_flags("runs/fig4", Figure4Args)
     app.run(main)

@@ -1,15 +1,17 @@
 """The shared machinery of the tables: cached trainings, affinities, groupings, scores.
 
-Every training is one :func:`tag_tf.runner.pipeline.run` of a network on a subset of the tasks,
-cached by its settings (:mod:`tag_tf.experiments.cache`). Groupings are evaluated network
-by network, so a network chosen by several methods or budgets is trained once. A task's
-error is the test error of the network serving it; a grouping's total is the sum over
-all tasks (Fifty et al., NeurIPS 2021, Sec. 4).
+Every training is one :func:`tag_tf.runner.run` of a network on a subset of the tasks with
+the adapter's :class:`tag_tf.runner.RunConfig` (changed by setting name, e.g.
+``harness.train(tasks, "affinity", every_n=1, window="first")``), cached by the adapter's
+settings, the mode, the tasks and the config's result-changing fields
+(:meth:`tag_tf.runner.modes.Mode.result_json`; :mod:`tag_tf.experiments.cache`).
+Groupings are evaluated network by network, so a network chosen by several methods or
+budgets is trained once. A task's error is the test error of the network serving it; a
+grouping's total is the sum over all tasks (Fifty et al., NeurIPS 2021, Sec. 4).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -21,45 +23,11 @@ import keras
 import numpy as np
 
 from tag_tf.io import affinity_io
-from tag_tf.runner import pipeline
+from tag_tf import runner
 from tag_tf import selection as selection_lib
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
-
-# Option fields that do not change a training's numbers (left out of cache keys).
-_NOT_IN_KEY = ("verbose", "log_dir", "save_weights", "budgets", "selection_path", "budget",
-               "selection_table")
-_LATER_OPTIONS = ("affinity_window",)
-_MEASURE_MODE = {"lookahead": "affinity", "cosine": "cs"}
-
-
-# pipeline.Options gained ``affinity_window``; older pipelines need the wrapper below.
-_HAS_WINDOW_OPTION = "affinity_window" in {f.name for f in dataclasses.fields(pipeline.Options)}
-
-
-@contextlib.contextmanager
-def affinity_overrides(**fields: Any):
-    """Trainings in the block record affinities with these ``AffinityConfig`` fields replaced.
-
-    For settings ``pipeline.Options`` has no field for (an older pipeline's window, the
-    defaults study's ``lookahead_scale``): wraps the pipeline's (private) affinity config
-    builder for the duration of the block. Fields given as None are left as they are.
-    """
-    fields = {k: v for k, v in fields.items() if v is not None}
-    if not fields:
-        yield
-        return
-    original = pipeline._affinity_config  # pylint: disable=protected-access
-
-    def replaced(mode, options, validation):
-        config = original(mode, options, validation)
-        return None if config is None else dataclasses.replace(config, **fields)
-
-    pipeline._affinity_config = replaced  # pylint: disable=protected-access
-    try:
-        yield
-    finally:
-        pipeline._affinity_config = original  # pylint: disable=protected-access
+from tag_tf.runner import modes as modes_lib
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -147,7 +115,7 @@ class AffinityRun(NamedTuple):
     seconds: float  # wall time of the training that recorded it
     path: str  # affinity JSON (holds the per-epoch trace)
     settings: dict
-    results: dict
+    results: runner.RunResult
 
     def record(self) -> affinity_io.AffinityRecord:
         return affinity_io.load_affinity(self.path)
@@ -220,25 +188,12 @@ class Progress:
 
 
 class Training(NamedTuple):
-    """A training the harness can run: ``Harness.train(tasks, mode, window=, measures=,
-    **overrides)``."""
+    """A training the harness can run: ``Harness.train(tasks, mode, **dict(overrides))``
+    (``overrides``: RunConfig settings by name)."""
 
     tasks: tuple[str, ...]
     mode: str = "mtl"
-    window: Any = None
     overrides: tuple[tuple[str, Any], ...] = ()
-    measures: Optional[tuple[str, ...]] = None  # None: the mode's own
-
-
-def _measures(measure: str, also: Sequence[str]) -> Optional[tuple[str, ...]]:
-    """The recorded measures: None (the mode's own) or ``measure`` and ``also``."""
-    extra = tuple(m for m in also if m != measure)
-    return (measure, *extra) if extra else None
-
-
-def _matrix(rows) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in row] for row in rows],
-                    dtype=np.float64)
 
 
 class Harness:
@@ -256,7 +211,7 @@ class Harness:
                  progress: Optional[Progress] = None):
         self.adapter = adapter
         self.cache = cache_lib.Cache(cache_dir)
-        self.base_options = adapter.options()
+        self.base_config: runner.RunConfig = adapter.config()
         self.log = log
         self.progress = progress if progress is not None else Progress(log)
         experiment = adapter.experiment()
@@ -264,36 +219,31 @@ class Harness:
         self.error_name = experiment.error_name
 
     # ------------------------------------------------------------------ trainings
-    def options(self, **overrides) -> pipeline.Options:
-        return dataclasses.replace(self.base_options, **overrides)
+    def config(self, **overrides) -> runner.RunConfig:
+        """The adapter's config with settings changed by name (``every_n=1``)."""
+        return self.base_config.replace(**overrides)
 
-    def training_settings(self, mode: str, tasks: Sequence[str], options: pipeline.Options,
-                          window: Any = None, measures: Optional[Sequence[str]] = None) -> dict:
-        # Options the pipeline added later are left out at their None default, so the
-        # existing cache stays valid (the window is keyed as "window" below; the recorded
-        # measures only when they are not the mode's own).
-        opts = {k: v for k, v in options.to_json().items()
-                if k not in _NOT_IN_KEY and not (k in _LATER_OPTIONS and v is None)}
+    def training_settings(self, mode: str, tasks: Sequence[str],
+                          config: runner.RunConfig) -> dict:
+        """The cache key's settings: the adapter's, the mode, the tasks, the config's fields
+        that change this mode's results, and the oneDNN setting."""
         settings = {"adapter": self.adapter.settings(), "mode": mode, "tasks": list(tasks),
-                    "options": opts, "window": window, "onednn": _onednn_setting()}
-        if measures:
-            settings["measures"] = list(measures)
+                    "config": modes_lib.get(mode).result_json(config),
+                    "onednn": _onednn_setting()}
         return cache_lib.to_json_value(settings)
 
-    def _settings(self, tasks: Sequence[str], mode: str, window: Any, overrides: dict,
-                  measures: Optional[Sequence[str]] = None
-                  ) -> tuple[list[str], pipeline.Options, dict]:
+    def _settings(self, tasks: Sequence[str], mode: str, overrides: dict
+                  ) -> tuple[list[str], runner.RunConfig, dict]:
         tasks = [t for t in self.tasks if t in set(tasks)]
-        options = self.options(**overrides)
-        return tasks, options, self.training_settings(mode, tasks, options, window, measures)
+        config = self.config(**overrides)
+        return tasks, config, self.training_settings(mode, tasks, config)
 
     def plan(self, trainings: Iterable[Training], *, complete: bool = True) -> int:
         """Tells :attr:`progress` which trainings this command will need (those not in the
         cache yet are counted); ``complete``: all of them. Returns how many are new."""
         keys = set()
         for t in trainings:
-            _, _, settings = self._settings(t.tasks, t.mode, t.window, dict(t.overrides),
-                                            t.measures)
+            _, _, settings = self._settings(t.tasks, t.mode, dict(t.overrides))
             if not self.cache.holds(settings):
                 keys.add(cache_lib.settings_key(settings))
         self.progress.plan(keys, complete=complete)
@@ -301,37 +251,40 @@ class Harness:
 
     def affinity_training(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
                           window: Any = None, batch: str = "train",
-                          also: Sequence[str] = ()) -> Training:
-        """The :class:`Training` :meth:`affinity` runs."""
-        overrides = {"affinity_batch": batch}
+                          also: Sequence[str] = (), **overrides) -> Training:
+        """The :class:`Training` :meth:`affinity` runs: the mode recording ``measure``
+        (``also``: further measures of the same steps), ``window`` and ``batch``."""
+        mode = modes_lib.mode_of_measure(measure)
+        # measures[0] is the affinity mode's own; other modes record theirs and the rest.
+        first = measure if mode == "affinity" else self.base_config.affinity.measures[0]
+        changes = {"affinity_batch": batch, "affinity_window": window,
+                   "measures": (first,) + tuple(m for m in also if m not in (measure, first)),
+                   **overrides}
         if every_n is not None:
-            overrides["every_n"] = every_n
-        return Training(tuple(self.tasks), _MEASURE_MODE[measure], window,
-                        tuple(sorted(overrides.items())), _measures(measure, also))
+            changes["every_n"] = every_n
+        return Training(tuple(self.tasks), mode, tuple(sorted(changes.items())))
 
-    def train(self, tasks: Sequence[str], mode: str = "mtl", *, window: Any = None,
-              measures: Optional[Sequence[str]] = None, **overrides) -> dict:
-        """Results JSON of ``mode`` on ``tasks`` (one network; trained or from the cache).
+    def train(self, tasks: Sequence[str], mode: str = "mtl", **overrides) -> runner.RunResult:
+        """The result of ``mode`` on ``tasks`` (one network; trained or from the cache), with
+        the config's settings changed by name (``overrides``).
 
-        A training seeds everything itself (``options.seed``) before building its
+        A training seeds everything itself (``config.training.seed``) before building its
         datasets and network, so its numbers do not depend on what ran before it; with
-        :func:`make_deterministic` they are the same in any process.
+        :func:`make_deterministic` they are the same in any process. ``extra`` holds the
+        harness's annotations (``cache_dir``, ``epoch_seconds``, ``deterministic``).
         """
-        tasks, options, settings = self._settings(tasks, mode, window, overrides, measures)
-        native_window = window is not None and _HAS_WINDOW_OPTION
-        if native_window:
-            options = dataclasses.replace(options, affinity_window=window)
+        tasks, config, settings = self._settings(tasks, mode, overrides)
         key = cache_lib.settings_key(settings)
+        shown = {k: v for k, v in overrides.items() if v is not None}
 
         def produce(directory):
             self.progress.started(f"{mode} on {{{', '.join(tasks)}}}"
-                                  + (f" {overrides}" if overrides else "")
-                                  + (f" window={window}" if window else ""))
+                                  + (f" {shown}" if shown else ""))
             if not is_deterministic():
                 self.log("    (not deterministic: call harness.make_deterministic() first; "
                          "this training's numbers may differ in another process)")
             # Same global seed state before the datasets are built, whatever ran before.
-            keras.utils.set_random_seed(options.seed)
+            keras.utils.set_random_seed(config.training.seed)
             base = self.adapter.experiment()
             timers = []
 
@@ -340,42 +293,37 @@ class Harness:
                 return list(base.callbacks_fn()) + [timers[-1]]
 
             experiment = dataclasses.replace(base, tasks=tasks, callbacks_fn=callbacks)
-            with affinity_overrides(window=None if native_window else window,
-                                    measures=tuple(measures) if measures else None):
-                results = pipeline.run(mode, experiment, options, output_dir=directory)
+            result = runner.run(mode, experiment, config, output_dir=directory)
             # Per-epoch wall times (the first epoch includes tracing), one list per network.
-            results["epoch_seconds"] = [t.seconds for t in timers]
-            results["deterministic"] = is_deterministic()
-            pipeline.write_results(os.path.join(directory, cache_lib.RESULTS_FILE), results)
-            self.progress.finished(key, results["seconds"])
-            self.log(f"    done in {results['seconds']:.1f} s, total test "
-                     f"{results['error_name']} {results['total_test_error']}")
-            return results
+            result = result.replace(extra={"epoch_seconds": [t.seconds for t in timers],
+                                           "deterministic": is_deterministic()})
+            runner.write_results(os.path.join(directory, cache_lib.RESULTS_FILE), result)
+            self.progress.finished(key, result.seconds)
+            self.log(f"    done in {result.seconds:.1f} s, total test "
+                     f"{result.error_name} {result.total_test_error}")
+            return result.to_json()
 
-        results, directory = self.cache.get_or_run(settings, produce)
-        results["cache_dir"] = directory
-        return results
+        payload, directory = self.cache.get_or_run(settings, produce)
+        result = runner.RunResult.from_json(payload)
+        return result.replace(extra={**result.extra, "cache_dir": directory})
 
     def affinity(self, measure: str = "lookahead", *, every_n: Optional[int] = None,
-                 window: Any = None, batch: str = "train",
-                 also: Sequence[str] = ()) -> AffinityRun:
+                 window: Any = None, batch: str = "train", also: Sequence[str] = (),
+                 **overrides) -> AffinityRun:
         """A TAG (``"lookahead"``) or CS (``"cosine"``) affinity training on all tasks.
 
         ``also``: further measures recorded in the same training (e.g. ``("taylor",)``: the
-        first-order Eq. 1 from the same steps' gradients), read with :meth:`also_matrix`.
+        first-order Eq. 1 from the same steps' gradients), read with :meth:`also_matrix`;
+        ``overrides``: further config settings by name (``lookahead_scale=0.1``).
         """
         training = self.affinity_training(measure, every_n=every_n, window=window, batch=batch,
-                                          also=also)
-        overrides = dict(training.overrides)
-        mode = training.mode
-        results = self.train(self.tasks, mode, window=window, measures=training.measures,
-                             **overrides)
-        entry = results["affinity"]
-        matrix = _matrix(entry["matrix"])
-        settings = self.training_settings(mode, self.tasks, self.options(**overrides), window,
-                                          training.measures)
-        return AffinityRun(list(entry["tasks"]), matrix, float(results["seconds"]),
-                           entry["path"], settings, results)
+                                          also=also, **overrides)
+        changes = dict(training.overrides)
+        results = self.train(self.tasks, training.mode, **changes)
+        entry = results.affinity
+        settings = self.training_settings(training.mode, self.tasks, self.config(**changes))
+        return AffinityRun(list(entry.tasks), entry.matrix, float(results.seconds),
+                           entry.path, settings, results)
 
     @staticmethod
     def also_matrix(run: AffinityRun, measure: str) -> np.ndarray:
@@ -409,12 +357,12 @@ class Harness:
         error, seconds, served = {}, 0.0, []
         for tasks, serves in networks:
             results = self.train(tasks, mode)
-            seconds += results["seconds"]
+            seconds += results.seconds
             for task in serves:
                 if task not in error:
-                    error[task] = results["test_error"][task]
+                    error[task] = results.test_error[task]
             served.append({"tasks": list(tasks), "serves": list(serves),
-                           "cache_dir": results["cache_dir"]})
+                           "cache_dir": results.extra["cache_dir"]})
         missing = [t for t in self.tasks if t not in error]
         if missing:
             raise ValueError(f"The grouping serves no network for tasks {missing}.")
@@ -465,12 +413,12 @@ class Harness:
         groups = [(t,) for t in self.tasks] + list(itertools.combinations(self.tasks, 2))
         for group in groups:
             results = self.train(group, "mtl")
-            seconds += results["seconds"]
-            net = results["networks"][0]
+            seconds += results.seconds
+            net = results.networks[0]
             for task in group:
                 partner = next((p for p in group if p != task), task)
                 validation.setdefault(task, {})[partner] = _validation_error(net, task, group)
-                test.setdefault(task, {})[partner] = results["test_error"][task]
+                test.setdefault(task, {})[partner] = results.test_error[task]
         return {"validation": validation, "test": test, "seconds": seconds,
                 "trainings": len(groups)}
 
@@ -506,16 +454,16 @@ def rg_saturation_note(num_tasks: int, budgets: Sequence[int]) -> Optional[str]:
             "their RG statistics are the same numbers.")
 
 
-def _validation_error(net: dict, task: str, group: Sequence[str]) -> float:
+def _validation_error(net: runner.NetworkResult, task: str, group: Sequence[str]) -> float:
     """The task's unweighted validation loss at the network's best epoch."""
-    history = net["history"]
+    history = net.history
     key = f"val_{task}_unweighted_loss"
     if key not in history and len(group) == 1:
         key = "val_unweighted_loss"
     values = history.get(key)
     if not values:
-        return net["test"][task]["error"]
-    value = values[net["best_epoch"]]
+        return net.test[task]["error"]
+    value = values[net.best_epoch]
     return float("inf") if value is None else float(value)
 
 

@@ -50,7 +50,7 @@ def run(harness: Harness, *, output_dir: str = "runs/table1") -> dict:
                        "worst_vs_random_percent")}
     payload = {"table": "1", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "tasks": tasks,
+               "config": harness.base_config.to_json(), "tasks": tasks,
                "error_name": harness.error_name,
                "affinity_path": tag.path, "affinity_settings": tag.settings,
                "rows": rows, "mean": means, "seconds": time.perf_counter() - start,
@@ -82,8 +82,9 @@ def format_markdown(payload: dict) -> str:
 def main(argv):
     del argv
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    harness = cli.harness_from_flags()
-    payload = run(harness, output_dir=cli.FLAGS.output_dir)
+    args = cli.read_args()
+    harness = cli.harness_from_flags(args)
+    payload = run(harness, output_dir=args.output_dir)
     print(payload["markdown"])
 
 

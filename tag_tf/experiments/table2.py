@@ -39,7 +39,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
     """Runs every setting (cached); writes ``table2.{md,json,png,pdf}``."""
     start = time.perf_counter()
     budgets = [int(b) for b in budgets if 1 <= int(b) <= len(harness.tasks)]
-    window_every_n = window_every_n or harness.base_options.every_n
+    window_every_n = window_every_n or harness.base_config.affinity.every_n
     harness.log("Table 2: random groupings")
     random = harness.random_baseline(budgets, rg_samples, seed)
     settings = [{"every_n": int(n), "window": None} for n in frequencies]
@@ -75,7 +75,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
         row["steady_speedup_vs_every_step"] = ref / steady if ref and steady else None
     payload = {"table": "2", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "budgets": budgets,
+               "config": harness.base_config.to_json(), "budgets": budgets,
                "tasks": harness.tasks, "error_name": harness.error_name,
                "random": random, "rg_samples": rg_samples, "seed": seed, "rows": rows,
                "seconds": time.perf_counter() - start,
@@ -165,9 +165,10 @@ def format_markdown(payload: dict) -> str:
 def main(argv):
     del argv
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    harness = cli.harness_from_flags()
-    payload = run(harness, budgets=cli.budgets(), rg_samples=cli.FLAGS.rg_samples,
-                  seed=cli.FLAGS.seed, output_dir=cli.FLAGS.output_dir)
+    args = cli.read_args()
+    harness = cli.harness_from_flags(args)
+    payload = run(harness, budgets=args.budgets, rg_samples=args.rg_samples, seed=args.seed,
+                  output_dir=args.output_dir)
     print(payload["markdown"])
 
 

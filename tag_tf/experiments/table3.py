@@ -28,17 +28,20 @@ settings.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
 import time
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from tag_tf.cli.flags import setting
+from tag_tf.experiments import cli
 from tag_tf.experiments import plot
 from tag_tf.experiments import report
 from tag_tf.experiments.harness import Harness, Training, rg_saturation_note, seeded_harnesses
 from tag_tf.experiments.train_val import pearson
+from tag_tf.selection import subset_dp
 from tag_tf.selection.problem import mask_members
 
 MAX_TASKS = 8
@@ -118,35 +121,22 @@ def best_partition(values: np.ndarray, n: int, blocks: int, *, maximize: bool = 
     """Partition of all ``n`` tasks into at most (``exact``: exactly) ``blocks`` sets
     minimising (``maximize``: maximising) the sum of ``values[set]``.
 
-    ``values`` is indexed by bitmask; non-finite entries are not allowed as sets. Memoised
-    recursion on (remaining tasks, sets left): the set holding the lowest remaining task is
-    chosen first, so each partition is visited once (``O(blocks * 3^n)``). Returns
-    ``(total, sets)``; ``(nan, [])`` when no partition exists.
+    ``values`` is indexed by bitmask; non-finite entries are not allowed as sets. The
+    selection package's subset DP (:func:`tag_tf.selection.subset_dp.solve_levels` and
+    :func:`~tag_tf.selection.subset_dp.best_served_sets`, which maximise) on ``values`` or
+    ``-values``. Returns ``(total, sets)``; ``(nan, [])`` when no partition exists.
     """
-    sign = -1.0 if maximize else 1.0
-
-    @functools.lru_cache(maxsize=None)
-    def solve(rest: int, k: int) -> tuple[float, tuple[int, ...]]:
-        if rest == 0:
-            return (0.0, ()) if (k == 0 or not exact) else (np.inf, ())
-        if k == 0:
-            return np.inf, ()
-        low = rest & -rest
-        best = (np.inf, ())
-        for sub in [0, *_submasks(rest ^ low)]:
-            block = low | sub
-            value = sign * float(values[block])
-            if not np.isfinite(value):
-                continue
-            tail, sets = solve(rest ^ block, k - 1)
-            if value + tail < best[0]:
-                best = (value + tail, (block,) + sets)
-        return best
-
-    total, sets = solve((1 << n) - 1, blocks)
+    values = np.asarray(values, dtype=np.float64)
+    signed = np.where(np.isfinite(values), values if maximize else -values, -np.inf)
+    levels = subset_dp.solve_levels(signed, n, blocks - 1, exact=exact)
+    try:
+        total, sets = subset_dp.best_served_sets(signed, levels, (1 << n) - 1, blocks,
+                                                 exact=exact)
+    except ValueError:  # no partition covers every task with allowed sets
+        return float("nan"), []
     if not np.isfinite(total):
         return float("nan"), []
-    return sign * total, list(sets)
+    return (total if maximize else -total), [int(x) for x in sets]
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -391,7 +381,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
     caches = list({id(h.cache): h.cache for hs in grid for h in hs}.values())
     payload = {"table": "3", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "budgets": budgets, "tasks": tasks,
+               "config": harness.base_config.to_json(), "budgets": budgets, "tasks": tasks,
                "error_name": harness.error_name, "seeds": len(seeded),
                "ground_truth": (truths[0]["groups"] if len(truths) == 1
                                 else pooled_groups(truths, err, tasks)),
@@ -622,35 +612,39 @@ def format_markdown(payload: dict) -> str:
         + ["", report.training_counts_text(payload)])
 
 
+@dataclasses.dataclass(frozen=True)
+class Table3Args(cli.HarnessArgs):
+    """Table 3's flags: the shared ones plus its own (random groupings are free here)."""
+
+    rg_samples: int = setting(1000, help="Random partitions read off the ground truth per "
+                              "budget (RG; free: nothing is trained).")
+    variants: tuple[str, ...] = setting(
+        ("batch=0.5", "lr=2"), help="Hyper-parameter variants besides the base: "
+        "'batch=<factor>', 'lr=<factor>' or both joined by '+' (e.g. 'lr=0.5,batch=2+lr=2').")
+    include_cs: bool = setting(True, help="Also score CS (cosine) groups under the base.")
+    taylor: bool = setting(
+        True, help="The base TAG training also records the first-order Taylor measure; adds "
+        "the row 'TAG (Taylor)' (its r: correlation with the exact matrix of the same "
+        "training).")
+    max_tasks: int = setting(MAX_TASKS, help="Refuse more tasks: the ground truth is "
+                             "2^n - 1 trainings.")
+
+
 def main(argv):
     del argv
-    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    flags = cli.FLAGS
-    harness = cli.harness_from_flags()
-    payload = run(harness, budgets=cli.budgets(),
-                  variants=[parse_variant(v) for v in flags.variants],
-                  include_cs=flags.include_cs, rg_samples=flags.rg_samples, seed=flags.seed,
-                  seeds=flags.seeds, max_tasks=flags.max_tasks, taylor=flags.taylor,
-                  output_dir=flags.output_dir)
+    args = cli.read_args(Table3Args)
+    harness = cli.harness_from_flags(args)
+    payload = run(harness, budgets=args.budgets,
+                  variants=[parse_variant(v) for v in args.variants],
+                  include_cs=args.include_cs, rg_samples=args.rg_samples, seed=args.seed,
+                  seeds=args.seeds, max_tasks=args.max_tasks, taylor=args.taylor,
+                  output_dir=args.output_dir)
     print(payload["markdown"])
 
 
 def define_flags() -> None:
-    """The shared flags plus Table 3's own (random groupings are free here: default 1000)."""
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    cli.define_flags(default_output="runs/table3")
-    flags.FLAGS.set_default("rg_samples", 1000)
-    flags.DEFINE_list("variants", ["batch=0.5", "lr=2"],
-                      "Hyper-parameter variants besides the base: 'batch=<factor>', "
-                      "'lr=<factor>' or both joined by '+' (e.g. 'lr=0.5,batch=2+lr=2').")
-    flags.DEFINE_bool("include_cs", True, "Also score CS (cosine) groups under the base.")
-    flags.DEFINE_bool("taylor", True,
-                      "The base TAG training also records the first-order Taylor measure; "
-                      "adds the row 'TAG (Taylor)' (its r: correlation with the exact "
-                      "matrix of the same training).")
-    flags.DEFINE_integer("max_tasks", MAX_TASKS,
-                         "Refuse more tasks: the ground truth is 2^n - 1 trainings.")
+    """The shared flags plus Table 3's own."""
+    cli.define_flags("runs/table3", Table3Args)
 
 
 if __name__ == "__main__":

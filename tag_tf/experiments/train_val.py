@@ -48,7 +48,7 @@ def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4),
                        "budgets": {s.budget: harness.evaluate_selection(s) for s in selections}}
     payload = {"table": "train_vs_validation", "adapter": harness.adapter.name,
                "adapter_settings": harness.adapter.settings(),
-               "options": harness.base_options.to_json(), "budgets": budgets,
+               "config": harness.base_config.to_json(), "budgets": budgets,
                "tasks": harness.tasks, "error_name": harness.error_name,
                "pearson_off_diagonal": pearson(rows["train"]["affinity"],
                                                rows["validation"]["affinity"]),
@@ -81,8 +81,9 @@ def format_markdown(payload: dict) -> str:
 def main(argv):
     del argv
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
-    harness = cli.harness_from_flags()
-    payload = run(harness, budgets=cli.budgets(), output_dir=cli.FLAGS.output_dir)
+    args = cli.read_args()
+    harness = cli.harness_from_flags(args)
+    payload = run(harness, budgets=args.budgets, output_dir=args.output_dir)
     print(payload["markdown"])
 
 

@@ -123,7 +123,9 @@ def _to_json_matrix(array: np.ndarray | None) -> list[list[Any]] | None:
     return out
 
 
-def _from_json_matrix(rows: Any) -> np.ndarray:
+def decode_matrix(rows: Any) -> np.ndarray:
+    """A JSON matrix (rows of numbers, null for a missing value) as a float64 array, null as
+    NaN: the one reader of every matrix the library writes with nulls."""
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
 
 
@@ -138,14 +140,14 @@ def _check_blocks(blocks: Any, tasks: Sequence[str], name: str) -> np.ndarray:
 
 def _optional_matrix(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
     value = payload.get(key)
-    return None if value is None else _from_json_matrix(value)
+    return None if value is None else decode_matrix(value)
 
 
 def _optional_blocks(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
     value = payload.get(key)
     if not value:
         return None
-    return np.stack([_from_json_matrix(m) for m in value])
+    return np.stack([decode_matrix(m) for m in value])
 
 
 def save_affinity_json(path: str, record: AffinityRecord) -> None:
@@ -261,10 +263,10 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
             raise ValueError(f"{path}: expected a JSON object with a 'tasks' list.")
         file_tasks = validate_tasks(payload["tasks"])
         if "affinity" in payload:
-            matrix = _from_json_matrix(payload["affinity"])
+            matrix = decode_matrix(payload["affinity"])
             orientation = "source_target"
         elif "matrix" in payload:
-            matrix = _from_json_matrix(payload["matrix"])
+            matrix = decode_matrix(payload["matrix"])
             orientation = payload.get("orientation", "source_target")
         else:
             raise ValueError(f"{path}: expected an 'affinity' or 'matrix' entry.")
@@ -276,8 +278,8 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
         matrix = validate_matrix(matrix, file_tasks, allow_nan=True)
         record = AffinityRecord(
             file_tasks, matrix,
-            counts=_from_json_matrix(payload["counts"]) if payload.get("counts") else None,
-            skipped=_from_json_matrix(payload["skipped"]) if payload.get("skipped") else None,
+            counts=decode_matrix(payload["counts"]) if payload.get("counts") else None,
+            skipped=decode_matrix(payload["skipped"]) if payload.get("skipped") else None,
             epochs=payload.get("epochs"), config=payload.get("config"),
             stderr=_optional_matrix(payload, "stderr"),
             stderr_blocks=_optional_matrix(payload, "stderr_blocks"),
@@ -331,11 +333,11 @@ def _json_run_blocks(value: Any, tasks: Sequence[str], path: str):
     for k, entry in enumerate(value):
         if not isinstance(entry, Mapping) or not entry.get("block_means"):
             raise ValueError(f"{path}: run_blocks[{k}] needs 'block_means'.")
-        means = _check_blocks(np.stack([_from_json_matrix(m) for m in entry["block_means"]]),
+        means = _check_blocks(np.stack([decode_matrix(m) for m in entry["block_means"]]),
                               tasks, f"run_blocks[{k}] block_means")
         counts = entry.get("block_counts")
         if counts is not None:
-            counts = np.stack([_from_json_matrix(c) for c in counts])
+            counts = np.stack([decode_matrix(c) for c in counts])
             if counts.shape != means.shape:
                 raise ValueError(f"{path}: run_blocks[{k}] block_counts {counts.shape} do not "
                                  f"match its block_means {means.shape}.")
@@ -370,7 +372,7 @@ def within_run_blocks(record: AffinityRecord) -> tuple[np.ndarray, np.ndarray | 
     epochs = [e for e in record.epochs or [] if used is None or e["epoch"] in used]
     if len(epochs) < 2:
         return None
-    means = np.stack([_from_json_matrix(e["affinity"]) for e in epochs])
+    means = np.stack([decode_matrix(e["affinity"]) for e in epochs])
     counts = (np.stack([np.asarray(e["counts"], dtype=np.float64) for e in epochs])
               if all(e.get("counts") is not None for e in epochs) else None)
     return means, counts

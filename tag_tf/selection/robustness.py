@@ -443,8 +443,7 @@ def _unknown_stderr(mean: Any, stderr: Any) -> list[tuple[int, int]]:
 
 
 def _matrix(rows: Any) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in row] for row in rows],
-                    dtype=np.float64)
+    return affinity_io.decode_matrix(rows)
 
 
 def _masks(selection: result_lib.Selection) -> tuple[int, ...]:

@@ -116,12 +116,14 @@ def pair_chunks(n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             yield np.repeat(x, r.shape[1]), r.ravel()
 
 
-def solve_levels(values: np.ndarray, n: int, max_blocks: int) -> list[np.ndarray]:
-    """Tables ``F_1 .. F_max_blocks`` over all subsets (``F_k[S]``: best with <= k sets)."""
+def solve_levels(values: np.ndarray, n: int, max_blocks: int, *,
+                 exact: bool = False) -> list[np.ndarray]:
+    """Tables ``F_1 .. F_max_blocks`` over all subsets (``F_k[S]``: best with <= k sets;
+    ``exact``: with exactly k sets, ``-inf`` where impossible)."""
     levels = [values.copy()]
     for _ in range(2, max_blocks + 1):
         previous = levels[-1]
-        current = previous.copy()
+        current = np.full_like(previous, -np.inf) if exact else previous.copy()
         for x, r in pair_chunks(n):
             np.maximum.at(current, x | r, values[x] + previous[r])
         levels.append(current)
@@ -140,11 +142,13 @@ def _submasks_with_low(s: int) -> np.ndarray:
 
 
 def best_served_sets(values: np.ndarray, levels: list[np.ndarray], full: int,
-                     budget: int) -> tuple[float, list[int]]:
-    """Best total with at most ``budget`` sets over all tasks, and the served sets.
+                     budget: int, *, exact: bool = False) -> tuple[float, list[int]]:
+    """Best total with at most (``exact``: exactly) ``budget`` sets over all tasks, and the
+    served sets.
 
-    Walks the tables of :func:`solve_levels` (``levels[k - 1]`` = best with <= k sets)
-    from the full task set down; ties keep fewer sets, then the lowest split.
+    Walks the tables of :func:`solve_levels` (``levels[k - 1]`` = best with <= k sets, or
+    exactly k with ``exact``) from the full task set down; ties keep fewer sets, then the
+    lowest split.
     """
     blocks: list[int] = []
     s, k = full, budget
@@ -161,8 +165,8 @@ def best_served_sets(values: np.ndarray, levels: list[np.ndarray], full: int,
                 candidates = np.where(rest == 0, -np.inf, values[xs] + previous[rest])
             split = int(np.argmax(candidates))
             best_split = float(candidates[split])
-            fewer = float(levels[k - 2][s])
-            if fewer >= best_split:
+            fewer = -np.inf if exact else float(levels[k - 2][s])
+            if fewer >= best_split and not exact:
                 best, choice = fewer, None
             else:
                 best, choice = best_split, int(xs[split])

@@ -186,8 +186,7 @@ def from_epochs(epochs: Sequence[Mapping[str, Any]]) -> Estimate:
     """
     if not epochs:
         raise ValueError("The epochs trace is empty: no blocks to estimate a standard error from.")
-    means = [np.array([[np.nan if v is None else v for v in row] for row in e["affinity"]],
-                      dtype=np.float64) for e in epochs]
+    means = [affinity_io.decode_matrix(e["affinity"]) for e in epochs]
     if all("counts" in e and e["counts"] is not None for e in epochs):
         counts = [np.asarray(e["counts"], dtype=np.float64) for e in epochs]
     else:
@@ -229,9 +228,7 @@ def with_epoch_stderr(record: affinity_io.AffinityRecord) -> affinity_io.Affinit
     With fewer than 2 epochs every standard error is NaN.
     """
     result = from_epochs(record.epochs or [])
-    means = np.stack([np.array([[np.nan if v is None else v for v in row]
-                                for row in e["affinity"]], dtype=np.float64)
-                      for e in record.epochs])
+    means = np.stack([affinity_io.decode_matrix(e["affinity"]) for e in record.epochs])
     counts = (np.stack([np.asarray(e["counts"], dtype=np.float64) for e in record.epochs])
               if all(e.get("counts") is not None for e in record.epochs) else None)
     return with_stderr(record, result, "batch means, one block per epoch")._replace(

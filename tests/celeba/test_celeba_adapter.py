@@ -14,7 +14,9 @@ import pytest
 
 from celeba import adapter as celeba_adapter
 from celeba import data
+from celeba import experiment as celeba_experiment
 from celeba import main as celeba_main
+from celeba import presets
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments.harness import Harness
 from tests.experiments.harness_testing import no_training, run_figure4_cli
@@ -40,10 +42,13 @@ def test_defaults_are_celeba_main_flags():
                  "patience", "seed", "every_n", "affinity_batch", "lookahead_rule",
                  "divide_by_lr", "affinity_epochs", "uw_clipped", "gradnorm_alpha"):
         assert getattr(adapter, name) == flags[name].default, name
-    options = adapter.options()
-    assert (options.epochs, options.patience, options.steps_per_epoch) == (100, 10, None)
-    assert options.lookahead_rule == "optimizer" and options.divide_by_lr
-    assert celeba_adapter.CelebAAdapter(patience=-1).options().patience is None
+    options = adapter.config()
+    assert (options.training.epochs, options.training.patience,
+            options.training.steps_per_epoch) == (100, 10, None)
+    assert options.affinity.rule == "optimizer" and options.affinity.divide_by_lr
+    assert celeba_adapter.CelebAAdapter(patience=-1).config().training.patience is None
+    # every other setting is the CLI's default configuration (but the harness selects)
+    assert options == presets.PRESETS["fixed"].run.replace(budgets=(), verbose=0)
 
 
 def test_load_adapter_and_json_settings(tiny):
@@ -139,10 +144,10 @@ def test_harness_numbers_equal_celeba_main(tiny, tmp_path, eager, capsys):
     harness = Harness(celeba_adapter.CelebAAdapter(**tiny), str(tmp_path / "cache"),
                       log=lambda _: None)
     cached = harness.train(TASKS[1:], "mtl")
-    direct = celeba_main.run_celeba(
-        "mtl", data_dir=tiny["data_dir"], output_dir=str(tmp_path / "main"), tasks=TASKS[1:],
-        epochs=1, batch_size=4, image_size=16, patience=-1, steps_per_epoch=2, every_n=1,
-        verbose=0)
+    settings, config = presets.configure(
+        data_dir=tiny["data_dir"], tasks=tuple(TASKS[1:]), epochs=1, batch_size=4,
+        image_size=16, patience=None, steps_per_epoch=2, every_n=1, verbose=0)
+    direct = celeba_experiment.run("mtl", settings, config, output_dir=str(tmp_path / "main"))
     assert cached["test_loss"] == pytest.approx(direct["test_loss"], rel=1e-6)
     assert cached["test_error"] == pytest.approx(direct["test_error"])
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tag_tf.io.bad_files import BadFileError, BadFiles
 
 from celeba import data
-from celeba import main as celeba_main
+from celeba import experiment as celeba_experiment
 from celeba import model as celeba_model
 from celeba import testing
 
@@ -111,10 +111,10 @@ def test_datasets(prepared):
 
 
 def test_learning_rate_schedule():
-    rates = [celeba_main.learning_rate_at(e) for e in range(31)]
+    rates = [celeba_experiment.learning_rate_at(e) for e in range(31)]
     assert rates[0] == rates[13] == 5e-4  # the notebook halves at the start of epoch 15
     assert rates[14] == rates[28] == 2.5e-4 and rates[29] == rates[30] == 1.25e-4
-    assert celeba_main.learning_rate_at(50, 1.0, 0) == 1.0
+    assert celeba_experiment.learning_rate_at(50, 1.0, 0) == 1.0
 
 
 def test_loss_and_error():
@@ -140,14 +140,14 @@ def _damage_archive(files, *, truncate: str, remove: str) -> None:
                 archive.writestr(name, content[:200] if name.endswith(truncate) else content)
 
 
-def test_prepare_stops_on_a_bad_image_or_skips_and_reports_it(tmp_path):
+def test_prepare_stops_on_a_bad_image_or_skips_and_reports_it(tmp_path, no_downloads):
     """A truncated JPEG or an image missing from the archive stops the prepare step naming
     it (nothing prepared); with skip_bad_files both are left out, counted and named."""
     files = str(tmp_path / "files")
     testing.write_fake_celeba(files, SPLITS)
     _damage_archive(files, truncate="000002.jpg", remove="000005.jpg")
     tfds_dir = str(tmp_path / "tfds")
-    with mock.patch.object(download_manager.DownloadManager, "_download", _no_network):
+    with no_downloads():
         with pytest.raises(BadFileError, match="Bad CelebA image file img_align_celeba.zip:"
                                                "img_align_celeba/000005.jpg: missing from "
                                                "img_align_celeba.zip .2 bad files in all; the "

@@ -20,7 +20,9 @@ from celeba import adapter
 from celeba import data
 from celeba import main as celeba_main
 from tag_tf.io import affinity_io
+from tag_tf.runner import choose
 from tag_tf.runner import pipeline
+from tag_tf.runner.config import SelectionConfig
 from tag_tf.selection import api
 
 COMMON = ["--batch_size=4", "--image_size=16", "--every_n=1", "--patience=-1", "--verbose=0"]
@@ -31,7 +33,7 @@ def _parse_tasks(argv):
     flags.unparse_flags()
     flags(["celeba.main", *argv])
     try:
-        return celeba_main.parse_tasks(flags.tasks)
+        return list(celeba_main.configuration()[0].tasks)
     finally:
         flags.unparse_flags()
 
@@ -70,7 +72,7 @@ def test_main_rejects_bad_tasks_and_time_limit_before_loading_data(run_main, tmp
         run_main(["--mode=affinity", f"--data_dir={missing}", "--tasks=all",
                   "--selection_time_limit=0"])
     with pytest.raises(ValueError, match="selection_time_limit must be > 0"):
-        pipeline.Options(selection_time_limit=-1.0)
+        SelectionConfig(time_limit=-1.0)
     assert not os.path.exists(missing)
 
 
@@ -111,10 +113,10 @@ def test_pipeline_selects_forty_tasks_with_the_large_solver(tmp_path, caplog):
     path = str(tmp_path / "affinity.json")
     affinity_io.save_affinity_json(path, affinity_io.AffinityRecord(tasks, _forty_matrix()))
     # The 40 x 40 heatmap is tested in test_heatmap.py; drawing it here would take seconds.
-    with caplog.at_level("INFO"), mock.patch.object(pipeline.heatmap,
+    with caplog.at_level("INFO"), mock.patch.object(choose.heatmap,
                                                      "save_record_heatmap") as draw:
-        entry = pipeline._select(path, tasks, [1, 2], str(tmp_path), bootstrap=50,
-                                 time_limit=1.0)
+        entry = choose.select(path, tasks, SelectionConfig(budgets=(1, 2), bootstrap=50,
+                                                           time_limit=1.0), str(tmp_path))
     assert draw.call_args.kwargs["selection"]["budget"] == 1
     with open(entry["path"]) as f:
         payload = json.load(f)
@@ -166,7 +168,7 @@ def test_affinity_with_forty_heads_selects_with_a_certificate(affinity_dir):
     tasks = list(data.ATTRIBUTES)
     with open(os.path.join(affinity_dir, "results.json")) as f:
         results = json.load(f)
-    assert results["tasks"] == tasks and results["options"]["selection_time_limit"] == 2.0
+    assert results["tasks"] == tasks and results["config"]["selection"]["time_limit"] == 2.0
     assert all(0 <= results["test_error"][t] <= 100 for t in tasks)
     record = affinity_io.load_affinity(os.path.join(affinity_dir, "affinity.json"))
     assert record.tasks == tasks and record.affinity.shape == (40, 40)

@@ -15,11 +15,12 @@ import tensorflow as tf
 from absl import app
 
 from celeba import adapter
+from celeba import experiment as celeba_experiment
 from celeba import main as celeba_main
 from celeba import model as celeba_model
+from celeba import presets
 from tag_tf.io import affinity_io
 from tag_tf.core import lookahead
-from tag_tf.cli import script_flags
 
 TASKS = ["Black_Hair", "Blond_Hair", "No_Beard"]
 TWO_TASKS = TASKS[1:]  # the single-method modes: fewer heads (and STL networks), faster
@@ -30,14 +31,14 @@ TINY = ["--tasks=" + ",".join(TASKS), "--budgets=1,2,3", *COMMON]
 def _results(output_dir):
     with open(os.path.join(output_dir, "results.json")) as f:
         results = json.load(f)
-    assert results["format"] == "tag_tf.runner.pipeline/v1"
+    assert results["format"] == "tag_tf.runner/v2"
     assert results["error_name"] == "error_percent"
     for task in results["tasks"]:
         assert 0.0 <= results["test_error"][task] <= 100.0
         assert math.isfinite(results["test_loss"][task]) and results["test_loss"][task] > 0
     assert results["total_test_error"] == pytest.approx(sum(results["test_error"].values()))
     for network in results["networks"]:
-        assert 1 <= network["epochs_run"] <= results["options"]["epochs"]
+        assert 1 <= network["epochs_run"] <= results["config"]["training"]["epochs"]
         assert network["history"]["val_summed_loss"]
     return results
 
@@ -126,7 +127,10 @@ def _parse(argv):
     flags.unparse_flags()
     flags(["celeba.main", *argv])
     try:
-        return script_flags.lookahead_flags(flags, celeba_main.ORIGINAL_LOOKAHEAD)
+        settings, config = celeba_main.configuration()
+        return {"lookahead": settings.lookahead, "every_n": config.affinity.every_n,
+                "lookahead_rule": config.affinity.rule,
+                "divide_by_lr": config.affinity.divide_by_lr}
     finally:
         flags.unparse_flags()
 
@@ -140,26 +144,28 @@ def test_lookahead_original_settings():
     assert _parse(["--lookahead=original", "--every_n=1"])["every_n"] == 1
     with pytest.raises(app.UsageError, match="every_n=10"):
         _parse(["--lookahead=original", "--every_n=10"])
+    assert _parse(["--lookahead=paper"]) == {
+        "lookahead": "paper", "every_n": 10, "lookahead_rule": "sgd", "divide_by_lr": False}
     with pytest.raises(ValueError, match="lookahead='original'"):
-        celeba_main.affinity_settings("original", divide_by_lr=False)
+        presets.configure("original", divide_by_lr=False)
     with pytest.raises(ValueError, match="lookahead must be one of"):
-        celeba_main.make_optimizer(lookahead="notebook")
-    assert not hasattr(celeba_main.make_optimizer(), "lookahead_momentum")
-    assert celeba_main.make_optimizer(lookahead="original").lookahead_momentum == 1.0
+        celeba_experiment.make_optimizer(lookahead="notebook")
+    assert not hasattr(celeba_experiment.make_optimizer(), "lookahead_momentum")
+    assert celeba_experiment.make_optimizer(lookahead="original").lookahead_momentum == 1.0
     fixed = adapter.CelebAAdapter()
     original = adapter.CelebAAdapter(lookahead="original")
     assert (original.every_n, original.lookahead_rule, original.divide_by_lr) == \
         (1, "optimizer", True)
     assert original.settings() != fixed.settings()
     assert original.settings()["lookahead"] == "original"
-    assert original.options().every_n == 1 and fixed.options().every_n == 10
+    assert original.config().affinity.every_n == 1 and fixed.config().affinity.every_n == 10
 
 
 def test_notebook_lookahead_adds_the_whole_velocity():
     """The notebook's train_step: param + (optimizer._momentum * slot - lr * grad), with
     ``_momentum`` the bool True of the tf.keras SGD of the time."""
     variable = keras.Variable(np.array([1.0, -2.0], np.float32))
-    optimizer = celeba_main.make_optimizer(0.1, lookahead="original")
+    optimizer = celeba_experiment.make_optimizer(0.1, lookahead="original")
     optimizer.build([variable])
     first = lookahead.lookahead_values("optimizer", optimizer, [variable],
                                        [tf.constant([0.5, 0.5])], tf.constant(0.1))
@@ -170,7 +176,7 @@ def test_notebook_lookahead_adds_the_whole_velocity():
     weights = np.array([0.95, -2.05])
     np.testing.assert_allclose(ahead[0], weights + (-0.05) - 0.1 * np.array([0.2, -0.4]),
                                rtol=1e-6)
-    real = celeba_main.make_optimizer(0.1)  # fixed: the optimizer's own 0.9
+    real = celeba_experiment.make_optimizer(0.1)  # fixed: the optimizer's own 0.9
     real.build([variable])
     real.apply_gradients([(tf.constant([0.5, 0.5]), variable)])
     ahead = lookahead.lookahead_values("optimizer", real, [variable],
@@ -184,14 +190,15 @@ def _notebook_affinity(data_dir, steps, coefficient):
     step, for each source task, ``trunk + coefficient * velocity - lr * g_source``, the
     training-mode losses of every task there, ``(1 - after / before) / lr``; then one SGD
     momentum step on the summed loss."""
-    experiment = celeba_main.build_experiment(data_dir=data_dir, tasks=TASKS, batch_size=12,
-                                              image_size=16, lookahead="original")
+    experiment = celeba_experiment.build_experiment(presets.CelebASettings(
+        data_dir=data_dir, tasks=tuple(TASKS), batch_size=12, image_size=16,
+        lookahead="original"))
     keras.utils.set_random_seed(0)
     network = experiment.network_fn(TASKS)
     trunk = {id(v) for name in celeba_model.TRUNK_LAYERS
              for v in network.get_layer(name).trainable_variables}
     loss = experiment.loss_fn(TASKS[0])
-    lr = celeba_main.LEARNING_RATE
+    lr = presets.LEARNING_RATE
     values = [tf.convert_to_tensor(v.value) for v in network.trainable_variables]
     state = [v.value for v in network.non_trainable_variables]
     velocity = [tf.zeros_like(v) for v in values]
@@ -230,7 +237,7 @@ def test_lookahead_original_records_the_notebook_step(data_dir, run_main, tmp_pa
     record = affinity_io.load_affinity(os.path.join(out, "affinity.json"))
     assert (record.counts == 2).all()  # every step (every_n=1)
     with open(os.path.join(out, "results.json")) as f:
-        assert json.load(f)["lookahead"] == "original"
+        assert json.load(f)["experiment"]["lookahead"] == "original"
     expected = _notebook_affinity(data_dir, 2, coefficient=1.0)
     np.testing.assert_allclose(record.affinity, expected, rtol=2e-3, atol=2e-3)
     momentum_09 = _notebook_affinity(data_dir, 2, coefficient=0.9)  # the fixed lookahead

@@ -1,5 +1,5 @@
 """``--strategy`` / ``--mixed_precision`` / ``--backup_dir`` through the dataset CLIs and the
-shared runner (tag_tf.runner.pipeline) on tiny fake CelebA."""
+shared runner (tag_tf.runner) on tiny fake CelebA."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from tag_tf.runner import pipeline
+from tag_tf.runner import distribute
+from tag_tf.runner.config import RuntimeConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASKS = ["Black_Hair", "Blond_Hair"]
@@ -30,7 +31,7 @@ def test_mixed_precision_on_celeba(data_dir, run_main, tmp_path, eager):
     run_main(["--mode=affinity", f"--data_dir={data_dir}", f"--output_dir={out}",
               "--mixed_precision", *TINY])
     results = _results(out)
-    assert results["options"]["mixed_precision"] is True
+    assert results["config"]["runtime"]["mixed_precision"] is True
     assert results["networks"][0]["replicas"] == 1
     assert all(v is not None for v in results["test_loss"].values())
     assert keras.config.dtype_policy().name == previous  # the policy is restored
@@ -38,19 +39,19 @@ def test_mixed_precision_on_celeba(data_dir, run_main, tmp_path, eager):
 
 def test_options_reject_unknown_strategy():
     with pytest.raises(ValueError, match="strategy"):
-        pipeline.Options(strategy="tpu")
+        RuntimeConfig(strategy="tpu")
     with pytest.raises(ValueError, match="save_freq"):
-        pipeline.Options(save_freq=0)
+        RuntimeConfig(save_freq=0)
     with pytest.raises(ValueError, match="shard_policy"):
-        pipeline.distribute_options("rows")
+        distribute.distribute_options("rows")
 
 
 def test_data_sharding_policy_is_explicit():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     policy = tf.data.experimental.AutoShardPolicy
-    assert pipeline.distribute_options().experimental_distribute.auto_shard_policy == \
+    assert distribute.distribute_options().experimental_distribute.auto_shard_policy == \
         policy.DATA
-    assert pipeline.distribute_options("file").experimental_distribute.auto_shard_policy == \
+    assert distribute.distribute_options("file").experimental_distribute.auto_shard_policy == \
         policy.FILE
 
 
@@ -68,7 +69,7 @@ def test_mirrored_two_logical_cpus_with_backups(data_dir, tmp_path):
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = _results(out)
-    assert results["options"]["strategy"] == "mirrored"
+    assert results["config"]["runtime"]["strategy"] == "mirrored"
     network = results["networks"][0]
     assert network["replicas"] == 2
     assert network["epochs_run"] == 2

@@ -16,7 +16,9 @@ from tests import numpy_reference as ref
 from absl import flags
 
 from tag_tf.runner import pipeline
-from tag_tf.cli import script_flags
+from tag_tf.cli import flags as flags_lib
+from tag_tf.runner import train
+from tag_tf.runner.config import RunConfig
 from tests import toys
 from tests.toys import LOSS_WEIGHTS, OPTIMIZERS, TASKS
 
@@ -263,24 +265,23 @@ def test_mixed_precision_measures_in_float32():
 
 def test_affinity_measure_flag_and_option():
     registry = flags.FlagValues()
-    script_flags.define_pipeline_flags(registry)
-    script_flags.own_registry_parser(registry, "usage")(["prog", "--affinity_measure=taylor"])
-    options = pipeline.Options(**script_flags.seed_option_fields(registry))
-    assert options.affinity_measure == "taylor"
-    assert toys.runner_affinity_config("affinity", options).measures == ("taylor",)
-    assert toys.runner_affinity_config("cs", options).measures == ("cosine",)
-    assert toys.runner_affinity_config("affinity", pipeline.Options()).measures == (
-        "lookahead",)
+    flags_lib.define_flags(RunConfig, registry)
+    flags_lib.parser(registry, "usage")(["prog", "--affinity_measure=taylor"])
+    options = flags_lib.read_flags(RunConfig, registry)
+    assert options.affinity.measures == ("taylor",)
+    assert train.affinity_config("affinity", options, None).measures == ("taylor",)
+    assert train.affinity_config("cs", options, None).measures == ("cosine",)
+    assert train.affinity_config("affinity", RunConfig(), None).measures == ("lookahead",)
     with pytest.raises(ValueError, match="affinity_measure must be one of.*'cosine'"):
-        pipeline.Options(affinity_measure="cosine")
+        RunConfig().replace(affinity_measure="cosine")
     with pytest.raises(SystemExit):
-        script_flags.own_registry_parser(registry, "usage")(["prog", "--affinity_measure=x"])
+        flags_lib.parser(registry, "usage")(["prog", "--affinity_measure=x"])
 
 
 @pytest.mark.slow
 def test_pipeline_affinity_mode_records_and_selects_from_taylor(tmp_path):
-    options = pipeline.Options(epochs=1, patience=None, verbose=0, every_n=1, budgets=(2,),
-                               bootstrap=0, affinity_measure="taylor")
+    options = RunConfig().replace(epochs=1, patience=None, verbose=0, every_n=1, budgets=(2,),
+                                  bootstrap=0, affinity_measure="taylor")
     out = str(tmp_path / "affinity")
     results = pipeline.run("affinity", toys.planted_experiment(), options, output_dir=out)
     assert results["affinity"]["measure"] == "taylor"

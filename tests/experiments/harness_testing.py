@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tag_tf.runner import pipeline
+from tag_tf import runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -14,8 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def no_training(monkeypatch) -> None:
     """Makes any training fail: what follows must come from the cache."""
     def fail(*args, **kwargs):
-        raise AssertionError("pipeline.run called although the cache holds the training")
-    monkeypatch.setattr(pipeline, "run", fail)
+        raise AssertionError("runner.run called although the cache holds the training")
+    monkeypatch.setattr(runner, "run", fail)
 
 
 def assert_finite_numbers(value, path: str = "$") -> None:

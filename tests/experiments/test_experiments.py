@@ -61,7 +61,7 @@ def test_load_adapter_and_interface():
     assert isinstance(adapter, adapter_lib.Adapter)
     assert adapter.settings()["num_tasks"] == 4
     assert adapter.experiment().tasks == ["task_0", "task_1", "task_2", "task_3"]
-    assert adapter.options().patience is None
+    assert adapter.config().training.patience is None
     again = adapter_lib.load_adapter("tag_tf.experiments.adapter:SyntheticAdapter",
                                      {"num_tasks": 4, "num_clusters": 2})
     assert again.settings() == adapter.settings()

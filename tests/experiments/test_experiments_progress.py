@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from tag_tf.runner import pipeline
+from tag_tf import runner
 from tag_tf.experiments import adapter as adapter_lib
 from tag_tf.experiments import cache as cache_lib
 from tag_tf.experiments import figure3, report
@@ -19,15 +19,16 @@ TOY = dict(num_tasks=4, num_clusters=2, train_examples=64, validation_examples=3
 
 
 def _fake_training(monkeypatch, calls):
-    """pipeline.run without TensorFlow: records the call and returns a results dict."""
-    def run(mode, experiment, options, *, output_dir=None):
+    """runner.run without TensorFlow: records the call and returns a result."""
+    def run(mode, experiment, config, *, output_dir=None):
         calls.append((mode, tuple(experiment.tasks)))
-        results = {"mode": mode, "tasks": list(experiment.tasks), "seconds": 2.0,
-                   "error_name": "mse", "total_test_error": float(len(calls)),
-                   "test_error": {t: 1.0 for t in experiment.tasks}, "networks": []}
-        pipeline.write_results(os.path.join(output_dir, "results.json"), results)
+        results = runner.RunResult(
+            mode=mode, tasks=tuple(experiment.tasks), config=config, seconds=2.0,
+            networks=(), test_error={t: 1.0 for t in experiment.tasks}, test_loss={},
+            total_test_error=float(len(calls)), mean_test_error=None, error_name="mse")
+        runner.write_results(os.path.join(output_dir, "results.json"), results)
         return results
-    monkeypatch.setattr(pipeline, "run", run)
+    monkeypatch.setattr(runner, "run", run)
 
 
 def _harness(tmp_path, lines):
@@ -58,7 +59,7 @@ def test_progress_lines_count_planned_trainings(tmp_path, monkeypatch):
     assert _progress(lines)[2].startswith("[3/5] uw on {task_3}; ")
     assert _progress(lines)[2].endswith("ETA 6s")
     tag = harness.affinity_training("lookahead")  # what harness.affinity() trains
-    harness.train(tag.tasks, tag.mode, window=tag.window, **dict(tag.overrides))
+    harness.train(tag.tasks, tag.mode, **dict(tag.overrides))
     assert _progress(lines)[-1].startswith("[4/5] affinity on {task_0, task_1, task_2, task_3}")
     harness.train(["task_3", "task_0"])
     assert _progress(lines)[-1].startswith("[5/5] mtl on {task_0, task_3}; ")
@@ -104,7 +105,7 @@ def test_cache_counts_in_process_reuse_as_shared(tmp_path):
     cache = cache_lib.Cache(str(tmp_path))
 
     def produce(directory):
-        pipeline.write_results(os.path.join(directory, "results.json"), {"x": 1})
+        runner.write_results(os.path.join(directory, "results.json"), {"x": 1})
         return {"x": 1}
 
     cache.get_or_run({"a": 1}, produce)

@@ -27,7 +27,7 @@ def test_replicate_keeps_the_problem_and_changes_the_training_seed():
     assert "train_seed" not in adapter.settings()  # single-seed cache keys unchanged
     other = adapter_lib.replicate(adapter, 1)
     assert other.settings()["train_seed"] == 1 and other.settings() != adapter.settings()
-    assert other.options().seed == 1 and adapter.options().seed == 0
+    assert other.config().training.seed == 1 and adapter.config().training.seed == 0
     a, b = adapter.experiment(), other.experiment()
     # Same examples (validation/test unshuffled: identical; train: same set, other order).
     np.testing.assert_array_equal(_batches(a.test_data), _batches(b.test_data))
@@ -71,7 +71,7 @@ def test_replicate_needs_an_adapter_method(tmp_path):
         seeded_harnesses(harness, 0)
     three = seeded_harnesses(harness, 3)
     assert three[0] is harness and len({h.cache.directory(h.training_settings(
-        "mtl", h.tasks, h.base_options)) for h in three}) == 3  # seed in every cache key
+        "mtl", h.tasks, h.base_config)) for h in three}) == 3  # seed in every cache key
     assert all(h.progress is harness.progress for h in three)
 
 
@@ -237,7 +237,8 @@ def test_recording_taylor_beside_lookahead_changes_nothing_else(tmp_path):
     harness = Harness(adapter_lib.SyntheticAdapter(**TOY), str(tmp_path), log=lambda _: None)
     alone = harness.affinity("lookahead")
     both = harness.affinity("lookahead", also=("taylor",))
-    assert alone.path != both.path and both.settings["measures"] == ["lookahead", "taylor"]
+    assert alone.path != both.path and both.settings["config"]["affinity"]["measures"] == [
+        "lookahead", "taylor"]
     np.testing.assert_array_equal(alone.matrix, both.matrix)
     assert alone.results["total_test_error"] == both.results["total_test_error"]
     taylor = Harness.also_matrix(both, "taylor")

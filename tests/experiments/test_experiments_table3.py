@@ -141,7 +141,7 @@ def test_vary_changes_settings_and_cache_keys(tmp_path):
     with pytest.raises(ValueError, match="learning_rate_scale"):
         adapter.vary(learning_rate_scale=0.0)
     base = Harness(adapter, str(tmp_path), log=lambda _: None)
-    keys = {base.cache.directory(h.training_settings("affinity", h.tasks, h.base_options))
+    keys = {base.cache.directory(h.training_settings("affinity", h.tasks, h.base_config))
             for h in [base] + [table3.variant_harness(base, v) for v in table3.VARIANTS[1:]]}
     assert len(keys) == 3
 
@@ -159,8 +159,8 @@ class _NoVary:
     def experiment(self):
         return self._inner.experiment()
 
-    def options(self):
-        return self._inner.options()
+    def config(self):
+        return self._inner.config()
 
 
 def test_guards_refuse_before_training(tmp_path, monkeypatch):
@@ -215,7 +215,8 @@ def test_table3_toy_and_rerun_without_training(tmp_path, monkeypatch):
     # The Taylor row selects on the base TAG training's own first-order matrix.
     taylor = out["rows"][table3.TAYLOR_ROW]
     assert taylor["affinity_path"] == out["rows"]["TAG, base"]["affinity_path"]
-    assert taylor["measure"] == "taylor" and "measures" in taylor["settings"]
+    assert taylor["measure"] == "taylor"
+    assert taylor["settings"]["config"]["affinity"]["measures"] == ["lookahead", "taylor"]
     # Every training is planned up front, the variant's too: [1/5] ... [5/5].
     progress = [line for line in lines if line.startswith("[")]
     assert [line.split("]")[0] for line in progress] == [f"[{k}/5" for k in range(1, 6)]

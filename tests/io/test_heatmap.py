@@ -14,7 +14,8 @@ from matplotlib.collections import LineCollection
 import tag_tf
 from tag_tf.io import affinity_io
 from tag_tf.io import heatmap
-from tag_tf.runner import pipeline
+from tag_tf.runner import choose
+from tag_tf.runner.config import SelectionConfig
 from tag_tf.synthetic import demo as planted_demo
 
 
@@ -239,8 +240,10 @@ def test_pipeline_and_demo_redraw_the_heatmap_with_the_chosen_budget(tmp_path, m
         return real(png, rec, **kwargs)
 
     monkeypatch.setattr(heatmap, "save_record_heatmap", spy)
-    pipeline._select(path, tasks, [1, 2, 3], str(tmp_path), marked_budget=2)
-    pipeline._select(path, tasks, [1, 2, 3], str(tmp_path))  # no budget: the first
+    choose.select(path, tasks, SelectionConfig(budgets=(1, 2, 3), budget=2, bootstrap=0),
+                  str(tmp_path))
+    choose.select(path, tasks, SelectionConfig(budgets=(1, 2, 3), bootstrap=0),
+                  str(tmp_path))  # no budget: the first
     assert [(p, s["budget"]) for p, s in drawn] == [(str(tmp_path / "affinity.png"), 2),
                                                     (str(tmp_path / "affinity.png"), 1)]
     assert sorted(map(sorted, heatmap.selection_groups(drawn[0][1]))) == [["a", "b"],

@@ -242,13 +242,13 @@ def test_taskonomy_gradnorm_mode_is_the_original():
     at the final shared conv + BN, before the 1/sqrt(n) gradient scale); training it end to
     end is tests/taskonomy/test_taskonomy_main.py::test_mode[gradnorm] (slow)."""
     import types
-    from taskonomy import main as taskonomy_main
+    from taskonomy import experiment as taskonomy_experiment
+    from taskonomy import presets
     tasks = ["depth_zbuffer", "normal"]
-    experiment = taskonomy_main.build_experiment(
-        tasks, types.SimpleNamespace(train=None, validation=None, test=None,
-                                      train_data_fn=None),
-        image_size=32, widths="tiny")
-    weighting = experiment.gradnorm_fn(taskonomy_main.GRADNORM_ALPHA)
+    experiment = taskonomy_experiment.build_experiment(
+        presets.TaskonomySettings(tasks=",".join(tasks), image_size=32, widths="tiny"),
+        types.SimpleNamespace(train=None, validation=None, test=None, train_data_fn=None))
+    weighting = experiment.gradnorm_fn(presets.RUN.training.gradnorm_alpha)
     assert isinstance(weighting, tag_tf.RepresentationGradNorm)
     assert (weighting.alpha, weighting.step, weighting.reset_until) == (1.5, 1e-4, 200)
     network = experiment.network_fn(tasks)

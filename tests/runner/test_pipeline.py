@@ -1,4 +1,4 @@
-"""tag_tf.runner.pipeline: selection input, epoch restriction, early-stopping monitor, and tiny runs."""
+"""tag_tf.runner: selection input, epoch restriction, early-stopping monitor, and tiny runs."""
 
 import json
 import os
@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 from tag_tf.io import affinity_io
+from tag_tf.runner import affinity as affinity_lib
+from tag_tf.runner import choose
+from tag_tf.runner import modes
 from tag_tf.runner import pipeline
+from tag_tf.runner import train
+from tag_tf.runner.config import RunConfig, SelectionConfig
 from tag_tf.stats import uncertainty
 from tag_tf.selection import api as selection_api
-from tests.toys import planted_experiment, runner_affinity_config
+from tests.toys import planted_experiment
 
 
 # ----------------------------------------------------------------------------- fast
@@ -64,7 +69,7 @@ def test_restrict_epochs_is_the_count_weighted_mean():
          "skipped": [[0, 0], [0, 0]]},
     ]
     record = affinity_io.AffinityRecord(["a", "b"], np.zeros((2, 2)), epochs=epochs, config={})
-    restricted = pipeline._restrict_epochs(record, 1)
+    restricted = affinity_lib.restrict_epochs(record, 1)
     np.testing.assert_allclose(restricted.affinity, [[2.5, 2.0], [5.0, 2.0]])
     np.testing.assert_array_equal(restricted.counts, [[4, 2], [2, 2]])
     np.testing.assert_array_equal(restricted.skipped, [[0, 0], [1, 0]])
@@ -73,12 +78,12 @@ def test_restrict_epochs_is_the_count_weighted_mean():
 
 
 def test_summed_validation_loss():
-    callback = pipeline.SummedValidationLoss(["a", "b"])
+    callback = train.SummedValidationLoss(["a", "b"])
     logs = {"val_a_unweighted_loss": 1.0, "val_b_unweighted_loss": 2.5, "val_loss": 9.0}
     callback.on_epoch_end(0, logs)
     assert logs["val_summed_loss"] == 3.5
     single = {"val_unweighted_loss": 0.5}  # Keras does not prefix a single output's metrics
-    pipeline.SummedValidationLoss(["a"]).on_epoch_end(0, single)
+    train.SummedValidationLoss(["a"]).on_epoch_end(0, single)
     assert single["val_summed_loss"] == 0.5
 
 
@@ -90,13 +95,15 @@ def test_argument_errors(tmp_path):
         pipeline.run("groups", experiment)
     other = _write(tmp_path / "sel.json", {"networks": [{"tasks": ["task_0", "zzz"]}]})
     with pytest.raises(ValueError, match="zzz"):
-        pipeline.run("groups", experiment, pipeline.Options(selection_path=other))
+        pipeline.run("groups", experiment, RunConfig().replace(selection_path=other))
     with pytest.raises(ValueError, match="groups"):
-        pipeline.run("mtl", experiment, pipeline.Options(mtl_results="m.json"))
+        pipeline.run("mtl", experiment, RunConfig().replace(mtl_results="m.json"))
     for bad in (dict(epochs=0), dict(patience=-1), dict(affinity_epochs="best"),
                 dict(seeds=0), dict(bootstrap=-1)):
-        with pytest.raises(ValueError):
-            pipeline.Options(**bad)
+        with pytest.raises(ValueError, match="Received: "):
+            RunConfig().replace(**bad)
+    with pytest.raises(ValueError, match="affinity_measure='cosine'"):
+        pipeline.run("affinity", experiment, RunConfig().replace(affinity_measure="cosine"))
 
 
 def test_format_summary():
@@ -116,14 +123,18 @@ def test_format_summary():
 
 
 def test_affinity_config_of_each_mode():
-    options = pipeline.Options(every_n=3, lookahead_rule="optimizer", divide_by_lr=True,
-                               affinity_window="first")
-    config = runner_affinity_config("affinity", options)
+    options = RunConfig().replace(every_n=3, lookahead_rule="optimizer", divide_by_lr=True,
+                                  affinity_window="first")
+    config = train.affinity_config("affinity", options, None)
     assert (config.every_n, config.rule, config.divide_by_lr, config.window) == (
         3, "optimizer", True, "first")
-    assert runner_affinity_config("cs", options).measures == ("cosine",)
-    assert runner_affinity_config("mtl", options) is None
-    assert options.to_json()["affinity_window"] == "first"
+    assert train.affinity_config("cs", options, None).measures == ("cosine",)
+    assert train.affinity_config("mtl", options, None) is None
+    assert options.to_json()["affinity"]["window"] == "first"
+    assert [modes.measure_of(m) for m in ("affinity", "cs", "mtl")] == [
+        "lookahead", "cosine", None]
+    also = options.replace(affinity=options.affinity.__class__(measures=("lookahead", "taylor")))
+    assert train.affinity_config("cs", also, None).measures == ("cosine", "taylor")
 
 
 def _traced_record(epochs=6, noise=0.05, seed=0):
@@ -139,20 +150,21 @@ def _traced_record(epochs=6, noise=0.05, seed=0):
 
 
 def test_epoch_stderr_uses_only_the_epochs_of_the_mean():
-    record = pipeline._restrict_epochs(_traced_record(), 3)  # epochs 0..3 of 0..5
-    with_stderr = pipeline._with_epoch_stderr(record)
+    record = affinity_lib.restrict_epochs(_traced_record(), 3)  # epochs 0..3 of 0..5
+    with_stderr = affinity_lib.with_epoch_stderr(record)
     expected = uncertainty.from_epochs(record.epochs[:4])
     np.testing.assert_allclose(with_stderr.stderr, expected.stderr)
     assert with_stderr.block_means.shape == (4, 4, 4) and len(with_stderr.epochs) == 6
-    one_epoch = pipeline._restrict_epochs(_traced_record(), 0)
-    assert pipeline._with_epoch_stderr(one_epoch).stderr is None  # no estimate from 1 block
+    one_epoch = affinity_lib.restrict_epochs(_traced_record(), 0)
+    assert affinity_lib.with_epoch_stderr(one_epoch).stderr is None  # no estimate from 1 block
 
 
 def test_selection_json_carries_robustness(tmp_path):
     path = str(tmp_path / "affinity.json")
-    affinity_io.save_affinity_json(path, pipeline._with_epoch_stderr(_traced_record()))
-    entry = pipeline._select(path, ["a", "b", "c", "d"], [1, 2, 3], str(tmp_path),
-                             bootstrap=40, seed=1)
+    affinity_io.save_affinity_json(path, affinity_lib.with_epoch_stderr(_traced_record()))
+    entry = choose.select(path, ["a", "b", "c", "d"],
+                          SelectionConfig(budgets=(1, 2, 3), bootstrap=40), str(tmp_path),
+                          seed=1)
     with open(entry["path"]) as f:
         payload = json.load(f)
     assert "epoch" in payload["uncertainty"]["source"]
@@ -175,20 +187,22 @@ def test_selection_json_carries_robustness(tmp_path):
 
     noisy = str(tmp_path / "noisy" / "affinity.json")
     affinity_io.save_affinity_json(noisy, _traced_record(epochs=6, noise=20.0))
-    entry = pipeline._select(noisy, ["a", "b", "c", "d"], [2], str(tmp_path / "noisy"),
-                             bootstrap=40)
+    entry = choose.select(noisy, ["a", "b", "c", "d"], SelectionConfig(budgets=(2,), bootstrap=40),
+                          str(tmp_path / "noisy"))
     assert entry["selections"][0]["robustness"]["verdict"] == "within noise"
 
     bare = str(tmp_path / "bare" / "affinity.json")  # one epoch, no stderr: not assessed
     record = _traced_record(epochs=1)
     affinity_io.save_affinity_json(bare, record)
-    entry = pipeline._select(bare, record.tasks, [2], str(tmp_path / "bare"), bootstrap=40)
+    entry = choose.select(bare, record.tasks, SelectionConfig(budgets=(2,), bootstrap=40),
+                          str(tmp_path / "bare"))
     assert "not assessed" in entry["uncertainty"]["skipped"]
     assert entry["selections"][0]["robustness"] is None
 
     same = str(tmp_path / "same" / "affinity.json")  # identical runs: zero spread
     affinity_io.save_affinity_json(same, affinity_io.pool_records([record, record]))
-    entry = pipeline._select(same, record.tasks, [2], str(tmp_path / "same"), bootstrap=40)
+    entry = choose.select(same, record.tasks, SelectionConfig(budgets=(2,), bootstrap=40),
+                          str(tmp_path / "same"))
     assert "zero" in entry["uncertainty"]["skipped"]
 
 
@@ -260,12 +274,15 @@ def test_compare_errors_states_beat_or_within_spread():
 @pytest.mark.slow
 def test_affinity_selection_groups_chain(tmp_path):
     experiment = planted_experiment()
-    options = pipeline.Options(epochs=2, patience=1, verbose=0, every_n=1, budgets=(1, 2, 9),
-                               affinity_epochs="until_best")
+    options = RunConfig().replace(epochs=2, patience=1, verbose=0, every_n=1, budgets=(1, 2, 9),
+                                  affinity_epochs="until_best")
     out = str(tmp_path / "affinity")
     results = pipeline.run("affinity", experiment, options, output_dir=out)
     with open(os.path.join(out, "results.json")) as f:
-        assert json.load(f) == json.loads(json.dumps(results))
+        assert json.load(f) == json.loads(json.dumps(results.to_json()))
+    assert pipeline.load_results(os.path.join(out, "results.json")).config == options
+    with open(results["selection"]["path"]) as f:  # selection.json records it too
+        assert RunConfig.from_json(json.load(f)["config"]) == options
     network = results["networks"][0]
     summed = network["history"]["val_summed_loss"]
     assert network["best_epoch"] == int(np.argmin(summed))
@@ -273,14 +290,14 @@ def test_affinity_selection_groups_chain(tmp_path):
     used = results["affinity"]["epochs_used"]
     last = network["best_epoch"] if network["stopped_early"] else network["epochs_run"] - 1
     assert used == list(range(last + 1)) == record.config["epochs_used"]
-    expected = pipeline._restrict_epochs(record, last)
+    expected = affinity_lib.restrict_epochs(record, last)
     np.testing.assert_allclose(record.affinity, expected.affinity)
     assert np.isfinite(record.affinity).all() and record.affinity.shape == (3, 3)
     assert results["selection"]["budgets"] == [1, 2]  # 9 > 3 tasks is dropped
     for task in experiment.tasks:  # error_fn=None: the error is the test loss
         assert results["test_error"][task] == results["test_loss"][task] > 0
 
-    groups = pipeline.run("groups", experiment, pipeline.Options(
+    groups = pipeline.run("groups", experiment, RunConfig().replace(
         epochs=1, verbose=0, patience=None, selection_path=results["selection"]["path"],
         budget=2), output_dir=str(tmp_path / "groups"))
     chosen = pipeline.load_selection(results["selection"]["path"], budget=2)
@@ -294,7 +311,7 @@ def test_affinity_selection_groups_chain(tmp_path):
 def test_stl_with_an_error_metric(tmp_path):
     experiment = planted_experiment(2, error_fn=lambda task: keras.metrics.MeanAbsoluteError(
         name="mae"), error_name="mae", test_data=None)
-    results = pipeline.run("stl", experiment, pipeline.Options(epochs=1, verbose=0),
+    results = pipeline.run("stl", experiment, RunConfig().replace(epochs=1, verbose=0),
                            output_dir=str(tmp_path))
     assert [n["tasks"] for n in results["networks"]] == [["task_0"], ["task_1"]]
     for network in results["networks"]:
@@ -311,8 +328,8 @@ def _seeded_experiment():
 
 @pytest.mark.slow
 def test_affinity_with_two_seeds_pools_the_runs(tmp_path):
-    options = pipeline.Options(epochs=2, patience=None, verbose=0, every_n=1, budgets=(2,),
-                               seeds=2, seed=5, bootstrap=30)
+    options = RunConfig().replace(epochs=2, patience=None, verbose=0, every_n=1, budgets=(2,),
+                                  seeds=2, seed=5, bootstrap=30)
     out = str(tmp_path / "affinity")
     results = pipeline.run("affinity", _seeded_experiment(), options, output_dir=out)
     assert results["seeds"] == [5, 6]
@@ -356,9 +373,9 @@ def test_groups_with_two_seeds_reports_spread_and_compares(tmp_path):
         paths[name] = _write(tmp_path / f"{name}.json", {
             "tasks": tasks, "test_error": {t: error for t in tasks},
             "runs": [{"test_error": {t: error + d for t in tasks}} for d in (0.0, 0.01)]})
-    options = pipeline.Options(epochs=1, patience=None, verbose=0, seeds=2,
-                               selection_path=selection, mtl_results=paths["mtl"],
-                               stl_results=paths["stl"])
+    options = RunConfig().replace(epochs=1, patience=None, verbose=0, seeds=2,
+                                  selection_path=selection, mtl_results=paths["mtl"],
+                                  stl_results=paths["stl"])
     out = str(tmp_path / "groups")
     results = pipeline.run("groups", experiment, options, output_dir=out)
     assert len(results["networks"]) == 4 and len(results["runs"]) == 2

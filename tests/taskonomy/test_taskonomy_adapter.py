@@ -18,7 +18,10 @@ from tag_tf.experiments.harness import Harness
 from tests.experiments.harness_testing import no_training, run_figure4_cli
 from taskonomy import adapter as taskonomy_adapter
 from taskonomy import data
+from taskonomy import experiment as taskonomy_experiment
 from taskonomy import main as taskonomy_main
+from taskonomy import presets
+from taskonomy import training
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
 
@@ -57,12 +60,13 @@ def test_load_adapter_settings_and_options(tiny):
     assert settings["tasks"] == TASKS
     expected = {f.name for f in dataclasses.fields(adapter)} - {"verbose"}
     assert set(settings) == expected | {"adapter"}
-    options = adapter.options()
+    options = adapter.config()
     # 2 train buildings x 2 frames, batch 2: the original's rule gives 2 steps per epoch.
-    assert options.steps_per_epoch == 2 and options.patience == 1  # patience -1: epochs
-    assert options.affinity_epochs == "all" and options.lookahead_rule == "optimizer"
-    assert adapter_lib.load_adapter(SPEC, {**tiny, "steps_per_epoch": 1}).options() \
-        .steps_per_epoch == 1
+    assert options.training.steps_per_epoch == 2
+    assert options.training.patience == 1  # patience -1: epochs
+    assert options.selection.affinity_epochs == "all" and options.affinity.rule == "optimizer"
+    assert adapter_lib.load_adapter(SPEC, {**tiny, "steps_per_epoch": 1}).config() \
+        .training.steps_per_epoch == 1
 
 
 def test_vary_returns_a_new_adapter_with_scaled_settings(tiny):
@@ -74,7 +78,7 @@ def test_vary_returns_a_new_adapter_with_scaled_settings(tiny):
     assert varied.settings() != adapter.settings()
     assert adapter.vary().settings() == adapter.settings()
     assert adapter.vary(batch_size_scale=0.1).batch_size == 1
-    assert varied.options().steps_per_epoch == 4  # the default rule follows the batch size
+    assert varied.config().training.steps_per_epoch == 4  # the rule follows the batch size
     with pytest.raises(ValueError, match="positive"):
         adapter.vary(batch_size_scale=-1.0)
 
@@ -89,10 +93,10 @@ def test_experiment_is_fresh_on_every_call(tiny):
     np.testing.assert_array_equal(x1.numpy(), x2.numpy())
     assert x1.shape == (2, 32, 32, 3) and sorted(y1) == sorted(y2)
     a, b = first.callbacks_fn(), first.callbacks_fn()
-    assert isinstance(a[0], taskonomy_main.PlateauHalving) and a[0] is not b[0]
+    assert isinstance(a[0], training.PlateauHalving) and a[0] is not b[0]
     assert a[0].batch_size == 2 and a[0].history == []
     assert first.optimizer_fn() is not first.optimizer_fn()
-    assert isinstance(first.optimizer_fn(), taskonomy_main.CoupledSGD)
+    assert isinstance(first.optimizer_fn(), training.CoupledSGD)
 
 
 def test_harness_trains_and_reuses_the_cache(tiny, tmp_path, eager, monkeypatch):
@@ -144,9 +148,11 @@ def test_harness_numbers_equal_taskonomy_main(tiny, tmp_path, eager, capsys):
     harness = Harness(taskonomy_adapter.TaskonomyAdapter(**tiny), str(tmp_path / "cache"),
                       log=lambda _: None)
     cached = harness.train(TASKS[1:], "mtl")
-    direct = taskonomy_main.run_taskonomy(
-        "mtl", data_dir=tiny["data_dir"], output_dir=str(tmp_path / "main"), tasks="n",
-        widths="tiny", image_size=32, batch_size=2, epochs=1, every_n=1, verbose=0)
+    settings, config = presets.configure(
+        data_dir=tiny["data_dir"], tasks="n", widths="tiny", image_size=32, batch_size=2,
+        epochs=1, every_n=1, verbose=0)
+    direct = taskonomy_experiment.run("mtl", settings, config,
+                                      output_dir=str(tmp_path / "main"))
     assert cached["test_loss"] == pytest.approx(direct["test_loss"], rel=1e-6)
     assert cached["networks"][0]["history"]["loss"] == pytest.approx(
         direct["networks"][0]["history"]["loss"], rel=1e-6)

@@ -17,11 +17,13 @@ import tensorflow as tf
 
 from tag_tf.io import affinity_io
 from tag_tf.core import lookahead
-from tag_tf.cli import script_flags
 from taskonomy import adapter
 from taskonomy import data
+from taskonomy import experiment as taskonomy_experiment
 from taskonomy import main as taskonomy_main
 from taskonomy import model as taskonomy_model
+from taskonomy import presets
+from taskonomy import training
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though:UserWarning")
 
@@ -43,7 +45,7 @@ def run_main(argv):
 def _results(output_dir, tasks):
     with open(os.path.join(output_dir, "results.json")) as f:
         results = json.load(f)
-    assert results["format"] == "tag_tf.runner.pipeline/v1" and results["error_name"] == "loss"
+    assert results["format"] == "tag_tf.runner/v2" and results["error_name"] == "loss"
     assert results["tasks"] == tasks
     for task in tasks:
         assert math.isfinite(results["test_loss"][task]) and results["test_loss"][task] > 0
@@ -82,7 +84,7 @@ def _feed(callback, losses, epoch):
 
 def test_plateau_halving_follows_the_original_rule():
     probe = _Probe(0.1)
-    callback = taskonomy_main.PlateauHalving(2, window=40, max_window=80,
+    callback = training.PlateauHalving(2, window=40, max_window=80,
                                              min_learning_rate=0.03)
     callback.set_model(probe)
     callback.on_train_begin()
@@ -103,9 +105,9 @@ def test_plateau_halving_follows_the_original_rule():
 
 def test_plateau_t_test_statistic():
     noise = 0.01 * np.random.default_rng(0).normal(size=80)
-    t, p = taskonomy_main.plateau_test(list(np.linspace(2.0, 1.0, 80) + noise))
+    t, p = training.plateau_test(list(np.linspace(2.0, 1.0, 80) + noise))
     assert t > 0 and p < 1e-6  # a clear decrease: keep the learning rate
-    t, _ = taskonomy_main.plateau_test(list(np.linspace(1.0, 2.0, 80) + noise))
+    t, _ = training.plateau_test(list(np.linspace(1.0, 2.0, 80) + noise))
     assert t < 0
 
 
@@ -125,7 +127,7 @@ def test_plateau_window_slices_round_like_the_original(wind):
     # 5 * 44 = 220 is not a multiple of 8: floor(-220 / 8) = -28 keeps 16 losses in the first
     # part where floor(220 / 8) = 27 would keep 17 (and the last part 17 instead of 16).
     history = list(np.random.default_rng(wind).normal(size=wind + 7))
-    t, p = taskonomy_main.plateau_test(history[-wind:])
+    t, p = training.plateau_test(history[-wind:])
     expected = _original_ttest(history, wind)
     assert (t, p) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
     if (5 * wind) % 8:
@@ -136,7 +138,7 @@ def test_plateau_window_slices_round_like_the_original(wind):
 
 def test_weight_decay_is_added_to_the_gradient_like_pytorch():
     variable = keras.Variable(np.array([1.0, -2.0], np.float32))
-    optimizer = taskonomy_main.CoupledSGD(0.1, momentum=0.9, l2=0.01)
+    optimizer = training.CoupledSGD(0.1, momentum=0.9, l2=0.01)
     weights, buffer = np.array([1.0, -2.0]), None
     for grad in ([0.5, 0.5], [0.1, -0.3], [0.0, 0.2]):
         optimizer.apply_gradients([(tf.constant(grad, tf.float32), variable)])
@@ -174,7 +176,7 @@ def test_published_selections_use_task_names(tmp_path):
     selection.reproduce_tables(tables=published_tables.tables(), budgets=[2],
                                output_path=path, random_samples=0)
     for table in ("TAG", "CS", "HOA"):
-        same, budget, name, tasks = taskonomy_main.canonical_selection(
+        same, budget, name, tasks = taskonomy_experiment.canonical_selection(
             path, budget=2, table=table, output_dir=str(tmp_path / table))
         assert (same, budget, name) == (path, 2, table)  # already task names: no rewrite
         assert tasks == sorted(data.TASKS)
@@ -185,7 +187,7 @@ def test_selection_letters_and_loss_keys_are_translated(tmp_path):
     path.write_text(json.dumps({"networks": [{"tasks": ["s", "d", "n"], "serves": ["s", "d"]},
                                              {"tasks": ["norm_l", "key_l", "edge2d_l"],
                                               "serves": ["norm_l", "key_l", "edge2d_l"]}]}))
-    translated, budget, name, tasks = taskonomy_main.canonical_selection(
+    translated, budget, name, tasks = taskonomy_experiment.canonical_selection(
         str(path), budget=None, table=None, output_dir=str(tmp_path / "out"))
     assert tasks == sorted(data.TASKS) and budget is None and name is None
     with open(translated) as f:
@@ -247,7 +249,10 @@ def _lookahead_flags(argv):
     flags.unparse_flags()
     flags(["taskonomy.main", *argv])
     try:
-        return script_flags.lookahead_flags(flags, taskonomy_main.ORIGINAL_LOOKAHEAD)
+        settings, config = taskonomy_main.configuration()
+        return {"lookahead": settings.lookahead, "every_n": config.affinity.every_n,
+                "lookahead_rule": config.affinity.rule,
+                "divide_by_lr": config.affinity.divide_by_lr}
     finally:
         flags.unparse_flags()
 
@@ -259,17 +264,18 @@ def test_lookahead_original_builds_the_tag_patch_setup(data_dir):
         "divide_by_lr": True}
     with pytest.raises(app.UsageError, match="every_n=1"):
         _lookahead_flags(["--lookahead=original", "--every_n=1"])
-    splits = taskonomy_main.load_data(data_dir, TWO, batch_size=2, image_size=32)
-    common = dict(batch_size=2, image_size=32, widths="tiny")
-    fixed = taskonomy_main.build_experiment(TWO, splits, **common)
-    original = taskonomy_main.build_experiment(TWO, splits, lookahead="original", **common)
+    common = dict(data_dir=data_dir, tasks=TWO, batch_size=2, image_size=32, widths="tiny")
+    splits = taskonomy_experiment.load_data(presets.TaskonomySettings(**common))
+    fixed = taskonomy_experiment.build_experiment(presets.TaskonomySettings(**common), splits)
+    original = taskonomy_experiment.build_experiment(
+        presets.TaskonomySettings(lookahead="original", **common), splits)
     left_out = set(fixed.shared) - set(original.shared)
     assert left_out == set(taskonomy_model.FINAL_CONV_LAYERS)
     assert fixed.optimizer_fn().lookahead_momentum is None
     assert original.optimizer_fn().lookahead_momentum == 0.0
-    assert not any(isinstance(c, taskonomy_main.EpochAlignedRecording)
+    assert not any(isinstance(c, training.EpochAlignedRecording)
                    for c in fixed.callbacks_fn())
-    assert any(isinstance(c, taskonomy_main.EpochAlignedRecording)
+    assert any(isinstance(c, training.EpochAlignedRecording)
                for c in original.callbacks_fn())
     plain = adapter.TaskonomyAdapter(data_dir=data_dir)
     tag_patch = adapter.TaskonomyAdapter(data_dir=data_dir, lookahead="original")
@@ -281,7 +287,7 @@ def test_lookahead_original_builds_the_tag_patch_setup(data_dir):
 
 def test_tag_patch_lookahead_ignores_momentum_but_not_weight_decay():
     variable = keras.Variable(np.array([1.0, -2.0], np.float32))
-    optimizer = taskonomy_main.CoupledSGD(0.1, momentum=0.9, l2=0.01, lookahead_momentum=0.0)
+    optimizer = training.CoupledSGD(0.1, momentum=0.9, l2=0.01, lookahead_momentum=0.0)
     optimizer.build([variable])
     optimizer.apply_gradients([(tf.constant([0.5, 0.5]), variable)])  # a non-zero velocity
     theta = variable.numpy().astype(np.float64)
@@ -297,16 +303,17 @@ def _tag_patch_affinity(data_dir, tasks, steps, lookahead_momentum):
     encoder without the final conv, the training-mode losses of every task there,
     ``(1 - after / before) / lr``; then one CoupledSGD step on the summed loss."""
     keras.utils.set_random_seed(0)  # the run's shuffling seeds: the same batch order
-    splits = taskonomy_main.load_data(data_dir, tasks, batch_size=4, image_size=32,
-                                      augment=False)
-    experiment = taskonomy_main.build_experiment(tasks, splits, batch_size=4, image_size=32,
-                                                 widths="tiny", lookahead="original")
+    settings = presets.TaskonomySettings(data_dir=data_dir, tasks=",".join(tasks),
+                                         batch_size=4, image_size=32, augment=False,
+                                         widths="tiny", lookahead="original")
+    splits = taskonomy_experiment.load_data(settings)
+    experiment = taskonomy_experiment.build_experiment(settings, splits)
     keras.utils.set_random_seed(0)
     network = experiment.network_fn(tasks)
     shared = {id(v) for name in experiment.shared
               for v in network.get_layer(name).trainable_variables}
     losses = {t: experiment.loss_fn(t) for t in tasks}
-    lr, wd = taskonomy_main.LEARNING_RATE, taskonomy_main.WEIGHT_DECAY
+    lr, wd = presets.LEARNING_RATE, presets.WEIGHT_DECAY
     values = [tf.convert_to_tensor(v.value) for v in network.trainable_variables]
     state = [v.value for v in network.non_trainable_variables]
     velocity = [tf.zeros_like(v) for v in values]

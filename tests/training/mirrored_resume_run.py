@@ -73,20 +73,21 @@ def main(work):
 def cli(crash_at: int, argv: list) -> None:
     from absl import app  # pylint: disable=g-import-not-at-top
 
+    from celeba import experiment as celeba_experiment  # pylint: disable=g-import-not-at-top
     from celeba import main as celeba_main  # pylint: disable=g-import-not-at-top
-    from tag_tf.cli.script_flags import own_registry_parser  # pylint: disable=g-import-not-at-top
-    build = celeba_main.build_experiment
+    from tag_tf.cli import flags as flags_lib  # pylint: disable=g-import-not-at-top
+    build = celeba_experiment.build_experiment
 
-    def with_crash(**kwargs):
-        experiment = build(**kwargs)
+    def with_crash(*args, **kwargs):
+        experiment = build(*args, **kwargs)
         callbacks_fn = experiment.callbacks_fn
         return dataclasses.replace(
             experiment, callbacks_fn=lambda: [*callbacks_fn(), toys.CrashAfterSteps(crash_at)])
 
     if crash_at:
-        celeba_main.build_experiment = with_crash
+        celeba_experiment.build_experiment = with_crash
     app.run(celeba_main.main, argv=["celeba.main", *argv],
-            flags_parser=own_registry_parser(celeba_main.FLAGS, celeba_main.__doc__))
+            flags_parser=flags_lib.parser(celeba_main.FLAGS, celeba_main.__doc__))
 
 
 if __name__ == "__main__":

@@ -193,17 +193,18 @@ def test_mirrored_two_replicas_resume(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_backup_dir_resumes_exactly(tmp_path, eager):
-    """pipeline.run(options.backup_dir): a run crashed mid-epoch and rerun gives the same
+    """pipeline.run(backup_dir=...): a run crashed mid-epoch and rerun gives the same
     results (affinity matrix and trace, history, early stopping, test losses) as an
     uninterrupted one."""
     from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner.config import RunConfig  # pylint: disable=g-import-not-at-top
 
     def run_pipeline(name, crash=None):
         keras.utils.set_random_seed(0)  # the datasets' shuffles depend on the global seed
         experiment = toys.planted_experiment(
             callbacks_fn=(lambda: [CrashAfterSteps(crash)]) if crash else list)
-        options = pipeline.Options(epochs=3, patience=1, every_n=2, verbose=0,
-                                   backup_dir=str(tmp_path / name / "backup"), save_freq=2)
+        options = RunConfig().replace(epochs=3, patience=1, every_n=2, verbose=0,
+                                      backup_dir=str(tmp_path / name / "backup"), save_freq=2)
         return pipeline.run("affinity", experiment, options,
                             output_dir=str(tmp_path / name / "out"))
 
@@ -238,7 +239,7 @@ class LearningRates(keras.callbacks.Callback):
 
 
 def _plateau_run(tmp_path, crash=None):
-    from taskonomy.main import PlateauHalving  # pylint: disable=g-import-not-at-top
+    from taskonomy.training import PlateauHalving  # pylint: disable=g-import-not-at-top
     model = bn_dropout_model(None)
     keras.utils.set_random_seed(0)
     plateau = PlateauHalving(8, window=64, max_window=64, min_learning_rate=1e-9,
