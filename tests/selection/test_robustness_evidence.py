@@ -296,9 +296,12 @@ def test_no_single_run_output_uses_the_word_robust(tmp_path, capsys):
     demo_json = json.loads((tmp_path / "selection.json").read_text())
     assert not [s for s in _strings(demo_json) if ROBUST_WORD.search(s)]
 
-    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
-    entry = pipeline._select(path, TASKS, [1, 2, 3], str(tmp_path), bootstrap=40)  # pylint: disable=protected-access
-    summary = pipeline.format_summary({
+    from tag_tf.runner import choose  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner import summary as summary_lib  # pylint: disable=g-import-not-at-top
+    from tag_tf.runner.config import SelectionConfig  # pylint: disable=g-import-not-at-top
+    entry = choose.select(path, TASKS, SelectionConfig(budgets=(1, 2, 3), bootstrap=40),
+                          str(tmp_path))
+    summary = summary_lib.format_summary({
         "mode": "affinity", "tasks": TASKS, "seconds": 0.0, "networks": [],
         "test_error": dict.fromkeys(TASKS, 1.0), "test_loss": dict.fromkeys(TASKS, 1.0),
         "total_test_error": 6.0, "selection": entry})
