@@ -8,11 +8,11 @@ also define in absl's global registry; a private ``flags.FlagValues`` avoids
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
+
+from tag_tf.cli import errors
 
 # Flags defined here belong to the script calling define_pipeline_flags (its --help).
 flags.disclaim_key_flags()
@@ -161,8 +161,8 @@ def parse_save_freq(value: str) -> int | str:
     except ValueError:
         number = 0
     if number < 1:
-        raise app.UsageError(f"--save_freq must be 'epoch' or a positive integer. "
-                             f"Received: {value!r}")
+        raise errors.UsageError(f"--save_freq must be 'epoch' or a positive integer (batches). "
+                                f"Received: {value!r}")
     return number
 
 
@@ -208,20 +208,36 @@ def own_registry_parser(registry: flags.FlagValues,
         try:
             remaining = registry(argv, known_only=True)
             return flags.FLAGS(remaining)
-        except flags.Error as e:
-            print(f"FATAL Flags parsing error: {e}\nPass --help to see the flags.",
-                  file=sys.stderr)
-            raise SystemExit(1) from e
+        except flags.Error as e:  # one line, exit status 2 (tag_tf.cli.errors)
+            errors.fail(errors.flag_error_message(e))
 
     return parse
 
 
-def parse_budgets(values: Sequence[str]) -> list[int]:
-    """``--budgets`` as integers; a usage error (not a traceback) names a bad value."""
+def parse_budgets(values: Sequence[str], flag: str = "--budgets") -> list[int]:
+    """``--budgets`` as integers >= 1; a usage error (not a traceback) names a bad value."""
     try:
-        return [int(b) for b in values]
+        budgets = [int(b) for b in values]
     except ValueError as e:
-        raise app.UsageError(f"--budgets must be integers. Received: {list(values)}") from e
+        raise errors.UsageError(f"{flag} must be integers (numbers of networks). Received: "
+                                f"{flag}={','.join(values)}") from e
+    if any(b < 1 for b in budgets):
+        raise errors.UsageError(f"{flag} must be at least 1 (numbers of networks). Received: "
+                                f"{flag}={','.join(values)}")
+    return budgets
+
+
+def check_budgets(budgets: Sequence[int], num_tasks: int, flag: str = "--budgets") -> list[int]:
+    """``budgets`` unless one exceeds ``num_tasks`` (a usage error naming it).
+
+    At most ``num_tasks`` networks can serve ``num_tasks`` tasks (Fifty et al., Sec. 3.2).
+    """
+    over = [b for b in budgets if b > num_tasks]
+    if over:
+        raise errors.UsageError(
+            f"{flag}: a budget cannot exceed the number of tasks ({num_tasks}). Received: "
+            f"{flag}={','.join(str(b) for b in budgets)}. Pass budgets from 1 to {num_tasks}.")
+    return list(budgets)
 
 
 def lookahead_flags(registry: flags.FlagValues,
@@ -243,8 +259,9 @@ def lookahead_flags(registry: flags.FlagValues,
         clash = [f"--{name}={values[name]}" for name in names
                  if registry[name].present and values[name] != original[name]]
         if clash:
-            raise app.UsageError(f"--lookahead=original sets {dict(original)}; it contradicts "
-                                 f"{', '.join(clash)}.")
+            raise errors.UsageError(f"--lookahead=original sets {dict(original)}; it contradicts "
+                                    f"{', '.join(clash)}. Drop those flags, or use "
+                                    "--lookahead=fixed to set them yourself.")
         values = {name: original[name] for name in names}
     return {"lookahead": registry["lookahead"].value, **values}
 

@@ -3,6 +3,7 @@
 import pytest
 from absl import flags
 
+from tag_tf.cli import errors
 from tag_tf.cli.script_flags import own_registry_parser
 
 
@@ -23,7 +24,10 @@ def test_unknown_flag_and_help_exit(capsys):
     parse = own_registry_parser(make_registry(), "usage text")
     with pytest.raises(SystemExit) as bad:
         parse(["prog", "--nope=1"])
-    assert bad.value.code == 1 and "nope" in capsys.readouterr().err
+    # A flag mistake is one line and exit status 2 (tag_tf.cli.errors), no traceback.
+    err = capsys.readouterr().err
+    assert bad.value.code == errors.EXIT_STATUS == 2
+    assert err.splitlines() == [err.strip()] and err.startswith("error: ") and "nope" in err
     with pytest.raises(SystemExit) as help_exit:
         parse(["prog", "--help"])
     assert help_exit.value.code == 0 and "usage text" in capsys.readouterr().out
