@@ -19,9 +19,9 @@ import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs with
 import json
 import os
 
-from absl import app
 from absl import flags
 
+from tag_tf.cli import errors
 from tag_tf.cli.script_flags import parse_budgets
 
 FLAGS = flags.FLAGS
@@ -47,6 +47,11 @@ flags.DEFINE_integer("bootstrap", 0, "Resamples for the robustness check (0 = of
                      "objective interval, best alternative, margin in SE, verdict per budget.")
 
 
+AFFINITY_HINT = ("Pass an affinity.json written by tag_tf, a JSON {\"tasks\": [...], "
+                 "\"matrix\": [[...], ...]} (rows = source tasks), or a .npy (with --tasks) "
+                 "or .npz file.")
+
+
 def parse_singletons(value: str | None):
     """Turns the --singletons flag into what ``make_problem`` accepts."""
     if value is None or value.strip() == "" or value == "none":
@@ -54,40 +59,66 @@ def parse_singletons(value: str | None):
     if value == "diagonal":
         return "diagonal"
     if os.path.exists(value):
-        with open(value) as f:
-            loaded = json.load(f)
+        with errors.user_input(flag="--singletons",
+                               hint="Pass a JSON object {task: score} or a list of scores."):
+            with open(value) as f:
+                loaded = json.load(f)
         if not isinstance(loaded, (dict, list)):
-            raise app.UsageError(f"--singletons file must hold a JSON object or list: {value}")
+            raise errors.UsageError(
+                f"--singletons file must hold a JSON object {{task: score}} or a list of "
+                f"scores. Received: {value} holding {type(loaded).__name__}")
         return loaded
     try:
         return [float(v) for v in value.split(",")]
     except ValueError as e:
-        raise app.UsageError(
+        raise errors.UsageError(
             f"--singletons must be 'diagonal', a JSON file or comma-separated numbers. "
             f"Received: {value!r}") from e
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only "
+                                "(--affinity=...); --help lists them.")
     if not FLAGS.affinity:
-        raise app.UsageError("--affinity is required.")
+        raise errors.UsageError("--affinity is required: the affinity file to select from "
+                                "(e.g. --affinity=runs/demo/affinity.json).")
     budgets = parse_budgets(FLAGS.budgets)
-    output = FLAGS.output
-    if FLAGS.bootstrap < 0:
-        raise app.UsageError(f"--bootstrap must be >= 0. Received: {FLAGS.bootstrap}")
+    if FLAGS.bootstrap < 0 or FLAGS.bootstrap == 1:
+        raise errors.UsageError(f"--bootstrap must be 0 (off) or at least 2 resamples. "
+                                f"Received: --bootstrap={FLAGS.bootstrap}")
+    if not FLAGS.time_limit > 0:
+        raise errors.UsageError(f"--time_limit must be > 0 seconds. Received: "
+                                f"--time_limit={FLAGS.time_limit}")
     paths = [p.strip() for p in FLAGS.affinity.split(",") if p.strip()]
+    output = FLAGS.output
     if output is None:  # tag_tf.runner.pipeline.SELECTION_FILE, not imported: --help stays fast
         output = os.path.join(os.path.dirname(paths[0]), "selection.json")
+    singletons = parse_singletons(FLAGS.singletons)
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
-    report = api.run_selection(
-        affinity_path=paths if len(paths) > 1 else paths[0], budgets=budgets,
-        minimize=FLAGS.minimize, singletons=parse_singletons(FLAGS.singletons),
-        method=FLAGS.method, tasks=FLAGS.tasks, output_path=output,
-        time_limit=FLAGS.time_limit, seed=FLAGS.seed, bootstrap=FLAGS.bootstrap)
+    # The user's input: files, matrix, tasks, budgets, singletons, bootstrap. Its mistakes
+    # are one line; the solve below is not guarded (its errors are bugs, with a traceback).
+    def hint(error: BaseException) -> str | None:  # about a file: say what a file holds
+        about_a_file = isinstance(error, OSError) or str(error).startswith(tuple(paths))
+        return AFFINITY_HINT if about_a_file else None
+
+    with errors.user_input(hint=hint):
+        given = api.read_selection_input(
+            affinity_path=paths if len(paths) > 1 else paths[0], budgets=budgets,
+            minimize=FLAGS.minimize, singletons=singletons, method=FLAGS.method,
+            tasks=FLAGS.tasks, time_limit=FLAGS.time_limit, seed=FLAGS.seed,
+            bootstrap=FLAGS.bootstrap)
+    report = api.solve_selection(given)
     print(report.text)
+    with errors.user_input(OSError, flag="--output", hint="Pass a writable path."):
+        api.write_json(output, report.payload)
     print(f"\nWrote {output}")
 
 
+def run() -> None:
+    """The ``tag-tf-select`` console script (and ``python -m tag_tf.select``)."""
+    errors.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()
