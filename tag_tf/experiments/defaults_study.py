@@ -124,10 +124,7 @@ def with_seed(adapter: Any, seed: int) -> Any:
 def make_adapter(spec: str, args: Any = None) -> Any:
     """``"helping"`` (:class:`HelpingTasksAdapter`) or any :func:`adapter.load_adapter` spec."""
     if spec == "helping":
-        import json  # pylint: disable=g-import-not-at-top
-        args = json.loads(args) if isinstance(args, str) and args.strip() else (
-            args if isinstance(args, dict) else {})
-        return HelpingTasksAdapter(**args)
+        return adapter_lib.build_adapter(HelpingTasksAdapter, args, spec)
     return adapter_lib.load_adapter(spec, args)
 
 
@@ -359,6 +356,19 @@ def format_markdown(payload: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- script
+def parse_seeds(values: Sequence[str]) -> list[int]:
+    """``--seeds`` as at least 2 distinct integers (a usage error otherwise)."""
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    try:
+        seeds = [int(s) for s in values]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise errors.UsageError(f"--seeds must be at least 2 distinct integers (the study "
+                                f"compares seeds). Received: --seeds={','.join(values)}")
+    return seeds
+
+
 def define_flags() -> None:
     from absl import flags  # pylint: disable=g-import-not-at-top
     flags.DEFINE_string("adapter", "helping",
@@ -387,14 +397,19 @@ def define_flags() -> None:
 
 
 def main(argv):
-    del argv
     from absl import flags  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     from tag_tf.cli.script_flags import parse_budgets  # pylint: disable=g-import-not-at-top
+    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     values = flags.FLAGS
+    with errors.user_input(ValueError, flag="--variants"):
+        variants = [parse_variant(v) for v in values.variants]
+    seeds = parse_seeds(values.seeds)
+    budgets = parse_budgets(values.budgets)
     if values.deterministic:
         harness_lib.make_deterministic()
-    adapter = make_adapter(values.adapter, values.adapter_args)
-    variants = [parse_variant(v) for v in values.variants]
+    adapter = cli.load_adapter_from_flags(make_adapter)
     if values.prefill_seed is not None:
         count = prefill(adapter, values.prefill_seed, cache_dir=values.cache_dir,
                         variants=variants, ground_truth=values.prefill_ground_truth)
@@ -402,12 +417,12 @@ def main(argv):
         return
     payload = run(adapter,
                   cache_dir=values.cache_dir, output_dir=values.output_dir,
-                  seeds=[int(s) for s in values.seeds], budgets=parse_budgets(values.budgets),
+                  seeds=seeds, budgets=budgets,
                   variants=variants, rg_samples=values.rg_samples, max_tasks=values.max_tasks)
     print(payload["markdown"])
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     define_flags()
-    app.run(main)
+    errors.run(main)

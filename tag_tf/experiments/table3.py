@@ -623,12 +623,16 @@ def format_markdown(payload: dict) -> str:
 
 
 def main(argv):
-    del argv
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     flags = cli.FLAGS
+    with errors.user_input(ValueError, flag="--variants"):
+        variants = [parse_variant(v) for v in flags.variants]
     harness = cli.harness_from_flags()
-    payload = run(harness, budgets=cli.budgets(),
-                  variants=[parse_variant(v) for v in flags.variants],
+    with errors.user_input(ValueError):
+        check_size(harness, flags.max_tasks)
+    payload = run(harness, budgets=cli.budgets(), variants=variants,
                   include_cs=flags.include_cs, rg_samples=flags.rg_samples, seed=flags.seed,
                   seeds=flags.seeds, max_tasks=flags.max_tasks, taylor=flags.taylor,
                   output_dir=flags.output_dir)
@@ -654,6 +658,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     define_flags()
-    app.run(main)
+    errors.run(main)
