@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from absl import app
 from absl import flags
 
+from tag_tf.cli import errors
 from tag_tf.cli import script_flags
 from tag_tf.cli.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
                                   parse_budgets, runtime_fields, seed_option_fields)
@@ -266,6 +267,29 @@ def parse_tasks(values: Optional[Sequence[str]]) -> list[str]:
         raise app.UsageError(f"--tasks: {e}") from e
 
 
+def check_inputs(mode: str) -> None:
+    """The data directory and the files the flags name, read before any training: their
+    mistakes are one-line usage errors (tag_tf.cli.errors)."""
+    from celeba import data  # pylint: disable=g-import-not-at-top
+    prepared = ("the TFDS data directory that --mode=prepare wrote (it holds "
+                f"{data.DATASET_NAME}/)")
+    script_flags.check_directory("--data_dir", FLAGS.data_dir, prepared)
+    if FLAGS.data_dir and not os.path.isdir(os.path.join(FLAGS.data_dir, data.DATASET_NAME)):
+        raise errors.UsageError(
+            f"--data_dir holds no {data.DATASET_NAME}/: CelebA is not prepared there. Received: "
+            f"--data_dir={FLAGS.data_dir}. Pass {prepared}, or prepare it: python -m "
+            "celeba.main --mode=prepare --files_dir=<the original files> --data_dir=...")
+    with errors.user_input(FileNotFoundError, flag="--data_dir"):
+        data.load_builder(FLAGS.data_dir)
+    chosen = script_flags.check_pipeline_inputs(FLAGS, mode)
+    if chosen is not None:
+        unknown = sorted({t for n in chosen.networks for t in n.tasks} - set(data.ATTRIBUTES))
+        if unknown:
+            raise errors.UsageError(
+                f"--selection names task(s) that are not CelebA attributes: {unknown}. "
+                f"Received: --selection={FLAGS.selection}. Pass a selection made for CelebA.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -274,6 +298,9 @@ def main(argv):
     if FLAGS.mode == "prepare":
         if not FLAGS.files_dir:
             raise app.UsageError("--mode=prepare needs --files_dir (the original files).")
+        from celeba import data  # pylint: disable=g-import-not-at-top
+        with errors.user_input(FileNotFoundError, flag="--files_dir"):
+            data.original_file_paths(FLAGS.files_dir)
         prepare(files_dir=FLAGS.files_dir, data_dir=FLAGS.data_dir,
                 verify_checksums=FLAGS.verify_checksums)
         return
@@ -284,7 +311,10 @@ def main(argv):
         raise app.UsageError("--selection_time_limit must be > 0 seconds. Received: "
                              f"{FLAGS.selection_time_limit}")
     budgets = parse_budgets(FLAGS.budgets)
+    if tasks is not None and FLAGS["budgets"].present:
+        script_flags.check_budgets(budgets, len(tasks))
     recording = lookahead_flags(FLAGS, ORIGINAL_LOOKAHEAD)
+    check_inputs(FLAGS.mode)
     run_celeba(
         FLAGS.mode, data_dir=FLAGS.data_dir,
         output_dir=FLAGS.output_dir or os.path.join("runs", "celeba", FLAGS.mode),
@@ -303,4 +333,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_registry_parser(FLAGS, __doc__))
+    errors.run(main, flags_parser=own_registry_parser(FLAGS, __doc__))

@@ -37,6 +37,7 @@ import keras
 from absl import app
 from absl import flags
 
+from tag_tf.cli import errors
 from tag_tf.cli import script_flags
 from tag_tf.cli.script_flags import (define_pipeline_flags, lookahead_flags, own_registry_parser,
                                   parse_budgets, runtime_fields, seed_option_fields)
@@ -553,6 +554,39 @@ def convert(*, data_dir: str, output_dir: str, tasks: str | Sequence[str] = TASK
     return info
 
 
+def check_inputs(mode: str, output_dir: str, budgets: Sequence[int]) -> None:
+    """The tasks, directories and files the flags name, checked before any work: their
+    mistakes are one-line usage errors (tag_tf.cli.errors)."""
+    with errors.user_input(ValueError, flag="--tasks"):
+        tasks = data_lib.parse_tasks(FLAGS.tasks)
+    if FLAGS.tfrecord_dir and mode != "convert":
+        script_flags.check_directory("--tfrecord_dir", FLAGS.tfrecord_dir,
+                                     "the output folder of --mode=convert")
+        if not os.path.isfile(os.path.join(FLAGS.tfrecord_dir, "info.json")):
+            raise errors.UsageError(
+                f"--tfrecord_dir holds no info.json: it was not written by --mode=convert. "
+                f"Received: --tfrecord_dir={FLAGS.tfrecord_dir}. Pass the output folder of "
+                "--mode=convert.")
+    else:
+        root = "the Taskonomy root (rgb/<building>/*.png and one folder per task)"
+        script_flags.check_directory("--data_dir", FLAGS.data_dir, root)
+        if not os.path.isdir(os.path.join(FLAGS.data_dir, data_lib.INPUT_DOMAIN)):
+            raise errors.UsageError(
+                f"--data_dir has no {data_lib.INPUT_DOMAIN}/ folder. Received: "
+                f"--data_dir={FLAGS.data_dir}. Pass {root}.")
+    script_flags.check_directory("--splits_dir", FLAGS.splits_dir,
+                                 "a folder with {train,val,test}_models.txt")
+    if mode == "convert":
+        return
+    if mode != "groups" and FLAGS["budgets"].present:
+        script_flags.check_budgets(budgets, len(tasks))
+    script_flags.check_pipeline_inputs(FLAGS, mode)
+    if mode == "groups":
+        with errors.user_input(flag="--selection"):
+            canonical_selection(FLAGS.selection, budget=FLAGS.budget,
+                                table=FLAGS.selection_table, output_dir=output_dir)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -561,13 +595,14 @@ def main(argv):
     if not FLAGS.data_dir and not (FLAGS.tfrecord_dir and FLAGS.mode != "convert"):
         raise app.UsageError("--data_dir (or, for training, --tfrecord_dir) is required.")
     output_dir = FLAGS.output_dir or os.path.join("runs", "taskonomy", FLAGS.mode)
+    budgets = parse_budgets(FLAGS.budgets)
+    if FLAGS.mode == "groups" and not FLAGS.selection:
+        raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
+    check_inputs(FLAGS.mode, output_dir, budgets)
     if FLAGS.mode == "convert":
         convert(data_dir=FLAGS.data_dir, output_dir=output_dir, tasks=FLAGS.tasks,
                 splits_dir=FLAGS.splits_dir, shards=FLAGS.shards, limit=FLAGS.limit)
         return
-    if FLAGS.mode == "groups" and not FLAGS.selection:
-        raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
-    budgets = parse_budgets(FLAGS.budgets)
     recording = lookahead_flags(FLAGS, ORIGINAL_LOOKAHEAD)
     run_taskonomy(
         FLAGS.mode, data_dir=FLAGS.data_dir, output_dir=output_dir, tasks=FLAGS.tasks,
@@ -588,4 +623,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_registry_parser(FLAGS, __doc__))
+    errors.run(main, flags_parser=own_registry_parser(FLAGS, __doc__))

@@ -8,6 +8,7 @@ also define in absl's global registry; a private ``flags.FlagValues`` avoids
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import flags
@@ -212,6 +213,42 @@ def own_registry_parser(registry: flags.FlagValues,
             errors.fail(errors.flag_error_message(e))
 
     return parse
+
+
+def check_pipeline_inputs(registry: flags.FlagValues, mode: str) -> Any:
+    """Reads the files the runner flags name before any training, so that a missing or
+    malformed one is a usage error now rather than a traceback after the training.
+
+    ``--selection`` (with ``--budget`` / ``--selection_table``) in mode ``groups``;
+    ``--mtl_results`` / ``--stl_results`` (mode ``groups`` only).
+
+    Returns:
+      The :class:`tag_tf.runner.pipeline.LoadedSelection` of ``--selection`` in mode
+      ``groups``, else None.
+    """
+    from tag_tf.runner import pipeline  # pylint: disable=g-import-not-at-top
+    references = [f"--{name}" for name in ("mtl_results", "stl_results") if registry[name].value]
+    if references and mode != "groups":
+        raise errors.UsageError(f"{' and '.join(references)} are compared with in "
+                                f"--mode=groups only. Received: --mode={mode}")
+    for name in ("mtl_results", "stl_results"):
+        if registry[name].value:
+            with errors.user_input(flag=f"--{name}", hint="Pass the results.json of an "
+                                   f"{name[:3]} run."):
+                pipeline.load_results(registry[name].value)
+    if mode != "groups" or not registry.selection:
+        return None
+    with errors.user_input(flag="--selection"):
+        return pipeline.load_selection(registry.selection, budget=registry.budget,
+                                       table=registry.selection_table)
+
+
+def check_directory(flag: str, path: Optional[str], what: str) -> None:
+    """A usage error unless ``path`` (the value of ``flag``; None: not given) is a
+    directory; ``what`` says what the directory should hold."""
+    if path is not None and not os.path.isdir(path):
+        raise errors.UsageError(f"{flag}: no such directory. Received: {flag}={path}. "
+                                f"Pass {what}.")
 
 
 def parse_budgets(values: Sequence[str], flag: str = "--budgets") -> list[int]:
