@@ -43,32 +43,65 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from tag_tf.cli import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", None, "Run one mode (internal, e.g. tag_every_1:lookahead:"
                     "parallel); unset runs all and prints the table.")
-flags.DEFINE_integer("batch_size", 256, "Batch size (paper: 256).")
-flags.DEFINE_integer("image_size", 64, "Image side (paper: 64).")
-flags.DEFINE_integer("tasks", 9, "Number of Dense(2) heads.")
-flags.DEFINE_integer("steps", 3, "Timed rounds; tag_every_10 times 10 steps per round.")
-flags.DEFINE_integer("warmup", 1, "Untimed steps (tracing) per mode.")
+flags.DEFINE_integer("batch_size", 256, "Batch size (paper: 256).", lower_bound=1)
+flags.DEFINE_integer("image_size", 64, "Image side (paper: 64).", lower_bound=8)
+flags.DEFINE_integer("tasks", 9, "Number of Dense(2) heads.", lower_bound=2)
+flags.DEFINE_integer("steps", 3, "Timed rounds; tag_every_10 times 10 steps per round.",
+                     lower_bound=1)
+flags.DEFINE_integer("warmup", 1, "Untimed steps (tracing) per mode.", lower_bound=0)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
                   "mirrored: TAG / plain under --replicas replicas beside one replica.")
 flags.DEFINE_list("measure", ["lookahead"], "What the TAG modes record: lookahead (Eq. 1), "
                   "taylor (first order); several give one TAG column each.")
 flags.DEFINE_bool("parallel", False, "Also run every TAG mode with batched per-task passes "
                   "(AffinityConfig(parallel=...)).")
-flags.DEFINE_integer("parallel_chunk", 0, "--parallel: tasks per batched pass (0: all).")
+flags.DEFINE_integer("parallel_chunk", 0, "--parallel: tasks per batched pass (0: all).",
+                     lower_bound=0)
 flags.DEFINE_bool("naive", True, "Include the naive loop.")
 flags.DEFINE_bool("every_10", True, "Include the TAG-every-10-steps modes.")
 flags.DEFINE_bool("memory", True, "Measure peak RSS per mode (a subprocess each).")
 flags.DEFINE_list("slope_tasks", [], "Task counts for the slope fit (e.g. 2,5,9,20,40): "
                   "instead of the table, time plain and recording steps at each count.")
 flags.DEFINE_integer("replicas", 2, "--strategy=mirrored: logical CPU devices to create "
-                     "when there is no GPU.")
+                     "when there is no GPU.", lower_bound=1)
 
 MODES = ("plain", "tag_every_1", "tag_every_10", "naive")
+
+
+def _measures():
+    from tag_tf.core.config import MEASURES  # pylint: disable=import-outside-toplevel
+    return MEASURES
+
+
+def _valid_mode(mode):
+    try:
+        return mode is None or parse_mode(mode)[1] in _measures()
+    except ValueError:
+        return False
+
+
+def _task_counts(values):
+    try:
+        counts = [int(v) for v in values]
+    except ValueError:
+        return False
+    return not counts or (len(set(counts)) >= 2 and min(counts) >= 2)
+
+
+flags.register_validator("mode", _valid_mode, message=f"--mode must be one of {MODES}, "
+                         "optionally followed by ':<measure>' (tag_tf.MEASURES) and ':parallel'")
+flags.register_validator("measure", lambda values: bool(values) and set(values) <= set(
+    _measures()), message="--measure must name measures of tag_tf.MEASURES (lookahead, "
+                          "cosine, taylor)")
+flags.register_validator("slope_tasks", _task_counts, message="--slope_tasks must be at least "
+                         "two different task counts, each an integer >= 2")
 
 
 def _data(batch_size, image_size, tasks):
@@ -315,7 +348,9 @@ def overhead_table(modes, peaks, seconds, num_tasks):
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
+                                "lists them.")
     if FLAGS.strategy == "mirrored":
         mirrored_comparison(FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks, FLAGS.steps,
                             FLAGS.warmup, FLAGS.replicas)
@@ -327,9 +362,6 @@ def main(argv):
         return
     tags = tag_modes(FLAGS.measure, FLAGS.parallel, FLAGS.every_10)
     if FLAGS.slope_tasks:
-        if len(set(FLAGS.slope_tasks)) < 2:
-            raise ValueError("--slope_tasks needs at least two task counts to fit a slope. "
-                             f"Received: {FLAGS.slope_tasks}")
         slope_table([int(t) for t in FLAGS.slope_tasks],
                     [m for m in tags if m.startswith("tag_every_1:")], FLAGS.batch_size,
                     FLAGS.image_size, FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
@@ -352,4 +384,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

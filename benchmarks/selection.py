@@ -15,18 +15,25 @@ import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs with
 import math
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
 from tag_tf import selection
+from tag_tf.cli import errors
 from tag_tf.selection import exhaustive, problem, scoring
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("large_time_limit", 60.0, "Time limit per budget of the large solver.")
-flags.DEFINE_float("oracle_max_combinations", 3e8, "Skip the oracle above this many combos.")
-flags.DEFINE_list("sizes", ["9", "12", "16", "20", "40"], "Numbers of tasks.")
+flags.DEFINE_float("oracle_max_combinations", 3e8, "Skip the oracle above this many combos.",
+                   lower_bound=0)
+flags.DEFINE_list("sizes", ["9", "12", "16", "20", "40"], "Numbers of tasks (each >= 5: "
+                  "budgets 1..5 are solved).")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic matrices.")
+flags.register_validator("large_time_limit", lambda value: value > 0,
+                         message="--large_time_limit must be > 0 seconds")
+flags.register_validator("sizes", lambda values: bool(values) and all(
+    v.strip().isdigit() and int(v) >= 5 for v in values),
+    message="--sizes must be integers >= 5 (numbers of tasks)")
 
 
 def planted_affinity(n: int, *, clusters: int, seed: int) -> np.ndarray:
@@ -70,10 +77,11 @@ def run(*, sizes, large_time_limit, oracle_max_combinations, seed):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
+                                "lists them.")
     print(run(sizes=[int(s) for s in FLAGS.sizes], large_time_limit=FLAGS.large_time_limit,
               oracle_max_combinations=FLAGS.oracle_max_combinations, seed=FLAGS.seed))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)
