@@ -4,6 +4,8 @@ r"""TAG on the built-in planted-cluster data: train once, print affinities and g
 
 See :func:`tag_tf.synthetic.demo.run_demo` for what it does and writes. It ends with two
 verdicts: whether every task trained, and whether b = --clusters recovered the planted clusters.
+Installed with pip, the same tool is the ``tag-tf-demo`` command; a bad flag value prints one
+``error: ...`` line and exits with status 2 (:mod:`tag_tf.cli.errors`).
 """
 
 import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs without a GPU)

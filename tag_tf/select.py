@@ -1,4 +1,4 @@
-"""Selects TAG networks for several budgets from an affinity file.
+r"""Selects TAG networks for several budgets from an affinity file.
 
   python -m tag_tf.select --affinity=runs/affinity.json --budgets=1,2,3,4,5 \
       [--minimize] [--singletons=diagonal] [--output=runs/selection.json] \
@@ -10,6 +10,10 @@ Reads the ``tag_tf.affinity/v1`` JSON written by the affinity core (or a plain
 who serves whom, helper-only tasks, objective, bound, gap, time) and writes JSON: by
 default ``selection.json`` beside the input, the name every selection file has (the
 pipelines' and the demo's), replacing an earlier one there.
+
+Installed with pip, the same tool is the ``tag-tf-select`` command. A mistake in the input
+(a missing or malformed file, a ragged or non-square matrix, a budget out of range, a bad
+flag) prints one ``error: ...`` line and exits with status 2 (:mod:`tag_tf.cli.errors`).
 """
 
 from __future__ import annotations

@@ -143,6 +143,19 @@ def guard_main(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return guarded
 
 
+def _help_from(module_name: str) -> None:
+    """Started through a console script (``tag-tf-select``), ``__main__`` is pip's stub:
+    ``--help`` then shows ``module_name``'s docstring and flags, as ``python -m`` does."""
+    main_module = sys.modules.get("__main__")
+    module = sys.modules.get(module_name)
+    if module_name == "__main__" or main_module is None or module is None:
+        return
+    if not getattr(main_module, "__doc__", None):
+        main_module.__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run(main: Callable[[list[str]], Any], *,
         flags_parser: Optional[Callable[[list[str]], Any]] = None,
         argv: Optional[Sequence[str]] = None) -> NoReturn:
@@ -154,6 +167,7 @@ def run(main: Callable[[list[str]], Any], *,
         registry); a ``flags.Error`` or ``UsageError`` it raises is a mistake too.
       argv: the command line (default ``sys.argv``).
     """
+    _help_from(getattr(main, "__module__", "__main__"))
     app.run(guard_main(main), argv=None if argv is None else list(argv),
             flags_parser=guard_parser(flags_parser or parse_flags))
     raise AssertionError("absl.app.run returned")  # it always exits
