@@ -97,9 +97,6 @@ def _task_counts(values):
 
 flags.register_validator("mode", _valid_mode, message=f"--mode must be one of {MODES}, "
                          "optionally followed by ':<measure>' (tag_tf.MEASURES) and ':parallel'")
-flags.register_validator("measure", lambda values: bool(values) and set(values) <= set(
-    _measures()), message="--measure must name measures of tag_tf.MEASURES (lookahead, "
-                          "cosine, taylor)")
 flags.register_validator("slope_tasks", _task_counts, message="--slope_tasks must be at least "
                          "two different task counts, each an integer >= 2")
 
@@ -351,6 +348,10 @@ def main(argv):
     if len(argv) > 1:
         raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
                                 "lists them.")
+    unknown = sorted(set(FLAGS.measure) - set(_measures())) if FLAGS.measure else ["(none)"]
+    if unknown:  # checked here, not by a flag validator: it imports TensorFlow
+        raise errors.UsageError(f"--measure must name measures of {_measures()}. Received: "
+                                f"--measure={','.join(FLAGS.measure)}")
     if FLAGS.strategy == "mirrored":
         mirrored_comparison(FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks, FLAGS.steps,
                             FLAGS.warmup, FLAGS.replicas)

@@ -121,6 +121,7 @@ def format_markdown(payload: dict, pngs: Sequence[str] = ()) -> str:
 
 
 def main(argv):
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
     cli.no_arguments(argv)
     harness = cli.harness_from_flags()
