@@ -17,7 +17,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 
 from tag_tf.cli import errors
