@@ -78,11 +78,9 @@ def run_cases(setup: str, cases: list[tuple[str, list[str]]], cwd: str = ROOT) -
 @pytest.fixture
 def select_tool():
     from tag_tf import select  # pylint: disable=g-import-not-at-top
-    with flagsaver.flagsaver():
-        select.FLAGS.unparse_flags()
-        yield select
     if not select.FLAGS.is_parsed():
         select.FLAGS(["select"])
+    return select
 
 
 def _affinity(tmp_path, payload, name="affinity.json"):
@@ -96,8 +94,10 @@ GOOD = {"tasks": ["a", "b", "c"], "matrix": [[0, 1, 2], [1, 0, 3], [2, 3, 0]]}
 
 def test_select_mistakes(tmp_path, capsys, select_tool):
     def error(*argv):
-        select_tool.FLAGS.unparse_flags()  # each case from the defaults
-        return cli_error(capsys, select_tool.main, ["select", *argv])
+        # Each case from the defaults (flagsaver; not unparse_flags, which would also reset
+        # absl's --verbosity and so the absl logger's level for later tests).
+        with flagsaver.flagsaver():
+            return cli_error(capsys, select_tool.main, ["select", *argv])
 
     good = _affinity(tmp_path, GOOD, "good.json")
     ragged = _affinity(tmp_path, {"tasks": ["a", "b"], "matrix": [[1, 2], [3]]})
