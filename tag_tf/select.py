@@ -95,17 +95,20 @@ def main(argv):
         raise errors.UsageError(f"--time_limit must be > 0 seconds. Received: "
                                 f"--time_limit={FLAGS.time_limit}")
     paths = [p.strip() for p in FLAGS.affinity.split(",") if p.strip()]
+    if not paths:
+        raise errors.UsageError(f"--affinity names no file. Received: --affinity={FLAGS.affinity}")
     output = FLAGS.output
     if output is None:  # tag_tf.runner.pipeline.SELECTION_FILE, not imported: --help stays fast
         output = os.path.join(os.path.dirname(paths[0]), "selection.json")
     singletons = parse_singletons(FLAGS.singletons)
     from tag_tf.selection import api  # pylint: disable=g-import-not-at-top
-    # The user's input: files, matrix, tasks, budgets, singletons, bootstrap. Its mistakes
-    # are one line; the solve below is not guarded (its errors are bugs, with a traceback).
+
     def hint(error: BaseException) -> str | None:  # about a file: say what a file holds
         about_a_file = isinstance(error, OSError) or str(error).startswith(tuple(paths))
         return AFFINITY_HINT if about_a_file else None
 
+    # The user's input: files, matrix, tasks, budgets, singletons, bootstrap. Its mistakes
+    # are one line; the solve below is not guarded (its errors are bugs, with a traceback).
     with errors.user_input(hint=hint):
         given = api.read_selection_input(
             affinity_path=paths if len(paths) > 1 else paths[0], budgets=budgets,

@@ -145,6 +145,7 @@ def test_select_mistakes(tmp_path, capsys, select_tool):
     assert error("--affinity=" + good, "--nope=1") == (
         "error: Unknown command line flag 'nope'. Pass --help to see the flags.")
     assert error().startswith("error: --affinity is required")
+    assert error("--affinity=,") == "error: --affinity names no file. Received: --affinity=,"
     assert error(f"--affinity={good}", "extra").startswith(
         "error: Unexpected arguments: ['extra'].")
 
