@@ -45,11 +45,11 @@ import sys
 import time
 from typing import Literal, Optional
 
-from absl import app
+from absl import flags
 
+from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +58,11 @@ class Args:
 
     mode: Optional[str] = setting(None, help="Run one mode (internal, e.g. tag_every_1:"
                                   "lookahead:parallel); unset runs all and prints the table.")
-    batch_size: int = setting(256, help="Batch size (paper: 256).")
-    image_size: int = setting(64, help="Image side (paper: 64).")
-    tasks: int = setting(9, help="Number of Dense(2) heads.")
-    steps: int = setting(3, help="Timed rounds; tag_every_10 times 10 steps per round.")
-    warmup: int = setting(1, help="Untimed steps (tracing) per mode.")
+    batch_size: int = setting(256, lower_bound=1, help="Batch size (paper: 256).")
+    image_size: int = setting(64, lower_bound=8, help="Image side (paper: 64).")
+    tasks: int = setting(9, lower_bound=2, help="Number of Dense(2) heads.")
+    steps: int = setting(3, lower_bound=1, help="Timed rounds; tag_every_10 times 10 steps per round.")
+    warmup: int = setting(1, lower_bound=0, help="Untimed steps (tracing) per mode.")
     strategy: Literal["default", "mirrored"] = setting(
         "default", help="mirrored: TAG / plain under --replicas replicas beside one replica.")
     measure: tuple[str, ...] = setting(
@@ -70,20 +70,46 @@ class Args:
         "order); several give one TAG column each.")
     parallel: bool = setting(False, help="Also run every TAG mode with batched per-task "
                              "passes (AffinityConfig(parallel=...)).")
-    parallel_chunk: int = setting(0, help="--parallel: tasks per batched pass (0: all).")
+    parallel_chunk: int = setting(0, lower_bound=0, help="--parallel: tasks per batched pass (0: all).")
     naive: bool = setting(True, help="Include the naive loop.")
     every_10: bool = setting(True, help="Include the TAG-every-10-steps modes.")
     memory: bool = setting(True, help="Measure peak RSS per mode (a subprocess each).")
     slope_tasks: tuple[int, ...] = setting(
         (), parse=flags_lib.int_list, help="Task counts for the slope fit (e.g. 2,5,9,20,40): "
         "instead of the table, time plain and recording steps at each count.")
-    replicas: int = setting(2, help="--strategy=mirrored: logical CPU devices to create when "
-                            "there is no GPU.")
+    replicas: int = setting(2, lower_bound=1, help="--strategy=mirrored: logical CPU devices "
+                            "to create when there is no GPU.")
 
 
 flags_lib.define_flags(Args)
 
 MODES = ("plain", "tag_every_1", "tag_every_10", "naive")
+
+
+def _measures():
+    from tag_tf.core.config import MEASURES  # pylint: disable=import-outside-toplevel
+    return MEASURES
+
+
+def _valid_mode(mode):
+    try:
+        return mode is None or parse_mode(mode)[1] in _measures()
+    except ValueError:
+        return False
+
+
+def _task_counts(values):
+    try:
+        counts = [int(v) for v in values]
+    except ValueError:
+        return False
+    return not counts or (len(set(counts)) >= 2 and min(counts) >= 2)
+
+
+flags.register_validator("mode", _valid_mode, message=f"--mode must be one of {MODES}, "
+                         "optionally followed by ':<measure>' (tag_tf.MEASURES) and ':parallel'")
+flags.register_validator("slope_tasks", _task_counts, message="--slope_tasks must be at least "
+                         "two different task counts, each an integer >= 2")
 
 
 def _data(batch_size, image_size, tasks):
@@ -330,8 +356,14 @@ def overhead_table(modes, peaks, seconds, num_tasks, batch_size, image_size):
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
+                                "lists them.")
     args = flags_lib.read_flags(Args)
+    unknown = sorted(set(args.measure) - set(_measures())) if args.measure else ["(none)"]
+    if unknown:  # checked here, not by a flag validator: it imports TensorFlow
+        raise errors.UsageError(f"--measure must name measures of {_measures()}. Received: "
+                                f"--measure={','.join(args.measure)}")
     if args.strategy == "mirrored":
         mirrored_comparison(args.batch_size, args.image_size, args.tasks, args.steps,
                             args.warmup, args.replicas)
@@ -344,8 +376,8 @@ def main(argv):
     tags = tag_modes(args.measure, args.parallel, args.every_10)
     if args.slope_tasks:
         if len(set(args.slope_tasks)) < 2:
-            raise ValueError("--slope_tasks needs at least two task counts to fit a slope. "
-                             f"Received: {args.slope_tasks}")
+            raise errors.UsageError("--slope_tasks needs at least two task counts to fit a "
+                                    f"slope. Received: {list(args.slope_tasks)}")
         slope_table(list(args.slope_tasks),
                     [m for m in tags if m.startswith("tag_every_1:")], args.batch_size,
                     args.image_size, args.steps, args.warmup, args.parallel_chunk)
@@ -368,4 +400,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

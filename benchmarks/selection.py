@@ -16,10 +16,10 @@ import dataclasses
 import math
 import time
 
-from absl import app
 import numpy as np
 
 from tag_tf import selection
+from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
 from tag_tf.selection import exhaustive, problem, scoring
@@ -31,10 +31,10 @@ class Args:
     """The benchmark's flags."""
 
     large_time_limit: float = setting(60.0, help="Time limit per budget of the large solver.")
-    oracle_max_combinations: float = setting(3e8, help="Skip the oracle above this many "
+    oracle_max_combinations: float = setting(3e8, lower_bound=0, help="Skip the oracle above this many "
                                              "combos.")
     sizes: tuple[int, ...] = setting((9, 12, 16, 20, 40), parse=flags_lib.int_list,
-                                     help="Numbers of tasks.")
+                                     help="Numbers of tasks (each >= 5: budgets 1..5 are solved).")
     seed: int = setting(0, help="Seed of the synthetic matrices.")
 
 
@@ -82,11 +82,18 @@ def run(*, sizes, large_time_limit, oracle_max_combinations, seed):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
+                                "lists them.")
     args = flags_lib.read_flags(Args)
+    if not args.large_time_limit > 0:
+        raise errors.UsageError(f"--large_time_limit must be > 0 seconds. Received: "
+                                f"--large_time_limit={args.large_time_limit}")
+    if not args.sizes or any(n < 5 for n in args.sizes):
+        raise errors.UsageError(f"--sizes must be integers >= 5 (numbers of tasks). Received: "
+                                f"--sizes={','.join(str(n) for n in args.sizes)}")
     print(run(sizes=list(args.sizes), large_time_limit=args.large_time_limit,
               oracle_max_combinations=args.oracle_max_combinations, seed=args.seed))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

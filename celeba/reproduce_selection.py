@@ -14,8 +14,7 @@ import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs with
 
 import os
 
-from absl import app
-
+from tag_tf.cli import errors
 from tag_tf.selection import reproduce_cli
 
 from celeba.published_tables import tables
@@ -29,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

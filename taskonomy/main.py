@@ -29,6 +29,8 @@ from typing import Optional
 from absl import app
 from absl import flags
 
+from tag_tf.cli import checks
+from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
 from tag_tf.runner import modes
@@ -70,6 +72,43 @@ def configuration() -> tuple[presets.TaskonomySettings, RunConfig]:
         raise app.UsageError(str(e)) from None
 
 
+def check_inputs(mode: str, settings: presets.TaskonomySettings, config: RunConfig,
+                 output_dir: str) -> None:
+    """The tasks, directories and files the flags name, checked before any work: their
+    mistakes are one-line usage errors (:mod:`tag_tf.cli.errors`)."""
+    from taskonomy import data as data_lib  # pylint: disable=g-import-not-at-top
+    with errors.user_input(ValueError, flag="--tasks"):
+        tasks = data_lib.parse_tasks(settings.tasks)
+    if settings.tfrecord_dir and mode != "convert":
+        checks.check_directory("--tfrecord_dir", settings.tfrecord_dir,
+                               "the output folder of --mode=convert")
+        if not os.path.isfile(os.path.join(settings.tfrecord_dir, "info.json")):
+            raise errors.UsageError(
+                f"--tfrecord_dir holds no info.json: it was not written by --mode=convert. "
+                f"Received: --tfrecord_dir={settings.tfrecord_dir}. Pass the output folder "
+                "of --mode=convert.")
+    else:
+        root = "the Taskonomy root (rgb/<building>/*.png and one folder per task)"
+        checks.check_directory("--data_dir", settings.data_dir, root)
+        if not os.path.isdir(os.path.join(settings.data_dir, data_lib.INPUT_DOMAIN)):
+            raise errors.UsageError(
+                f"--data_dir has no {data_lib.INPUT_DOMAIN}/ folder. Received: "
+                f"--data_dir={settings.data_dir}. Pass {root}.")
+    checks.check_directory("--splits_dir", settings.splits_dir,
+                           "a folder with {train,val,test}_models.txt")
+    if mode == "convert":
+        return
+    if mode != "groups" and FLAGS["budgets"].present:
+        checks.check_budgets(checks.parse_budgets(config.selection.budgets), len(tasks))
+    checks.check_run_inputs(mode, config.selection)
+    if mode == "groups":
+        from taskonomy import experiment  # pylint: disable=g-import-not-at-top
+        with errors.user_input(flag="--selection"):
+            experiment.canonical_selection(config.selection.selection_path,
+                                           budget=config.selection.budget,
+                                           table=config.selection.table, output_dir=output_dir)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -80,14 +119,15 @@ def main(argv):
     if not settings.data_dir and not (settings.tfrecord_dir and script.mode != "convert"):
         raise app.UsageError("--data_dir (or, for training, --tfrecord_dir) is required.")
     output_dir = script.output_dir or os.path.join("runs", "taskonomy", script.mode)
+    if script.mode == "groups" and not config.selection.selection_path:
+        raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
+    check_inputs(script.mode, settings, config, output_dir)
     from taskonomy import experiment  # pylint: disable=g-import-not-at-top
     if script.mode == "convert":
         experiment.convert(data_dir=settings.data_dir, output_dir=output_dir,
                            tasks=settings.tasks, splits_dir=settings.splits_dir,
                            shards=script.shards, limit=settings.limit)
         return
-    if script.mode == "groups" and not config.selection.selection_path:
-        raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
     if config.runtime.logical_cpus:  # before any TensorFlow work (e.g. loading the data)
         from tag_tf.runner import distribute  # pylint: disable=g-import-not-at-top
         distribute.split_cpu(config.runtime.logical_cpus)
@@ -98,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags_lib.parser(FLAGS, __doc__))
+    errors.run(main, flags_parser=flags_lib.parser(FLAGS, __doc__))

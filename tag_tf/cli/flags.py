@@ -37,8 +37,9 @@ import sys
 import typing
 from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Optional, Sequence
 
-from absl import app
 from absl import flags
+
+from tag_tf.cli import errors
 
 # Flags defined here belong to the script calling define_flags (its --help lists them).
 flags.disclaim_key_flags()
@@ -224,8 +225,9 @@ def _value(f: Flag, registry: flags.FlagValues) -> Any:
         return tuple(raw) if f.kind == "list" and raw is not None else raw
     try:
         return f.parse(raw)
-    except ValueError as e:
-        raise app.UsageError(f"--{f.name}: {e}") from None
+    except ValueError as e:  # the parser says what is wrong; here: the flag and its value
+        text = ",".join(str(v) for v in raw) if isinstance(raw, (list, tuple)) else raw
+        raise errors.UsageError(f"--{f.name}: {e}. Received: --{f.name}={text}") from None
 
 
 def read_flags(cls: type, registry: flags.FlagValues = flags.FLAGS, *, base: Any = None,
@@ -323,10 +325,8 @@ def parser(registry: flags.FlagValues, doc: str) -> Callable[[list[str]], list[s
         try:
             remaining = registry(argv, known_only=True)
             return flags.FLAGS(remaining)
-        except flags.Error as e:
-            print(f"FATAL Flags parsing error: {e}\nPass --help to see the flags.",
-                  file=sys.stderr)
-            raise SystemExit(1) from e
+        except flags.Error as e:  # one line, exit status 2 (tag_tf.cli.errors)
+            errors.fail(errors.flag_error_message(e))
 
     return parse
 
@@ -337,7 +337,7 @@ def int_list(values: Sequence[Any]) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise ValueError(f"must be integers. Received: {list(values)}") from None
+        raise ValueError("must be integers") from None
 
 
 def epoch_or_int(value: Any) -> int | str:
@@ -349,7 +349,7 @@ def epoch_or_int(value: Any) -> int | str:
     except ValueError:
         number = 0
     if number < 1:
-        raise ValueError(f"must be 'epoch' or a positive integer. Received: {value!r}")
+        raise ValueError("must be 'epoch' or a positive integer")
     return number
 
 

@@ -8,7 +8,8 @@ sets it to
   no ``/dev/nvidia<N>`` nor ``/dev/dxg`` device): this hides the CUDA plugin's ``failed call
   to cuInit: ... (303)`` line, which TensorFlow logs at ERROR level, and the INFO/WARNING
   lines (``cpu_feature_guard``). Only C++ log lines are hidden: an error that stops a run is
-  a Python exception and prints in full, with TensorFlow's message;
+  a Python exception and still prints (a user's mistake as one ``error:`` line, see
+  :mod:`tag_tf.cli.errors`; anything else with its traceback and TensorFlow's message);
 * ``"1"`` otherwise (INFO lines hidden; warnings and errors, e.g. about the GPU, still shown).
 
 A value the user set (``TF_CPP_MIN_LOG_LEVEL=0`` shows everything) is never changed. The

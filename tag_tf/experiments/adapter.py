@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+from typing import (Any, Callable, Mapping, Optional, Protocol, Sequence,
+                    runtime_checkable)
 
 import keras
 import tensorflow as tf
@@ -251,22 +253,93 @@ def dataclass_settings(adapter: Any, adapter_id: str,
     return {"adapter": adapter_id, **values}
 
 
+class AdapterError(ValueError):
+    """``--adapter`` / ``--adapter_args`` do not give an adapter (the user's input)."""
+
+
+class NotAnAdapterError(AdapterError, TypeError):
+    """The factory returned an object without the adapter members."""
+
+
+def adapter_args(args: Any) -> dict:
+    """``--adapter_args`` (a JSON object string, a dict or None) as a dict."""
+    if isinstance(args, str):
+        text = args
+        try:
+            args = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e:
+            raise AdapterError(f"--adapter_args must be a JSON object of keyword arguments "
+                               f"(e.g. '{{\"num_tasks\": 9}}'). Received: {text!r} ({e})") from e
+    if args is None:
+        return {}
+    if not isinstance(args, Mapping):
+        raise AdapterError(f"--adapter_args must be a JSON object of keyword arguments. "
+                           f"Received: {args!r}")
+    return dict(args)
+
+
+def adapter_factory(spec: str) -> Callable[..., Any]:
+    """The factory that ``spec`` (``"synthetic"`` or ``"package.module:factory"``) names.
+
+    Raises:
+      AdapterError: a malformed spec, a module that does not exist or a missing or
+        non-callable attribute. An error inside an existing module (e.g. its own failing
+        import) is not caught: it is a bug in that module, with its traceback.
+    """
+    if spec == "synthetic":
+        return SyntheticAdapter
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise AdapterError(f"--adapter must be 'synthetic' or 'module:factory' (e.g. "
+                           f"'celeba.adapter:CelebAAdapter'). Received: {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise  # the module exists; something it imports does not
+        raise AdapterError(f"--adapter {spec!r}: there is no module {e.name!r}. Name a module "
+                           "importable from here (run from the folder that holds it, or "
+                           "install it).") from e
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise AdapterError(f"--adapter {spec!r}: module {module_name!r} has no {attr!r}. Name "
+                           "the adapter class or factory function after the colon.")
+    if not callable(factory):
+        raise AdapterError(f"--adapter {spec!r}: {attr!r} is not callable. Received: "
+                           f"{type(factory).__name__}")
+    return factory
+
+
 def load_adapter(spec: str, args: Any = None) -> Adapter:
     """``"synthetic"`` or ``"package.module:factory"``; ``args`` (dict or JSON string) are
-    passed as keyword arguments to the factory (or to :class:`SyntheticAdapter`)."""
-    if isinstance(args, str):
-        args = json.loads(args) if args.strip() else {}
-    args = dict(args or {})
-    if spec == "synthetic":
-        adapter = SyntheticAdapter(**args)
-    else:
-        module_name, _, attr = spec.partition(":")
-        if not attr:
-            raise ValueError(f"--adapter must be 'synthetic' or 'module:factory'. "
-                             f"Received: {spec!r}")
-        adapter = getattr(importlib.import_module(module_name), attr)(**args)
+    passed as keyword arguments to the factory (or to :class:`SyntheticAdapter`).
+
+    Raises:
+      AdapterError: (a ValueError) the spec or the arguments do not give an adapter
+        (:func:`adapter_factory`, :func:`adapter_args`, arguments the factory does not
+        take); :class:`NotAnAdapterError` (also a TypeError) when the result lacks the
+        adapter members. The factory's own ValueErrors (bad argument values) pass through.
+    """
+    return build_adapter(adapter_factory(spec), args, spec)
+
+
+def build_adapter(factory: Callable[..., Any], args: Any, spec: str) -> Adapter:
+    """``factory(**args)``, checked as :func:`load_adapter` says (``spec``: its name)."""
+    args = adapter_args(args)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**args)
+        except TypeError as e:
+            raise AdapterError(f"--adapter_args do not fit {spec!r}: {e}. Received: "
+                               f"{json.dumps(args)}") from e
+    adapter = factory(**args)
     missing = [m for m in ("name", "settings", "experiment", "config")
                if not hasattr(adapter, m)]
     if missing:
-        raise TypeError(f"Adapter {spec!r} lacks {missing} (see tag_tf.experiments.adapter).")
+        raise NotAnAdapterError(f"Adapter {spec!r} lacks {missing} (see "
+                                "tag_tf.experiments.adapter).")
     return adapter

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import flags
 
+from tag_tf.cli import checks
+from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
 from tag_tf.experiments import adapter as adapter_lib
@@ -36,7 +38,8 @@ class HarnessArgs:
                              "reuse trainings).")
     budgets: tuple[int, ...] = setting((2, 3, 4), parse=flags_lib.int_list,
                                        help="Network budgets.")
-    rg_samples: int = setting(2, help="Random groupings trained per budget (RG).")
+    rg_samples: int = setting(2, lower_bound=0,
+                              help="Random groupings trained per budget (RG).")
     seed: int = setting(0, help="Seed of the random groupings.")
     seeds: int = setting(
         1, lower_bound=1, help="Training seeds (figure3, table3): every method runs once per "
@@ -53,16 +56,40 @@ def define_flags(default_output: str, args: type = HarnessArgs, **defaults: Any)
     flags_lib.define_flags(args, FLAGS, instance=args(output_dir=default_output, **defaults))
 
 
+def no_arguments(argv) -> None:
+    """Positional arguments are a mistake (every input is a flag)."""
+    if len(argv) > 1:
+        raise errors.UsageError(f"Unexpected arguments: {list(argv[1:])}. Pass flags only; "
+                                "--help lists them.")
+
+
 def read_args(args: type = HarnessArgs) -> Any:
-    """The parsed flags as ``args``."""
-    return flags_lib.read_flags(args, FLAGS)
+    """The parsed flags as ``args``; ``--budgets`` must be integers >= 1."""
+    parsed = flags_lib.read_flags(args, FLAGS)
+    checks.parse_budgets(parsed.budgets)
+    return parsed
+
+
+def load_adapter_from_flags(args: HarnessArgs,
+                            load: Callable[[str, str], Any] = adapter_lib.load_adapter) -> Any:
+    """The adapter of ``--adapter`` / ``--adapter_args``; their mistakes (no such module or
+    factory, bad JSON, arguments the factory does not take or rejects) are usage errors."""
+    with errors.user_input(ValueError):
+        return load(args.adapter, args.adapter_args)
 
 
 def harness_from_flags(args: Optional[HarnessArgs] = None) -> Harness:
-    """The harness of ``--adapter`` (made deterministic first under ``--deterministic``)."""
+    """The harness of ``--adapter`` (made deterministic first under ``--deterministic``),
+    after checking the flags against its tasks."""
     args = args or read_args()
     if args.deterministic:
         make_deterministic()
-    adapter = adapter_lib.load_adapter(args.adapter, args.adapter_args)
-    os.makedirs(args.cache_dir, exist_ok=True)
-    return Harness(adapter, args.cache_dir)
+    adapter = load_adapter_from_flags(args)
+    with errors.user_input(OSError, flag="--cache_dir"):
+        os.makedirs(args.cache_dir, exist_ok=True)
+    harness = Harness(adapter, args.cache_dir)
+    # An explicit budget above the task count is a mistake; the default budgets (2, 3, 4)
+    # above it are skipped (Harness.select), so small adapters run with the defaults.
+    if FLAGS["budgets"].present:
+        checks.check_budgets(args.budgets, len(harness.tasks))
+    return harness

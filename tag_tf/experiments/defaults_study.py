@@ -104,10 +104,7 @@ def with_seed(adapter: Any, seed: int) -> Any:
 def make_adapter(spec: str, args: Any = None) -> Any:
     """``"helping"`` (:class:`HelpingTasksAdapter`) or any :func:`adapter.load_adapter` spec."""
     if spec == "helping":
-        import json  # pylint: disable=g-import-not-at-top
-        args = json.loads(args) if isinstance(args, str) and args.strip() else (
-            args if isinstance(args, dict) else {})
-        return HelpingTasksAdapter(**args)
+        return adapter_lib.build_adapter(HelpingTasksAdapter, args, spec)
     return adapter_lib.load_adapter(spec, args)
 
 
@@ -367,6 +364,18 @@ class StudyArgs:
     prefill_ground_truth: bool = setting(
         True, help="With --prefill_seed: also train the ground truth (--noprefill_ground_"
         "truth: only the variant affinity runs, e.g. in another process).")
+def parse_seeds(values: Sequence[Any]) -> list[int]:
+    """``--seeds`` as at least 2 distinct integers (a usage error otherwise)."""
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    try:
+        seeds = [int(s) for s in values]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise errors.UsageError(f"--seeds must be at least 2 distinct integers (the study "
+                                f"compares seeds). Received: --seeds="
+                                f"{','.join(str(v) for v in values)}")
+    return seeds
 
 
 def define_flags() -> None:
@@ -374,12 +383,18 @@ def define_flags() -> None:
 
 
 def main(argv):
-    del argv
+    from tag_tf.cli import checks  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     args = flags_lib.read_flags(StudyArgs)
+    with errors.user_input(ValueError, flag="--variants"):
+        variants = [parse_variant(v) for v in args.variants]
+    parse_seeds(args.seeds)
+    checks.parse_budgets(args.budgets)
     if args.deterministic:
         harness_lib.make_deterministic()
-    adapter = make_adapter(args.adapter, args.adapter_args)
-    variants = [parse_variant(v) for v in args.variants]
+    adapter = cli.load_adapter_from_flags(args, make_adapter)
     if args.prefill_seed is not None:
         count = prefill(adapter, args.prefill_seed, cache_dir=args.cache_dir,
                         variants=variants, ground_truth=args.prefill_ground_truth)
@@ -392,6 +407,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     define_flags()
-    app.run(main)
+    errors.run(main)

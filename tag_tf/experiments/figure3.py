@@ -313,8 +313,8 @@ def make_figure(rows: dict, budgets: Sequence[int], *,
 
 
 def main(argv):
-    del argv
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     args = cli.read_args()
     harness = cli.harness_from_flags(args)
     payload = run(harness, budgets=args.budgets, rg_samples=args.rg_samples, seed=args.seed,
@@ -323,7 +323,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top,reimported
     cli.define_flags(default_output="runs/fig3")
-    app.run(main)
+    errors.run(main)

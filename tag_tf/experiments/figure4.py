@@ -71,14 +71,20 @@ def trace_figure(trace: dict, target: str) -> plot.Figure:
     return fig
 
 
-def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
-        output_dir: str = "runs/fig4") -> dict:
-    """Writes ``figure4.{md,json}`` and ``figure4_<target>.{png,pdf}``."""
-    start = time.perf_counter()
+def check_targets(harness: Harness, targets: Optional[Sequence[str]]) -> list[str]:
+    """``targets`` (default: the first task), each one of the harness's tasks."""
     targets = list(targets or harness.tasks[:1])
     unknown = [t for t in targets if t not in harness.tasks]
     if unknown:
         raise ValueError(f"Unknown target task(s) {unknown}; tasks: {harness.tasks}")
+    return targets
+
+
+def run(harness: Harness, *, targets: Optional[Sequence[str]] = None,
+        output_dir: str = "runs/fig4") -> dict:
+    """Writes ``figure4.{md,json}`` and ``figure4_<target>.{png,pdf}``."""
+    start = time.perf_counter()
+    targets = check_targets(harness, targets)
     harness.log("Figure 4: TAG affinity training")
     run_ = harness.affinity("lookahead")
     record = run_.record()
@@ -125,14 +131,17 @@ class Figure4Args(cli.HarnessArgs):
 
 
 def main(argv):
-    del argv
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     args = cli.read_args(Figure4Args)
     harness = cli.harness_from_flags(args)
+    with errors.user_input(ValueError, flag="--targets"):
+        check_targets(harness, list(args.targets))
     payload = run(harness, targets=list(args.targets), output_dir=args.output_dir)
     print(payload["markdown"])
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     cli.define_flags("runs/fig4", Figure4Args)
-    app.run(main)
+    errors.run(main)

@@ -631,11 +631,15 @@ class Table3Args(cli.HarnessArgs):
 
 
 def main(argv):
-    del argv
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     args = cli.read_args(Table3Args)
+    with errors.user_input(ValueError, flag="--variants"):
+        variants = [parse_variant(v) for v in args.variants]
     harness = cli.harness_from_flags(args)
-    payload = run(harness, budgets=args.budgets,
-                  variants=[parse_variant(v) for v in args.variants],
+    with errors.user_input(ValueError):
+        check_size(harness, args.max_tasks)
+    payload = run(harness, budgets=args.budgets, variants=variants,
                   include_cs=args.include_cs, rg_samples=args.rg_samples, seed=args.seed,
                   seeds=args.seeds, max_tasks=args.max_tasks, taylor=args.taylor,
                   output_dir=args.output_dir)
@@ -648,6 +652,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     define_flags()
-    app.run(main)
+    errors.run(main)

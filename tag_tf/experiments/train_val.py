@@ -79,8 +79,8 @@ def format_markdown(payload: dict) -> str:
 
 
 def main(argv):
-    del argv
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top
+    cli.no_arguments(argv)
     args = cli.read_args()
     harness = cli.harness_from_flags(args)
     payload = run(harness, budgets=args.budgets, output_dir=args.output_dir)
@@ -88,7 +88,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app  # pylint: disable=g-import-not-at-top
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
     from tag_tf.experiments import cli  # pylint: disable=g-import-not-at-top,reimported
     cli.define_flags(default_output="runs/train_val")
-    app.run(main)
+    errors.run(main)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -81,6 +81,8 @@ class AffinityRecord(NamedTuple):
 
 def validate_tasks(tasks: Sequence[str]) -> list[str]:
     """Returns ``tasks`` as a list, raising on empty, non-string or duplicate names."""
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+        raise ValueError(f"The tasks must be a list of names. Received: {tasks!r}")
     tasks = list(tasks)
     if not tasks:
         raise ValueError("The task list is empty.")
@@ -96,8 +98,12 @@ def validate_tasks(tasks: Sequence[str]) -> list[str]:
 
 def validate_matrix(matrix: Any, tasks: Sequence[str], *, name: str = "affinity",
                     allow_nan: bool = False) -> np.ndarray:
-    """Checks that ``matrix`` is a finite n x n float array for ``tasks``."""
-    array = np.asarray(matrix, dtype=np.float64)
+    """Checks that ``matrix`` is a finite n x n float array for ``tasks``.
+
+    A ragged nested list (rows of different lengths) is named by its rows, e.g. "row 1 has
+    1 value, row 0 has 2"; NaN passes only with ``allow_nan`` (a missing value).
+    """
+    array = as_float_matrix(matrix, name=name)
     n = len(tasks)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
         raise ValueError(f"The {name} matrix must be square. Received shape {array.shape}.")
@@ -123,10 +129,57 @@ def _to_json_matrix(array: np.ndarray | None) -> list[list[Any]] | None:
     return out
 
 
-def decode_matrix(rows: Any) -> np.ndarray:
+def _values(count: int) -> str:
+    return f"{count} value" if count == 1 else f"{count} values"
+
+
+def _check_rows(rows: Any, name: str) -> None:
+    """Raises a ValueError naming the first row that is not a list, or whose length differs
+    from row 0's (what NumPy reports as an "inhomogeneous shape")."""
+    if not isinstance(rows, (list, tuple)):
+        return
+    lengths = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple, np.ndarray)):
+            if any(isinstance(r, (list, tuple, np.ndarray)) for r in rows):
+                raise ValueError(f"The {name} matrix must be a list of rows; row {i} is not a "
+                                 f"list. Received: row {i} = {row!r}")
+            return
+        lengths.append(len(row))
+        if len(row) != lengths[0]:
+            raise ValueError(
+                f"The {name} matrix is ragged: row {i} has {_values(len(row))}, row 0 has "
+                f"{_values(lengths[0])}. Every row needs one value per task (null for a "
+                "missing value).")
+
+
+def as_float_matrix(matrix: Any, *, name: str = "affinity") -> np.ndarray:
+    """``matrix`` (nested lists or an array) as a float64 array; a ragged matrix or a
+    non-number entry is a ValueError naming the row or the value."""
+    _check_rows(matrix, name)
+    try:
+        return np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"The {name} matrix must hold numbers (null for a missing value): "
+                         f"{e}") from e
+
+
+def decode_matrix(rows: Any, name: str = "affinity") -> np.ndarray:
     """A JSON matrix (rows of numbers, null for a missing value) as a float64 array, null as
-    NaN: the one reader of every matrix the library writes with nulls."""
-    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+    NaN: the one reader of every matrix the library writes with nulls. A ragged matrix or a
+    non-number entry is a ValueError naming the row or the value (:func:`as_float_matrix`)."""
+    _check_rows(rows, name)
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, (list, tuple))
+                                                      for r in rows):
+        raise ValueError(f"The {name} matrix must be a list of rows (lists of numbers). "
+                         f"Received: {_short(rows)}")
+    return as_float_matrix([[np.nan if v is None else v for v in row] for row in rows],
+                           name=name)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_blocks(blocks: Any, tasks: Sequence[str], name: str) -> np.ndarray:
@@ -140,14 +193,14 @@ def _check_blocks(blocks: Any, tasks: Sequence[str], name: str) -> np.ndarray:
 
 def _optional_matrix(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
     value = payload.get(key)
-    return None if value is None else decode_matrix(value)
+    return None if value is None else decode_matrix(value, key)
 
 
 def _optional_blocks(payload: Mapping[str, Any], key: str) -> np.ndarray | None:
     value = payload.get(key)
     if not value:
         return None
-    return np.stack([decode_matrix(m) for m in value])
+    return np.stack([decode_matrix(m, key) for m in value])
 
 
 def save_affinity_json(path: str, record: AffinityRecord) -> None:
@@ -228,70 +281,26 @@ def load_affinity(path: str, tasks: Sequence[str] | None = None) -> AffinityReco
 
     Returns:
       An :class:`AffinityRecord`.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      ValueError: a malformed file, naming it and the problem (not JSON / NumPy, no
+        matrix, a ragged or non-square matrix, a matrix that does not fit the tasks,
+        non-finite values in a .npy).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"Affinity file not found: {path}")
-    if path.endswith(".npy"):
-        if tasks is None:
-            raise ValueError(f"{path}: a .npy matrix needs the task names (tasks=...).")
-        tasks = validate_tasks(tasks)
-        return AffinityRecord(tasks, validate_matrix(np.load(path), tasks))
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            file_tasks = [str(t) for t in data["tasks"]] if "tasks" in data else tasks
-            if file_tasks is None:
-                raise ValueError(f"{path}: the NPZ has no 'tasks' array; pass tasks=...")
-            file_tasks = validate_tasks(file_tasks)
-            record = AffinityRecord(
-                file_tasks, validate_matrix(data["affinity"], file_tasks, allow_nan=True),
-                counts=data["counts"] if "counts" in data else None,
-                skipped=data["skipped"] if "skipped" in data else None,
-                stderr=data["stderr"] if "stderr" in data else None,
-                stderr_blocks=data["stderr_blocks"] if "stderr_blocks" in data else None,
-                stderr_method=str(data["stderr_method"]) if "stderr_method" in data else None,
-                block_means=data["block_means"] if "block_means" in data else None,
-                block_counts=data["block_counts"] if "block_counts" in data else None,
-                runs=_npz_runs(data),
-                run_blocks=_npz_run_blocks(data, file_tasks))
-    else:
-        try:
-            with open(path) as f:
-                payload = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(payload, Mapping) or "tasks" not in payload:
-            raise ValueError(f"{path}: expected a JSON object with a 'tasks' list.")
-        file_tasks = validate_tasks(payload["tasks"])
-        if "affinity" in payload:
-            matrix = decode_matrix(payload["affinity"])
-            orientation = "source_target"
-        elif "matrix" in payload:
-            matrix = decode_matrix(payload["matrix"])
-            orientation = payload.get("orientation", "source_target")
+    try:
+        if path.endswith(".npy"):
+            record = _load_npy(path, tasks)
+        elif path.endswith(".npz"):
+            record = _load_npz(path, tasks)
         else:
-            raise ValueError(f"{path}: expected an 'affinity' or 'matrix' entry.")
-        if orientation == "target_source":
-            matrix = matrix.T
-        elif orientation != "source_target" and payload.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown orientation {orientation!r}; "
-                             "use 'source_target' or 'target_source'.")
-        matrix = validate_matrix(matrix, file_tasks, allow_nan=True)
-        record = AffinityRecord(
-            file_tasks, matrix,
-            counts=decode_matrix(payload["counts"]) if payload.get("counts") else None,
-            skipped=decode_matrix(payload["skipped"]) if payload.get("skipped") else None,
-            epochs=payload.get("epochs"), config=payload.get("config"),
-            stderr=_optional_matrix(payload, "stderr"),
-            stderr_blocks=_optional_matrix(payload, "stderr_blocks"),
-            stderr_method=payload.get("stderr_method"),
-            block_means=_optional_blocks(payload, "block_means"),
-            block_counts=_optional_blocks(payload, "block_counts"),
-            runs=_runs_of(payload, path),
-            run_blocks=_json_run_blocks(payload.get("run_blocks"), file_tasks, path))
-        if record.stderr is not None:
-            validate_matrix(record.stderr, file_tasks, name="stderr", allow_nan=True)
-        if record.block_means is not None:
-            _check_blocks(record.block_means, file_tasks, "block_means")
+            record = _load_json(path)
+    except ValueError as e:  # name the file in every message
+        if str(e).startswith(path):
+            raise
+        raise ValueError(f"{path}: {e}") from e
     if tasks is not None and list(tasks) != record.tasks:
         raise ValueError(f"{path}: file tasks {record.tasks} differ from the given tasks {list(tasks)}.")
     return record
@@ -376,6 +385,104 @@ def within_run_blocks(record: AffinityRecord) -> tuple[np.ndarray, np.ndarray | 
     counts = (np.stack([np.asarray(e["counts"], dtype=np.float64) for e in epochs])
               if all(e.get("counts") is not None for e in epochs) else None)
     return means, counts
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # NumPy's format; .npz is a zip archive
+
+
+def _np_load(path: str, kind: str) -> Any:
+    """``np.load(path)``; a file that is not a NumPy file is a ValueError saying so."""
+    with open(path, "rb") as f:
+        start = f.read(6)
+    if not any(start.startswith(magic) for magic in _MAGIC.values()):
+        raise ValueError(f"not a NumPy {kind} file (it starts with {start!r}, not "
+                         f"{_MAGIC[kind]!r}).")
+    try:
+        return np.load(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"not a valid NumPy {kind} file ({e}).") from e
+
+
+def _load_npy(path: str, tasks: Sequence[str] | None) -> AffinityRecord:
+    if tasks is None:
+        raise ValueError(f"{path}: a .npy matrix needs the task names (tasks=...).")
+    tasks = validate_tasks(tasks)
+    array = _np_load(path, ".npy")
+    if not isinstance(array, np.ndarray):
+        raise ValueError("not a .npy file (it holds several arrays: name it .npz).")
+    return AffinityRecord(tasks, validate_matrix(array, tasks))
+
+
+def _load_npz(path: str, tasks: Sequence[str] | None) -> AffinityRecord:
+    data = _np_load(path, ".npz")
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("not a .npz file (it holds one array: name it .npy).")
+    with data:
+        if "affinity" not in data:
+            raise ValueError(f"the NPZ has no 'affinity' array. Received arrays: "
+                             f"{sorted(data.files)}")
+        file_tasks = [str(t) for t in data["tasks"]] if "tasks" in data else tasks
+        if file_tasks is None:
+            raise ValueError(f"{path}: the NPZ has no 'tasks' array; pass tasks=...")
+        file_tasks = validate_tasks(file_tasks)
+        return AffinityRecord(
+            file_tasks, validate_matrix(data["affinity"], file_tasks, allow_nan=True),
+            counts=data["counts"] if "counts" in data else None,
+            skipped=data["skipped"] if "skipped" in data else None,
+            stderr=data["stderr"] if "stderr" in data else None,
+            stderr_blocks=data["stderr_blocks"] if "stderr_blocks" in data else None,
+            stderr_method=str(data["stderr_method"]) if "stderr_method" in data else None,
+            block_means=data["block_means"] if "block_means" in data else None,
+            block_counts=data["block_counts"] if "block_counts" in data else None,
+            runs=_npz_runs(data),
+            run_blocks=_npz_run_blocks(data, file_tasks))
+
+
+def _load_json(path: str) -> AffinityRecord:
+    try:
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON (not UTF-8 text: {e}); .npy and .npz "
+                         "files need those extensions.") from e
+    if not isinstance(payload, Mapping) or "tasks" not in payload:
+        received = f"keys {sorted(payload)}" if isinstance(payload, Mapping) else _short(payload)
+        raise ValueError(f"{path}: expected a JSON object with a 'tasks' list. Received: "
+                         f"{received}")
+    file_tasks = validate_tasks(payload["tasks"])
+    if "affinity" in payload:
+        matrix = decode_matrix(payload["affinity"])
+        orientation = "source_target"
+    elif "matrix" in payload:
+        matrix = decode_matrix(payload["matrix"])
+        orientation = payload.get("orientation", "source_target")
+    else:
+        raise ValueError(f"{path}: expected an 'affinity' or 'matrix' entry. Received: keys "
+                         f"{sorted(payload)}")
+    if orientation == "target_source":
+        matrix = matrix.T
+    elif orientation != "source_target" and payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown orientation {orientation!r}; "
+                         "use 'source_target' or 'target_source'.")
+    matrix = validate_matrix(matrix, file_tasks, allow_nan=True)
+    record = AffinityRecord(
+        file_tasks, matrix,
+        counts=decode_matrix(payload["counts"], "counts") if payload.get("counts") else None,
+        skipped=(decode_matrix(payload["skipped"], "skipped") if payload.get("skipped")
+                 else None),
+        epochs=payload.get("epochs"), config=payload.get("config"),
+        stderr=_optional_matrix(payload, "stderr"),
+        stderr_blocks=_optional_matrix(payload, "stderr_blocks"),
+        stderr_method=payload.get("stderr_method"),
+        block_means=_optional_blocks(payload, "block_means"),
+        block_counts=_optional_blocks(payload, "block_counts"),
+        runs=_runs_of(payload, path),
+        run_blocks=_json_run_blocks(payload.get("run_blocks"), file_tasks, path))
+    if record.stderr is not None:
+        validate_matrix(record.stderr, file_tasks, name="stderr", allow_nan=True)
+    if record.block_means is not None:
+        _check_blocks(record.block_means, file_tasks, "block_means")
+    return record
 
 
 POOLED_METHOD = ("between-runs: mean over K runs (each run weighted equally), "

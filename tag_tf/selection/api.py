@@ -39,12 +39,101 @@ class SelectionReport(NamedTuple):
     payload: dict[str, Any]
 
 
+class SelectionInput(NamedTuple):
+    """The checked input of a selection (:func:`read_selection_input`): nothing solved yet."""
+
+    paths: list[str]
+    record: affinity_io.AffinityRecord
+    budgets: list[int]
+    minimize: bool
+    singletons: problem_lib.Singletons
+    method: Method
+    time_limit: float
+    seed: int
+    uncertainty: robustness.Uncertainty | None
+
+
+METHODS = ("auto", "dp", "milp", "exhaustive", "large")
+
+
+def read_selection_input(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
+                         minimize: bool = False, singletons: problem_lib.Singletons = None,
+                         method: Method = "auto", tasks: Sequence[str] | None = None,
+                         time_limit: float = 60.0, seed: int = 0,
+                         bootstrap: int = 0) -> SelectionInput:
+    """Reads the affinity file(s) and checks every input of :func:`run_selection`.
+
+    Solves nothing, so every mistake in the input surfaces here, before any work: a
+    missing or malformed file, a ragged or non-square matrix, one that does not fit its
+    tasks, NaN off the diagonal, a budget outside ``1..n``, bad single-task scores, a
+    bootstrap without uncertainty information. The arguments are :func:`run_selection`'s.
+
+    Raises:
+      FileNotFoundError: an affinity file does not exist.
+      ValueError: any other mistake, naming it and what was received.
+    """
+    paths = [affinity_path] if isinstance(affinity_path, str) else list(affinity_path)
+    if not paths:
+        raise ValueError("At least one affinity file is needed. Received: affinity_path=[]")
+    records = [affinity_io.load_affinity(p, tasks=tasks) for p in paths]
+    record = records[0] if len(records) == 1 else affinity_io.pool_records(records)
+    problem = problem_lib.make_problem(record.affinity, tasks=record.tasks, minimize=minimize,
+                                       singletons=singletons)
+    budgets = [budgets] if isinstance(budgets, (int, np.integer)) else list(budgets)
+    if not budgets:
+        raise ValueError("At least one budget is needed. Received: budgets=[]")
+    budgets = [problem_lib.check_budget(b, problem.n) for b in budgets]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}. Received: method={method!r}")
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds. Received: time_limit={time_limit!r}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be 0 (off) or a number of resamples. Received: "
+                         f"bootstrap={bootstrap}")
+    uncertainty = None
+    if bootstrap:
+        if problem.n > robustness.MAX_BOOTSTRAP_TASKS:
+            raise ValueError(f"The bootstrap solves every resample exactly and is limited to "
+                             f"{robustness.MAX_BOOTSTRAP_TASKS} tasks. Received: n={problem.n}")
+        uncertainty = robustness.Uncertainty.from_record(record, n_resamples=bootstrap,
+                                                         seed=seed)
+    return SelectionInput(paths, record, budgets, bool(minimize), singletons, method,
+                          float(time_limit), seed, uncertainty)
+
+
+def solve_selection(given: SelectionInput) -> SelectionReport:
+    """Selects networks for every budget of ``given``; the report and its JSON payload
+    (write it with :func:`write_json`)."""
+    record, uncertainty = given.record, given.uncertainty
+    selections = select_networks(record.affinity, given.budgets, tasks=record.tasks,
+                                 minimize=given.minimize, singletons=given.singletons,
+                                 method=given.method, time_limit=given.time_limit,
+                                 seed=given.seed, uncertainty=uncertainty)
+    payload = {
+        "format": OUTPUT_FORMAT,
+        "affinity_path": os.path.abspath(given.paths[0]),
+        "affinity_paths": [os.path.abspath(p) for p in given.paths],
+        "pooled_runs": len(given.paths),
+        "uncertainty": None if uncertainty is None else uncertainty_entry(uncertainty),
+        "tasks": list(record.tasks),
+        "minimize": given.minimize,
+        "singletons": _describe_singletons(given.singletons),
+        "method": given.method,
+        "solver": solver_note(len(record.tasks), given.method, given.time_limit),
+        "selections": selection_entries(selections),
+    }
+    return SelectionReport(selections, format_selections(selections), payload)
+
+
 def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
                   minimize: bool = False, singletons: problem_lib.Singletons = None,
                   method: Method = "auto", tasks: Sequence[str] | None = None,
                   output_path: str | None = None, time_limit: float = 60.0, seed: int = 0,
                   bootstrap: int = 0) -> SelectionReport:
     """Reads affinity file(s), selects networks for every budget, reports and writes JSON.
+
+    :func:`read_selection_input` (reads and checks everything) then
+    :func:`solve_selection`.
 
     Args:
       affinity_path: file read with :func:`tag_tf.io.affinity_io.load_affinity`
@@ -66,34 +155,13 @@ def run_selection(*, affinity_path: str | Sequence[str], budgets: Sequence[int],
     Returns:
       A :class:`SelectionReport`.
     """
-    paths = [affinity_path] if isinstance(affinity_path, str) else list(affinity_path)
-    if not paths:
-        raise ValueError("At least one affinity file is needed. Received: affinity_path=[]")
-    records = [affinity_io.load_affinity(p, tasks=tasks) for p in paths]
-    record = records[0] if len(records) == 1 else affinity_io.pool_records(records)
-    uncertainty = None
-    if bootstrap:
-        uncertainty = robustness.Uncertainty.from_record(record, n_resamples=bootstrap,
-                                                         seed=seed)
-    selections = select_networks(record.affinity, budgets, tasks=record.tasks,
-                                 minimize=minimize, singletons=singletons, method=method,
-                                 time_limit=time_limit, seed=seed, uncertainty=uncertainty)
-    payload = {
-        "format": OUTPUT_FORMAT,
-        "affinity_path": os.path.abspath(paths[0]),
-        "affinity_paths": [os.path.abspath(p) for p in paths],
-        "pooled_runs": len(paths),
-        "uncertainty": None if uncertainty is None else uncertainty_entry(uncertainty),
-        "tasks": list(record.tasks),
-        "minimize": bool(minimize),
-        "singletons": _describe_singletons(singletons),
-        "method": method,
-        "solver": solver_note(len(record.tasks), method, time_limit),
-        "selections": selection_entries(selections),
-    }
+    report = solve_selection(read_selection_input(
+        affinity_path=affinity_path, budgets=budgets, minimize=minimize,
+        singletons=singletons, method=method, tasks=tasks, time_limit=time_limit, seed=seed,
+        bootstrap=bootstrap))
     if output_path:
-        write_json(output_path, payload)
-    return SelectionReport(selections, format_selections(selections), payload)
+        write_json(output_path, report.payload)
+    return report
 
 
 def uncertainty_entry(uncertainty: robustness.Uncertainty) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def make_problem(affinity: Any, *, tasks: Sequence[str] | None = None,
         where = [(tasks[i], tasks[j]) for i, j in zip(*np.nonzero(bad))][:5]
         raise ValueError(
             f"The affinity matrix has non-finite off-diagonal entries at (source, target) "
-            f"{where}.")
+            f"{where}. Every pair of tasks needs a finite value to score a group; only the "
+            "diagonal may be missing (null/NaN).")
     single = _single_scores(singletons, array, tasks)
     if single is None and n < 2:
         raise ValueError(
@@ -141,7 +142,8 @@ def check_budget(budget: int, n: int) -> int:
         raise ValueError(f"The budget must be at least 1 network. Received: budget={budget}")
     if budget > n:
         raise ValueError(
-            f"The budget cannot exceed the number of tasks ({n}). Received: budget={budget}")
+            f"The budget cannot exceed the number of tasks ({n}). Received: budget={budget}. "
+            f"Use budgets from 1 to {n}.")
     return budget
 
 

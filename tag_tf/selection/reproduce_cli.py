@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from absl import app
 from absl import flags
 
+from tag_tf.cli import checks
+from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
 from tag_tf.selection import api
+from tag_tf.selection import published
 
 # The flags defined here belong to the calling script (its --help).
 flags.disclaim_key_flags()
@@ -24,7 +26,8 @@ class Args:
     budgets: tuple[int, ...] = setting((1, 2, 3), parse=flags_lib.int_list,
                                        help="Budgets (numbers of networks).")
     output: str = setting("selection.json", help="Where to write the JSON.")
-    random_samples: int = setting(1000, help="Random groupings per budget (0 to skip).")
+    random_samples: int = setting(1000, lower_bound=0,
+                                  help="Random groupings per budget (0 to skip).")
 
 
 def define_flags(*, budgets: Sequence[int], output: str) -> None:
@@ -35,9 +38,17 @@ def define_flags(*, budgets: Sequence[int], output: str) -> None:
 def main(argv: Sequence[str], tables: Callable[[], Sequence[api.TableSpec]]) -> None:
     """Selects networks from ``tables()`` for every ``--budgets``; prints and writes them."""
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
+                                "lists them.")
     args = flags_lib.read_flags(Args)
-    report = api.reproduce_tables(tables=tables(), budgets=list(args.budgets),
-                                  output_path=args.output, random_samples=args.random_samples)
+    specs = tables()
+    budgets = checks.parse_budgets(args.budgets)
+    tasks = min(len(published.load_published_table(s.path, field=s.field).tasks)
+                for s in specs)
+    checks.check_budgets(budgets, tasks)
+    report = api.reproduce_tables(tables=specs, budgets=budgets,
+                                  random_samples=args.random_samples)
     print(report.text)
+    with errors.user_input(OSError, flag="--output", hint="Pass a writable path."):
+        api.write_json(args.output, report.payload)
     print(f"\nWrote {args.output}")

@@ -88,8 +88,10 @@ def run_demo(*, num_tasks: int, num_clusters: int, steps: int, steps_per_epoch: 
     epochs = max(1, steps // steps_per_epoch)
     logger = AffinityLogger(output_dir=output_dir)
     start = time.time()
+    # shuffle=False: ``train`` shuffles itself (fit's shuffle is for arrays; Keras warns
+    # that it ignores shuffle=True for a tf.data.Dataset).
     history = model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        verbose=2 if report else 0, callbacks=[logger])
+                        verbose=2 if report else 0, callbacks=[logger], shuffle=False)
     seconds = time.time() - start
     record = logger.record()
     say = print if report else _silent

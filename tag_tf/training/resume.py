@@ -688,6 +688,8 @@ def resumable_fit(model: keras.Model, data: TrainData, *, backup_dir: str,
                                   stateful_callbacks=[c for c in callbacks if has_state(c)])
     stream = resumable_dataset(data, steps_per_epoch=steps, epochs=epochs,
                                start=backup.resume_point)
-    history = model.fit(stream, epochs=epochs, steps_per_epoch=steps,
+    # shuffle=False: the stream decides the batches (Keras ignores shuffle=True for a
+    # tf.data.Dataset, with a warning).
+    history = model.fit(stream, epochs=epochs, steps_per_epoch=steps, shuffle=False,
                         callbacks=[backup, *callbacks], **fit_kwargs)
     return backup.complete_history(history)

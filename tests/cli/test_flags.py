@@ -7,6 +7,7 @@ import pytest
 from absl import app
 from absl import flags
 
+from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
 
@@ -28,7 +29,10 @@ def test_unknown_flag_and_help_exit(capsys):
     parse = flags_lib.parser(make_registry(), "usage text")
     with pytest.raises(SystemExit) as bad:
         parse(["prog", "--nope=1"])
-    assert bad.value.code == 1 and "nope" in capsys.readouterr().err
+    # A flag mistake is one line and exit status 2 (tag_tf.cli.errors), no traceback.
+    err = capsys.readouterr().err
+    assert bad.value.code == errors.EXIT_STATUS == 2
+    assert err.splitlines() == [err.strip()] and err.startswith("error: ") and "nope" in err
     with pytest.raises(SystemExit) as help_exit:
         parse(["prog", "--help"])
     assert help_exit.value.code == 0 and "usage text" in capsys.readouterr().out

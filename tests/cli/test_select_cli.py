@@ -80,7 +80,8 @@ def test_bad_flags(tmp_path):
         with pytest.raises(app.UsageError, match="integers"):
             select.main(["select"])
     with flagsaver.flagsaver(affinity=path, budgets=["4"], output=str(tmp_path / "o.json")):
-        with pytest.raises(ValueError, match="Received: budget=4"):
+        # A budget above the task count is the user's mistake: a usage error (one line).
+        with pytest.raises(app.UsageError, match="Received: budget=4"):
             select.main(["select"])
     assert select.parse_singletons("1,2,3") == [1.0, 2.0, 3.0]
     with pytest.raises(app.UsageError, match="--singletons"):
@@ -139,7 +140,7 @@ def test_bootstrap_needs_uncertainty_and_a_valid_count(tmp_path):
     path = _write(tmp_path, np.random.default_rng(3).normal(size=(3, 3)), ["a", "b", "c"])
     out = str(tmp_path / "o.json")
     with flagsaver.flagsaver(affinity=path, budgets=["2"], output=out, bootstrap=10):
-        with pytest.raises(ValueError, match="No uncertainty information"):
+        with pytest.raises(app.UsageError, match="No uncertainty information"):
             select.main(["select"])
     with flagsaver.flagsaver(affinity=path, budgets=["2"], output=out, bootstrap=-1):
         with pytest.raises(app.UsageError, match="--bootstrap"):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -19,9 +20,16 @@ TRAINED = {task: 0.1 for task in TASKS}
 
 def test_run_demo_writes_affinity_and_selection(tmp_path, capsys):
     out = str(tmp_path / "demo")
-    result = run_demo(num_tasks=4, num_clusters=2, steps=200, steps_per_epoch=100,
-                      batch_size=32, learning_rate=0.05, every_n=5, rule="sgd", seed=0,
-                      budgets=[1, 2], output_dir=out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_demo(num_tasks=4, num_clusters=2, steps=200, steps_per_epoch=100,
+                          batch_size=32, learning_rate=0.05, every_n=5, rule="sgd", seed=0,
+                          budgets=[1, 2], output_dir=out)
+    # The demo's output has no Keras warnings (e.g. fit's "shuffle=True was passed, but
+    # will be ignored" for a tf.data.Dataset).
+    from_keras = [f"{w.filename}: {w.message}" for w in caught
+                  if "keras" in w.filename or "keras" in str(w.message).lower()]
+    assert not from_keras, from_keras
     printed = capsys.readouterr().out
     assert "Mean inter-task affinity" in printed and "budget" in printed
     record = load_affinity(os.path.join(out, "affinity.json"))
