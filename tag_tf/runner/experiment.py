@@ -8,6 +8,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from tag_tf.io.bad_files import BadFiles
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -44,6 +46,10 @@ class Experiment:
         strategy (:mod:`tag_tf.training.resume`).
       settings: the dataset's own settings (JSON), recorded in ``results.json`` as
         ``"experiment"`` beside the run's config.
+      bad_input_files: the input files the dataset dropped as missing or unreadable (its
+        loader's ``skip_bad_files``), a :class:`tag_tf.io.bad_files.BadFiles`; when it
+        counts any, the run logs a warning, and ``results.json`` (``"bad_input_files"``)
+        and the summary report them. None or empty: nothing was dropped.
     """
 
     tasks: Sequence[str]
@@ -62,3 +68,4 @@ class Experiment:
     for_seed: Optional[Callable[[int], "Experiment"]] = None
     train_data_fn: Optional[Callable[[int], tf.data.Dataset]] = None
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    bad_input_files: Optional[BadFiles] = None

@@ -42,6 +42,7 @@ from typing import Any, Optional
 
 import keras
 import numpy as np
+from absl import logging
 
 from tag_tf.io import affinity_io
 from tag_tf.runner import choose
@@ -110,9 +111,10 @@ def run(mode: str, experiment: Experiment, config: RunConfig = RunConfig(), *,
         raise ValueError("mtl_results / stl_results are compared with in mode 'groups' only. "
                          f"Received them with mode={mode!r}.")
     measure = spec.measure_of(config)
-    if config.seeds > 1:
+    if config.seeds > 1:  # (each seed's run reports its dropped input files)
         return _finish(seeds_lib.run_seeds(run, mode, experiment, config, output_dir),
                        config, output_dir)
+    bad_input_files = bad_input_files_json(experiment)
 
     trained, affinity, chosen_networks = [], None, None
     for k, network in enumerate(networks):
@@ -143,7 +145,20 @@ def run(mode: str, experiment: Experiment, config: RunConfig = RunConfig(), *,
         test_loss={t: test_loss.get(t) for t in tasks},
         total_test_error=float(sum(errors)) if complete else None,
         mean_test_error=float(np.mean(errors)) if complete else None,
-        affinity=affinity, selection=chosen_networks, groups=groups), config, output_dir)
+        affinity=affinity, selection=chosen_networks, groups=groups,
+        bad_input_files=bad_input_files), config, output_dir)
+
+
+def bad_input_files_json(experiment: Experiment) -> Optional[dict]:
+    """The JSON of the input files ``experiment`` dropped (None: none), logged as a
+    warning: a run never drops input silently."""
+    report = experiment.bad_input_files
+    if not report:
+        return None
+    logging.warning("%d bad input file(s) were dropped from this run's data (skip_bad_files); "
+                    "they are listed in results.json under 'bad_input_files'. %s",
+                    report.count, report.summary())
+    return report.to_json()
 
 
 def _finish(result: RunResult, config: RunConfig, output_dir: Optional[str]) -> RunResult:

@@ -12,7 +12,12 @@ trained network) and writes its :meth:`RunResult.to_json` as ``results.json``::
    "total_test_error": sum over tasks, "mean_test_error": mean over tasks,
    "affinity": {"measure", "path", "tasks", "matrix", "epochs_used"}   # recording modes
    "selection": {"path", "budgets", "solver", "selections", "uncertainty"}
-   "groups": {"selection_path", "budget", "table", "comparisons"}}     # groups
+   "groups": {"selection_path", "budget", "table", "comparisons"},     # groups
+   "bad_input_files": {"count", "first": [{"path", "reason"}]}}  # input files dropped
+
+``bad_input_files`` is there only when the dataset dropped missing or unreadable input
+files (its ``skip_bad_files``; :attr:`Experiment.bad_input_files`): how many, and the first
+ones (:data:`tag_tf.io.bad_files.FIRST`) with what is wrong with each.
 
 With several seeds it adds ``"seeds"``, ``"runs"`` (per seed: ``test_error``,
 ``test_loss``, ``total_test_error``, ``mean_test_error``) and ``<key>_std`` beside those
@@ -187,6 +192,9 @@ class RunResult(_JsonView):
     runs: Optional[tuple[Mapping[str, Any], ...]] = None
     std: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Input files dropped as missing or unreadable: {"count", "first": [{"path", "reason"}]}
+    # (tag_tf.io.bad_files.BadFiles.to_json); None when none were.
+    bad_input_files: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"format": RESULTS_FORMAT, "mode": self.mode,
@@ -206,6 +214,9 @@ class RunResult(_JsonView):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value.to_json() if key == "affinity" else dict(value)
+        if self.bad_input_files is not None:
+            out["bad_input_files"] = {"count": int(self.bad_input_files["count"]),
+                                      "first": [dict(e) for e in self.bad_input_files["first"]]}
         return {**out, **self.extra}
 
     @classmethod
@@ -216,6 +227,7 @@ class RunResult(_JsonView):
             raise ValueError(f"Unknown results format {fmt!r}; readable: {_READABLE_FORMATS}")
         known = {"format", "mode", "tasks", "error_name", "config", "experiment", "seconds",
                  "seeds", "runs", "networks", "affinity", "selection", "groups",
+                 "bad_input_files",
                  *SUMMED_KEYS, *(k + "_std" for k in SUMMED_KEYS)}
         affinity = payload.get("affinity")
         seeds = payload.get("seeds")
@@ -234,6 +246,7 @@ class RunResult(_JsonView):
             seeds=None if seeds is None else tuple(seeds),
             runs=None if seeds is None else tuple(payload.get("runs", ())),
             std={k + "_std": payload[k + "_std"] for k in SUMMED_KEYS if k + "_std" in payload},
+            bad_input_files=payload.get("bad_input_files"),
             extra={k: v for k, v in payload.items() if k not in known})
 
     def replace(self, **changes: Any) -> "RunResult":

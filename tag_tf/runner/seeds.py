@@ -90,4 +90,7 @@ def run_seeds(run: RunFn, mode: str, experiment: Experiment, config: RunConfig,
         experiment=dict(experiment.settings), seeds=tuple(seeds), runs=entries,
         networks=tuple(net.with_(seed=s) for s, r in zip(seeds, runs) for net in r.networks),
         affinity=affinity, selection=selection, groups=runs[0].groups, std=stds,
-        seconds=time.perf_counter() - start, **values)
+        seconds=time.perf_counter() - start,
+        # The seeds read the same data: the input files the first one dropped (if any).
+        bad_input_files=next((r.bad_input_files for r in runs if r.bad_input_files), None),
+        **values)

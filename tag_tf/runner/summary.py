@@ -21,7 +21,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
     With several seeds, errors read ``mean ± std`` over the trainings; selections show
     their robustness verdict and what it is evidence of (one run: its batch noise only,
     with how to check across seeds; several: the runs); ``groups`` states how it compares
-    with MTL / STL. Results written before verdicts named their evidence are read with
+    with MTL / STL; input files the data dropped (``bad_input_files``) get one line.
+    Results written before verdicts named their evidence are read with
     :func:`tag_tf.selection.robustness.read_robustness` (an old one-seed "robust" reads
     "stable within this run").
     """
@@ -117,4 +118,11 @@ def format_summary(results: Mapping[str, Any]) -> str:
                         if verdict else "") + ")")
         for c in g.get("comparisons", []):
             lines.append(f"  {c['statement']}" + (f" [{c['note']}]" if c.get("note") else ""))
+    bad = results.get("bad_input_files")
+    if bad and bad.get("count"):
+        named = [e["path"] for e in bad.get("first") or []]
+        lines.append(f"  WARNING: {bad['count']} bad input file(s) skipped (skip_bad_files)"
+                     + (f": {named[0]}" + (", ..." if bad["count"] > 1 else "") if named else "")
+                     + f"; see 'bad_input_files' in results.json (the count, and the first "
+                     f"{len(named)} with what is wrong)")
     return "\n".join(lines)
