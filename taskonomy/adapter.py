@@ -101,7 +101,9 @@ class TaskonomyAdapter:
         # A pinned field left at the default preset's value takes the chosen preset's.
         given = {k: fields[k] for k in _RUN_FIELDS
                  if not (k in pinned and fields[k] == flags_lib.get(_FIXED, k))}
-        own = {f.name for f in dataclasses.fields(presets.TaskonomySettings)} - {"lookahead"}
+        # skip_bad_files stays False: the harness stops on a bad input file, naming it.
+        own = {f.name for f in dataclasses.fields(presets.TaskonomySettings)} - {
+            "lookahead", "skip_bad_files"}
         settings = {**{k: fields[k] for k in own}, "tasks": ",".join(self.tasks)}
         return presets.configure(self.lookahead, **settings, **given)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from typing import Optional, Sequence
 
@@ -18,6 +17,7 @@ import keras
 from absl import logging
 
 from tag_tf import runner
+from tag_tf.io import atomic
 from tag_tf.runner.config import RunConfig
 from taskonomy import data
 from taskonomy.presets import LOOKAHEADS, ORIGINAL_LOOKAHEAD_MOMENTUM, TASKS, TaskonomySettings
@@ -25,14 +25,19 @@ from taskonomy.training import CoupledSGD, EpochAlignedRecording, PlateauHalving
 
 
 def load_data(settings: TaskonomySettings, *, seed: int = 0) -> data.Splits:
-    """Fresh datasets of the three splits (:func:`taskonomy.data.load_splits`), logged."""
+    """Fresh datasets of the three splits (:func:`taskonomy.data.load_splits`), logged.
+
+    A missing or unreadable file raises :class:`tag_tf.io.bad_files.BadFileError` naming
+    it, or with ``settings.skip_bad_files`` is dropped (``Splits.bad_files``).
+    """
     tasks = data.parse_tasks(settings.tasks)
     splits = data.load_splits(settings.data_dir, tasks, batch_size=settings.batch_size,
                               eval_batch_size=settings.eval_batch_size,
                               image_size=settings.image_size,
                               splits_dir=settings.splits_dir or data.SPLITS_DIR, seed=seed,
                               augment=settings.augment, limit=settings.limit,
-                              tfrecord_dir=settings.tfrecord_dir)
+                              tfrecord_dir=settings.tfrecord_dir,
+                              skip_bad_files=settings.skip_bad_files)
     logging.info("Taskonomy: %d training images, %d steps per epoch, tasks %s.",
                  splits.train_examples, splits.steps_per_epoch, tasks)
     return splits
@@ -85,7 +90,8 @@ def build_experiment(settings: TaskonomySettings, splits: data.Splits, *, seed: 
         # The original's GradNormRepFunction: at the representation (the output of the last
         # shared layer, final_conv_bn), the weights on the encoder-bound gradient only.
         gradnorm_fn=lambda alpha: tag_tf.RepresentationGradNorm(alpha=alpha),
-        settings={**s.to_json(), "tasks": tasks})
+        settings={**s.to_json(), "tasks": tasks},
+        bad_input_files=splits.bad_files or None)
 
 
 @contextlib.contextmanager
@@ -162,9 +168,9 @@ def canonical_selection(path: str, *, budget: Optional[int], table: Optional[str
                 for n in chosen.networks]
     os.makedirs(output_dir, exist_ok=True)
     translated = os.path.join(output_dir, "selection_tasks.json")
-    with open(translated, "w") as f:
-        json.dump({"source": os.path.abspath(path), "budget": chosen.budget, "table": chosen.table,
-                   "networks": networks}, f, indent=1)
+    atomic.atomic_write_json(translated, {"source": os.path.abspath(path), "budget": chosen.budget,
+                                          "table": chosen.table, "networks": networks},
+                             indent=1)
     return translated, None, None, tasks
 
 

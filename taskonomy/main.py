@@ -131,7 +131,11 @@ def main(argv):
     if config.runtime.logical_cpus:  # before any TensorFlow work (e.g. loading the data)
         from tag_tf.runner import distribute  # pylint: disable=g-import-not-at-top
         distribute.split_cpu(config.runtime.logical_cpus)
-    result = experiment.run(script.mode, settings, config, output_dir=output_dir)
+    from tag_tf.io.bad_files import BadFileError  # pylint: disable=g-import-not-at-top
+    # A missing or unreadable input file (found before training) is the user's input: one
+    # line naming it; its message says --skip_bad_files drops such files.
+    with errors.user_input(BadFileError):
+        result = experiment.run(script.mode, settings, config, output_dir=output_dir)
     from tag_tf import runner  # pylint: disable=g-import-not-at-top
     print(runner.format_summary(result))
     print(f"Wrote {os.path.join(output_dir, modes.RESULTS_FILE)}")

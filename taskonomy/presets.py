@@ -97,6 +97,10 @@ class TaskonomySettings:
                                 "default).")
     augment: bool = setting(True, help="Random horizontal flips for training.")
     limit: Optional[int] = setting(None, help="Debugging: at most N images per building.")
+    skip_bad_files: bool = setting(
+        False, help="Drop the examples of missing or unreadable input files (PNGs, TFRecord "
+        "records) instead of stopping with an error naming the first; they are then counted "
+        "and named in the log, the summary and results.json (bad_input_files).")
     lookahead: Literal["fixed", "original", "paper"] = setting(
         "fixed", help="The configuration (taskonomy/presets.py): 'fixed' = this project's "
         "lookahead (the original's defects fixed); 'original' = tag.patch's lookahead, as its "

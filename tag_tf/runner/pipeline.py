@@ -155,9 +155,8 @@ def bad_input_files_json(experiment: Experiment) -> Optional[dict]:
     report = experiment.bad_input_files
     if not report:
         return None
-    logging.warning("%d bad input file(s) were dropped from this run's data (skip_bad_files); "
-                    "they are listed in results.json under 'bad_input_files'. %s",
-                    report.count, report.summary())
+    logging.warning("Input files dropped from this run's data (skip_bad_files), listed in "
+                    "results.json under 'bad_input_files': %s", report.summary())
     return report.to_json()
 
 

@@ -123,6 +123,6 @@ def format_summary(results: Mapping[str, Any]) -> str:
         named = [e["path"] for e in bad.get("first") or []]
         lines.append(f"  WARNING: {bad['count']} bad input file(s) skipped (skip_bad_files)"
                      + (f": {named[0]}" + (", ..." if bad["count"] > 1 else "") if named else "")
-                     + f"; see 'bad_input_files' in results.json (the count, and the first "
-                     f"{len(named)} with what is wrong)")
+                     + "; listed with what is wrong under 'bad_input_files' in results.json"
+                     + (f" (the first {len(named)})" if bad["count"] > len(named) else ""))
     return "\n".join(lines)

@@ -367,3 +367,75 @@ def test_lookahead_original_records_the_tag_patch_step(data_dir, tmp_path, eager
     with_momentum = with_momentum[np.ix_(order, order)]
     assert np.abs(record.affinity - with_momentum).max() > 20 * np.abs(
         record.affinity - expected).max()
+
+
+# ----------------------------------------------------------------------------- bad input files
+def test_corrupt_png_stops_the_cli_naming_it_or_is_skipped_and_reported(tmp_path, capsys,
+                                                                        eager):
+    """The issue's case through ``python -m taskonomy.main``: an rgb PNG of a training
+    building truncated to 200 bytes. By default one ``error:`` line (status 2) names it and
+    --skip_bad_files; with --skip_bad_files the run finishes, and results.json, the summary
+    and the log report it."""
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    from taskonomy import testing  # pylint: disable=g-import-not-at-top
+    root = str(tmp_path / "data")
+    testing.write_fake_taskonomy(root, size=32, frames=2)
+    bad = data.split_examples(root, TWO, "train").paths["rgb"][1]
+    with open(bad, "r+b") as f:
+        f.truncate(200)
+    out = str(tmp_path / "mtl")
+    argv = ["--mode=mtl", f"--data_dir={root}", f"--output_dir={out}", f"--tasks={TWO}",
+            *COMMON]
+
+    flags = taskonomy_main.FLAGS
+    flags.unparse_flags()
+    flags(["taskonomy.main", *argv])
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            errors.guard_main(taskonomy_main.main)(["taskonomy.main"])
+    finally:
+        flags.unparse_flags()
+    assert exit_.value.code == errors.EXIT_STATUS == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and bad in err and "Invalid PNG data" in err
+    assert "--skip_bad_files" in err
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+    run_main([*argv, "--skip_bad_files"])
+    printed = capsys.readouterr().out
+    results = _results(out, data.parse_tasks(TWO))
+    assert results["experiment"]["skip_bad_files"] is True
+    assert results["bad_input_files"]["count"] == 1
+    assert [e["path"] for e in results["bad_input_files"]["first"]] == [bad]
+    assert "Invalid PNG data" in results["bad_input_files"]["first"][0]["reason"]
+    lines = [line for line in printed.splitlines() if "bad input file" in line]
+    assert len(lines) == 1 and "1 bad input file(s) skipped" in lines[0] and bad in lines[0]
+
+
+def test_selection_tasks_json_is_written_atomically(tmp_path, monkeypatch):
+    """A translated selection is written through tag_tf.io.atomic: if the final rename
+    fails (a kill at that instant), the previous file stays whole and no partial one is
+    left."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"networks": [{"tasks": ["s", "d"], "serves": ["s", "d"]}]}))
+    out = tmp_path / "out"
+    out.mkdir()
+    translated = out / "selection_tasks.json"
+    translated.write_text("previous")
+
+    def fail(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="killed before the rename"):
+        taskonomy_experiment.canonical_selection(str(path), budget=None, table=None,
+                                                 output_dir=str(out))
+    assert translated.read_text() == "previous"
+    assert sorted(os.listdir(out)) == ["selection_tasks.json"]  # no temporary file left
+    monkeypatch.undo()
+    taskonomy_experiment.canonical_selection(str(path), budget=None, table=None,
+                                             output_dir=str(out))
+    assert json.loads(translated.read_text())["networks"][0]["tasks"] == [
+        "segment_semantic", "depth_zbuffer"]
