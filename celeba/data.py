@@ -263,7 +263,7 @@ def prepare_from_files(files_dir: str, data_dir: str, *,
     if builder.is_prepared():
         logging.info("%s is already prepared in %s.", builder.info.full_name, data_dir)
         if report is not None:
-            report.extend(read_bad_files(builder).first)
+            report.merge(read_bad_files(builder))
         return builder
     bad = check_original_files(files_dir)
     dropped = BadFiles()

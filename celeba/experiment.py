@@ -18,6 +18,7 @@ from celeba import data
 from celeba.presets import (GRADNORM_LAYER, LEARNING_RATE, LOOKAHEADS, LR_HALVING_EPOCHS,
                             MOMENTUM, NOTEBOOK_LOOKAHEAD_MOMENTUM, CelebASettings)
 from tag_tf import runner
+from tag_tf.io.bad_files import BadFiles
 from tag_tf.runner.config import RunConfig
 
 
@@ -42,14 +43,27 @@ def make_optimizer(learning_rate: float = LEARNING_RATE, lookahead: str = "fixed
     return optimizer
 
 
-def prepare(*, files_dir: str, data_dir: Optional[str], verify_checksums: bool = True) -> None:
-    """Builds TFDS celeb_a from the original files and prints the split sizes."""
+def prepare(*, files_dir: str, data_dir: Optional[str], verify_checksums: bool = True,
+            skip_bad_files: bool = False) -> None:
+    """Builds TFDS celeb_a from the original files and prints the split sizes.
+
+    A bad image (missing, or not a complete JPEG) raises
+    :class:`tag_tf.io.bad_files.BadFileError` naming it; with ``skip_bad_files`` it is left
+    out, and the count and first names are printed (and kept beside the dataset, so every
+    training on it reports them: :func:`celeba.data.read_bad_files`).
+    """
     if data_dir is None:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
         data_dir = os.path.expanduser(tfds.core.constants.DATA_DIR)
-    builder = data.prepare_from_files(files_dir, data_dir, verify_checksums=verify_checksums)
+    report = BadFiles()
+    builder = data.prepare_from_files(files_dir, data_dir, verify_checksums=verify_checksums,
+                                      skip_bad_files=skip_bad_files, report=report)
     sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
     print(f"celeb_a {builder.info.version} prepared in {builder.data_dir}: {sizes}")
+    if report:
+        print(f"WARNING: {report.summary()}; listed in "
+              f"{os.path.join(builder.data_dir, data.BAD_FILES_FILE)}, and in the results.json "
+              "(bad_input_files) of every run on this data.")
     differs = {k: v for k, v in sizes.items() if data.SPLIT_SIZES.get(k) != v}
     if differs:
         print(f"Note: split sizes differ from the full CelebA {data.SPLIT_SIZES}.")
@@ -87,7 +101,9 @@ def build_experiment(settings: CelebASettings, *, seed: int = 0) -> runner.Exper
         error_fn=lambda task: celeba_model.error_metric(),
         error_name="error_percent",
         gradnorm_layer=GRADNORM_LAYER,
-        settings=s.to_json())
+        settings=s.to_json(),
+        # Images the prepare step left out (skip_bad_files): reported by every run.
+        bad_input_files=splits.bad_files or None)
 
 
 def run(mode: str, settings: CelebASettings, config: RunConfig, *,

@@ -53,6 +53,11 @@ class Script:
         "identity_CelebA.txt.")
     verify_checksums: bool = setting(True, help="--mode=prepare: compare the files' SHA-256 "
                                      "with the originals (a mismatch only warns).")
+    skip_bad_files: bool = setting(
+        False, help="--mode=prepare: leave images missing from the archive or the label files, "
+        "or not complete JPEGs, out of the dataset instead of stopping with an error naming "
+        "the first; they are counted and named (bad_files.json beside the dataset), and every "
+        "training on it reports them (log, summary, results.json bad_input_files).")
 
 
 # Own flag registry: names such as --tasks, --seed and --budgets are also defined by
@@ -121,8 +126,12 @@ def main(argv):
         from celeba import data  # pylint: disable=g-import-not-at-top
         with errors.user_input(FileNotFoundError, flag="--files_dir"):
             data.original_file_paths(script.files_dir)
-        experiment.prepare(files_dir=script.files_dir, data_dir=FLAGS.data_dir,
-                           verify_checksums=script.verify_checksums)
+        from tag_tf.io.bad_files import BadFileError  # pylint: disable=g-import-not-at-top
+        # A bad image names itself in one line; its message says --skip_bad_files drops it.
+        with errors.user_input(BadFileError):
+            experiment.prepare(files_dir=script.files_dir, data_dir=FLAGS.data_dir,
+                               verify_checksums=script.verify_checksums,
+                               skip_bad_files=script.skip_bad_files)
         return
     settings, config = configuration()
     if script.mode == "groups" and not config.selection.selection_path:

@@ -52,6 +52,11 @@ class BadFiles:
         for path, reason in bad:
             self.add(path, reason)
 
+    def merge(self, other: "BadFiles") -> None:
+        """Adds ``other``'s count and the first of its named files."""
+        self.count += other.count
+        self.first.extend(other.first[:max(FIRST - len(self.first), 0)])
+
     def __bool__(self) -> bool:
         return self.count > 0
 

@@ -167,3 +167,16 @@ def test_prepare_stops_on_a_bad_image_or_skips_and_reports_it(tmp_path, no_downl
     splits = data.load_splits(tfds_dir, tasks=["Male"], batch_size=2, image_size=8)
     assert splits.bad_files.to_json() == report.to_json()
     assert sum(int(x.shape[0]) for x, _ in splits.train) == SPLITS["train"] - 2
+
+
+def test_report_merge_keeps_the_whole_count():
+    """An already prepared dataset reports what was left out: all of the count, even past
+    the first FIRST names it keeps."""
+    from tag_tf.io import bad_files  # pylint: disable=g-import-not-at-top
+    many = BadFiles()
+    many.extend((f"f{k}.jpg", "missing") for k in range(bad_files.FIRST + 5))
+    merged = BadFiles()
+    merged.merge(BadFiles.from_json(many.to_json()))
+    assert merged.count == bad_files.FIRST + 5 and merged.first == many.first
+    merged.merge(BadFiles(1, [("x.jpg", "missing")]))
+    assert merged.count == bad_files.FIRST + 6 and len(merged.first) == bad_files.FIRST

@@ -4,9 +4,12 @@ The fake original files go through the real TFDS celeb_a builder (``--mode=prepa
 each mode trains 16 x 16 images for 1-2 epochs and the written JSON is checked.
 """
 
+import contextlib
+import io
 import json
 import math
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -243,3 +246,85 @@ def test_lookahead_original_records_the_notebook_step(data_dir, run_main, tmp_pa
     momentum_09 = _notebook_affinity(data_dir, 2, coefficient=0.9)  # the fixed lookahead
     assert np.abs(record.affinity - momentum_09).max() > 20 * np.abs(
         record.affinity - expected).max()
+
+
+# ------------------------------------------------------------------ bad input files
+def _damaged_files(root):
+    """Fake original files (8 / 4 / 4 images) with one training JPEG cut to 200 bytes."""
+    from celeba import data  # pylint: disable=g-import-not-at-top
+    from celeba import testing  # pylint: disable=g-import-not-at-top
+    files = os.path.join(root, "files")
+    testing.write_fake_celeba(files, {"train": 8, "validation": 4, "test": 4})
+    path = os.path.join(files, data.ORIGINAL_FILES["img_align_celeba"])
+    with zipfile.ZipFile(path) as archive:
+        items = [(i.filename, archive.read(i.filename)) for i in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in items:
+            archive.writestr(name, content[:200] if name.endswith("000002.jpg") else content)
+    return files, "img_align_celeba.zip:img_align_celeba/000002.jpg"
+
+
+@pytest.fixture(scope="module")
+def skipped_dir(tmp_path_factory, no_downloads):
+    """--mode=prepare on the damaged files without, then with --skip_bad_files, as
+    ``errors.run`` runs it: ``(tfds dir, bad name, [status], [stdout], [stderr])``."""
+    from tag_tf.cli import errors  # pylint: disable=g-import-not-at-top
+    root = str(tmp_path_factory.mktemp("celeba_bad"))
+    files, bad = _damaged_files(root)
+    tfds_dir = os.path.join(root, "tfds")
+    argv = ["--mode=prepare", f"--files_dir={files}", f"--data_dir={tfds_dir}",
+            "--noverify_checksums"]
+    flags = celeba_main.FLAGS
+    out, err, status = [], [], []
+    for extra in ([], ["--skip_bad_files"]):
+        flags.unparse_flags()
+        flags(["celeba.main", *argv, *extra])
+        stdout, stderr = io.StringIO(), io.StringIO()
+        try:
+            with no_downloads(), contextlib.redirect_stdout(stdout), \
+                    contextlib.redirect_stderr(stderr):
+                errors.guard_main(celeba_main.main)(["celeba.main"])
+            status.append(0)
+        except SystemExit as e:
+            status.append(e.code)
+        finally:
+            flags.unparse_flags()
+        out.append(stdout.getvalue())
+        err.append(stderr.getvalue())
+    return tfds_dir, bad, status, out, err
+
+
+def test_prepare_with_a_bad_image_stops_naming_it(skipped_dir):
+    _, bad, status, _, err = skipped_dir
+    assert status[0] == 2
+    assert "Traceback" not in err[0] and len(err[0].splitlines()) == 1, err[0]
+    assert err[0].startswith("error: Bad CelebA image file " + bad)
+    assert "--skip_bad_files" in err[0]
+
+
+def test_prepare_skip_bad_files_leaves_it_out_and_every_run_reports_it(skipped_dir):
+    tfds_dir, bad, status, out, _ = skipped_dir
+    assert status[1] == 0
+    assert "'train': 7," in out[1].replace("Split(", "").replace(")", "")  # 8, one left out
+    warning = [line for line in out[1].splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and "1 bad input file(s) skipped: " + bad in warning[0]
+    assert "bad_files.json" in warning[0]
+    settings = presets.CelebASettings(data_dir=tfds_dir, tasks=tuple(TWO_TASKS),
+                                      batch_size=4, image_size=16)
+    experiment = celeba_experiment.build_experiment(settings)
+    assert experiment.bad_input_files.count == 1
+    assert experiment.bad_input_files.paths == [bad]
+
+
+@pytest.mark.slow
+def test_training_on_data_prepared_with_skipped_files_reports_them(skipped_dir, run_main,
+                                                                   tmp_path, capsys):
+    tfds_dir, bad, *_ = skipped_dir
+    out = str(tmp_path / "mtl")
+    run_main(["--mode=mtl", f"--data_dir={tfds_dir}", f"--output_dir={out}", "--epochs=1",
+              "--tasks=" + ",".join(TWO_TASKS), *COMMON])
+    results = _results(out)
+    assert results["bad_input_files"]["count"] == 1
+    assert results["bad_input_files"]["first"][0]["path"] == bad
+    lines = [line for line in capsys.readouterr().out.splitlines() if "bad input file" in line]
+    assert len(lines) == 1 and bad in lines[0]
