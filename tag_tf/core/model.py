@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf.core import affinity_stderr
+from tag_tf.core import state as affinity_stderr
 from tag_tf.core import lookahead
 from tag_tf.core import recorder
 from tag_tf.core import replicas
@@ -496,7 +496,7 @@ class MultiTaskModel(keras.Model):
         With recording on, the record also carries the batch-means standard error of each
         mean (``stderr``; NaN where fewer than 2 blocks hold values), the blocks behind it
         (``stderr_blocks``, the unfinished block counted as one) and ``stderr_method``; see
-        :mod:`tag_tf.core.affinity_stderr` and ``AffinityConfig.stderr_block``.
+        :mod:`tag_tf.core.state` and ``AffinityConfig.stderr_block``.
 
         Args:
           measure: ``"lookahead"`` (TAG, Eq. 1) or ``"cosine"`` (gradient cosine similarity).

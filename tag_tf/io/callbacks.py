@@ -45,7 +45,7 @@ class AffinityLogger(keras.callbacks.Callback):
     The PNG heatmaps show task names, cell values, a colour bar centred at 0 (red: the
     source helps the target) and the number of recorded steps; ``affinity.png`` hatches
     the cells not distinguishable from 0 (``|mean| < 2 SE``). The JSON/NPZ files carry
-    the standard errors the model keeps (:mod:`tag_tf.core.affinity_stderr`).
+    the standard errors the model keeps (:mod:`tag_tf.core.state`).
 
     The trace is also available as :attr:`epochs` (per measure) and through :meth:`record`.
     """

@@ -1,4 +1,4 @@
-"""The batch-means standard error kept in MultiTaskModel's state (tag_tf.core.affinity_stderr).
+"""The batch-means standard error kept in MultiTaskModel's state (tag_tf.core.state).
 
 It must equal tag_tf.stats.uncertainty's NumPy estimators on the same blocks, be NaN (never 0)
 with fewer than 2 blocks, survive save/load, BackupAndRestore and a step-exact resume
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf.io import affinity_io
-from tag_tf.core import affinity_stderr
+from tag_tf.core import state as affinity_stderr
 from tag_tf.io import heatmap
 from tag_tf.core import recorder
 from tag_tf.training import resume
