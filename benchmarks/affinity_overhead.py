@@ -199,7 +199,7 @@ def _time_rounds(fns, rounds, warmup):
             mode = key[-1] if isinstance(key, tuple) else key
             steps = 10 if mode.startswith("tag_every_10") else 1
             if steps > 1:
-                model.train_step_counter.assign(0)
+                model.affinity_state.train_step_counter.assign(0)
             start = time.perf_counter()
             for _ in range(steps):
                 step()

@@ -39,7 +39,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tag_tf.core import state as affinity_stderr
 from tag_tf.core import lookahead
 from tag_tf.core import recorder
 from tag_tf.core import replicas
@@ -47,8 +46,10 @@ from tag_tf.stats import uncertainty
 from tag_tf.core import vectorized
 from tag_tf.io.affinity_io import AffinityRecord, validate_tasks
 from tag_tf.core.config import AffinityConfig
+from tag_tf.core import state as state_layout
+from tag_tf.core.state import AffinityState
 from tag_tf.methods.pcgrad import PCGrad
-from tag_tf.core.task_losses import TaskLosses, resolve_task_losses
+from tag_tf.core.task_losses import TaskLosses, resolve_task_losses, task_outputs
 from tag_tf.methods.weighting import GradNorm, RepresentationGradNorm, UncertaintyWeighting
 
 def network_task_names(network: keras.Model) -> list[str]:
@@ -145,30 +146,17 @@ class MultiTaskModel(keras.Model):
             weighting.attach(self.tasks, self.shared_variables, network=network)
         self.gradient = gradient
         self._task_losses: Optional[TaskLosses] = None
-        self._recorder = recorder.AffinityRecorder(self)
+        self._recorder = None  # built by compile()
+        self._validation = recorder.Validation()
         self._static_record = None  # set per step under a multi-replica strategy
-        # Affinity state: non-trainable weights, so checkpoints carry it.
-        recorder.add_state(self, len(self.tasks))
-        affinity_stderr.add_state(self, len(self.tasks))  # batch-means standard errors
+        # The recording state: one tracked layer, so checkpoints and weight files carry it.
+        self.affinity_state = AffinityState(len(self.tasks))
         if network.built:
             self.built = True  # e.g. BackupAndRestore needs a built model before fit()
 
     # ----------------------------------------------------------------- forward
     def call(self, inputs, training=None):
-        return self._as_task_dict(self.network(inputs, training=training))
-
-    def _as_task_dict(self, outputs) -> dict:
-        if isinstance(outputs, dict):
-            missing = [t for t in self.tasks if t not in outputs]
-            if missing:
-                raise ValueError(f"The network's outputs lack task(s) {missing}. "
-                                 f"Outputs: {sorted(outputs)}")
-            return {t: outputs[t] for t in self.tasks}
-        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-        if len(outputs) != len(self.tasks):
-            raise ValueError(f"The network returned {len(outputs)} outputs for "
-                             f"{len(self.tasks)} tasks {self.tasks}.")
-        return dict(zip(self.tasks, outputs))
+        return task_outputs(self.network(inputs, training=training), self.tasks)
 
     # ----------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, **kwargs):
@@ -189,7 +177,11 @@ class MultiTaskModel(keras.Model):
         if config is not None:
             lookahead.check_supported(self.optimizer, config.rule)
             if config.batch == "validation" and config.validation_data is not None:
-                self._recorder.attach_validation(config.validation_data)
+                self._validation.attach(config.validation_data)
+            terms = self.weighting.task_terms if self.weighting is not None else list
+            self._recorder = recorder.AffinityRecorder(recorder.RecordingParts(
+                config, self.network, self.shared_variables, self.tasks, self._task_losses,
+                terms, self.optimizer, self.affinity_state, self._validation))
 
     def attach_validation_data(self, dataset: Any) -> None:
         """Gives a loaded ``batch="validation"`` model its validation batches again (datasets
@@ -199,7 +191,10 @@ class MultiTaskModel(keras.Model):
             raise ValueError("attach_validation_data() is for models recording affinity with "
                              "AffinityConfig(batch='validation').")
         self.affinity_config = dataclasses.replace(config, validation_data=dataset)
-        self._recorder.attach_validation(dataset)
+        self._validation.attach(dataset)
+        if self._recorder is not None:
+            self._recorder = recorder.AffinityRecorder(
+                self._recorder.parts._replace(config=self.affinity_config))
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (Keras skips this for models overriding ``compile``),
@@ -214,7 +209,7 @@ class MultiTaskModel(keras.Model):
         callbacks = list(callbacks or [])
         self._check_strategy()
         config = self.affinity_config
-        if config is not None and config.batch == "validation" and not self._recorder.has_validation:
+        if config is not None and config.batch == "validation" and not self._validation.attached:
             raise ValueError(
                 "This model records affinity on validation batches but has no validation "
                 "dataset (datasets are not saved with a model): call "
@@ -222,7 +217,7 @@ class MultiTaskModel(keras.Model):
         if self.affinity_config is not None:
             # First: the window is set before training, and epoch-end blocks are folded
             # before checkpoints (BackupAndRestore) and loggers read the state.
-            callbacks[:0] = [recorder.AffinityWindow(), affinity_stderr.AffinityBlocks()]
+            callbacks[:0] = [_AffinitySchedule()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------ distribution
@@ -273,7 +268,7 @@ class MultiTaskModel(keras.Model):
             super(MultiTaskModel, self).make_train_function(force=True)
             return self.train_function
 
-        self.train_function = recorder.make_replicated_train_function(self, build)
+        self.train_function = _replicated_train_function(self, build)
         return self.train_function
 
     # ------------------------------------------------------------------- loss
@@ -339,9 +334,9 @@ class MultiTaskModel(keras.Model):
         else:
             outputs = self._plain_phase(x, y, sample_weight, none_grads, batch)
         loss, y_pred, grads, task_losses, kernel_norms = outputs
-        self.train_step_counter.assign_add(1)
-        if self.affinity_config is not None:
-            affinity_stderr.end_block_if_due(self)  # stderr_block=K: every K recorded steps
+        self.affinity_state.count_step()
+        if self.affinity_config is not None:  # stderr_block=K: every K recorded steps
+            self.affinity_state.end_block_if_due(self.affinity_config)
         self._loss_tracker.update_state(
             replicas.unscale_loss(loss),
             sample_weight=tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0])
@@ -365,7 +360,7 @@ class MultiTaskModel(keras.Model):
             return None
         if self._static_record is not None:
             return self._static_record
-        return self._recorder.should_record()
+        return self.affinity_state.should_record(self.affinity_config.every_n)
 
     def _kernel_norms(self, tape, task_losses, batch):
         """Global-batch ``||dL_t/dW||`` at GradNorm's kernel (zeros without GradNorm)."""
@@ -450,7 +445,7 @@ class MultiTaskModel(keras.Model):
             elif record is not None:
                 tf.cond(record, lambda: self._recorder.record(
                     x, y, sample_weight, y_pred, state_before, lambda k: global_grads[k],
-                    batch), lambda: tf.identity(self.affinity_steps.value))
+                    batch), lambda: tf.identity(self.affinity_state.affinity_steps.value))
 
         # Training gradient: shared part from the per-task gradients, the rest as Keras does.
         shared_ids = {id(v) for v in shared}
@@ -475,15 +470,6 @@ class MultiTaskModel(keras.Model):
         return (loss, y_pred, _zeros_for_none(grads, self.trainable_variables), task_losses,
                 kernel_norms)
 
-    def _record_affinity(self, x, y, sample_weight, y_pred, state_before,
-                         task_gradient: Callable[[int], list], batch=None):
-        """Adds one step's affinities to the accumulators (see :class:`AffinityRecorder`)."""
-        if batch is None:
-            batch = replicas.GlobalBatch(self._require_task_losses().losses, self.tasks, y,
-                                         sample_weight)
-        return self._recorder.record(x, y, sample_weight, y_pred, state_before, task_gradient,
-                                     batch)
-
     def _require_task_losses(self) -> TaskLosses:
         if self._task_losses is None:
             raise ValueError("Call compile(loss=...) before training a MultiTaskModel.")
@@ -501,53 +487,16 @@ class MultiTaskModel(keras.Model):
         Args:
           measure: ``"lookahead"`` (TAG, Eq. 1) or ``"cosine"`` (gradient cosine similarity).
         """
-        record = self._recorder.affinity_record(measure)
-        if self.affinity_config is None:
-            return record
-        return uncertainty.with_stderr(record, affinity_stderr.estimate(self, measure),
-                                       affinity_stderr.block_method(self.affinity_config))
-
-    def measure_state(self, measure: str):
-        """(sum, count, skipped) variables of one measure."""
-        return self._recorder.measure_state(measure)
+        return self.affinity_state.record(measure, self.tasks, self.affinity_config)
 
     def reset_affinity(self) -> None:
         """Zeroes the affinity accumulators and standard-error blocks (not the step counter)."""
-        self._recorder.reset()
-        affinity_stderr.reset(self)
+        self.affinity_state.reset()
 
     # ----------------------------------------------------------- serialisation
-    def _bookkeeping(self) -> list:
-        """Affinity accumulators and step counters: the record of the run, not its weights."""
-        return [getattr(self, name)
-                for name in recorder.BOOKKEEPING + affinity_stderr.NAMES]
-
-    def get_weights(self) -> list:
-        """Keras ``get_weights`` without the affinity bookkeeping.
-
-        ``EarlyStopping(restore_best_weights=True)`` swaps weights with these methods;
-        the affinities recorded after the best epoch must not be rolled back with the
-        network (checkpoint files still carry everything).
-        """
-        skip = {id(v) for v in self._bookkeeping()}
-        return [v.numpy() for v in self.weights if id(v) not in skip]
-
-    def set_weights(self, weights) -> None:
-        """Inverse of :meth:`get_weights` (the bookkeeping is left as it is)."""
-        skip = {id(v) for v in self._bookkeeping()}
-        variables = [v for v in self.weights if id(v) not in skip]
-        if len(variables) != len(weights):
-            raise ValueError(f"set_weights expected {len(variables)} arrays (affinity "
-                             f"bookkeeping excluded). Received: {len(weights)}")
-        for variable, value in zip(variables, weights):
-            if tuple(variable.shape) != tuple(np.shape(value)):
-                raise ValueError(f"Shape mismatch for {variable.path}: {variable.shape} vs "
-                                 f"{np.shape(value)}")
-            variable.assign(value)
-
     def _rng_states(self) -> list:
         """RNG state variables (Dropout, PCGrad's order...), which Keras weight files omit."""
-        saved = {id(v) for v in self.weights}
+        saved = {id(v) for v in self.weights + self.affinity_state.variables}
         return [v for v in self.non_trainable_variables if id(v) not in saved]
 
     def save_own_variables(self, store):
@@ -557,13 +506,19 @@ class MultiTaskModel(keras.Model):
             store[f"rng_{i}"] = variable
 
     def load_own_variables(self, store):
-        """Loads what :meth:`save_own_variables` wrote (RNG states when present)."""
+        """Loads what :meth:`save_own_variables` wrote (RNG states when present), and the
+        affinity state of a file in tag_tf's state layout 1 (see :mod:`tag_tf.core.state`)."""
         own = self._trainable_variables + self._non_trainable_variables
         keys = set(store.keys())
-        missing = [str(i) for i in range(len(own)) if str(i) not in keys]
-        if missing:
-            raise ValueError(f"{self.name}: the saved state lacks {len(missing)} of "
-                             f"{len(own)} variables (affinity accumulators, counters).")
+        numbered = sum(key.isdigit() for key in keys)
+        if numbered == len(own) + len(state_layout.VARIABLES):  # layout 1
+            self.affinity_state.load_layout1(store, offset=len(own))
+        elif numbered != len(own) or any(str(i) not in keys for i in range(len(own))):
+            raise ValueError(
+                f"{self.name}: the file holds {numbered} variables of the model itself; this "
+                f"model saves {len(own)} (tag_tf state layout {state_layout.LAYOUT}) and tag_tf "
+                f"state layout 1 saved {len(own) + len(state_layout.VARIABLES)}. It was written "
+                "for another network, shared set or number of tasks.")
         for i, variable in enumerate(own):
             variable.assign(store[str(i)])
         for i, variable in enumerate(self._rng_states()):
@@ -610,3 +565,43 @@ class MultiTaskModel(keras.Model):
 
 def _zeros_for_none(grads, variables):
     return [tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, variables)]
+
+
+class _AffinitySchedule(keras.callbacks.Callback):
+    """Put first by ``MultiTaskModel.fit``: resolves the affinity window to steps when
+    training starts, and ends a standard-error block at every epoch end (before checkpoints
+    such as ``BackupAndRestore`` and loggers read the state)."""
+
+    def on_train_begin(self, logs=None):
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        start, end = self.model.affinity_config.step_window(
+            epochs * steps if epochs and steps else None)
+        self.model.affinity_state.set_window(start, end)
+
+    def on_epoch_end(self, epoch, logs=None):
+        config = self.model.affinity_config
+        if config.stderr_block == "epoch":
+            self.model.affinity_state.end_block(config.measures)
+
+
+def _replicated_train_function(model: keras.Model, build: Callable[[], Optional[object]]):
+    """A train function choosing, in Python before each step, a recording or a plain step.
+
+    Args:
+      model: the MultiTaskModel (its ``_static_record`` flag is read by ``train_step``
+        while each function is traced, or at each eager call).
+      build: returns a fresh Keras train function (``Trainer.make_train_function``).
+    """
+    if model.steps_per_execution != 1:
+        raise ValueError(
+            "Affinity recording under a multi-replica tf.distribute strategy needs "
+            "steps_per_execution=1 (the recording decision is taken between steps). "
+            f"Received: steps_per_execution={model.steps_per_execution}")
+    functions = {record: build() for record in (False, True)}
+
+    def train_function(iterator):
+        record = model.affinity_state.records_next_step(model.affinity_config.every_n)
+        model._static_record = record  # pylint: disable=protected-access
+        return functions[record](iterator)
+
+    return train_function

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from tag_tf.core import replicas
+from tag_tf.core.task_losses import task_outputs
 
 
 @keras.saving.register_keras_serializable(package="tag_tf")
@@ -305,7 +306,7 @@ class RepresentationGradNorm(keras.layers.Layer):
         with tf.GradientTape(persistent=True) as tape:
             outputs = split.probe(x, training=True)
             rep = outputs["representation"]
-            y_pred = model._as_task_dict(outputs["outputs"])  # pylint: disable=protected-access
+            y_pred = task_outputs(outputs["outputs"], model.tasks)
             loss = model._compute_loss(  # pylint: disable=protected-access
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             task_losses = model._require_task_losses().compute(  # pylint: disable=protected-access

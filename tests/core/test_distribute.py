@@ -78,7 +78,7 @@ def train(strategy, *, config=None, weighting=None, gradient=None, optimizer=Non
             record = model.affinity_record(measure)
             out[measure] = record.affinity
             out[measure + "_counts"] = record.counts
-        out["steps"] = int(model.affinity_steps.numpy())
+        out["steps"] = int(model.affinity_state.affinity_steps.numpy())
     return out
 
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf import synthetic
+from tag_tf.core import recorder, replicas, task_losses
 
 TASKS = ["a", "b", "c"]
 
@@ -56,14 +57,14 @@ def test_schedule_records_exactly_the_expected_steps(config, expected_steps):
 
     class Watch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.affinity_steps.numpy()) > len(recorded):
-                recorded.append(int(self.model.train_step_counter.numpy()) - 1)
+            if int(self.model.affinity_state.affinity_steps.numpy()) > len(recorded):
+                recorded.append(int(self.model.affinity_state.train_step_counter.numpy()) - 1)
 
     x, y = data(96)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[Watch()])
     assert recorded == expected_steps
-    assert int(model.affinity_steps.numpy()) == len(expected_steps)
-    np.testing.assert_array_equal(model.affinity_count.numpy(), len(expected_steps))
+    assert int(model.affinity_state.affinity_steps.numpy()) == len(expected_steps)
+    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(), len(expected_steps))
 
 
 def test_config_rejects_bad_values():
@@ -91,11 +92,17 @@ def test_lookahead_mutates_no_variable():
     state = [tf.identity(v.value) for v in model.network.non_trainable_variables]
     y_pred = model(x, training=False)
     grads = [[tf.ones_like(v.value) * 0.1 for v in model.shared_variables] for _ in TASKS]
-    model._record_affinity(x, y, None, y_pred, state,  # pylint: disable=protected-access
-                           lambda k: grads[k])
+    parts = recorder.RecordingParts(
+        model.affinity_config, model.network, model.shared_variables, TASKS,
+        task_losses.resolve_task_losses(TASKS, "mse", {"b": 2.0}), list, model.optimizer,
+        model.affinity_state, recorder.Validation())
+    y = {t: tf.constant(v) for t, v in y.items()}
+    recorder.AffinityRecorder(parts).record(
+        x, y, None, y_pred, state, lambda k: grads[k],
+        replicas.GlobalBatch(parts.task_losses.losses, TASKS, y))
     for value, variable in zip(before, watched):
         np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
-    assert int(model.affinity_steps.numpy()) == 3
+    assert int(model.affinity_state.affinity_steps.numpy()) == 3
 
 
 @pytest.mark.parametrize("every_n", [1, 3])
@@ -112,7 +119,7 @@ def test_training_with_tag_equals_training_without(every_n):
     model = make_model(tag_tf.AffinityConfig(every_n=every_n),
                        optimizer=keras.optimizers.Adam(0.01))
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    assert int(model.affinity_steps.numpy()) > 0
+    assert int(model.affinity_state.affinity_steps.numpy()) > 0
     for a, b in zip(plain.variables, model.network.variables):
         # Recording steps sum per-task gradients instead of differentiating the sum:
         # equal up to float32 rounding.
@@ -158,8 +165,9 @@ def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
                 callbacks=[keras.callbacks.BackupAndRestore(backup), logger])
     for name in ["affinity_sum", "affinity_count", "affinity_skipped", "affinity_steps",
                  "train_step_counter"]:
-        np.testing.assert_array_equal(getattr(straight, name).numpy(),
-                                      getattr(resumed, name).numpy(), err_msg=name)
+        np.testing.assert_array_equal(getattr(straight.affinity_state, name).numpy(),
+                                      getattr(resumed.affinity_state, name).numpy(),
+                                      err_msg=name)
     for a, b in zip(straight.network.variables, resumed.network.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     assert [e["epoch"] for e in logger.epochs["lookahead"]] == [0, 1, 2, 3]
@@ -173,8 +181,8 @@ def test_checkpoint_carries_affinity_state(tmp_path):
     tf.train.Checkpoint(model=model).write(path)
     other = make_model(seed=3)
     tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
-    np.testing.assert_array_equal(other.affinity_sum.numpy(), model.affinity_sum.numpy())
-    np.testing.assert_array_equal(other.affinity_count.numpy(), model.affinity_count.numpy())
+    np.testing.assert_array_equal(other.affinity_state.affinity_sum.numpy(), model.affinity_state.affinity_sum.numpy())
+    np.testing.assert_array_equal(other.affinity_state.affinity_count.numpy(), model.affinity_state.affinity_count.numpy())
 
 
 def test_save_and_load_keras_file(tmp_path):
@@ -186,7 +194,7 @@ def test_save_and_load_keras_file(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.tasks == TASKS
     assert loaded.affinity_config == model.affinity_config
-    np.testing.assert_array_equal(loaded.affinity_sum.numpy(), model.affinity_sum.numpy())
+    np.testing.assert_array_equal(loaded.affinity_state.affinity_sum.numpy(), model.affinity_state.affinity_sum.numpy())
     for a, b in zip(model.predict(x, verbose=0).values(), loaded.predict(x, verbose=0).values()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     # Compiled on load (losses, optimizer and its state): training resumes as the original.
@@ -197,9 +205,9 @@ def test_save_and_load_keras_file(tmp_path):
                                                              rel=1e-6)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
-    np.testing.assert_allclose(loaded.affinity_sum.numpy(), model.affinity_sum.numpy(),
+    np.testing.assert_allclose(loaded.affinity_state.affinity_sum.numpy(), model.affinity_state.affinity_sum.numpy(),
                                rtol=1e-5, atol=1e-7)
-    assert int(loaded.affinity_steps.numpy()) == int(model.affinity_steps.numpy())
+    assert int(loaded.affinity_state.affinity_steps.numpy()) == int(model.affinity_state.affinity_steps.numpy())
 
 
 def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
@@ -216,7 +224,7 @@ def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
         loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
     loaded.attach_validation_data(validation)
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    assert int(loaded.affinity_steps.numpy()) == 4
+    assert int(loaded.affinity_state.affinity_steps.numpy()) == 4
     assert np.all(np.isfinite(loaded.affinity_record().affinity[~np.eye(3, dtype=bool)]))
     with pytest.raises(ValueError, match="batch='validation'"):
         make_model().attach_validation_data(validation)
@@ -238,7 +246,7 @@ def test_zero_losses_are_skipped_and_counted_not_averaged():
                   loss={"a": "mse", "b": "mse", "c": ZeroLossOnLargeTargets()})
     x, y = data(32)
     model.train_on_batch(x, y)  # every loss > 0: all recorded
-    np.testing.assert_array_equal(model.affinity_skipped.numpy(), 0)
+    np.testing.assert_array_equal(model.affinity_state.affinity_skipped.numpy(), 0)
     first = model.affinity_record().affinity
     model.train_on_batch(x, dict(y, c=y["c"] + 1000.0))  # L_c == 0: column c skipped
     record = model.affinity_record()
@@ -351,6 +359,6 @@ def test_early_stopping_restores_weights_but_keeps_the_recorded_affinities():
               callbacks=[Snapshot(), stop])
     for before, variable in zip(weights_after_first, model.network.weights):
         np.testing.assert_array_equal(before, variable.numpy(), err_msg=variable.path)
-    assert int(model.affinity_steps.numpy()) == 12  # 3 epochs x 4 steps, none rolled back
-    assert int(model.train_step_counter.numpy()) == 12
-    np.testing.assert_array_equal(model.affinity_count.numpy(), 12)
+    assert int(model.affinity_state.affinity_steps.numpy()) == 12  # 3 epochs x 4 steps, none rolled back
+    assert int(model.affinity_state.train_step_counter.numpy()) == 12
+    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(), 12)
