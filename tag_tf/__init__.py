@@ -23,6 +23,9 @@ _EXPORTS = {
     "RepresentationGradNorm": "tag_tf.methods.weighting",
     "PCGrad": "tag_tf.methods.pcgrad",
     "project_conflicting": "tag_tf.methods.pcgrad",
+    "LossWeighting": "tag_tf.core.parts",
+    "GradientCombiner": "tag_tf.core.parts",
+    "Needs": "tag_tf.core.parts",
     # io: records, files, figures, the logging callback
     "AffinityRecord": "tag_tf.io.affinity_io",
     "AffinityLogger": "tag_tf.io.callbacks",

@@ -3,10 +3,10 @@
 The model owns the training and hands the recorder what it reads, explicitly
 (:class:`RecordingParts`: network, shared variables, task losses, optimizer and the
 :class:`~tag_tf.core.state.AffinityState`); on a recording step the
-:class:`AffinityRecorder` turns the per-task shared gradients into lookahead affinities (paper Eq. 1)
-``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)``, gradient cosines and/or Eq. 1
-to first order (``"taylor"``, :meth:`AffinityRecorder._taylor_products`), and adds them to
-the accumulators.
+:class:`AffinityRecorder` turns the per-task shared gradients into lookahead affinities
+(paper Eq. 1) ``Z[i, j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s)``, gradient cosines
+and/or Eq. 1 to first order (``"taylor"``, :meth:`AffinityRecorder._taylor_products`), and
+adds them to the state's accumulators.
 
 Distribution (see :mod:`tag_tf.core.replicas`): g_i, L_j before and L_j after are the global
 batch's, reduced across replicas, so every replica computes the same Z and the
@@ -34,41 +34,13 @@ import keras
 import tensorflow as tf
 
 from tag_tf.core import lookahead
+from tag_tf.core.keras_compat import float32_compute, is_mixed
 from tag_tf.core import network_call
 from tag_tf.core import replicas
-from tag_tf.core import vectorized
+from tag_tf.core import per_task
 from tag_tf.core.config import AffinityConfig
 from tag_tf.core.state import AffinityState
 from tag_tf.core.task_losses import TaskLosses, task_outputs
-
-
-def is_mixed(network: keras.Model) -> bool:
-    """Whether any layer computes in a lower precision than its variables."""
-    return any(layer.compute_dtype != layer.variable_dtype
-               for layer in network._flatten_layers(include_self=True))  # pylint: disable=protected-access
-
-
-@contextlib.contextmanager
-def float32_compute(network: keras.Model):
-    """Temporarily makes every mixed-precision layer of ``network`` compute in float32.
-
-    Used around ``stateless_call`` while tracing (or running eagerly) the recording step;
-    the policies are restored on exit. Only float32-variable layers are switched.
-    """
-    switched = []
-    try:
-        for layer in network._flatten_layers(include_self=True):  # pylint: disable=protected-access
-            policy = layer._dtype_policy  # pylint: disable=protected-access
-            if (isinstance(policy, keras.dtype_policies.DTypePolicy)
-                    and not isinstance(policy, keras.dtype_policies.DTypePolicyMap)
-                    and policy.quantization_mode is None
-                    and policy.variable_dtype == "float32" and policy.compute_dtype != "float32"):
-                switched.append((layer, policy))
-                layer._dtype_policy = keras.dtype_policies.get("float32")  # pylint: disable=protected-access
-        yield
-    finally:
-        for layer, policy in switched:
-            layer._dtype_policy = policy  # pylint: disable=protected-access
 
 
 class Validation:
@@ -134,24 +106,16 @@ class AffinityRecorder:
         return parts.task_losses.compute(y, task_outputs(outputs, parts.tasks), sample_weight,
                                          weighted=False)
 
-    def _float32_gradients(self, x, y, sample_weight, state_before, current, batch):
-        """Per-task global shared gradients and base losses from a float32 forward pass.
-
-        Under mixed precision the training tape's gradients went through float16 (about
-        1e-3 relative error per element, enough to change small affinities by tens of
-        percent); the lookahead uses these instead.
-        """
-        return self._shared_gradients(x, y, sample_weight, state_before, current, batch,
-                                      float32=True, weighted=True)
-
     def _shared_gradients(self, x, y, sample_weight, state_before, current, batch, *,
                           float32: bool, weighted: bool):
-        """Per-task global shared gradients and this replica's unweighted losses, from one
-        forward pass with ``current`` values (float32 compute when ``float32``).
+        """Per-task global shared gradients (stacked ``[T, *shape]``) and this replica's
+        unweighted losses, from one forward pass with ``current`` values.
 
-        ``weighted``: gradients of the training terms (loss weights and weighting, as the
-        training tape's); otherwise of the unweighted losses (Taylor targets on the
-        validation batch).
+        ``float32``: the forward computes in float32 (mixed precision: the training tape's
+        gradients went through float16, about 1e-3 relative error per element, enough to
+        change small affinities by tens of percent). ``weighted``: gradients of the training
+        terms (loss weights and weighting, as the training tape's); otherwise of the
+        unweighted losses (Taylor targets on the validation batch).
         """
         parts = self.parts
         network, shared, task_losses = parts.network, parts.shared, parts.task_losses
@@ -166,44 +130,37 @@ class AffinityRecorder:
                 outputs, _ = network_call.stateless_call(network, values, state_before, x,
                                                          training=True)
             outputs = task_outputs(outputs, parts.tasks)
-            if weighted:
-                terms = parts.terms(task_losses.compute(y, outputs, sample_weight))
-            else:
-                terms = task_losses.compute(y, outputs, sample_weight, weighted=False)
-        base = task_losses.compute(y, outputs, sample_weight, weighted=False) if weighted \
-            else terms
+            base = task_losses.compute(y, outputs, sample_weight, weighted=False)
+            terms = parts.terms(task_losses.weigh(base)) if weighted else base
         config = parts.config
-        grads = []
-        per_task = vectorized.task_gradients(tape, terms, watched, config.parallel_chunk(),
-                                             parts.tasks) if config.parallel else None
-        for k in range(len(parts.tasks)):
-            local = per_task[k] if per_task else tape.gradient(terms[k], watched)
-            local = [tf.zeros_like(w) if g is None else g for g, w in zip(local, watched)]
-            grads.append(batch.gradients(local, k))
+        local = per_task.task_gradients(tape, terms, watched, parallel=config.parallel,
+                                        chunk=config.parallel_chunk())
         del tape
-        return grads, base
+        return batch.stacked_gradients(local), base
 
     # --------------------------------------------------------------- record
-    def record(self, x, y, sample_weight, y_pred, state_before,
-               task_gradient: Callable[[int], list], batch: replicas.GlobalBatch) -> tf.Tensor:
+    def record(self, x, y, sample_weight, losses: Sequence[tf.Tensor], state_before,
+               task_grads: Sequence[tf.Tensor], batch: replicas.GlobalBatch) -> tf.Tensor:
         """Adds one step's affinities to the accumulators.
 
         Args:
-          x, y, sample_weight: this replica's training batch; ``y_pred`` its training forward.
+          x, y, sample_weight: this replica's training batch.
+          losses: this replica's unweighted task losses of the training forward pass.
           state_before: the network's non-trainable values before the training forward.
-          task_gradient: k -> the global-batch gradient of task k's (loss-scaled) training
-            term with respect to the shared variables. Called once per task, in order.
+          task_grads: the global batch's per-task gradients of the (loss-scaled) training
+            terms with respect to the shared variables: one ``[T, *shape]`` tensor per shared
+            variable (row k: task k), identical in every replica.
           batch: the training batch's :class:`replicas.GlobalBatch`.
 
-        Sources are processed one after another (gradient, lookahead forward, losses),
-        chained by control dependencies: run concurrently, their activation gradients
-        coexist, which was measured to triple peak memory on CPU (``parallel=True`` batches
-        them instead, :mod:`tag_tf.core.vectorized`, same Z). Cosine: cos(g_i, g_j)
-        over the shared variables (kernels only by default, as the original CS baseline).
-        Taylor: ``<s_i, grad L_j> / L_j`` from the same gradients, no forward pass; on the
-        training batch ``grad L_j`` is ``g_j`` divided by ``d term_j / d L_j`` (the loss
-        weight times the weighting's factor), on the validation batch one extra forward
-        pass and one backward pass per task give it.
+        Lookahead: the T lookahead forwards are one traced body in a ``tf.while_loop`` over
+        the source task (:func:`tag_tf.core.per_task.map_tasks`), run one after another so
+        that only one forward's activations exist at a time (``parallel=True`` batches them
+        instead, :mod:`tag_tf.core.vectorized`, same Z). Cosine: cos(g_i, g_j) over the shared
+        variables (kernels only by default, as the original CS baseline). Taylor:
+        ``<s_i, grad L_j> / L_j`` from the same gradients, no forward pass; on the training
+        batch ``grad L_j`` is ``g_j`` divided by ``d term_j / d L_j`` (the loss weight times
+        the weighting's factor), on the validation batch one extra forward pass and T
+        backward passes give it.
 
         Returns:
           The updated step count (a tensor to return from ``tf.cond``).
@@ -218,10 +175,10 @@ class AffinityRecorder:
         current = [v.value for v in network.trainable_variables]
         train_base = None
         if float32:  # mixed precision: measure with float32 gradients and losses
-            float32_grads, train_base = self._float32_gradients(
-                x, y, sample_weight, state_before, current, batch)
-            task_gradient = float32_grads.__getitem__  # unscaled: no loss scale to undo
-            loss_scale = tf.constant(1.0)
+            task_grads, train_base = self._shared_gradients(
+                x, y, sample_weight, state_before, current, batch, float32=True, weighted=True)
+            loss_scale = tf.constant(1.0)  # unscaled: no loss scale to undo
+        task_grads = [g / tf.cast(loss_scale, g.dtype) for g in task_grads]
 
         eval_grads = None  # Taylor targets on the validation batch: grad of unweighted L_j
         if (lookahead_on or taylor_on) and config.batch == "validation":
@@ -239,58 +196,38 @@ class AffinityRecorder:
             if float32:  # the training forward ran in float16: use the float32 one
                 base = train_base
             else:
-                base = parts.task_losses.compute(y, y_pred, sample_weight, weighted=False)
+                base = list(losses)
 
         shared_index = {id(v): k for k, v in enumerate(shared)}
 
         def lookahead_row(grads):
             """Every task's loss after the lookahead step on one source's ``grads``."""
-            unscaled = [g / tf.cast(loss_scale, g.dtype) for g in grads]
             new_shared = lookahead.lookahead_values(config.rule, parts.optimizer, shared,
-                                                    unscaled, lr)
+                                                    grads, lr)
             values = [new_shared[shared_index[id(v)]] if id(v) in shared_index else value
                       for v, value in zip(network.trainable_variables, current)]
             return tf.stack(self._eval_losses(values, state_before, x_eval, y_eval, w_eval,
                                               float32))
 
-        rows, task_grads, previous = [], [], []
-        if config.parallel:  # batched passes (tag_tf.core.vectorized): same rows
-            task_grads = [task_gradient(k) for k in range(len(tasks))]
-            if lookahead_on:
-                rows = tf.unstack(vectorized.chunked_map(
-                    lookahead_row, [tf.stack(g) for g in zip(*task_grads)],
-                    config.parallel_chunk()))
-        for k in range(0 if config.parallel else len(tasks)):
-            with tf.control_dependencies(previous):
-                grads = task_gradient(k)
-                task_grads.append(grads)
-                if not lookahead_on:
-                    previous = grads[:1]
-                    continue
-                row = lookahead_row(grads)
-            rows.append(row)
-            previous = [row]
-
         global_base = None  # [target] global-batch base losses
+        if lookahead_on or taylor_on:
+            stacked_base = tf.stack([tf.stop_gradient(v) for v in base])
         if lookahead_on:
-            stacked = tf.stack([tf.stop_gradient(v) for v in base])
-            both = eval_batch.losses(tf.concat([stacked[tf.newaxis], tf.stack(rows)], axis=0))
+            rows = per_task.map_tasks(lookahead_row, task_grads, stacked_base.dtype,
+                                      parallel=config.parallel, chunk=config.parallel_chunk())
+            both = eval_batch.losses(tf.concat([stacked_base[tf.newaxis], rows], axis=0))
             global_base, after = both[0], both[1:]  # after: [source, target]
             self._add_lookahead(after, global_base, lr)
         if taylor_on:
             if global_base is None:
-                global_base = eval_batch.losses(tf.stack([tf.stop_gradient(v) for v in base]))
-            sources = task_grads
-            if not float32 and isinstance(parts.optimizer, keras.optimizers.LossScaleOptimizer):
-                sources = [[g / tf.cast(loss_scale, g.dtype) for g in grads]
-                           for grads in task_grads]
+                global_base = eval_batch.losses(stacked_base)
             if eval_grads is None:  # training batch: grad L_j = g_j / (d term_j / d L_j)
-                products = self._taylor_products(sources, sources, lr)
                 slopes = self._term_slopes(base)
+                products = self._taylor_products(task_grads, task_grads, lr)
                 products = products / slopes[tf.newaxis, :]
                 target_ok = tf.not_equal(slopes, 0.0)
             else:
-                products = self._taylor_products(sources, eval_grads, lr)
+                products = self._taylor_products(task_grads, eval_grads, lr)
                 target_ok = tf.ones([len(tasks)], tf.bool)
             self._add_taylor(products, tf.cast(global_base, "float64"), target_ok, lr)
         if "cosine" in config.measures:
@@ -309,23 +246,19 @@ class AffinityRecorder:
         """``[source, target]`` float64 matrix ``<s_i, t_j>`` over the shared variables.
 
         ``s_i`` is the lookahead step of source i (``lr * g_i``, or the optimizer's step
-        ``theta - theta'_i`` computed directly by :func:`lookahead.lookahead_steps`),
-        ``t_j`` the target gradients. One shared variable at a time, so only one variable's
-        stacked steps exist at once; each variable's products in the gradients' dtype (a
-        float32 dot product over a variable is accurate to ~1e-6 relative), summed over
-        variables in float64.
+        ``theta - theta'_i`` computed directly by :func:`lookahead.lookahead_steps`, for all
+        sources at once), ``t_j`` the target gradients; both stacked ``[T, *shape]`` per
+        shared variable. Each variable's products in the gradients' dtype (a float32 dot
+        product over a variable is accurate to ~1e-6 relative), summed in float64.
         """
         parts = self.parts
         rule = parts.config.rule
-        count = len(sources)
-        products = tf.zeros([count, len(targets)], "float64")
-        for index, variable in enumerate(parts.shared):
-            grads = [grads[index] for grads in sources]
+        products = tf.zeros([len(parts.tasks)] * 2, "float64")
+        for variable, grads, ends in zip(parts.shared, sources, targets):
             steps = grads if rule == "sgd" else lookahead.lookahead_steps(
-                rule, parts.optimizer, [variable] * count, grads, lr)
-            steps = tf.reshape(tf.stack(steps), [count, -1])
-            ends = tf.cast(tf.reshape(tf.stack([t[index] for t in targets]),
-                                      [len(targets), -1]), steps.dtype)
+                rule, parts.optimizer, [variable], [grads], lr, stacked=True)[0]
+            steps = tf.reshape(steps, [tf.shape(steps)[0], -1])
+            ends = tf.cast(tf.reshape(ends, [tf.shape(ends)[0], -1]), steps.dtype)
             products += tf.cast(tf.matmul(steps, ends, transpose_b=True), "float64")
         if rule == "sgd":
             products *= tf.cast(lr, "float64")
@@ -334,20 +267,17 @@ class AffinityRecorder:
     def _term_slopes(self, local_losses) -> tf.Tensor:
         """``d term_k / d L_k`` per task (float64): the loss weight times the weighting's
         slope, so ``grad L_k = g_k / slope`` for the training terms ``w_k(state) * L_k +
-        const`` of loss weights, uncertainty weighting and GradNorm."""
+        const`` of loss weights, uncertainty weighting and GradNorm (each term depends on
+        its own loss only, so one gradient of their sum gives every slope)."""
         task_losses = self.parts.task_losses
-        losses = [tf.identity(tf.stop_gradient(v)) for v in local_losses]
-        with tf.GradientTape(persistent=True) as tape:
+        losses = tf.stop_gradient(tf.stack(list(local_losses)))
+        with tf.GradientTape() as tape:
             tape.watch(losses)
-            weighted = [v * w if w != 1.0 else v for v, w in zip(losses, task_losses.weights)]
-            terms = self.parts.terms(weighted)
-        slopes = []
-        for k, loss in enumerate(losses):
-            slope = tape.gradient(terms[k], loss)
-            slopes.append(tf.zeros([], "float64") if slope is None
-                          else tf.cast(slope, "float64"))
-        del tape
-        return tf.stack(slopes)
+            unstacked = tf.unstack(losses)
+            weighted = [v * w if w != 1.0 else v for v, w in zip(unstacked, task_losses.weights)]
+            total = tf.add_n([tf.reshape(t, []) for t in self.parts.terms(weighted)])
+        slopes = tape.gradient(total, losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.cast(slopes, "float64")
 
     def _add_taylor(self, products: tf.Tensor, base: tf.Tensor, target_ok: tf.Tensor,
                     lr: tf.Tensor) -> None:
@@ -367,8 +297,8 @@ class AffinityRecorder:
         shared = self.parts.shared
         keep = [k for k, v in enumerate(shared)
                 if len(v.shape) >= 2 or not kernels_only] or range(len(shared))
-        flat = tf.stack([tf.cast(tf.concat([tf.reshape(grads[k], [-1]) for k in keep], 0),
-                                 "float64") for grads in task_grads])
+        flat = tf.concat([tf.reshape(tf.cast(task_grads[k], "float64"),
+                                     [tf.shape(task_grads[k])[0], -1]) for k in keep], axis=1)
         norms = tf.norm(flat, axis=1)
         cosine = tf.matmul(flat, flat, transpose_b=True) / (norms[:, None] * norms[None, :])
         self.parts.state.add("cosine", cosine, tf.math.is_finite(cosine))

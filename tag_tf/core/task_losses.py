@@ -89,8 +89,12 @@ class TaskLosses(NamedTuple):
                 else sample_weight
             value = keras.ops.cast(loss(y_true[task], y_pred[task], sample_weight=task_weight),
                                    dtype)
-            values.append(value * weight if weighted and weight != 1.0 else value)
-        return values
+            values.append(value)
+        return self.weigh(values) if weighted else values
+
+    def weigh(self, values: Sequence[Any]) -> list:
+        """Each task's loss times its weight (weights of 1 leave the value as it is)."""
+        return [v * w if w != 1.0 else v for v, w in zip(values, self.weights)]
 
 
 def _resolve_one(task: str, spec: Any) -> keras.losses.Loss:

@@ -89,7 +89,8 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
         # The training update itself also matches the reference.
         np.testing.assert_allclose(network.get_layer("trunk").kernel.numpy(), params["W"],
                                    rtol=1e-5, atol=1e-7)  # Keras keeps hyper-parameters in float32
-    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(), np.full((3, 3), steps))
+    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(),
+                                  np.full((3, 3), steps))
     assert int(model.affinity_state.affinity_steps.numpy()) == steps
 
 

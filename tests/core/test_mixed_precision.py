@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
-from tag_tf.core import recorder
+from tag_tf.core import keras_compat
 
 TASKS = ["a", "b", "c"]
 D, BATCH = 8, 64
@@ -59,7 +59,7 @@ def test_same_weights_same_affinities_as_float32():
     measures = ("lookahead", "cosine")
     reference, initial = record("float32", steps=1, measures=measures)
     mixed, _ = record("mixed_float16", steps=1, initial=initial, measures=measures)
-    assert recorder.is_mixed(mixed.network)
+    assert keras_compat.is_mixed(mixed.network)
     for measure in measures:
         np.testing.assert_allclose(mixed.affinity_record(measure).affinity,
                                    reference.affinity_record(measure).affinity, rtol=1e-4,

@@ -97,8 +97,9 @@ def test_lookahead_mutates_no_variable():
         task_losses.resolve_task_losses(TASKS, "mse", {"b": 2.0}), list, model.optimizer,
         model.affinity_state, recorder.Validation())
     y = {t: tf.constant(v) for t, v in y.items()}
+    losses = parts.task_losses.compute(y, y_pred, weighted=False)
     recorder.AffinityRecorder(parts).record(
-        x, y, None, y_pred, state, lambda k: grads[k],
+        x, y, None, losses, state, [tf.stack(g) for g in zip(*grads)],
         replicas.GlobalBatch(parts.task_losses.losses, TASKS, y))
     for value, variable in zip(before, watched):
         np.testing.assert_array_equal(value, variable.numpy(), err_msg=variable.path)
@@ -181,8 +182,9 @@ def test_checkpoint_carries_affinity_state(tmp_path):
     tf.train.Checkpoint(model=model).write(path)
     other = make_model(seed=3)
     tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
-    np.testing.assert_array_equal(other.affinity_state.affinity_sum.numpy(), model.affinity_state.affinity_sum.numpy())
-    np.testing.assert_array_equal(other.affinity_state.affinity_count.numpy(), model.affinity_state.affinity_count.numpy())
+    for name in ("affinity_sum", "affinity_count"):
+        np.testing.assert_array_equal(getattr(other.affinity_state, name).numpy(),
+                                      getattr(model.affinity_state, name).numpy())
 
 
 def test_save_and_load_keras_file(tmp_path):
@@ -194,7 +196,8 @@ def test_save_and_load_keras_file(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.tasks == TASKS
     assert loaded.affinity_config == model.affinity_config
-    np.testing.assert_array_equal(loaded.affinity_state.affinity_sum.numpy(), model.affinity_state.affinity_sum.numpy())
+    np.testing.assert_array_equal(loaded.affinity_state.affinity_sum.numpy(),
+                                  model.affinity_state.affinity_sum.numpy())
     for a, b in zip(model.predict(x, verbose=0).values(), loaded.predict(x, verbose=0).values()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     # Compiled on load (losses, optimizer and its state): training resumes as the original.
@@ -205,9 +208,11 @@ def test_save_and_load_keras_file(tmp_path):
                                                              rel=1e-6)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
-    np.testing.assert_allclose(loaded.affinity_state.affinity_sum.numpy(), model.affinity_state.affinity_sum.numpy(),
+    np.testing.assert_allclose(loaded.affinity_state.affinity_sum.numpy(),
+                               model.affinity_state.affinity_sum.numpy(),
                                rtol=1e-5, atol=1e-7)
-    assert int(loaded.affinity_state.affinity_steps.numpy()) == int(model.affinity_state.affinity_steps.numpy())
+    assert int(loaded.affinity_state.affinity_steps.numpy()) == \
+        int(model.affinity_state.affinity_steps.numpy())
 
 
 def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
@@ -359,6 +364,7 @@ def test_early_stopping_restores_weights_but_keeps_the_recorded_affinities():
               callbacks=[Snapshot(), stop])
     for before, variable in zip(weights_after_first, model.network.weights):
         np.testing.assert_array_equal(before, variable.numpy(), err_msg=variable.path)
-    assert int(model.affinity_state.affinity_steps.numpy()) == 12  # 3 epochs x 4 steps, none rolled back
+    # 3 epochs x 4 steps, none rolled back
+    assert int(model.affinity_state.affinity_steps.numpy()) == 12
     assert int(model.affinity_state.train_step_counter.numpy()) == 12
     np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(), 12)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
-from tag_tf.core import recorder
+from tag_tf.core import keras_compat
 from tag_tf.core import lookahead
 from tests import numpy_reference as ref
 from absl import flags
@@ -64,8 +64,9 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
                                    err_msg=f"step {step}")
         assert np.abs(expected).min() > 1e-5  # the comparison is not of zeros
         if "lookahead" in measures:  # recording both leaves the lookahead as it was
-            np.testing.assert_allclose(model.affinity_state.affinity_sum.numpy() - before_lookahead, exact,
-                                       rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(
+                model.affinity_state.affinity_sum.numpy() - before_lookahead, exact,
+                rtol=1e-5, atol=1e-7)
         previous = total
         ref.train_update(params, x, y, weights, opt)
     np.testing.assert_array_equal(model.affinity_state.taylor_count.numpy(), np.full((3, 3), steps))
@@ -198,7 +199,8 @@ def test_uncertainty_weighting_targets_are_the_unweighted_losses_gradients():
     model.reset_affinity()  # zeroes the Taylor state too
     np.testing.assert_array_equal(model.affinity_state.taylor_count.numpy(), 0)
     model.train_on_batch(*as_f32(second))
-    exact, taylor = model.affinity_state.affinity_sum.numpy(), model.affinity_state.taylor_sum.numpy()
+    state = model.affinity_state
+    exact, taylor = state.affinity_sum.numpy(), state.taylor_sum.numpy()
     assert int(model.affinity_state.affinity_steps.numpy()) == 1
     np.testing.assert_allclose(taylor, exact, rtol=2e-3)
 
@@ -259,7 +261,7 @@ def test_mixed_precision_measures_in_float32():
     measures = ("taylor", "lookahead")
     reference, initial = mixed.record("float32", steps=1, measures=measures)
     mixed_model, _ = mixed.record("mixed_float16", steps=1, initial=initial, measures=measures)
-    assert recorder.is_mixed(mixed_model.network)
+    assert keras_compat.is_mixed(mixed_model.network)
     np.testing.assert_allclose(mixed_model.affinity_record("taylor").affinity,
                                reference.affinity_record("taylor").affinity, rtol=1e-4)
 
