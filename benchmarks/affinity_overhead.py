@@ -7,6 +7,8 @@ r"""Cost of TAG's affinity step on the CelebA trunk, measured side by side in on
       --measure=lookahead,taylor --parallel          # both measures, both execution modes
   python -m benchmarks.affinity_overhead --batch_size=16 --image_size=32 \
       --slope_tasks=2,5,9,20,40 --parallel           # how a recording step grows with T
+  python -m benchmarks.affinity_overhead --first_call --tasks=9,40 --batch_size=32 \
+      --image_size=32                                # start-up: trace + first step, per mode
 
 Step times are measured in ONE process with the modes taking turns step by step (this
 machine is noisy; medians of interleaved steps compare fairly); peak RSS is measured per
@@ -25,6 +27,12 @@ per-task passes, :mod:`tag_tf.core.vectorized`), all interleaved in the same run
 shows every measure and execution mode side by side. ``--tasks=40`` puts 40 heads on the
 same trunk. ``--slope_tasks`` times a plain and a recording step at each of several task
 counts (interleaved per count) and fits a line: the seconds each extra task adds.
+
+``--first_call`` reports, for each ``--tasks`` count, the first call of ``plain`` and of
+``tag_every_1`` (tracing plus one step, which records) and then their steady step, each
+run in a fresh process (a subprocess per mode and round, modes alternating); the table
+gives medians over ``--rounds`` and the TAG / plain ratios. ``--jit_compile`` compiles
+every mode's step with XLA (``compile(jit_compile=True)``).
 
 ``--strategy=mirrored`` instead compares TAG / plain under one replica (default strategy)
 and under ``--replicas`` replicas of ``tf.distribute.MirroredStrategy`` (the local GPUs, or
@@ -50,7 +58,8 @@ flags.DEFINE_string("mode", None, "Run one mode (internal, e.g. tag_every_1:look
                     "parallel); unset runs all and prints the table.")
 flags.DEFINE_integer("batch_size", 256, "Batch size (paper: 256).")
 flags.DEFINE_integer("image_size", 64, "Image side (paper: 64).")
-flags.DEFINE_integer("tasks", 9, "Number of Dense(2) heads.")
+flags.DEFINE_list("tasks", ["9"], "Number of Dense(2) heads (--first_call: several, e.g. "
+                  "9,40; other runs use the first).")
 flags.DEFINE_integer("steps", 3, "Timed rounds; tag_every_10 times 10 steps per round.")
 flags.DEFINE_integer("warmup", 1, "Untimed steps (tracing) per mode.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
@@ -65,6 +74,10 @@ flags.DEFINE_bool("every_10", True, "Include the TAG-every-10-steps modes.")
 flags.DEFINE_bool("memory", True, "Measure peak RSS per mode (a subprocess each).")
 flags.DEFINE_list("slope_tasks", [], "Task counts for the slope fit (e.g. 2,5,9,20,40): "
                   "instead of the table, time plain and recording steps at each count.")
+flags.DEFINE_bool("first_call", False, "Report the first call (trace + one step) and the "
+                  "steady step of plain and TAG, each in a fresh process, per --tasks.")
+flags.DEFINE_integer("rounds", 2, "--first_call: fresh processes per mode and task count.")
+flags.DEFINE_bool("jit_compile", False, "Compile every mode's train step with XLA.")
 flags.DEFINE_integer("replicas", 2, "--strategy=mirrored: logical CPU devices to create "
                      "when there is no GPU.")
 
@@ -97,7 +110,7 @@ def tag_modes(measures, parallel, every_10=True):
             for execution in executions for name in names]
 
 
-def _build(mode, tasks, image_size, parallel_chunk=0):
+def _build(mode, tasks, image_size, parallel_chunk=0, jit_compile=False):
     import keras  # pylint: disable=import-outside-toplevel
     import tag_tf  # pylint: disable=import-outside-toplevel
     from celeba.model import TRUNK_LAYERS, celeba_network  # pylint: disable=import-outside-toplevel
@@ -112,8 +125,71 @@ def _build(mode, tasks, image_size, parallel_chunk=0):
         parallel=(parallel_chunk or True) if parallel else False) if every_n else None
     model = tag_tf.MultiTaskModel(network, shared=list(TRUNK_LAYERS), affinity=config)
     model.compile(optimizer=keras.optimizers.SGD(5e-4, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
     return model
+
+
+def _step_counter(model):
+    """The model's training-step clock (``affinity_state`` since tag_tf's state layout 2)."""
+    return getattr(model, "affinity_state", model).train_step_counter
+
+
+def first_call(mode, batch_size, image_size, num_tasks, steps=3, jit_compile=False):
+    """Seconds of the first ``train_on_batch`` (tracing + one step; a TAG mode records on
+    it), the median of ``steps`` more, and the peak RSS (MiB) of this process."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    tasks = [f"task_{k}" for k in range(num_tasks)]
+    x, y = _data(batch_size, image_size, tasks)
+    model = _build(mode, tasks, image_size, jit_compile=jit_compile)
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "step_s": float(np.median(times)),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def first_call_table(task_counts, modes, rounds):
+    """Runs :func:`first_call` in a fresh process per mode, task count and round (modes
+    alternating) and prints medians and TAG / plain ratios."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    results = {}
+    for round_ in range(rounds):
+        for count in task_counts:
+            for mode in modes:
+                cmd = [sys.executable, "-m", "benchmarks.affinity_overhead",
+                       f"--mode=first_call:{mode}", f"--batch_size={FLAGS.batch_size}",
+                       f"--image_size={FLAGS.image_size}", f"--tasks={count}",
+                       f"--jit_compile={FLAGS.jit_compile}"]
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                     check=True).stdout
+                result = json.loads(out.split("RESULT ", 1)[1])
+                results.setdefault((count, mode), []).append(result)
+                print(f"round {round_}, T={count}, {mode}: first call "
+                      f"{result['first_call_s']:.1f} s, step {result['step_s']:.3f} s, peak "
+                      f"RSS {result['peak_rss_mib']:.0f} MiB ({machine_load()})", flush=True)
+    median = lambda key, count, mode: float(np.median(  # noqa: E731
+        [r[key] for r in results[(count, mode)]]))
+    plain, tag = modes
+    print(f"\nbatch {FLAGS.batch_size}, {FLAGS.image_size}x{FLAGS.image_size}, medians of "
+          f"{rounds} fresh processes per cell, jit_compile={FLAGS.jit_compile}, "
+          f"{machine_load()}")
+    print("| heads | first call, plain s | first call, TAG s | TAG / plain | steady step, "
+          "plain s | steady step, TAG s | TAG / plain | peak RSS plain / TAG MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for count in task_counts:
+        f_p, f_t = (median("first_call_s", count, m) for m in modes)
+        s_p, s_t = (median("step_s", count, m) for m in modes)
+        r_p, r_t = (median("peak_rss_mib", count, m) for m in modes)
+        print(f"| {count} | {f_p:.1f} | {f_t:.1f} | {f_t / f_p:.2f} | {s_p:.3f} | {s_t:.3f} | "
+              f"{s_t / s_p:.1f} | {r_p:.0f} / {r_t:.0f} |")
+    return results
 
 
 def _naive_step_fn(model):
@@ -199,7 +275,7 @@ def _time_rounds(fns, rounds, warmup):
             mode = key[-1] if isinstance(key, tuple) else key
             steps = 10 if mode.startswith("tag_every_10") else 1
             if steps > 1:
-                model.affinity_state.train_step_counter.assign(0)
+                _step_counter(model).assign(0)
             start = time.perf_counter()
             for _ in range(steps):
                 step()
@@ -317,13 +393,22 @@ def overhead_table(modes, peaks, seconds, num_tasks):
 def main(argv):
     del argv
     if FLAGS.strategy == "mirrored":
-        mirrored_comparison(FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks, FLAGS.steps,
+        mirrored_comparison(FLAGS.batch_size, FLAGS.image_size, int(FLAGS.tasks[0]), FLAGS.steps,
                             FLAGS.warmup, FLAGS.replicas)
+        return
+    task_counts = [int(t) for t in FLAGS.tasks]
+    if FLAGS.mode and FLAGS.mode.startswith("first_call:"):
+        print("RESULT " + json.dumps(first_call(
+            FLAGS.mode.split(":", 1)[1], FLAGS.batch_size, FLAGS.image_size, task_counts[0],
+            jit_compile=FLAGS.jit_compile)))
         return
     if FLAGS.mode:
         print("RESULT " + json.dumps({"peak_rss_mib": peak_memory(
-            FLAGS.mode, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks,
+            FLAGS.mode, FLAGS.batch_size, FLAGS.image_size, task_counts[0],
             FLAGS.parallel_chunk)}))
+        return
+    if FLAGS.first_call:
+        first_call_table(task_counts, ["plain", "tag_every_1:lookahead"], FLAGS.rounds)
         return
     tags = tag_modes(FLAGS.measure, FLAGS.parallel, FLAGS.every_10)
     if FLAGS.slope_tasks:
@@ -339,16 +424,16 @@ def main(argv):
     for mode in modes if FLAGS.memory else []:
         cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
                f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}",
-               f"--tasks={FLAGS.tasks}", f"--parallel_chunk={FLAGS.parallel_chunk}"]
+               f"--tasks={task_counts[0]}", f"--parallel_chunk={FLAGS.parallel_chunk}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         peaks[mode] = json.loads(out.split("RESULT ", 1)[1])["peak_rss_mib"]
         print(f"{mode:>30}: peak RSS {peaks[mode]:.0f} MiB ({machine_load()})", flush=True)
-    seconds = interleaved_times(modes, FLAGS.batch_size, FLAGS.image_size, FLAGS.tasks,
+    seconds = interleaved_times(modes, FLAGS.batch_size, FLAGS.image_size, task_counts[0],
                                 FLAGS.steps, FLAGS.warmup, FLAGS.parallel_chunk)
     for mode in modes:
         print(f"{mode:>30}: {seconds[mode]:.3f} s/step (median of {FLAGS.steps}, interleaved)")
-    overhead_table(modes, peaks, seconds, FLAGS.tasks)
+    overhead_table(modes, peaks, seconds, task_counts[0])
 
 
 if __name__ == "__main__":
