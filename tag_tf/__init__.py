@@ -21,6 +21,8 @@ _EXPORTS = {
     "UncertaintyWeighting": "tag_tf.methods.weighting",
     "GradNorm": "tag_tf.methods.weighting",
     "RepresentationGradNorm": "tag_tf.methods.weighting",
+    "DynamicWeightAverage": "tag_tf.methods.dwa",
+    "DWA": "tag_tf.methods.dwa",
     "PCGrad": "tag_tf.methods.pcgrad",
     "project_conflicting": "tag_tf.methods.pcgrad",
     "LossWeighting": "tag_tf.core.parts",

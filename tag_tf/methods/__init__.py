@@ -1,2 +1,3 @@
 """Training methods on the protocols of :mod:`tag_tf.core.parts`: loss weightings
-(``weighting``: UW, GradNorm, RepresentationGradNorm) and gradient combiners (``pcgrad``)."""
+(``weighting``: UW, GradNorm, RepresentationGradNorm; ``dwa``: DWA) and gradient combiners
+(``pcgrad``: PCGrad)."""
