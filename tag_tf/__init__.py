@@ -25,6 +25,7 @@ _EXPORTS = {
     "DWA": "tag_tf.methods.dwa",
     "PCGrad": "tag_tf.methods.pcgrad",
     "project_conflicting": "tag_tf.methods.pcgrad",
+    "MGDA": "tag_tf.methods.mgda",
     "LossWeighting": "tag_tf.core.parts",
     "GradientCombiner": "tag_tf.core.parts",
     "Needs": "tag_tf.core.parts",
