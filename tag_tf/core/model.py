@@ -148,6 +148,8 @@ class MultiTaskModel(keras_compat.Workarounds, keras.Model):
         keras_loss = dict(zip(self.tasks, self._task_losses.losses))
         keras_weights = None if loss_weights is None else dict(
             zip(self.tasks, self._task_losses.weights))
+        if self.affinity_config is not None:  # XLA: opt-in (see README, Benchmarks)
+            kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, loss=keras_loss, loss_weights=keras_weights,
                         **kwargs)
         # Save the caller's loss arguments (not the resolved per-task objects) for reloading.
