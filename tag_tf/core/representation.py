@@ -61,10 +61,10 @@ class RepresentationSplit:
                              f"the network and return one tensor (calls: {len(nodes)}).")
         rep = nodes[0].output_tensors[0]
         self.layer = layer
+        head_variables = self._heads_variables(network, rep)  # (raises first: cheap)
         self.encoder_variables = list(keras.Model(network.input, rep).trainable_variables)
         if not self.encoder_variables:
             raise ValueError(f"Nothing trainable comes before the representation {layer.name!r}.")
-        head_variables = self._heads_variables(network, rep)
         encoder_ids = {id(v) for v in self.encoder_variables}
         both = [v.path for v in head_variables if id(v) in encoder_ids]
         if both:
@@ -92,3 +92,20 @@ class RepresentationSplit:
             variables.extend(getattr(operation, "trainable_variables", []))
             pending.extend(t for t in node.input_tensors if t is not rep)
         return variables
+
+
+def common_representation(network: keras.Model, shared_variables: Sequence[keras.Variable],
+                          method: str) -> str:
+    """The layer nearest to the outputs through whose output the heads see every shared
+    variable (e.g. the CelebA network's ``features``): MGDA-UB's default Z."""
+    shared = {id(v) for v in shared_variables}
+    for layer in reversed(getattr(network, "layers", [])):
+        try:
+            split = RepresentationSplit(network, shared_variables, layer.name, method)
+        except ValueError:
+            continue
+        if shared <= {id(v) for v in split.encoder_variables}:
+            return layer.name
+    RepresentationSplit(network, shared_variables, None, method)  # a functional network?
+    raise ValueError(f"{method}: no layer's output carries all that the heads see of the shared "
+                     f"variables; name the representation: {method}(representation=...).")

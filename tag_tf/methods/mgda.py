@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from tag_tf.core.parts import GradientCombiner, Needs, StepValues, TaskGradients
-from tag_tf.core.representation import RepresentationSplit
+from tag_tf.core.representation import RepresentationSplit, common_representation
 
 Normalization = Literal["l2", "loss", "loss+", "none"]
 NORMALIZATIONS = ("l2", "loss", "loss+", "none")
@@ -104,8 +104,9 @@ class MGDA(GradientCombiner):
       upper_bound: True (MGDA-UB, default): the per-task gradients at the shared
         representation, a functional network's single-use layer; False: at the shared
         variables (exact MGDA; then it can be combined with affinity recording).
-      representation: with ``upper_bound``, the layer whose output is Z; None: the last
-        layer (in the network's order) holding a shared variable.
+      representation: with ``upper_bound``, the layer whose output is Z; None: the layer
+        nearest to the outputs through whose output the heads see every shared variable
+        (the CelebA network's ``features``).
       normalization: ``"loss+"`` (default, the authors' CelebA setting), ``"l2"``,
         ``"loss"`` or ``"none"``: what each gradient is divided by before solving.
     """
@@ -127,7 +128,9 @@ class MGDA(GradientCombiner):
                network: Optional[keras.Model] = None) -> None:
         """Finds the representation (MGDA-UB) and creates the logged weights."""
         self.tasks = list(tasks)
-        if self.upper_bound:
+        if self.upper_bound and self.representation is None:
+            self._layer_name = common_representation(network, shared_variables, "MGDA")
+        elif self.upper_bound:
             self._layer_name = RepresentationSplit(network, shared_variables,
                                                    self.representation, "MGDA").layer.name
         self.alphas = self.add_weight(

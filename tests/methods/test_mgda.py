@@ -141,6 +141,19 @@ def tf_constant(value):
     return tf.constant(value, tf.float64)
 
 
+def test_default_representation_is_where_the_heads_meet():
+    """MGDA-UB's default Z: the layer nearest to the heads whose output carries all they see of
+    the shared variables (the CelebA network: ``features``, after the residual shortcut)."""
+    from celeba.model import TRUNK_LAYERS, celeba_network  # pylint: disable=import-outside-toplevel
+    network = celeba_network(["a", "b"], image_size=16)
+    mgda_ub = tag_tf.MGDA()
+    tag_tf.MultiTaskModel(network, shared=list(TRUNK_LAYERS), affinity=None, gradient=mgda_ub)
+    assert mgda_ub.needs.representation == "features"
+    rgn = tag_tf.RepresentationGradNorm()  # its default (the original's): the last shared layer
+    with pytest.raises(ValueError, match="only through the output of 'res_bn2'"):
+        tag_tf.MultiTaskModel(network, shared=list(TRUNK_LAYERS), affinity=None, weighting=rgn)
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="normalization"):
         tag_tf.MGDA(normalization="max")
