@@ -22,15 +22,20 @@ each override says what it works around. When Keras changes, this is the module 
   RNG states (Dropout's seed, PCGrad's order); exact resumes need them. Also reads the
   affinity state of files written in tag_tf's state layout 1 (:mod:`tag_tf.core.state`).
 * :func:`float32_compute`: switches layers' private dtype policies for a float32 forward.
+* :func:`track_task_losses`: the per-output ``<task>_loss`` logs come from ``CompileLoss``'s
+  private trackers; the step, which computes each task's loss itself, updates them as
+  ``CompileLoss.call`` does instead of computing every loss a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import keras
 import tensorflow as tf
+
+from tag_tf.core import replicas
 
 KERAS_CHECKED = "3.15.1"
 
@@ -46,6 +51,27 @@ def multi_worker_logs(model: keras.Model, logs: dict) -> dict:
 def track_loss(model: keras.Model, loss: tf.Tensor, batch_size) -> None:
     """The running ``loss`` log, as Keras' own train step updates it."""
     model._loss_tracker.update_state(loss, sample_weight=batch_size)  # pylint: disable=protected-access
+
+
+def track_task_losses(model: keras.Model, y_pred: dict, losses: Sequence[tf.Tensor]) -> bool:
+    """Updates Keras' per-output loss trackers with this step's unweighted task losses (as
+    ``CompileLoss.call``); False when they do not map onto the tasks one to one (the caller
+    then runs Keras' ``compute_loss``)."""
+    compile_loss = getattr(model, "_compile_loss", None)
+    entries = getattr(compile_loss, "_flat_losses", None)
+    if compile_loss is None or not compile_loss.built or entries is None:
+        return False
+    by_task = dict(zip(model.tasks, losses))
+    metrics = compile_loss.metrics
+    if len(entries) != len(by_task) or len(metrics) not in (0, len(entries)) or any(
+            len(entry.path) != 1 or entry.path[0] not in by_task for entry in entries):
+        return False
+    for entry, metric in zip(entries, metrics):
+        task = entry.path[0]
+        value = tf.cast(by_task[task], compile_loss.dtype)
+        metric.update_state(replicas.unscale_loss(value),
+                            sample_weight=tf.nest.flatten(y_pred[task])[0].shape[0])
+    return True
 
 
 def is_mixed(network: keras.Model) -> bool:

@@ -4,8 +4,8 @@
 trainer.py``); this module holds each phase:
 
 1. unpack the batch;
-2. :meth:`TrainStep.forward`: the network, Keras' loss (its trackers) and the per-task
-   training terms under one persistent tape; :meth:`TrainStep.values`: what the methods
+2. :meth:`TrainStep.forward`: the network, each task's loss (Keras' per-output loss logs
+   updated from them) and the per-task training terms under one persistent tape; :meth:`TrainStep.values`: what the methods
    asked to be measured (:class:`~tag_tf.core.parts.StepValues`);
 3. backward, per task (:meth:`TrainStep.task_gradients`: the T per-task gradients at the
    combiner's site, one traced loop) on the steps that need it, else plain
@@ -99,7 +99,8 @@ class TrainStep:
 
     # ------------------------------------------------------------------ 2. forward
     def forward(self, x, y, sample_weight) -> Forward:
-        """The training forward pass, Keras' loss (its per-output trackers) and the terms."""
+        """The training forward pass, the task losses (also Keras' per-output loss logs) and
+        the training terms."""
         model = self.model
         optimizer = model.optimizer
         if not optimizer.built:  # the lookahead reads optimizer slots before apply()
@@ -113,14 +114,16 @@ class TrainStep:
                 outputs = self.split.probe(x, training=True)
                 y_pred = task_outputs(outputs["outputs"], model.tasks)
                 representation = outputs["representation"]
-            keras_loss = model.compute_loss(x=x, y=y, y_pred=y_pred,
-                                            sample_weight=sample_weight, training=True)
             losses = self.task_losses.compute(y, y_pred, sample_weight, weighted=False)
+            if not keras_compat.track_task_losses(model, y_pred, losses):
+                model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                   training=True)  # Keras' per-output loss logs
             task_losses = self.task_losses.weigh(losses)
             terms = self.weighting.task_terms(task_losses)
+            dtype = keras.config.floatx()
             extra = None if not model.losses else replicas.scale_loss(tf.add_n(
-                [keras.ops.sum(keras.ops.cast(v, keras_loss.dtype)) for v in model.losses]))
-            loss = tf.add_n([tf.cast(t, keras_loss.dtype) for t in terms])
+                [keras.ops.sum(keras.ops.cast(v, dtype)) for v in model.losses]))
+            loss = tf.add_n([tf.cast(t, dtype) for t in terms])
             loss = loss if extra is None else loss + extra
             scaled_terms = [optimizer.scale_loss(t) for t in terms]
             scaled_loss = optimizer.scale_loss(loss)
