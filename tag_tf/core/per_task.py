@@ -7,7 +7,10 @@ ONE traced body in a ``tf.while_loop`` over the task index:
 
 * :func:`task_gradients`: iteration k differentiates the stacked per-task terms with the
   one-hot cotangent e_k on the persistent training tape (``output_gradients``), which is
-  task k's gradient; the results are stacked ``[T, *shape]`` per source;
+  task k's gradient; or, given the task outputs (when each term reaches the network only
+  through its own output), the outputs with task k's output cotangent alone (each loss is
+  differentiated once, not T times); the results are stacked
+  ``[T, *shape]`` per source;
 * :func:`map_tasks`: iteration k calls a function on row k of stacked tensors (the
   lookahead forward of source task k).
 
@@ -33,6 +36,7 @@ from tag_tf.core import vectorized
 def _handles(source) -> list:
     """The resource handles of a (Keras, tf or distributed) variable's components."""
     value = getattr(source, "value", source)
+    value = source if callable(value) else value  # a tf.Variable's value is a method
     components = getattr(value, "values", None)
     components = components if isinstance(components, (list, tuple)) else [value]
     return [c.handle for c in components if hasattr(c, "handle")]
@@ -85,8 +89,52 @@ def check_connected(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: 
                          "check `shared` and the network's outputs.")
 
 
+def _through_own_outputs(terms: Sequence[tf.Tensor], outputs: Sequence[tf.Tensor],
+                         sources: Sequence) -> bool:
+    """Whether each traced ``terms[k]`` reaches the sources only through ``outputs[k]``.
+
+    Walks each term's graph back to the outputs (they end the walk, so only the loss and
+    weighting ops are visited): a term that reaches another task's output or a source
+    directly (a weighting that mixes tasks, a penalty on shared variables) says no. Run
+    eagerly there is no graph to walk: no.
+    """
+    if tf.executing_eagerly():
+        return False
+    graph = terms[0].graph
+    owner: dict = {}
+    for j, output in enumerate(outputs):
+        key = (output.op.name, output.value_index)
+        if key in owner:  # two tasks read one output tensor
+            return False
+        owner[key] = j
+    marks = {id(s.op) for s in sources if isinstance(s, tf.Tensor)}
+    for source in sources:
+        handles = _handles(source)
+        marks.update(id(internal.op) for external, internal in getattr(graph, "captures", ())
+                     if any(external is h for h in handles))
+    for k, term in enumerate(terms):
+        seen, stack, own = set(), [term], False
+        while stack:
+            tensor = stack.pop()
+            j = owner.get((tensor.op.name, tensor.value_index))
+            if j is not None:
+                if j != k:
+                    return False
+                own = True
+                continue
+            if id(tensor.op) in marks:
+                return False
+            if id(tensor.op) not in seen:
+                seen.add(id(tensor.op))
+                stack.extend(tensor.op.inputs)
+        if not own:
+            return False
+    return True
+
+
 def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: Sequence, *,
-                   parallel=False, chunk: Optional[int] = None,
+                   outputs: Optional[Sequence[tf.Tensor]] = None, parallel=False,
+                   chunk: Optional[int] = None,
                    names: Optional[Sequence[str]] = None) -> list[tf.Tensor]:
     """``[T, *source.shape]`` per source: row k is d terms[k] / d source.
 
@@ -94,6 +142,11 @@ def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: S
       tape: a persistent tape that recorded ``terms`` from ``sources``.
       terms: T scalars (one per task).
       sources: variables or tensors the tape watched.
+      outputs: optionally, each task's network output. In a traced step where every
+        ``terms[k]`` reaches the sources only through ``outputs[k]`` (checked), the
+        cotangents ``d terms[k] / d outputs[k]`` are taken once, and each iteration
+        differentiates the outputs with task k's cotangent alone (no loss is differentiated
+        T times); otherwise the stacked terms are differentiated.
       parallel: vectorise the T backward passes (``pfor``) instead of looping.
       chunk: with ``parallel``, at most this many tasks per vectorised pass.
       names: task names; given, a term that depends on no source is an error naming it.
@@ -107,13 +160,24 @@ def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: S
         check_connected(tape, terms, sources, names)
     if parallel:
         return vectorized.task_gradients(tape, terms, sources, chunk, names)
-    with tape:  # the stacking must be recorded to be differentiated
-        stacked = tf.stack([tf.reshape(t, []) for t in terms])
+    if outputs is not None and not _through_own_outputs(terms, outputs, sources):
+        outputs = None
+    if outputs is None:
+        with tape:  # the stacking must be recorded to be differentiated
+            targets = [tf.stack([tf.reshape(t, []) for t in terms])]
+        cotangent = lambda k: [tf.one_hot(k, count, dtype=targets[0].dtype)]  # noqa: E731
+    else:
+        targets = list(outputs)
+        # d terms[k] / d outputs[k] of each task's own term: a gradient of the total would
+        # also carry task j's term into output k when output j is computed from output k.
+        cotangents = [tf.zeros_like(o) if c is None else c for o, c in
+                      zip(targets, (tape.gradient(t, o) for t, o in zip(terms, targets)))]
+        cotangent = lambda k: [c * tf.cast(tf.equal(k, j), c.dtype)  # noqa: E731
+                               for j, c in enumerate(cotangents)]
     arrays = [tf.TensorArray(_dtype(s), size=count, element_shape=s.shape) for s in sources]
 
     def body(k, arrays):
-        grads = tape.gradient(stacked, sources,
-                              output_gradients=tf.one_hot(k, count, dtype=stacked.dtype),
+        grads = tape.gradient(targets, sources, output_gradients=cotangent(k),
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return k + 1, [a.write(k, g) for a, g in zip(arrays, grads)]
 

@@ -133,8 +133,9 @@ class AffinityRecorder:
             base = task_losses.compute(y, outputs, sample_weight, weighted=False)
             terms = parts.terms(task_losses.weigh(base)) if weighted else base
         config = parts.config
-        local = per_task.task_gradients(tape, terms, watched, parallel=config.parallel,
-                                        chunk=config.parallel_chunk())
+        local = per_task.task_gradients(tape, terms, watched,
+                                        outputs=[outputs[t] for t in parts.tasks],
+                                        parallel=config.parallel, chunk=config.parallel_chunk())
         del tape
         return batch.stacked_gradients(local), base
 

@@ -139,7 +139,8 @@ class TrainStep:
         kernel = next((m.needs.kernel for m in (self.weighting, self.combiner)
                        if m.needs.kernel is not None), None)
         if kernel is not None:
-            local = per_task.task_gradients(forward.tape, forward.task_losses, [kernel])
+            local = per_task.task_gradients(forward.tape, forward.task_losses, [kernel],
+                                            outputs=self._outputs(forward))
             grads = forward.batch.stacked_gradients(local)[0]
             kernel_norms = tf.cast(tf.norm(tf.reshape(grads, [tf.shape(grads)[0], -1]), axis=1),
                                    "float32")
@@ -163,9 +164,14 @@ class TrainStep:
             what = f"the representation (the output of {self.split.layer.name!r})"
         per_task.check_connected(forward.tape, forward.terms, sources, model.tasks, what)
         local = per_task.task_gradients(
-            forward.tape, forward.terms, sources, parallel=bool(config and config.parallel),
+            forward.tape, forward.terms, sources, outputs=self._outputs(forward),
+            parallel=bool(config and config.parallel),
             chunk=config.parallel_chunk() if config else None)
         return parts.TaskGradients(local, forward.batch, representation=self.split is not None)
+
+    def _outputs(self, forward: Forward) -> list:
+        """Each task's output, in task order (its term depends on the network through it)."""
+        return [forward.y_pred[task] for task in self.model.tasks]
 
     # ------------------------------------------------------------------- 4. record
     def record(self, forward: Forward, grads: parts.TaskGradients, record) -> None:
