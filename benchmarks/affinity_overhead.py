@@ -7,6 +7,8 @@ r"""Cost of TAG's affinity step on the CelebA trunk, measured side by side in on
       --measure=lookahead,taylor --parallel          # both measures, both execution modes
   python -m benchmarks.affinity_overhead --batch_size=16 --image_size=32 \
       --slope_tasks=2,5,9,20,40 --parallel           # how a recording step grows with T
+  python -m benchmarks.affinity_overhead --first_call --tasks=9,40 --batch_size=32 \
+      --image_size=32                                # start-up: trace + first step, per mode
 
 Step times are measured in ONE process with the modes taking turns step by step (this
 machine is noisy; medians of interleaved steps compare fairly); peak RSS is measured per
@@ -25,6 +27,12 @@ per-task passes, :mod:`tag_tf.core.vectorized`), all interleaved in the same run
 shows every measure and execution mode side by side. ``--tasks=40`` puts 40 heads on the
 same trunk. ``--slope_tasks`` times a plain and a recording step at each of several task
 counts (interleaved per count) and fits a line: the seconds each extra task adds.
+
+``--first_call`` reports, for each ``--tasks`` count, the first call of ``plain`` and of
+``tag_every_1`` (tracing plus one step, which records) and then their steady step, each
+run in a fresh process (a subprocess per mode and round, modes alternating); the table
+gives medians over ``--rounds`` and the TAG / plain ratios. ``--jit_compile`` compiles
+every mode's step with XLA (``compile(jit_compile=True)``).
 
 ``--strategy=mirrored`` instead compares TAG / plain under one replica (default strategy)
 and under ``--replicas`` replicas of ``tf.distribute.MirroredStrategy`` (the local GPUs, or
@@ -60,8 +68,11 @@ class Args:
                                   "lookahead:parallel); unset runs all and prints the table.")
     batch_size: int = setting(256, lower_bound=1, help="Batch size (paper: 256).")
     image_size: int = setting(64, lower_bound=8, help="Image side (paper: 64).")
-    tasks: int = setting(9, lower_bound=2, help="Number of Dense(2) heads.")
-    steps: int = setting(3, lower_bound=1, help="Timed rounds; tag_every_10 times 10 steps per round.")
+    tasks: tuple[int, ...] = setting(
+        (9,), parse=flags_lib.int_list, help="Number of Dense(2) heads (--first_call: several, "
+        "e.g. 9,40; other runs use the first).")
+    steps: int = setting(3, lower_bound=1,
+                         help="Timed rounds; tag_every_10 times 10 steps per round.")
     warmup: int = setting(1, lower_bound=0, help="Untimed steps (tracing) per mode.")
     strategy: Literal["default", "mirrored"] = setting(
         "default", help="mirrored: TAG / plain under --replicas replicas beside one replica.")
@@ -70,7 +81,8 @@ class Args:
         "order); several give one TAG column each.")
     parallel: bool = setting(False, help="Also run every TAG mode with batched per-task "
                              "passes (AffinityConfig(parallel=...)).")
-    parallel_chunk: int = setting(0, lower_bound=0, help="--parallel: tasks per batched pass (0: all).")
+    parallel_chunk: int = setting(0, lower_bound=0,
+                                  help="--parallel: tasks per batched pass (0: all).")
     naive: bool = setting(True, help="Include the naive loop.")
     every_10: bool = setting(True, help="Include the TAG-every-10-steps modes.")
     memory: bool = setting(True, help="Measure peak RSS per mode (a subprocess each).")
@@ -79,6 +91,12 @@ class Args:
         "instead of the table, time plain and recording steps at each count.")
     replicas: int = setting(2, lower_bound=1, help="--strategy=mirrored: logical CPU devices "
                             "to create when there is no GPU.")
+    first_call: bool = setting(False, help="Report the first call (trace + one step) and the "
+                               "steady step of plain and TAG, each in a fresh process, per "
+                               "--tasks.")
+    rounds: int = setting(2, lower_bound=1,
+                          help="--first_call: fresh processes per mode and task count.")
+    jit_compile: bool = setting(False, help="Compile every mode's train step with XLA.")
 
 
 flags_lib.define_flags(Args)
@@ -92,6 +110,8 @@ def _measures():
 
 
 def _valid_mode(mode):
+    if mode is not None and mode.startswith("first_call:"):  # plain or tag_every_1:<measure>
+        mode = mode.split(":", 1)[1]
     try:
         return mode is None or parse_mode(mode)[1] in _measures()
     except ValueError:
@@ -138,7 +158,7 @@ def tag_modes(measures, parallel, every_10=True):
             for execution in executions for name in names]
 
 
-def _build(mode, tasks, image_size, parallel_chunk=0):
+def _build(mode, tasks, image_size, parallel_chunk=0, jit_compile=False):
     import keras  # pylint: disable=import-outside-toplevel
     import tag_tf  # pylint: disable=import-outside-toplevel
     from celeba.model import TRUNK_LAYERS, celeba_network  # pylint: disable=import-outside-toplevel
@@ -153,8 +173,71 @@ def _build(mode, tasks, image_size, parallel_chunk=0):
         parallel=(parallel_chunk or True) if parallel else False) if every_n else None
     model = tag_tf.MultiTaskModel(network, shared=list(TRUNK_LAYERS), affinity=config)
     model.compile(optimizer=keras.optimizers.SGD(5e-4, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
     return model
+
+
+def _step_counter(model):
+    """The model's training-step clock (``affinity_state`` since tag_tf's state layout 2)."""
+    return getattr(model, "affinity_state", model).train_step_counter
+
+
+def first_call(mode, batch_size, image_size, num_tasks, steps=3, jit_compile=False):
+    """Seconds of the first ``train_on_batch`` (tracing + one step; a TAG mode records on
+    it), the median of ``steps`` more, and the peak RSS (MiB) of this process."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    tasks = [f"task_{k}" for k in range(num_tasks)]
+    x, y = _data(batch_size, image_size, tasks)
+    model = _build(mode, tasks, image_size, jit_compile=jit_compile)
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "step_s": float(np.median(times)),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def first_call_table(args, task_counts, modes):
+    """Runs :func:`first_call` in a fresh process per mode, task count and round (modes
+    alternating) and prints medians and TAG / plain ratios."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    results = {}
+    for round_ in range(args.rounds):
+        for count in task_counts:
+            for mode in modes:
+                cmd = [sys.executable, "-m", "benchmarks.affinity_overhead",
+                       f"--mode=first_call:{mode}", f"--batch_size={args.batch_size}",
+                       f"--image_size={args.image_size}", f"--tasks={count}",
+                       f"--jit_compile={args.jit_compile}"]
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                     check=True).stdout
+                result = json.loads(out.split("RESULT ", 1)[1])
+                results.setdefault((count, mode), []).append(result)
+                print(f"round {round_}, T={count}, {mode}: first call "
+                      f"{result['first_call_s']:.1f} s, step {result['step_s']:.3f} s, peak "
+                      f"RSS {result['peak_rss_mib']:.0f} MiB ({machine_load()})", flush=True)
+    median = lambda key, count, mode: float(np.median(  # noqa: E731
+        [r[key] for r in results[(count, mode)]]))
+    plain, tag = modes
+    print(f"\nbatch {args.batch_size}, {args.image_size}x{args.image_size}, medians of "
+          f"{args.rounds} fresh processes per cell, jit_compile={args.jit_compile}, "
+          f"{machine_load()}")
+    print("| heads | first call, plain s | first call, TAG s | TAG / plain | steady step, "
+          "plain s | steady step, TAG s | TAG / plain | peak RSS plain / TAG MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for count in task_counts:
+        f_p, f_t = (median("first_call_s", count, m) for m in modes)
+        s_p, s_t = (median("step_s", count, m) for m in modes)
+        r_p, r_t = (median("peak_rss_mib", count, m) for m in modes)
+        print(f"| {count} | {f_p:.1f} | {f_t:.1f} | {f_t / f_p:.2f} | {s_p:.3f} | {s_t:.3f} | "
+              f"{s_t / s_p:.1f} | {r_p:.0f} / {r_t:.0f} |")
+    return results
 
 
 def _naive_step_fn(model):
@@ -240,7 +323,7 @@ def _time_rounds(fns, rounds, warmup):
             mode = key[-1] if isinstance(key, tuple) else key
             steps = 10 if mode.startswith("tag_every_10") else 1
             if steps > 1:
-                model.train_step_counter.assign(0)
+                _step_counter(model).assign(0)
             start = time.perf_counter()
             for _ in range(steps):
                 step()
@@ -360,18 +443,30 @@ def main(argv):
         raise errors.UsageError(f"Unexpected arguments: {argv[1:]}. Pass flags only; --help "
                                 "lists them.")
     args = flags_lib.read_flags(Args)
+    if any(t < 2 for t in args.tasks):
+        raise errors.UsageError(f"--tasks must be integers >= 2 (heads). Received: "
+                                f"--tasks={','.join(str(t) for t in args.tasks)}")
     unknown = sorted(set(args.measure) - set(_measures())) if args.measure else ["(none)"]
     if unknown:  # checked here, not by a flag validator: it imports TensorFlow
         raise errors.UsageError(f"--measure must name measures of {_measures()}. Received: "
                                 f"--measure={','.join(args.measure)}")
+    task_counts = list(args.tasks)
     if args.strategy == "mirrored":
-        mirrored_comparison(args.batch_size, args.image_size, args.tasks, args.steps,
+        mirrored_comparison(args.batch_size, args.image_size, task_counts[0], args.steps,
                             args.warmup, args.replicas)
+        return
+    if args.mode and args.mode.startswith("first_call:"):
+        print("RESULT " + json.dumps(first_call(
+            args.mode.split(":", 1)[1], args.batch_size, args.image_size, task_counts[0],
+            jit_compile=args.jit_compile)))
         return
     if args.mode:
         print("RESULT " + json.dumps({"peak_rss_mib": peak_memory(
-            args.mode, args.batch_size, args.image_size, args.tasks,
+            args.mode, args.batch_size, args.image_size, task_counts[0],
             args.parallel_chunk)}))
+        return
+    if args.first_call:
+        first_call_table(args, task_counts, ["plain", "tag_every_1:lookahead"])
         return
     tags = tag_modes(args.measure, args.parallel, args.every_10)
     if args.slope_tasks:
@@ -387,16 +482,16 @@ def main(argv):
     for mode in modes if args.memory else []:
         cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
                f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
-               f"--tasks={args.tasks}", f"--parallel_chunk={args.parallel_chunk}"]
+               f"--tasks={task_counts[0]}", f"--parallel_chunk={args.parallel_chunk}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         peaks[mode] = json.loads(out.split("RESULT ", 1)[1])["peak_rss_mib"]
         print(f"{mode:>30}: peak RSS {peaks[mode]:.0f} MiB ({machine_load()})", flush=True)
-    seconds = interleaved_times(modes, args.batch_size, args.image_size, args.tasks,
+    seconds = interleaved_times(modes, args.batch_size, args.image_size, task_counts[0],
                                 args.steps, args.warmup, args.parallel_chunk)
     for mode in modes:
         print(f"{mode:>30}: {seconds[mode]:.3f} s/step (median of {args.steps}, interleaved)")
-    overhead_table(modes, peaks, seconds, args.tasks, args.batch_size, args.image_size)
+    overhead_table(modes, peaks, seconds, task_counts[0], args.batch_size, args.image_size)
 
 
 if __name__ == "__main__":

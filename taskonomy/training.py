@@ -194,7 +194,7 @@ class EpochAlignedRecording(keras.callbacks.Callback):
     def _counter(self):
         if getattr(self.model, "affinity_config", None) is None:
             return None
-        return self.model.train_step_counter
+        return self.model.affinity_state.train_step_counter
 
     def on_epoch_begin(self, epoch, logs=None):
         counter = self._counter()

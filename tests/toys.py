@@ -222,7 +222,7 @@ def train_under_strategy(strategy, *, config=None, weighting=None, gradient=None
             record = model.affinity_record(measure)
             out[measure] = record.affinity
             out[measure + "_counts"] = record.counts
-        out["steps"] = int(model.affinity_steps.numpy())
+        out["steps"] = int(model.affinity_state.affinity_steps.numpy())
     return out
 
 

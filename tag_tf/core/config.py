@@ -61,7 +61,7 @@ class AffinityConfig:
       cosine_kernels_only: cosine over rank >= 2 shared variables only, as the
         original CS code (BatchNorm scales and biases left out).
       stderr_block: the blocks of the batch-means standard error kept during ``fit()``
-        (:mod:`tag_tf.core.affinity_stderr`): ``"epoch"`` (one block per epoch) or an int K
+        (:mod:`tag_tf.core.state`): ``"epoch"`` (one block per epoch) or an int K
         (a block every K recorded steps).
       parallel: run the T per-task backward passes and lookahead forwards of a recording
         step as batched (vectorised) computations instead of one after another (see

@@ -75,20 +75,21 @@ def check_supported(optimizer: keras.optimizers.Optimizer, rule: LookaheadRule) 
                          "gradient_accumulation_steps.")
 
 
-def _clip(opt: keras.optimizers.Optimizer, grad: tf.Tensor) -> tf.Tensor:
-    if opt.clipnorm and opt.clipnorm > 0:
-        return tf.clip_by_norm(grad, opt.clipnorm)
+def _clip(opt: keras.optimizers.Optimizer, grad: tf.Tensor, stacked: bool = False) -> tf.Tensor:
+    if opt.clipnorm and opt.clipnorm > 0:  # stacked: each task's gradient (row) on its own
+        axes = list(range(1, grad.shape.rank)) if stacked else None
+        return tf.clip_by_norm(grad, opt.clipnorm, axes=axes)
     if opt.clipvalue and opt.clipvalue > 0:
         return tf.clip_by_value(grad, -opt.clipvalue, opt.clipvalue)
     return grad
 
 
 def _prepared_gradient(opt: keras.optimizers.Optimizer, value: tf.Tensor, grad: tf.Tensor,
-                       lr: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                       lr: tf.Tensor, stacked: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """``(grad, lr)`` as the optimizer's rule sees them: clipped, in the value's dtype, and
     through ``lookahead_gradient`` (e.g. coupled, PyTorch-style weight decay)."""
     dtype = value.dtype
-    grad = tf.cast(_clip(opt, grad), dtype)
+    grad = tf.cast(_clip(opt, grad, stacked), dtype)
     if hasattr(opt, "lookahead_gradient"):
         grad = opt.lookahead_gradient(grad, value)
     return grad, tf.cast(lr, dtype)
@@ -144,9 +145,11 @@ def _optimizer_step(opt: keras.optimizers.Optimizer, variable: keras.Variable,
 
 
 def _optimizer_decrement(opt: keras.optimizers.Optimizer, variable: keras.Variable,
-                         value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-    """``value - _optimizer_step(...)`` computed directly (no cancellation against ``value``)."""
-    grad, lr = _prepared_gradient(opt, value, grad, lr)
+                         value: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor,
+                         stacked: bool = False) -> tf.Tensor:
+    """``value - _optimizer_step(...)`` computed directly (no cancellation against ``value``);
+    ``stacked``: ``grad`` holds one gradient per task along its first axis."""
+    grad, lr = _prepared_gradient(opt, value, grad, lr, stacked)
     decay = _decoupled_decay(opt, variable, value, lr)
     index = opt._get_variable_index(variable)  # pylint: disable=protected-access
     if isinstance(opt, keras.optimizers.SGD):
@@ -162,12 +165,14 @@ def _optimizer_decrement(opt: keras.optimizers.Optimizer, variable: keras.Variab
 
 def lookahead_steps(rule: LookaheadRule, optimizer: keras.optimizers.Optimizer,
                     variables: Sequence[keras.Variable], grads: Sequence[tf.Tensor],
-                    lr: tf.Tensor) -> list[tf.Tensor]:
+                    lr: tf.Tensor, *, stacked: bool = False) -> list[tf.Tensor]:
     """``theta - lookahead_values(...)``: the decrement one lookahead step applies.
 
     Computed directly, not as a difference of two nearly equal tensors, so it keeps full
     relative precision (the first-order ``"taylor"`` measure is ``<step_i, grad L_j>``).
     Same arguments as :func:`lookahead_values`; ``variables`` may repeat a variable.
+    ``stacked``: each gradient is ``[T, *variable.shape]``, one task per row, and so is the
+    result (the optimizer's state broadcasts over the rows; clipnorm clips each row).
     """
     opt = base_optimizer(optimizer)
     out = []
@@ -176,7 +181,7 @@ def lookahead_steps(rule: LookaheadRule, optimizer: keras.optimizers.Optimizer,
         if rule == "sgd":
             out.append(tf.cast(lr, value.dtype) * tf.cast(grad, value.dtype))
         else:
-            out.append(_optimizer_decrement(opt, variable, value, grad, lr))
+            out.append(_optimizer_decrement(opt, variable, value, grad, lr, stacked))
     return out
 
 

@@ -143,6 +143,14 @@ class GlobalBatch:
             return list(grads)
         return all_sum([g * self.factor(task_index, g.dtype) for g in grads])
 
+    def stacked_gradients(self, stacked: Sequence[tf.Tensor]) -> list:
+        """Global-batch per-task gradients from this replica's, stacked ``[T, *shape]`` (row k
+        task k's), in one all-reduce."""
+        if self.factors is None:
+            return list(stacked)
+        return all_sum([g * tf.reshape(tf.cast(self.factors, g.dtype),
+                                       [-1] + [1] * (g.shape.rank - 1)) for g in stacked])
+
     def losses(self, values: tf.Tensor) -> tf.Tensor:
         """Global-batch task losses from this replica's; ``values[..., t]`` is task t's."""
         if self.factors is None:

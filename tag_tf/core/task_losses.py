@@ -57,6 +57,21 @@ class _FunctionLoss(keras.losses.Loss):
         return self.fn(y_true, y_pred)
 
 
+def task_outputs(outputs: Any, tasks: Sequence[str]) -> dict:
+    """The network's outputs as a dict keyed by task (a dict, or a list in task order)."""
+    if isinstance(outputs, Mapping):
+        missing = [t for t in tasks if t not in outputs]
+        if missing:
+            raise ValueError(f"The network's outputs lack task(s) {missing}. "
+                             f"Outputs: {sorted(outputs)}")
+        return {t: outputs[t] for t in tasks}
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    if len(outputs) != len(tasks):
+        raise ValueError(f"The network returned {len(outputs)} outputs for "
+                         f"{len(tasks)} tasks {list(tasks)}.")
+    return dict(zip(tasks, outputs))
+
+
 class TaskLosses(NamedTuple):
     """Loss object and weight per task, in task order."""
 
@@ -74,8 +89,12 @@ class TaskLosses(NamedTuple):
                 else sample_weight
             value = keras.ops.cast(loss(y_true[task], y_pred[task], sample_weight=task_weight),
                                    dtype)
-            values.append(value * weight if weighted and weight != 1.0 else value)
-        return values
+            values.append(value)
+        return self.weigh(values) if weighted else values
+
+    def weigh(self, values: Sequence[Any]) -> list:
+        """Each task's loss times its weight (weights of 1 leave the value as it is)."""
+        return [v * w if w != 1.0 else v for v, w in zip(values, self.weights)]
 
 
 def _resolve_one(task: str, spec: Any) -> keras.losses.Loss:

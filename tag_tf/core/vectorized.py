@@ -1,7 +1,7 @@
 """Vectorised per-task passes of a recording step (``AffinityConfig(parallel=True)``).
 
-The sequential recording step (:meth:`tag_tf.core.recorder.AffinityRecorder.record`) runs one
-backward pass and one lookahead forward pass per task, one after another. Here both
+The default recording step (:mod:`tag_tf.core.per_task`) runs one backward pass and one
+lookahead forward pass per task, one after another in a ``tf.while_loop``. Here both
 become batched computations over the task axis, vectorised by TensorFlow's ``pfor``:
 
 * :func:`task_gradients`: the T per-task gradients of the shared variables as ONE
@@ -49,7 +49,7 @@ class _QuietPfor:
 
 def task_gradients(tape: tf.GradientTape, targets: Sequence[tf.Tensor],
                    sources: Sequence[tf.Tensor], chunk: Optional[int] = None,
-                   task_names: Optional[Sequence[str]] = None) -> list[list[tf.Tensor]]:
+                   task_names: Optional[Sequence[str]] = None) -> list[tf.Tensor]:
     """Gradients of each scalar in ``targets`` w.r.t. ``sources``, batched over targets.
 
     Args:
@@ -60,7 +60,8 @@ def task_gradients(tape: tf.GradientTape, targets: Sequence[tf.Tensor],
       task_names: for the error naming a task whose loss ignores every source.
 
     Returns:
-      ``grads[k][v]``: d targets[k] / d sources[v] (zeros where unconnected).
+      ``grads[v]``, ``[T, *sources[v].shape]``: row k is d targets[k] / d sources[v] (zeros
+      where unconnected).
 
     Raises:
       ValueError: if some target does not depend on any source (checked per task on the
@@ -83,9 +84,8 @@ def task_gradients(tape: tf.GradientTape, targets: Sequence[tf.Tensor],
                  for g, s in zip(grads, sources)]
         pieces.append(grads)
         previous = grads[:1]
-    stacked_grads = [tf.concat([p[v] for p in pieces], axis=0) if len(pieces) > 1
-                     else pieces[0][v] for v in range(len(sources))]
-    return [[g[k] for g in stacked_grads] for k in range(count)]
+    return [tf.concat([p[v] for p in pieces], axis=0) if len(pieces) > 1
+            else pieces[0][v] for v in range(len(sources))]
 
 
 def chunked_map(fn: Callable[[list], tf.Tensor], stacked: Sequence[tf.Tensor],

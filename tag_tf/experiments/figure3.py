@@ -1,7 +1,8 @@
 r"""Figure 3: task-grouping quality vs time to find the groups (Fifty et al., 2021).
 
 For each budget: TAG, CS, HOA (all pairwise trainings), RG (random groupings), TAG+PCGrad
-(TAG's groups trained with PCGrad); without grouping: MTL, STL, UW, GradNorm, PCGrad.
+(TAG's groups trained with PCGrad); without grouping: MTL, STL, UW, GradNorm, PCGrad, and
+two methods the paper did not run: DWA and MGDA-UB.
 Reports the total test error over all tasks (each from its serving network) and the time
 to find the groups (the affinity training plus selection for TAG / CS; every pair and
 single-task training plus selection for HOA; none for RG).
@@ -25,8 +26,9 @@ from tag_tf.experiments import report
 from tag_tf.experiments.harness import Harness, Training, rg_saturation_note, seeded_harnesses
 
 GROUPED = ("TAG", "CS", "HOA", "RG", "TAG+PCGrad")
-UNGROUPED = ("MTL", "STL", "UW", "GradNorm", "PCGrad")
-_MODE = {"MTL": "mtl", "UW": "uw", "GradNorm": "gradnorm", "PCGrad": "pcgrad"}
+UNGROUPED = ("MTL", "STL", "UW", "GradNorm", "PCGrad", "DWA", "MGDA")
+_MODE = {"MTL": "mtl", "UW": "uw", "GradNorm": "gradnorm", "PCGrad": "pcgrad", "DWA": "dwa",
+         "MGDA": "mgda"}
 
 
 def run(harness: Harness, *, budgets: Sequence[int] = (2, 3, 4), rg_samples: int = 2,
@@ -114,7 +116,7 @@ def _seed_rows(harness: Harness, budgets: Sequence[int], rg_samples: int, seed: 
     rows["RG"]["budgets"] = harness.random_baseline(budgets, rg_samples, seed)
     harness.log("Figure 3: TAG+PCGrad")
     grouped("TAG+PCGrad", tag_sel, tag.seconds + tag_sel_seconds, mode="pcgrad")
-    harness.log("Figure 3: MTL, STL, UW, GradNorm, PCGrad")
+    harness.log(f"Figure 3: {', '.join(UNGROUPED)}")
     for name in UNGROUPED:
         if name == "STL":
             result = harness.evaluate([((t,), (t,)) for t in harness.tasks])

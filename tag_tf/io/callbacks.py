@@ -46,7 +46,7 @@ class AffinityLogger(keras.callbacks.Callback):
     The PNG heatmaps show task names, cell values, a colour bar centred at 0 (red: the
     source helps the target) and the number of recorded steps; ``affinity.png`` hatches
     the cells not distinguishable from 0 (``|mean| < 2 SE``). The JSON/NPZ files carry
-    the standard errors the model keeps (:mod:`tag_tf.core.affinity_stderr`).
+    the standard errors the model keeps (:mod:`tag_tf.core.state`).
 
     The trace is also available as :attr:`epochs` (per measure) and through :meth:`record`.
     """
@@ -79,7 +79,7 @@ class AffinityLogger(keras.callbacks.Callback):
         return self.model.affinity_config.measures if self.model.affinity_config else ()
 
     def _state(self, measure):
-        return [np.asarray(v.numpy()) for v in self.model.measure_state(measure)]
+        return [np.asarray(v.numpy()) for v in self.model.affinity_state.measure_state(measure)]
 
     def on_epoch_begin(self, epoch, logs=None):
         # A resumed run replays from `epoch`: drop trace entries from that epoch on.
@@ -88,7 +88,7 @@ class AffinityLogger(keras.callbacks.Callback):
         self._start = {m: self._state(m) for m in self._measures()}
         # A run resumed in the middle of `epoch` (tag_tf.training.resume) has trained some of its steps
         # already: that epoch's mean starts from the state saved when the epoch began.
-        step = int(self.model.train_step_counter.numpy())
+        step = int(self.model.affinity_state.train_step_counter.numpy())
         saved = self._saved_start
         self._saved_start = None
         if saved and saved["epoch"] == epoch and saved["step"] < step:

@@ -1,1 +1,3 @@
-"""Training methods: loss weightings (UW, GradNorm) and gradient combiners (PCGrad)."""
+"""Training methods on the protocols of :mod:`tag_tf.core.parts`: loss weightings
+(``weighting``: UW, GradNorm, RepresentationGradNorm; ``dwa``: DWA) and gradient combiners
+(``pcgrad``: PCGrad; ``mgda``: MGDA-UB)."""

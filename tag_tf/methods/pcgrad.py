@@ -13,10 +13,12 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import keras
 import tensorflow as tf
+
+from tag_tf.core.parts import GradientCombiner, StepValues, TaskGradients
 
 
 def project_conflicting(gradients: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
@@ -46,7 +48,7 @@ def project_conflicting(gradients: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="tag_tf")
-class PCGrad(keras.layers.Layer):
+class PCGrad(GradientCombiner):
     """Gradient surgery on the shared variables (``MultiTaskModel(gradient=PCGrad())``).
 
     Args:
@@ -62,15 +64,19 @@ class PCGrad(keras.layers.Layer):
         """A fresh random permutation of the tasks."""
         return keras.random.shuffle(tf.range(num_tasks), seed=self.seed_generator)
 
-    def combine(self, task_grads: Sequence[Sequence[tf.Tensor]]) -> list[tf.Tensor]:
-        """Sum of the projected per-task gradients, shaped like the shared variables."""
-        shapes = [g.shape for g in task_grads[0]]
-        flat = tf.stack([tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
-                         for grads in task_grads])
-        summed = tf.reduce_sum(project_conflicting(flat, self.task_order(len(task_grads))),
-                               axis=0)
-        sizes = [int(tf.TensorShape(s).num_elements()) for s in shapes]
-        return [tf.reshape(part, shape) for part, shape in zip(tf.split(summed, sizes), shapes)]
+    def combine(self, grads: TaskGradients, values: StepValues) -> list[tf.Tensor]:
+        """Sum of the projected per-task gradients of the global batch (identical in every
+        replica), shaped like the shared variables; this replica's share of it (the
+        optimizer sums the replicas')."""
+        del values
+        stacked = grads.global_values()
+        count = int(stacked[0].shape[0])
+        flat = tf.concat([tf.reshape(g, [count, -1]) for g in stacked], axis=1)
+        summed = tf.reduce_sum(project_conflicting(flat, self.task_order(count)), axis=0)
+        shapes = [g.shape[1:] for g in stacked]
+        sizes = [int(shape.num_elements()) for shape in shapes]
+        return [tf.reshape(part, shape) / tf.cast(grads.replicas, part.dtype)
+                for part, shape in zip(tf.split(summed, sizes), shapes)]
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}

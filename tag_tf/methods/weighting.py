@@ -3,9 +3,10 @@
 GradNorm comes in two forms: :class:`GradNorm` (Chen et al., at a shared kernel, as the
 original TAG CelebA notebook) and :class:`RepresentationGradNorm` (at the shared
 representation, as Standley et al.'s Taskonomy code used by TAG's Taskonomy runs).
-All plug into :class:`tag_tf.MultiTaskModel` as ``weighting=...``. A weighting turns the
-per-task losses L_t (already multiplied by ``compile``'s ``loss_weights``) into per-task
-training terms whose sum is the training loss; validation losses stay the plain sum.
+All plug into :class:`tag_tf.MultiTaskModel` as ``weighting=...`` through the protocol of
+:mod:`tag_tf.core.parts`. A weighting turns the per-task losses L_t (already multiplied by
+``compile``'s ``loss_weights``) into per-task training terms whose sum is the training
+loss; validation losses stay the plain sum.
 
 References:
   Kendall, Gal and Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for
@@ -24,10 +25,12 @@ import keras
 import tensorflow as tf
 
 from tag_tf.core import replicas
+from tag_tf.core.parts import GradientCombiner, LossWeighting, Needs, StepValues, TaskGradients
+from tag_tf.core.representation import RepresentationSplit
 
 
 @keras.saving.register_keras_serializable(package="tag_tf")
-class UncertaintyWeighting(keras.layers.Layer):
+class UncertaintyWeighting(LossWeighting):
     """Learned homoscedastic-uncertainty weights (Kendall et al., 2018).
 
     Standard form, with a trainable log-variance ``s_t = log sigma_t^2`` per task
@@ -82,7 +85,7 @@ class UncertaintyWeighting(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tag_tf")
-class GradNorm(keras.layers.Layer):
+class GradNorm(LossWeighting):
     """GradNorm task weights (Chen et al., 2018), as in the original TAG CelebA notebook.
 
     Each step, with task weights w_t (start at 1), L_t(0) the task losses of the first
@@ -141,22 +144,22 @@ class GradNorm(keras.layers.Layer):
                                            aggregation="only_first_replica")
         self.built = True
 
+    @property
+    def needs(self) -> Needs:
+        """The global batch's ``||d L_t / d W||`` at the kernel W, every step."""
+        return Needs(kernel=getattr(self, "kernel", None))
+
     def task_terms(self, losses: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """``w_t * L_t`` with the weights held constant for the network's gradient."""
         w = tf.stop_gradient(tf.convert_to_tensor(self.task_weights))
         return [tf.cast(w[k], loss.dtype) * loss for k, loss in enumerate(losses)]
 
-    def update(self, losses: Sequence[tf.Tensor], kernel_grad_norms: tf.Tensor,
-               learning_rate: tf.Tensor) -> None:
-        """One GradNorm step on the weights.
-
-        Args:
-          losses: the per-task losses L_t of this step.
-          kernel_grad_norms: ``||dL_t/dW||`` per task (before the GradNorm weights).
-          learning_rate: the model optimizer's current learning rate.
-        """
-        losses = tf.cast(tf.stack([tf.stop_gradient(l) for l in losses]), "float32")
-        norms = tf.cast(tf.stop_gradient(kernel_grad_norms), "float32")
+    def update(self, values: StepValues) -> None:
+        """One GradNorm step on the weights, after the model's step, from its global-batch
+        losses L_t, ``||dL_t/dW||`` (before the GradNorm weights) and learning rate."""
+        losses = tf.cast(tf.stop_gradient(values.losses), "float32")
+        norms = tf.cast(tf.stop_gradient(values.kernel_norms), "float32")
+        learning_rate = values.learning_rate
         first = tf.logical_not(self.initialized.value)
         self.initial_losses.assign(tf.where(first, losses, self.initial_losses.value))
         self.initialized.assign(True)
@@ -185,7 +188,7 @@ class GradNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tag_tf")
-class RepresentationGradNorm(keras.layers.Layer):
+class RepresentationGradNorm(LossWeighting, GradientCombiner):
     """GradNorm at the shared representation, as Standley et al.'s Taskonomy code
     (``GradNormRepFunction``, used by TAG's Taskonomy runs).
 
@@ -210,9 +213,11 @@ class RepresentationGradNorm(keras.layers.Layer):
     the representation's gradient (the original's 1/sqrt(n)) keeps doing so: the weighted
     gradient flows back through whatever lies between R and the encoder's variables.
 
-    ``MultiTaskModel`` computes the gradients from one forward pass of the network with R
-    as an extra output: a functional network whose heads see the encoder only through R.
-    Not combinable with affinity recording or PCGrad.
+    It weights gradients, not losses, so it is the model's gradient combiner too, at the
+    representation (``needs.representation``): ``MultiTaskModel`` computes the gradients
+    from one forward pass of the network with R as an extra output (a functional network
+    whose heads see the encoder only through R). Not combinable with affinity recording or
+    PCGrad. Under a multi-replica strategy, L_t and ``||dL_t/dR||`` are the global batch's.
 
     Args:
       representation: name of the layer whose output is R; None: the last layer (in the
@@ -240,13 +245,14 @@ class RepresentationGradNorm(keras.layers.Layer):
 
     def attach(self, tasks: Sequence[str], shared_variables: Sequence[keras.Variable],
                network: Optional[keras.Model] = None) -> None:
-        """Creates the weights and splits ``network`` at the representation."""
+        """Creates the weights and finds the representation in ``network``."""
         if network is None:
             raise ValueError("RepresentationGradNorm needs the network (MultiTaskModel passes "
                              "it).")
         self.tasks = list(tasks)
         n = len(self.tasks)
-        self._split = _RepresentationSplit(network, shared_variables, self.representation)
+        self._layer_name = RepresentationSplit(network, shared_variables,
+                                               self.representation).layer.name
         # float64, as the original's Python floats: 1e-4 steps are not lost to rounding.
         make = lambda name, value: self.add_weight(  # noqa: E731
             shape=(n,), name=name, trainable=False, dtype="float64",
@@ -260,13 +266,18 @@ class RepresentationGradNorm(keras.layers.Layer):
     @property
     def layer_name(self) -> str:
         """The name of the layer whose output is the representation."""
-        return self._split.layer.name
+        return self._layer_name
+
+    @property
+    def needs(self) -> Needs:
+        """The per-task gradients at the representation, every step."""
+        return Needs(task_gradients=True, representation=self._layer_name)
 
     def task_terms(self, losses: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """The losses themselves: the weights act on the encoder's gradient only."""
         return list(losses)
 
-    def update(self, losses: tf.Tensor, norms: tf.Tensor) -> tf.Tensor:
+    def update_weights(self, losses: tf.Tensor, norms: tf.Tensor) -> tf.Tensor:
         """One step of the weights (see the class doc); returns the new weights.
 
         Args:
@@ -295,55 +306,13 @@ class RepresentationGradNorm(keras.layers.Layer):
         self.task_weights.assign(w)
         return w
 
-    def train_phase(self, model, x, y, sample_weight, none_grads: list) -> tuple:
-        """Forward, loss and gradients of one training step of ``model`` (a MultiTaskModel),
-        updating the weights; returns what ``MultiTaskModel``'s phases return."""
-        split = self._split
-        trainable = model.trainable_variables
-        encoder_ids = {id(v) for v in split.encoder_variables}
-        heads = [v for v in trainable if id(v) not in encoder_ids]  # and the weighting's own
-        with tf.GradientTape(persistent=True) as tape:
-            outputs = split.probe(x, training=True)
-            rep = outputs["representation"]
-            y_pred = model._as_task_dict(outputs["outputs"])  # pylint: disable=protected-access
-            loss = model._compute_loss(  # pylint: disable=protected-access
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            task_losses = model._require_task_losses().compute(  # pylint: disable=protected-access
-                y, y_pred, sample_weight)
-            scaled = [model.optimizer.scale_loss(value) for value in task_losses]
-            extra = model._extra_loss(loss.dtype)  # pylint: disable=protected-access
-            scaled_extra = model.optimizer.scale_loss(extra) if extra is not None else None
-        rep_grads, norms, head_grads = [], [], {}
-        previous = []
-        for k, task in enumerate(self.tasks):
-            with tf.control_dependencies(previous):  # one heads backward pass at a time
-                grads = tape.gradient(scaled[k], [rep] + heads)
-            if grads[0] is None:
-                raise ValueError(f"The loss of task {task!r} does not depend on the "
-                                 f"representation (the output of {self.layer_name!r}).")
-            rep_grads.append(grads[0])
-            norms.append(tf.norm(tf.cast(grads[0], "float64")))
-            for v, g in zip(heads, grads[1:]):
-                if g is not None:
-                    head_grads[id(v)] = g if id(v) not in head_grads else head_grads[id(v)] + g
-            previous = [grads[0]]
-        w = self.update(tf.stack([tf.cast(v, "float64") for v in task_losses]), tf.stack(norms))
-        weighted = tf.add_n([tf.cast(w[k], g.dtype) * g for k, g in enumerate(rep_grads)])
-        encoder = dict(zip(map(id, split.encoder_variables), tape.gradient(
-            rep, split.encoder_variables, output_gradients=weighted)))
-        extra_grads = dict(zip(map(id, trainable), tape.gradient(scaled_extra, trainable))) \
-            if scaled_extra is not None else {}
-        del tape
-        grads = []
-        for i, v in enumerate(trainable):
-            parts = [p for p in (head_grads.get(id(v)), encoder.get(id(v)),
-                                 extra_grads.get(id(v))) if p is not None]
-            if not parts:
-                none_grads.append(i)
-                grads.append(tf.zeros_like(v.value))
-            else:
-                grads.append(tf.add_n(parts) if len(parts) > 1 else parts[0])
-        return loss, y_pred, grads, task_losses, tf.zeros([len(self.tasks)])  # no kernel norms
+    def combine(self, grads: TaskGradients, values: StepValues) -> list:
+        """Updates the weights from this step's losses and ``||dL_t/dR||`` (the original
+        updates them in the backward pass, before using them), then weights the gradient
+        at R that flows into the encoder: ``sum_t w_t dL_t/dR``."""
+        norms = tf.sqrt(tf.linalg.diag_part(grads.inner_products()))
+        w = self.update_weights(values.losses, norms)
+        return [tf.tensordot(tf.cast(w, g.dtype), g, axes=1) for g in grads.local]
 
     def weights_by_task(self) -> dict[str, tf.Tensor]:
         w = tf.convert_to_tensor(self.task_weights)
@@ -352,69 +321,3 @@ class RepresentationGradNorm(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "representation": self.representation,
                 "alpha": self.alpha, "step": self.step, "reset_until": self.reset_until}
-
-
-class _RepresentationSplit:
-    """A functional network seen as encoder -> R -> heads (R: one layer's output).
-
-    Reads the network's Keras graph (nodes and their input tensors) without building a
-    model from R, which would add nodes to the network's layers.
-    """
-
-    def __init__(self, network: keras.Model, shared_variables: Sequence[keras.Variable],
-                 layer_name: Optional[str]):
-        by_depth = getattr(network, "_nodes_by_depth", None)
-        if not by_depth or not getattr(network, "inputs", None):
-            raise ValueError("RepresentationGradNorm needs a functional network (built with "
-                             f"keras.Model(inputs, outputs)). Received: {type(network).__name__}")
-        if layer_name is None:
-            shared = {id(v) for v in shared_variables}
-            owners = [layer for layer in network.layers
-                      if any(id(v) in shared for v in layer.trainable_variables)]
-            if not owners:
-                raise ValueError("No layer of the network holds a shared variable; name the "
-                                 "representation layer: RepresentationGradNorm(representation=...)")
-            layer = owners[-1]
-        else:
-            try:
-                layer = network.get_layer(layer_name)
-            except ValueError:
-                raise ValueError(f"RepresentationGradNorm: unknown layer {layer_name!r}. Layers: "
-                                 f"{[layer.name for layer in network.layers]}") from None
-        nodes = [node for depth in by_depth.values() for node in depth if node.operation is layer]
-        if len(nodes) != 1 or len(nodes[0].output_tensors) != 1:
-            raise ValueError(f"The representation layer {layer.name!r} must be called once in "
-                             f"the network and return one tensor (calls: {len(nodes)}).")
-        rep = nodes[0].output_tensors[0]
-        self.layer = layer
-        self.encoder_variables = list(keras.Model(network.input, rep).trainable_variables)
-        if not self.encoder_variables:
-            raise ValueError(f"Nothing trainable comes before the representation {layer.name!r}.")
-        head_variables = self._heads_variables(network, rep)
-        encoder_ids = {id(v) for v in self.encoder_variables}
-        both = [v.path for v in head_variables if id(v) in encoder_ids]
-        if both:
-            raise ValueError(f"Variables {both} are used both before and after the "
-                             f"representation {layer.name!r}.")
-        self.probe = keras.Model(network.input, {"representation": rep, "outputs": network.output})
-
-    def _heads_variables(self, network, rep) -> list:
-        """Variables of the layers between R and the outputs; fails when a path from the
-        outputs reaches the network's inputs without passing through R."""
-        pending = [t for t in keras.tree.flatten(network.output) if t is not rep]
-        seen, variables = set(), []
-        while pending:
-            tensor = pending.pop()
-            operation, node_index, _ = tensor._keras_history  # pylint: disable=protected-access
-            node = operation._inbound_nodes[node_index]  # pylint: disable=protected-access
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.is_input:
-                raise ValueError(
-                    f"RepresentationGradNorm: the heads must see the encoder only through the "
-                    f"output of {self.layer.name!r}, but output path reaches input "
-                    f"{tensor.name!r} around it.")
-            variables.extend(getattr(operation, "trainable_variables", []))
-            pending.extend(t for t in node.input_tensors if t is not rep)
-        return variables

@@ -5,10 +5,10 @@ one per task, or a selection's), the affinity measure it records (if any) and th
 method (``MultiTaskModel`` keyword arguments). A new weighting or gradient method is one
 more entry, e.g.::
 
-    register(Mode("dwa", "Dynamic Weight Average", method=lambda config, experiment:
-                  {"weighting": tag_tf.DWA(temperature=2.0)}))
+    register(Mode("mydwa", "DWA at T=1", method=lambda config, experiment:
+                  {"weighting": tag_tf.DWA(temperature=1.0)}))
 
-and ``--mode=dwa`` on the dataset scripts follows (their ``--mode`` choices are
+and ``--mode=mydwa`` on the dataset scripts follows (their ``--mode`` choices are
 :data:`MODES` plus their own). Output files: ``results.json`` always; a recording mode also
 writes ``<stem>.{json,npz,png}`` per measure (stems: :data:`tag_tf.io.callbacks.FILE_STEMS`)
 and, with budgets, ``selection.json``.
@@ -55,6 +55,18 @@ def _gradnorm(config: RunConfig, experiment: "Experiment") -> dict:
 def _pcgrad(config: RunConfig, experiment: "Experiment") -> dict:
     import tag_tf  # pylint: disable=g-import-not-at-top
     return {**_uw(config, experiment), "gradient": tag_tf.PCGrad(seed=config.training.seed)}
+
+
+def _dwa(config: RunConfig, experiment: "Experiment") -> dict:
+    del config, experiment
+    import tag_tf  # pylint: disable=g-import-not-at-top
+    return {"weighting": tag_tf.DynamicWeightAverage()}
+
+
+def _mgda(config: RunConfig, experiment: "Experiment") -> dict:
+    del config, experiment
+    import tag_tf  # pylint: disable=g-import-not-at-top
+    return {"gradient": tag_tf.MGDA()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +160,9 @@ for _mode in (
         Mode("gradnorm", "GradNorm", method=_gradnorm),
         Mode("pcgrad", "PCGrad with uncertainty weighting (as the original CelebA code)",
              method=_pcgrad),
+        Mode("dwa", "Dynamic Weight Average (Liu et al., 2019; temperature 2)", method=_dwa),
+        Mode("mgda", "MGDA-UB (Sener and Koltun, 2018): min-norm combination of the task "
+             "gradients at the shared representation", method=_mgda),
         Mode("groups", "Train a selection's networks; each task from its serving network",
              networks="selection")):
     register(_mode)

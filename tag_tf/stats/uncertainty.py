@@ -23,7 +23,7 @@ running mean and sum of squared deviations ``M2 = sum n_b (m_b - m)^2``.
 :func:`end_block` folds the current block in with element-wise ``where``s only, so it
 transcribes line by line into TF ops. :func:`estimate` turns the state into mean and SE.
 The same estimator serves the cosine measure (keep one state per measure).
-:mod:`tag_tf.core.affinity_stderr` keeps this state in ``MultiTaskModel``'s weights during ``fit()``.
+:mod:`tag_tf.core.state` keeps this state in ``MultiTaskModel``'s weights during ``fit()``.
 
 :func:`from_block_means` does the same from a list of block-mean matrices, e.g. the
 per-epoch matrices of an ``affinity.json`` ``epochs`` trace (:func:`from_epochs`).

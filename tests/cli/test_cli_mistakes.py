@@ -280,8 +280,7 @@ def test_benchmark_mistakes():
         ("affinity_overhead.main", ["--mode=fastest"]),
         ("affinity_overhead.main", ["extra"]),
     ])
-    assert lines[0] == ("error: flag --tasks=1: 1 is not integer >= 2. Pass --help to see the "
-                        "flags.")
+    assert lines[0] == "error: --tasks must be integers >= 2 (heads). Received: --tasks=1"
     assert "--slope_tasks must be at least two different task counts" in lines[1]
     assert lines[2].startswith("error: flag --mode=fastest: --mode must be one of")
     assert lines[3].startswith("error: Unexpected arguments: ['extra'].")
@@ -338,7 +337,7 @@ def test_celeba_main_mistakes(tmp_path, capsys):
         f"error: --files_dir: {empty} lacks the original CelebA file(s)")
     assert error("--mode=fast") == (
         "error: flag --mode=fast: value should be one of <prepare|affinity|cs|mtl|stl|uw|"
-        "gradnorm|pcgrad|groups>. Pass --help to see the flags.")
+        "gradnorm|pcgrad|dwa|mgda|groups>. Pass --help to see the flags.")
     assert error("--mode=mtl", "--epochs=ten").startswith("error: flag --epochs=ten: ")
     assert error("--mode=mtl", "--seeds=0") == (
         "error: flag --seeds=0: 0 is not a positive integer. Pass --help to see the flags.")

@@ -39,7 +39,7 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
                                 opt, rule, divide_by_lr=divide_by_lr,
                                 eval_batch=val[step % 3] if validation else None)
         model.train_on_batch(*toys.as_floatx(batch))
-        total = model.affinity_sum.numpy()
+        total = model.affinity_state.affinity_sum.numpy()
         np.testing.assert_allclose(total - previous, expected, rtol=1e-5, atol=1e-7,
                                    err_msg=f"step {step}")
         previous = total
@@ -47,8 +47,9 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
         # The training update itself also matches the reference.
         np.testing.assert_allclose(network.get_layer("trunk").kernel.numpy(), params["W"],
                                    rtol=1e-5, atol=1e-7)  # Keras keeps hyper-parameters in float32
-    np.testing.assert_array_equal(model.affinity_count.numpy(), np.full((3, 3), steps))
-    assert int(model.affinity_steps.numpy()) == steps
+    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(),
+                                  np.full((3, 3), steps))
+    assert int(model.affinity_state.affinity_steps.numpy()) == steps
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "momentum", "adam", "schedule"])

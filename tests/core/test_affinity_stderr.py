@@ -1,4 +1,4 @@
-"""The batch-means standard error kept in MultiTaskModel's state (tag_tf.core.affinity_stderr).
+"""The batch-means standard error kept in MultiTaskModel's state (tag_tf.core.state).
 
 It must equal tag_tf.stats.uncertainty's NumPy estimators on the same blocks, be NaN (never 0)
 with fewer than 2 blocks, survive save/load, BackupAndRestore and a step-exact resume
@@ -15,9 +15,7 @@ import tensorflow as tf
 
 import tag_tf
 from tag_tf.io import affinity_io
-from tag_tf.core import affinity_stderr
 from tag_tf.io import heatmap
-from tag_tf.core import recorder
 from tag_tf.training import resume
 from tag_tf.stats import uncertainty
 from tag_tf.core.config import MEASURES  # every measure: a new one is covered with no extra code
@@ -34,7 +32,7 @@ class SeriesRecorder(keras.callbacks.Callback):
         self._last = None
 
     def _sums(self):
-        return {m: self.model.measure_state(m)[0].numpy().copy() for m in MEASURES}
+        return {m: self.model.affinity_state.measure_state(m)[0].numpy().copy() for m in MEASURES}
 
     def on_train_begin(self, logs=None):
         self._last = self._sums()
@@ -56,13 +54,13 @@ def fit_with_series(config, epochs=3, n=64, **kwargs):
 
 
 def stderr_state(model):
-    return {name: getattr(model, name).numpy() for name in affinity_stderr.NAMES}
+    return {v.name: v.numpy() for v in model.affinity_state.variables
+            if v.name.startswith("stderr_")}
 
 
 def assert_same_stderr(a, b):
-    for name in affinity_stderr.NAMES:
-        np.testing.assert_array_equal(getattr(a, name).numpy(), getattr(b, name).numpy(),
-                                      err_msg=name)
+    for name, value in stderr_state(a).items():
+        np.testing.assert_array_equal(value, stderr_state(b)[name], err_msg=name)
     for measure in a.affinity_config.measures:
         ra, rb = a.affinity_record(measure), b.affinity_record(measure)
         np.testing.assert_array_equal(ra.stderr, rb.stderr, err_msg=measure)
@@ -118,7 +116,7 @@ def test_every_k_blocks_count_recorded_steps_not_training_steps(eager):
     model = bn_dropout_model(tag_tf.AffinityConfig(every_n=2, stderr_block=2))
     x, y = normal_targets_data(64)
     model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
-    assert int(model.affinity_steps.numpy()) == 6
+    assert int(model.affinity_state.affinity_steps.numpy()) == 6
     np.testing.assert_array_equal(model.affinity_record().stderr_blocks, 3)
 
 
@@ -161,7 +159,7 @@ def test_unfinished_block_counts_as_a_block_mid_epoch(eager):
 
     class Peek(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.train_step_counter.numpy()) == 6:
+            if int(self.model.affinity_state.train_step_counter.numpy()) == 6:
                 seen["record"] = self.model.affinity_record()
 
     model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1))
@@ -183,11 +181,11 @@ def test_state_is_bookkeeping_reset_with_the_accumulators(eager):
     model = bn_dropout_model(tag_tf.AffinityConfig(every_n=1))
     x, y = normal_targets_data(64)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    assert int(model.stderr_lookahead_blocks.numpy()[0, 0]) == 2
-    skipped = {id(getattr(model, n)) for n in recorder.BOOKKEEPING + affinity_stderr.NAMES}
+    assert int(model.affinity_state.stderr_lookahead_blocks.numpy()[0, 0]) == 2
+    skipped = {id(v) for v in model.affinity_state.variables}
     assert len(model.get_weights()) == len([v for v in model.weights if id(v) not in skipped])
     model.set_weights(model.get_weights())  # EarlyStopping's restore leaves the SE alone
-    assert int(model.stderr_lookahead_blocks.numpy()[0, 0]) == 2
+    assert int(model.affinity_state.stderr_lookahead_blocks.numpy()[0, 0]) == 2
     model.reset_affinity()
     for name, value in stderr_state(model).items():
         assert not value.any(), name
@@ -212,7 +210,7 @@ def test_save_and_load_round_trip(tmp_path, eager):
     # Training on from the loaded state continues the same blocks (the open one included).
     for m in (model, loaded):
         m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    np.testing.assert_array_equal(loaded.stderr_lookahead_blocks.numpy(), 2)
+    np.testing.assert_array_equal(loaded.affinity_state.stderr_lookahead_blocks.numpy(), 2)
     for measure in MEASURES:
         np.testing.assert_allclose(loaded.affinity_record(measure).stderr,
                                    model.affinity_record(measure).stderr, rtol=1e-6)
@@ -244,7 +242,7 @@ def test_backup_and_restore_gives_the_same_stderr(tmp_path, eager):
     resumed = bn_dropout_model(config, seed=1)  # other init: everything comes from the backup
     resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(backup)])
-    np.testing.assert_array_equal(resumed.stderr_lookahead_blocks.numpy(), 4)
+    np.testing.assert_array_equal(resumed.affinity_state.stderr_lookahead_blocks.numpy(), 4)
     assert_same_stderr(straight, resumed)
 
 
@@ -270,7 +268,7 @@ def test_step_exact_resume_after_a_mid_epoch_crash_gives_the_same_stderr(tmp_pat
         run("resumed", crash=7)  # epoch 1, batch 3 of 4: backup after its 2nd batch
     assert resume.read_resume_point(str(tmp_path / "resumed"), 4) == (1, 2)
     resumed = run("resumed", seed=1)
-    assert int(resumed.train_step_counter.numpy()) == 12
+    assert int(resumed.affinity_state.train_step_counter.numpy()) == 12
     expected_blocks = 3 if block == "epoch" else 4  # 12 records in blocks of 3
     np.testing.assert_array_equal(resumed.affinity_record().stderr_blocks, expected_blocks)
     assert_same_stderr(straight, resumed)

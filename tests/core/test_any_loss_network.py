@@ -77,7 +77,7 @@ def check_trained(model, history, tasks):
     assert all(len(history.history[f"{t}_weight"]) == len(history.history["loss"])
                for t in tasks)
     if model.affinity_config is not None:
-        assert int(model.affinity_steps.numpy()) > 0
+        assert int(model.affinity_state.affinity_steps.numpy()) > 0
         assert np.all(np.isfinite(model.affinity_record().affinity))
         assert np.all(np.isfinite(model.affinity_record("cosine").affinity))
 
@@ -102,7 +102,7 @@ def test_mixed_loss_forms_record_and_train_as_plain_keras(tasks, as_list):
         np.testing.assert_allclose(logs["loss"], expected["loss"], rtol=1e-5)
     for got, want in zip(network.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-    assert int(model.affinity_steps.numpy()) == 2
+    assert int(model.affinity_state.affinity_steps.numpy()) == 2
     assert np.all(np.isfinite(model.affinity_record().affinity))
 
 
@@ -153,7 +153,7 @@ def test_lambda_loss_saves_and_loads_as_keras_does(tmp_path, eager):
     np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0),
                                rtol=1e-6)
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert int(loaded.affinity_steps.numpy()) == 4
+    assert int(loaded.affinity_state.affinity_steps.numpy()) == 4
 
 
 def test_unsavable_losses_fail_at_save_as_in_keras(tmp_path, eager):
@@ -291,5 +291,5 @@ def test_keras_applications_backbone_records_and_trains(eager):
     x, y = loss_form_data(["a", "b"], num=4, shape=(32, 32, 3))
     history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
-    assert int(model.affinity_steps.numpy()) == 2
+    assert int(model.affinity_state.affinity_steps.numpy()) == 2
     assert np.all(np.isfinite(model.affinity_record().affinity))

@@ -34,10 +34,10 @@ def _step_affinities(scale, rule, steps=3):
     scaled, reference = _model(LR, scale, rule), _model(LR * scale, 1.0, rule)
     pairs = []
     for batch in toys.linear_batches(steps):
-        before = [m.affinity_sum.numpy().copy() for m in (scaled, reference)]
+        before = [m.affinity_state.affinity_sum.numpy().copy() for m in (scaled, reference)]
         scaled.train_on_batch(*batch)
         reference.train_on_batch(*batch)
-        pairs.append(tuple(m.affinity_sum.numpy() - b
+        pairs.append(tuple(m.affinity_state.affinity_sum.numpy() - b
                            for m, b in zip((scaled, reference), before)))
         # Their training steps differ (lr vs lr * s): continue both from the same weights.
         reference.network.set_weights(scaled.network.get_weights())

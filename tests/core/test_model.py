@@ -27,14 +27,14 @@ def test_schedule_records_exactly_the_expected_steps(config, expected_steps):
 
     class Watch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.affinity_steps.numpy()) > len(recorded):
-                recorded.append(int(self.model.train_step_counter.numpy()) - 1)
+            if int(self.model.affinity_state.affinity_steps.numpy()) > len(recorded):
+                recorded.append(int(self.model.affinity_state.train_step_counter.numpy()) - 1)
 
     x, y = normal_targets_data(96)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[Watch()])
     assert recorded == expected_steps
-    assert int(model.affinity_steps.numpy()) == len(expected_steps)
-    np.testing.assert_array_equal(model.affinity_count.numpy(), len(expected_steps))
+    assert int(model.affinity_state.affinity_steps.numpy()) == len(expected_steps)
+    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(), len(expected_steps))
 
 
 def test_config_rejects_bad_values():
@@ -65,9 +65,9 @@ def test_lookahead_mutates_no_variable(rule):
         for _ in range(3):  # from the second step on, with momentum in the optimizer slots
             model.train_on_batch(x, y)
     lookahead, cosine = models["lookahead"], models["cosine"]
-    assert int(lookahead.affinity_steps.numpy()) == int(cosine.affinity_steps.numpy()) == 3
-    np.testing.assert_array_equal(lookahead.affinity_count.numpy(), 3)  # the lookahead ran
-    np.testing.assert_array_equal(cosine.affinity_count.numpy(), 0)
+    assert int(lookahead.affinity_state.affinity_steps.numpy()) == int(cosine.affinity_state.affinity_steps.numpy()) == 3
+    np.testing.assert_array_equal(lookahead.affinity_state.affinity_count.numpy(), 3)  # the lookahead ran
+    np.testing.assert_array_equal(cosine.affinity_state.affinity_count.numpy(), 0)
     untrained = bn_dropout_network(0)
     assert not np.array_equal(untrained.get_layer("trunk").kernel.numpy(),
                               lookahead.network.get_layer("trunk").kernel.numpy())
@@ -91,7 +91,7 @@ def test_training_with_tag_equals_training_without(every_n):
     model = bn_dropout_model(tag_tf.AffinityConfig(every_n=every_n),
                        optimizer=keras.optimizers.Adam(0.01))
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    assert int(model.affinity_steps.numpy()) > 0
+    assert int(model.affinity_state.affinity_steps.numpy()) > 0
     for a, b in zip(plain.variables, model.network.variables):
         # Recording steps sum per-task gradients instead of differentiating the sum:
         # equal up to float32 rounding.
@@ -132,8 +132,9 @@ def test_backup_and_restore_resumes_accumulators_exactly(tmp_path):
                 callbacks=[keras.callbacks.BackupAndRestore(backup), logger])
     for name in ["affinity_sum", "affinity_count", "affinity_skipped", "affinity_steps",
                  "train_step_counter"]:
-        np.testing.assert_array_equal(getattr(straight, name).numpy(),
-                                      getattr(resumed, name).numpy(), err_msg=name)
+        np.testing.assert_array_equal(getattr(straight.affinity_state, name).numpy(),
+                                      getattr(resumed.affinity_state, name).numpy(),
+                                      err_msg=name)
     for a, b in zip(straight.network.variables, resumed.network.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     assert [e["epoch"] for e in logger.epochs["lookahead"]] == [0, 1, 2, 3]
@@ -147,8 +148,9 @@ def test_checkpoint_carries_affinity_state(tmp_path):
     tf.train.Checkpoint(model=model).write(path)
     other = bn_dropout_model(seed=3)
     tf.train.Checkpoint(model=other).read(path).assert_existing_objects_matched()
-    np.testing.assert_array_equal(other.affinity_sum.numpy(), model.affinity_sum.numpy())
-    np.testing.assert_array_equal(other.affinity_count.numpy(), model.affinity_count.numpy())
+    for name in ("affinity_sum", "affinity_count"):
+        np.testing.assert_array_equal(getattr(other.affinity_state, name).numpy(),
+                                      getattr(model.affinity_state, name).numpy())
 
 
 def test_save_and_load_keras_file(tmp_path):
@@ -160,7 +162,8 @@ def test_save_and_load_keras_file(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.tasks == TASKS
     assert loaded.affinity_config == model.affinity_config
-    np.testing.assert_array_equal(loaded.affinity_sum.numpy(), model.affinity_sum.numpy())
+    np.testing.assert_array_equal(loaded.affinity_state.affinity_sum.numpy(),
+                                  model.affinity_state.affinity_sum.numpy())
     for a, b in zip(model.predict(x, verbose=0).values(), loaded.predict(x, verbose=0).values()):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     # Compiled on load (losses, optimizer and its state): training resumes as the original.
@@ -171,9 +174,11 @@ def test_save_and_load_keras_file(tmp_path):
                                                              rel=1e-6)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
-    np.testing.assert_allclose(loaded.affinity_sum.numpy(), model.affinity_sum.numpy(),
+    np.testing.assert_allclose(loaded.affinity_state.affinity_sum.numpy(),
+                               model.affinity_state.affinity_sum.numpy(),
                                rtol=1e-5, atol=1e-7)
-    assert int(loaded.affinity_steps.numpy()) == int(model.affinity_steps.numpy())
+    assert int(loaded.affinity_state.affinity_steps.numpy()) == \
+        int(model.affinity_state.affinity_steps.numpy())
 
 
 def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
@@ -190,7 +195,7 @@ def test_loaded_validation_batch_model_asks_for_its_dataset(tmp_path):
         loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
     loaded.attach_validation_data(validation)
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    assert int(loaded.affinity_steps.numpy()) == 4
+    assert int(loaded.affinity_state.affinity_steps.numpy()) == 4
     assert np.all(np.isfinite(loaded.affinity_record().affinity[~np.eye(3, dtype=bool)]))
     with pytest.raises(ValueError, match="batch='validation'"):
         bn_dropout_model().attach_validation_data(validation)
@@ -212,7 +217,7 @@ def test_zero_losses_are_skipped_and_counted_not_averaged():
                   loss={"a": "mse", "b": "mse", "c": ZeroLossOnLargeTargets()})
     x, y = normal_targets_data(32)
     model.train_on_batch(x, y)  # every loss > 0: all recorded
-    np.testing.assert_array_equal(model.affinity_skipped.numpy(), 0)
+    np.testing.assert_array_equal(model.affinity_state.affinity_skipped.numpy(), 0)
     first = model.affinity_record().affinity
     model.train_on_batch(x, dict(y, c=y["c"] + 1000.0))  # L_c == 0: column c skipped
     record = model.affinity_record()
@@ -325,6 +330,7 @@ def test_early_stopping_restores_weights_but_keeps_the_recorded_affinities():
               callbacks=[Snapshot(), stop])
     for before, variable in zip(weights_after_first, model.network.weights):
         np.testing.assert_array_equal(before, variable.numpy(), err_msg=variable.path)
-    assert int(model.affinity_steps.numpy()) == 12  # 3 epochs x 4 steps, none rolled back
-    assert int(model.train_step_counter.numpy()) == 12
-    np.testing.assert_array_equal(model.affinity_count.numpy(), 12)
+    # 3 epochs x 4 steps, none rolled back
+    assert int(model.affinity_state.affinity_steps.numpy()) == 12
+    assert int(model.affinity_state.train_step_counter.numpy()) == 12
+    np.testing.assert_array_equal(model.affinity_state.affinity_count.numpy(), 12)

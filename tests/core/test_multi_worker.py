@@ -61,7 +61,8 @@ def _records(model):
     return {"lookahead": model.affinity_record().affinity.tolist(),
             "cosine": model.affinity_record("cosine").affinity.tolist(),
             "counts": model.affinity_record().counts.tolist(),
-            "state": {name: getattr(model, name).numpy().tolist() for name in RESUME_STATE},
+            "state": {name: getattr(model.affinity_state, name).numpy().tolist()
+                      for name in RESUME_STATE},
             "weights": [w.tolist() for w in model.get_weights()]}
 
 

@@ -154,7 +154,7 @@ def test_task_gradients_equal_per_task_tape_gradients():
     for chunk in (None, 1, 2):
         batched = vectorized.task_gradients(tape, losses, [w, v], chunk)
         for k, loss in enumerate(losses):
-            for got, want in zip(batched[k], tape.gradient(loss, [w, v])):
+            for got, want in zip([g[k] for g in batched], tape.gradient(loss, [w, v])):
                 np.testing.assert_allclose(got, want, rtol=1e-12)
 
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tag_tf
-from tag_tf.core import recorder
+from tag_tf.core import keras_compat
 from tag_tf.core import lookahead
 from tests import numpy_reference as ref
 from absl import flags
@@ -54,20 +54,21 @@ def run_and_compare(optimizer_name, rule, *, divide_by_lr=False, validation=Fals
                                    divide_by_lr=divide_by_lr, eval_batch=eval_batch)
         exact = ref.tag_step(params["W"], V, x, y, weights, opt, rule,
                              divide_by_lr=divide_by_lr, eval_batch=eval_batch)
-        before_lookahead = model.affinity_sum.numpy()
+        before_lookahead = model.affinity_state.affinity_sum.numpy()
         model.train_on_batch(*toys.as_floatx((x, y)))
-        total = model.taylor_sum.numpy()
+        total = model.affinity_state.taylor_sum.numpy()
         # rtol as the lookahead's test: Keras keeps Adam's hyper-parameters in float32.
         np.testing.assert_allclose(total - previous, expected, rtol=1e-5, atol=1e-9,
                                    err_msg=f"step {step}")
         assert np.abs(expected).min() > 1e-5  # the comparison is not of zeros
         if "lookahead" in measures:  # recording both leaves the lookahead as it was
-            np.testing.assert_allclose(model.affinity_sum.numpy() - before_lookahead, exact,
-                                       rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(
+                model.affinity_state.affinity_sum.numpy() - before_lookahead, exact,
+                rtol=1e-5, atol=1e-7)
         previous = total
         ref.train_update(params, x, y, weights, opt)
-    np.testing.assert_array_equal(model.taylor_count.numpy(), np.full((3, 3), steps))
-    np.testing.assert_array_equal(model.taylor_skipped.numpy(), 0)
+    np.testing.assert_array_equal(model.affinity_state.taylor_count.numpy(), np.full((3, 3), steps))
+    np.testing.assert_array_equal(model.affinity_state.taylor_skipped.numpy(), 0)
     record = model.affinity_record("taylor")
     np.testing.assert_allclose(record.affinity, previous / steps)
     assert record.config["measure"] == "taylor"
@@ -122,7 +123,7 @@ def test_validation_batch_matches_reference(rule, optimizer_name):
 @float64
 def test_recorded_beside_lookahead_and_cosine_without_changing_them():
     model = run_and_compare("momentum", "optimizer", measures=("lookahead", "cosine", "taylor"))
-    np.testing.assert_array_equal(model.cosine_count.numpy(), 3)
+    np.testing.assert_array_equal(model.affinity_state.cosine_count.numpy(), 3)
 
 
 @float64
@@ -163,7 +164,7 @@ def one_step_affinities(lr):
                                       every_n=1, measures=("lookahead", "taylor")))
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", loss_weights=LOSS_WEIGHTS)
     model.train_on_batch(*toys.as_floatx(toys.linear_batches(1)[0]))
-    return model.affinity_sum.numpy(), model.taylor_sum.numpy()
+    return model.affinity_state.affinity_sum.numpy(), model.affinity_state.taylor_sum.numpy()
 
 
 @float64
@@ -194,10 +195,10 @@ def test_uncertainty_weighting_targets_are_the_unweighted_losses_gradients():
     model.train_on_batch(*toys.as_floatx(first))  # builds the weighting
     model.weighting.log_variance.assign([0.5, -0.3, 1.0])
     model.reset_affinity()  # zeroes the Taylor state too
-    np.testing.assert_array_equal(model.taylor_count.numpy(), 0)
+    np.testing.assert_array_equal(model.affinity_state.taylor_count.numpy(), 0)
     model.train_on_batch(*toys.as_floatx(second))
-    exact, taylor = model.affinity_sum.numpy(), model.taylor_sum.numpy()
-    assert int(model.affinity_steps.numpy()) == 1
+    exact, taylor = model.affinity_state.affinity_sum.numpy(), model.affinity_state.taylor_sum.numpy()
+    assert int(model.affinity_state.affinity_steps.numpy()) == 1
     np.testing.assert_allclose(taylor, exact, rtol=2e-3)
 
 
@@ -212,8 +213,8 @@ def test_zero_loss_weight_target_is_skipped_not_guessed():
                   loss_weights={"a": 1.0, "b": 0.0, "c": 1.0})
     for batch in toys.linear_batches(2):
         model.train_on_batch(*toys.as_floatx(batch))
-    np.testing.assert_array_equal(model.taylor_skipped.numpy()[:, 1], 2)
-    np.testing.assert_array_equal(model.taylor_count.numpy()[:, [0, 2]], 2)
+    np.testing.assert_array_equal(model.affinity_state.taylor_skipped.numpy()[:, 1], 2)
+    np.testing.assert_array_equal(model.affinity_state.taylor_count.numpy()[:, [0, 2]], 2)
     record = model.affinity_record("taylor")
     assert np.isnan(record.affinity[:, 1]).all()
     np.testing.assert_array_equal(record.affinity[1, [0, 2]], 0.0)  # no step from b
@@ -258,7 +259,7 @@ def test_mixed_precision_measures_in_float32():
     reference, initial = toys.train_under_policy("float32", steps=1, measures=measures)
     mixed_model, _ = toys.train_under_policy("mixed_float16", steps=1, initial=initial,
                                              measures=measures)
-    assert recorder.is_mixed(mixed_model.network)
+    assert keras_compat.is_mixed(mixed_model.network)
     np.testing.assert_allclose(mixed_model.affinity_record("taylor").affinity,
                                reference.affinity_record("taylor").affinity, rtol=1e-4)
 

@@ -247,7 +247,8 @@ def test_taskonomy_gradnorm_mode_is_the_original():
     tasks = ["depth_zbuffer", "normal"]
     experiment = taskonomy_experiment.build_experiment(
         presets.TaskonomySettings(tasks=",".join(tasks), image_size=32, widths="tiny"),
-        types.SimpleNamespace(train=None, validation=None, test=None, train_data_fn=None))
+        types.SimpleNamespace(train=None, validation=None, test=None, train_data_fn=None,
+                              bad_files=None))
     weighting = experiment.gradnorm_fn(presets.RUN.training.gradnorm_alpha)
     assert isinstance(weighting, tag_tf.RepresentationGradNorm)
     assert (weighting.alpha, weighting.step, weighting.reset_until) == (1.5, 1e-4, 200)

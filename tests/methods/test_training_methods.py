@@ -212,7 +212,7 @@ def test_fit_with_tag_pcgrad_and_uw_end_to_end(tmp_path):
                                                                  restore_best_weights=True)])
     for task in TASKS:
         assert len(history.history[f"{task}_weight"]) == 2
-    assert int(model.affinity_steps.numpy()) == 4
+    assert int(model.affinity_state.affinity_steps.numpy()) == 4
     assert np.all(np.isfinite(tag_tf.load_affinity(out + "/affinity.json").affinity))
     assert np.all(np.isfinite(tag_tf.load_affinity(out + "/cosine_affinity.json").affinity))
     path = str(tmp_path / "m.keras")

@@ -81,8 +81,8 @@ def test_replace_by_flag_or_field_name_and_one_line_errors():
 
 
 def test_one_mode_registry():
-    assert modes.MODES == ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad",
-                           "groups")
+    assert modes.MODES == ("affinity", "cs", "mtl", "stl", "uw", "gradnorm", "pcgrad", "dwa",
+                           "mgda", "groups")
     assert [modes.measure_of(m) for m in ("affinity", "cs", "uw")] == [
         "lookahead", "cosine", None]
     assert modes.measure_of("affinity", RunConfig().replace(affinity_measure="taylor")) == \

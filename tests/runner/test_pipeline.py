@@ -390,3 +390,20 @@ def test_groups_with_two_seeds_reports_spread_and_compares(tmp_path):
         assert json.load(f)["groups"]["comparisons"][0]["reference"] == "MTL"
     summary = pipeline.format_summary(results)
     assert "(more than the seed spread)" in summary and " ± " in summary
+
+
+@pytest.mark.parametrize("mode, part, cls", [("dwa", "weighting", "DynamicWeightAverage"),
+                                             ("mgda", "gradient", "MGDA")])
+def test_dwa_and_mgda_modes_train_through_the_runner(mode, part, cls, tmp_path, eager):
+    """Issue 22's two methods are runner modes (``--mode=dwa`` / ``--mode=mgda`` on the
+    dataset scripts): one registry entry each, trained like any other mode."""
+    import tag_tf  # pylint: disable=g-import-not-at-top
+    config = RunConfig().replace(epochs=3, verbose=0)
+    experiment = planted_experiment(3)
+    parts = modes.get(mode).method(config, experiment)
+    assert list(parts) == [part] and isinstance(parts[part], getattr(tag_tf, cls))
+    result = pipeline.run(mode, experiment, config, output_dir=str(tmp_path / mode))
+    assert result.mode == mode and sorted(result.test_error) == sorted(experiment.tasks)
+    assert all(np.isfinite(v) for v in result.test_error.values())
+    with open(tmp_path / mode / "results.json") as f:
+        assert json.load(f)["mode"] == mode

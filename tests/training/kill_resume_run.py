@@ -72,7 +72,7 @@ def main(work: str, pause: float) -> None:
     with open(os.path.join(work, "out", "affinity.json")) as f:
         affinity_file = f.read()
     atomic.atomic_write_json(os.path.join(work, "result.json"), {
-        "steps": int(model.train_step_counter.numpy()), "epoch": history.epoch,
+        "steps": int(model.affinity_state.train_step_counter.numpy()), "epoch": history.epoch,
         "history": history.history, "trace": json.dumps(logger.epochs),
         "affinity_file": affinity_file})
     print("DONE", flush=True)

@@ -59,14 +59,14 @@ def main(work):
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
         "resumed_epochs": history.epoch,
-        "steps": [int(m.train_step_counter.numpy()) for m in (straight, resumed)],
+        "steps": [int(m.affinity_state.train_step_counter.numpy()) for m in (straight, resumed)],
         "max_weight_diff": diff,
-        "counts_equal": bool(np.array_equal(straight.affinity_count.numpy(),
-                                            resumed.affinity_count.numpy())),
-        "affinity_steps_equal": int(straight.affinity_steps.numpy()) ==
-        int(resumed.affinity_steps.numpy()),
-        "max_affinity_sum_diff": float(np.max(np.abs(straight.affinity_sum.numpy() -
-                                                     resumed.affinity_sum.numpy()))),
+        "counts_equal": bool(np.array_equal(straight.affinity_state.affinity_count.numpy(),
+                                            resumed.affinity_state.affinity_count.numpy())),
+        "affinity_steps_equal": int(straight.affinity_state.affinity_steps.numpy()) ==
+        int(resumed.affinity_state.affinity_steps.numpy()),
+        "max_affinity_sum_diff": float(np.max(np.abs(straight.affinity_state.affinity_sum.numpy() -
+                                                     resumed.affinity_state.affinity_sum.numpy()))),
     }))
 
 

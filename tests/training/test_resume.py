@@ -44,8 +44,9 @@ def run(tmp_path, name, *, data=shuffled_epoch_batches, crash=None, seed=0, logg
 
 def assert_same_run(straight, resumed, exact=True):
     for name in STATE:
-        np.testing.assert_array_equal(getattr(straight, name).numpy(),
-                                      getattr(resumed, name).numpy(), err_msg=name)
+        np.testing.assert_array_equal(getattr(straight.affinity_state, name).numpy(),
+                                      getattr(resumed.affinity_state, name).numpy(),
+                                      err_msg=name)
     for a, b in zip(straight.network.variables + straight.optimizer.variables,
                     resumed.network.variables + resumed.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
@@ -58,7 +59,7 @@ def backup_point(tmp_path, name):
 @pytest.mark.slow  # ~35 s on 2 shared cores (3 trainings)
 def test_crash_mid_epoch_resumes_exactly(tmp_path, eager):
     straight, history, straight_log = run(tmp_path, "straight")
-    assert int(straight.train_step_counter.numpy()) == EPOCHS * STEPS
+    assert int(straight.affinity_state.train_step_counter.numpy()) == EPOCHS * STEPS
     assert not os.path.exists(tmp_path / "straight" / "backup")  # deleted when finished
 
     with pytest.raises(RuntimeError, match="crash"):
