@@ -30,13 +30,22 @@ class Done(Exception):
     pass
 
 
+def own_registry(parser, depth=0):
+    """The FlagValues a flags parser closes over (through wrappers such as
+    tag_tf.cli.errors.guard_parser), or None."""
+    for cell in getattr(parser, "__closure__", None) or ():
+        value = cell.cell_contents
+        if isinstance(value, flags.FlagValues):
+            return value
+        if callable(value) and depth < 3:
+            found = own_registry(value, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def fake_run(main, argv=None, flags_parser=None):
-    own = None
-    if flags_parser is not None:
-        registry = getattr(flags_parser, "__closure__", None)
-        for cell in registry or ():
-            if isinstance(cell.cell_contents, flags.FlagValues):
-                own = cell.cell_contents
+    own = None if flags_parser is None else own_registry(flags_parser)
     out = {"module": MODULE, "own": None, "global": {}}
     if own is not None:
         out["own"] = {name: describe(own[name]) for name in own}
