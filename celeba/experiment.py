@@ -18,6 +18,8 @@ from celeba import data
 from celeba.presets import (GRADNORM_LAYER, LEARNING_RATE, LOOKAHEADS, LR_HALVING_EPOCHS,
                             MOMENTUM, NOTEBOOK_LOOKAHEAD_MOMENTUM, CelebASettings)
 from tag_tf import runner
+from tag_tf.cli import checks
+from tag_tf.cli import errors
 from tag_tf.io.bad_files import BadFiles
 from tag_tf.runner.config import RunConfig
 
@@ -104,6 +106,34 @@ def build_experiment(settings: CelebASettings, *, seed: int = 0) -> runner.Exper
         settings=s.to_json(),
         # Images the prepare step left out (skip_bad_files): reported by every run.
         bad_input_files=splits.bad_files or None)
+
+
+def check_inputs(mode: str, settings: CelebASettings, config: RunConfig, *,
+                 budgets_given: bool = True) -> None:
+    """The data directory, budgets and the files the flags name, read before any training:
+    their mistakes are one-line usage errors (:mod:`tag_tf.cli.errors`). ``budgets_given``:
+    the budgets were given on the command line (the preset's are capped, not refused)."""
+    if mode != "groups" and budgets_given:
+        checks.check_budgets(checks.parse_budgets(config.selection.budgets), len(settings.tasks))
+    prepared = ("the TFDS data directory that --mode=prepare wrote (it holds "
+                f"{data.DATASET_NAME}/)")
+    checks.check_directory("--data_dir", settings.data_dir, prepared)
+    if settings.data_dir and not os.path.isdir(os.path.join(settings.data_dir,
+                                                            data.DATASET_NAME)):
+        raise errors.UsageError(
+            f"--data_dir holds no {data.DATASET_NAME}/: CelebA is not prepared there. Received: "
+            f"--data_dir={settings.data_dir}. Pass {prepared}, or prepare it: python -m "
+            "celeba.main --mode=prepare --files_dir=<the original files> --data_dir=...")
+    with errors.user_input(FileNotFoundError, flag="--data_dir"):
+        data.load_builder(settings.data_dir)
+    chosen = checks.check_run_inputs(mode, config.selection)
+    if chosen is not None:
+        unknown = sorted({t for n in chosen.networks for t in n.tasks} - set(data.ATTRIBUTES))
+        if unknown:
+            raise errors.UsageError(
+                f"--selection names task(s) that are not CelebA attributes: {unknown}. "
+                f"Received: --selection={config.selection.selection_path}. Pass a selection "
+                "made for CelebA.")
 
 
 def run(mode: str, settings: CelebASettings, config: RunConfig, *,

@@ -29,7 +29,6 @@ from absl import app
 from absl import flags
 
 from celeba import presets
-from tag_tf.cli import checks
 from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
@@ -86,33 +85,6 @@ def configuration() -> tuple[presets.CelebASettings, RunConfig]:
     return dataclasses.replace(settings, tasks=tasks), config
 
 
-def check_inputs(mode: str, settings: presets.CelebASettings, config: RunConfig) -> None:
-    """The data directory, budgets and the files the flags name, read before any training:
-    their mistakes are one-line usage errors (:mod:`tag_tf.cli.errors`)."""
-    from celeba import data  # pylint: disable=g-import-not-at-top
-    if mode != "groups" and FLAGS["budgets"].present:
-        checks.check_budgets(checks.parse_budgets(config.selection.budgets), len(settings.tasks))
-    prepared = ("the TFDS data directory that --mode=prepare wrote (it holds "
-                f"{data.DATASET_NAME}/)")
-    checks.check_directory("--data_dir", settings.data_dir, prepared)
-    if settings.data_dir and not os.path.isdir(os.path.join(settings.data_dir,
-                                                            data.DATASET_NAME)):
-        raise errors.UsageError(
-            f"--data_dir holds no {data.DATASET_NAME}/: CelebA is not prepared there. Received: "
-            f"--data_dir={settings.data_dir}. Pass {prepared}, or prepare it: python -m "
-            "celeba.main --mode=prepare --files_dir=<the original files> --data_dir=...")
-    with errors.user_input(FileNotFoundError, flag="--data_dir"):
-        data.load_builder(settings.data_dir)
-    chosen = checks.check_run_inputs(mode, config.selection)
-    if chosen is not None:
-        unknown = sorted({t for n in chosen.networks for t in n.tasks} - set(data.ATTRIBUTES))
-        if unknown:
-            raise errors.UsageError(
-                f"--selection names task(s) that are not CelebA attributes: {unknown}. "
-                f"Received: --selection={config.selection.selection_path}. Pass a selection "
-                "made for CelebA.")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -136,10 +108,11 @@ def main(argv):
     settings, config = configuration()
     if script.mode == "groups" and not config.selection.selection_path:
         raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
-    check_inputs(script.mode, settings, config)
     if config.runtime.logical_cpus:  # before any TensorFlow work (e.g. loading the data)
         from tag_tf.runner import distribute  # pylint: disable=g-import-not-at-top
         distribute.split_cpu(config.runtime.logical_cpus)
+    experiment.check_inputs(script.mode, settings, config,
+                            budgets_given=FLAGS["budgets"].present)
     output_dir = script.output_dir or os.path.join("runs", "celeba", script.mode)
     result = experiment.run(script.mode, settings, config, output_dir=output_dir)
     from tag_tf import runner  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,8 @@ import keras
 from absl import logging
 
 from tag_tf import runner
+from tag_tf.cli import checks
+from tag_tf.cli import errors
 from tag_tf.io import atomic
 from tag_tf.runner.config import RunConfig
 from taskonomy import data
@@ -104,6 +106,41 @@ def _policy(name: Optional[str]):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def check_inputs(mode: str, settings: TaskonomySettings, config: RunConfig, output_dir: str,
+                 *, budgets_given: bool = True) -> None:
+    """The tasks, directories and files the flags name, checked before any work: their
+    mistakes are one-line usage errors (:mod:`tag_tf.cli.errors`). ``budgets_given``: the
+    budgets were given on the command line (the preset's are capped, not refused)."""
+    with errors.user_input(ValueError, flag="--tasks"):
+        tasks = data.parse_tasks(settings.tasks)
+    if settings.tfrecord_dir and mode != "convert":
+        checks.check_directory("--tfrecord_dir", settings.tfrecord_dir,
+                               "the output folder of --mode=convert")
+        if not os.path.isfile(os.path.join(settings.tfrecord_dir, "info.json")):
+            raise errors.UsageError(
+                f"--tfrecord_dir holds no info.json: it was not written by --mode=convert. "
+                f"Received: --tfrecord_dir={settings.tfrecord_dir}. Pass the output folder "
+                "of --mode=convert.")
+    else:
+        root = "the Taskonomy root (rgb/<building>/*.png and one folder per task)"
+        checks.check_directory("--data_dir", settings.data_dir, root)
+        if not os.path.isdir(os.path.join(settings.data_dir, data.INPUT_DOMAIN)):
+            raise errors.UsageError(
+                f"--data_dir has no {data.INPUT_DOMAIN}/ folder. Received: "
+                f"--data_dir={settings.data_dir}. Pass {root}.")
+    checks.check_directory("--splits_dir", settings.splits_dir,
+                           "a folder with {train,val,test}_models.txt")
+    if mode == "convert":
+        return
+    if mode != "groups" and budgets_given:
+        checks.check_budgets(checks.parse_budgets(config.selection.budgets), len(tasks))
+    checks.check_run_inputs(mode, config.selection)
+    if mode == "groups":
+        with errors.user_input(flag="--selection"):
+            canonical_selection(config.selection.selection_path, budget=config.selection.budget,
+                                table=config.selection.table, output_dir=output_dir)
 
 
 def run(mode: str, settings: TaskonomySettings, config: RunConfig, *,

@@ -29,7 +29,6 @@ from typing import Optional
 from absl import app
 from absl import flags
 
-from tag_tf.cli import checks
 from tag_tf.cli import errors
 from tag_tf.cli import flags as flags_lib
 from tag_tf.cli.flags import setting
@@ -72,43 +71,6 @@ def configuration() -> tuple[presets.TaskonomySettings, RunConfig]:
         raise app.UsageError(str(e)) from None
 
 
-def check_inputs(mode: str, settings: presets.TaskonomySettings, config: RunConfig,
-                 output_dir: str) -> None:
-    """The tasks, directories and files the flags name, checked before any work: their
-    mistakes are one-line usage errors (:mod:`tag_tf.cli.errors`)."""
-    from taskonomy import data as data_lib  # pylint: disable=g-import-not-at-top
-    with errors.user_input(ValueError, flag="--tasks"):
-        tasks = data_lib.parse_tasks(settings.tasks)
-    if settings.tfrecord_dir and mode != "convert":
-        checks.check_directory("--tfrecord_dir", settings.tfrecord_dir,
-                               "the output folder of --mode=convert")
-        if not os.path.isfile(os.path.join(settings.tfrecord_dir, "info.json")):
-            raise errors.UsageError(
-                f"--tfrecord_dir holds no info.json: it was not written by --mode=convert. "
-                f"Received: --tfrecord_dir={settings.tfrecord_dir}. Pass the output folder "
-                "of --mode=convert.")
-    else:
-        root = "the Taskonomy root (rgb/<building>/*.png and one folder per task)"
-        checks.check_directory("--data_dir", settings.data_dir, root)
-        if not os.path.isdir(os.path.join(settings.data_dir, data_lib.INPUT_DOMAIN)):
-            raise errors.UsageError(
-                f"--data_dir has no {data_lib.INPUT_DOMAIN}/ folder. Received: "
-                f"--data_dir={settings.data_dir}. Pass {root}.")
-    checks.check_directory("--splits_dir", settings.splits_dir,
-                           "a folder with {train,val,test}_models.txt")
-    if mode == "convert":
-        return
-    if mode != "groups" and FLAGS["budgets"].present:
-        checks.check_budgets(checks.parse_budgets(config.selection.budgets), len(tasks))
-    checks.check_run_inputs(mode, config.selection)
-    if mode == "groups":
-        from taskonomy import experiment  # pylint: disable=g-import-not-at-top
-        with errors.user_input(flag="--selection"):
-            experiment.canonical_selection(config.selection.selection_path,
-                                           budget=config.selection.budget,
-                                           table=config.selection.table, output_dir=output_dir)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -121,16 +83,17 @@ def main(argv):
     output_dir = script.output_dir or os.path.join("runs", "taskonomy", script.mode)
     if script.mode == "groups" and not config.selection.selection_path:
         raise app.UsageError("--mode=groups needs --selection (a selection JSON).")
-    check_inputs(script.mode, settings, config, output_dir)
+    if config.runtime.logical_cpus:  # before any TensorFlow work (e.g. loading the data)
+        from tag_tf.runner import distribute  # pylint: disable=g-import-not-at-top
+        distribute.split_cpu(config.runtime.logical_cpus)
     from taskonomy import experiment  # pylint: disable=g-import-not-at-top
+    experiment.check_inputs(script.mode, settings, config, output_dir,
+                            budgets_given=FLAGS["budgets"].present)
     if script.mode == "convert":
         experiment.convert(data_dir=settings.data_dir, output_dir=output_dir,
                            tasks=settings.tasks, splits_dir=settings.splits_dir,
                            shards=script.shards, limit=settings.limit)
         return
-    if config.runtime.logical_cpus:  # before any TensorFlow work (e.g. loading the data)
-        from tag_tf.runner import distribute  # pylint: disable=g-import-not-at-top
-        distribute.split_cpu(config.runtime.logical_cpus)
     from tag_tf.io.bad_files import BadFileError  # pylint: disable=g-import-not-at-top
     # A missing or unreadable input file (found before training) is the user's input: one
     # line naming it; its message says --skip_bad_files drops such files.

@@ -173,7 +173,7 @@ def _capture(dataset, argv, monkeypatch):
     monkeypatch.setattr(tag_tf.runner, "run", run)
     # The directories and files the flags name are checked before any work
     # (tests/cli/test_cli_mistakes.py); this test is about what the flags mean.
-    monkeypatch.setattr(main, "check_inputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(experiment, "check_inputs", lambda *args, **kwargs: None)
     if dataset == "celeba":
         from celeba import data  # pylint: disable=g-import-not-at-top
         monkeypatch.setattr(data, "original_file_paths", lambda files_dir: {})
