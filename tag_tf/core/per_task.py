@@ -132,10 +132,26 @@ def _through_own_outputs(terms: Sequence[tf.Tensor], outputs: Sequence[tf.Tensor
     return True
 
 
+def _outputs_chained(outputs: Sequence[tf.Tensor]) -> bool:
+    """Whether some traced output is computed from another one (one walk of the graph
+    behind the outputs)."""
+    keys = {(o.op.name, o.value_index) for o in outputs}
+    seen, stack = set(), [t for o in outputs for t in o.op.inputs]
+    while stack:
+        tensor = stack.pop()
+        if (tensor.op.name, tensor.value_index) in keys:
+            return True
+        if tensor.op.name not in seen:
+            seen.add(tensor.op.name)
+            stack.extend(tensor.op.inputs)
+    return False
+
+
 def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: Sequence, *,
                    outputs: Optional[Sequence[tf.Tensor]] = None, parallel=False,
                    chunk: Optional[int] = None,
-                   names: Optional[Sequence[str]] = None) -> list[tf.Tensor]:
+                   names: Optional[Sequence[str]] = None,
+                   outputs_tape: Optional[tf.GradientTape] = None) -> list[tf.Tensor]:
     """``[T, *source.shape]`` per source: row k is d terms[k] / d source.
 
     Args:
@@ -150,6 +166,9 @@ def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: S
       parallel: vectorise the T backward passes (``pfor``) instead of looping.
       chunk: with ``parallel``, at most this many tasks per vectorised pass.
       names: task names; given, a term that depends on no source is an error naming it.
+      outputs_tape: optionally, a tape that recorded ``terms`` from the watched ``outputs``
+        alone (not the network): the outputs path takes the cotangents from it, one
+        backward pass through the losses only.
 
     Returns:
       One stacked tensor per source (zeros where a term does not reach it).
@@ -168,10 +187,19 @@ def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: S
         cotangent = lambda k: [tf.one_hot(k, count, dtype=targets[0].dtype)]  # noqa: E731
     else:
         targets = list(outputs)
-        # d terms[k] / d outputs[k] of each task's own term: a gradient of the total would
-        # also carry task j's term into output k when output j is computed from output k.
-        cotangents = [tf.zeros_like(o) if c is None else c for o, c in
-                      zip(targets, (tape.gradient(t, o) for t, o in zip(terms, targets)))]
+        # d terms[k] / d outputs[k] of each task's own term. When no output is computed from
+        # another, the gradient of all terms at once is exactly that (term j reaches the
+        # network only through output j), in one backward pass: the tape does not stop at the
+        # outputs, so T calls would trace T backward passes through the network. Otherwise
+        # the total would also carry task j's term into output k through output j: one call
+        # per task.
+        if outputs_tape is not None:  # it holds no op between outputs: each term's own
+            own = outputs_tape.gradient(list(terms), targets)
+        elif _outputs_chained(targets):
+            own = [tape.gradient(t, o) for t, o in zip(terms, targets)]
+        else:
+            own = tape.gradient(list(terms), targets)
+        cotangents = [tf.zeros_like(o) if c is None else c for o, c in zip(targets, own)]
         cotangent = lambda k: [c * tf.cast(tf.equal(k, j), c.dtype)  # noqa: E731
                                for j, c in enumerate(cotangents)]
     arrays = [tf.TensorArray(_dtype(s), size=count, element_shape=s.shape) for s in sources]

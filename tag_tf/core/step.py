@@ -53,6 +53,9 @@ class Forward(NamedTuple):
       representation: the combiner's site tensor R, or None at the shared variables.
       state_before: the network's non-trainable values before this forward.
       tape: the persistent tape.
+      heads_tape: a persistent tape that recorded only the losses and terms from the
+        outputs (watched): the cotangents ``d term_k / d output_k`` from it are one small
+        backward pass, where the training tape would go through the whole network.
       batch: the :class:`~tag_tf.core.replicas.GlobalBatch` of this batch.
     """
 
@@ -69,6 +72,7 @@ class Forward(NamedTuple):
     representation: Optional[tf.Tensor]
     state_before: list
     tape: tf.GradientTape
+    heads_tape: tf.GradientTape
     batch: replicas.GlobalBatch
 
 
@@ -114,23 +118,25 @@ class TrainStep:
                 outputs = self.split.probe(x, training=True)
                 y_pred = task_outputs(outputs["outputs"], model.tasks)
                 representation = outputs["representation"]
-            losses = self.task_losses.compute(y, y_pred, sample_weight, weighted=False)
+            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as heads:
+                heads.watch([y_pred[task] for task in model.tasks])
+                losses = self.task_losses.compute(y, y_pred, sample_weight, weighted=False)
+                task_losses = self.task_losses.weigh(losses)
+                terms = self.weighting.task_terms(task_losses)
+                scaled_terms = [optimizer.scale_loss(t) for t in terms]
             if not keras_compat.track_task_losses(model, y_pred, losses):
                 model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                    training=True)  # Keras' per-output loss logs
-            task_losses = self.task_losses.weigh(losses)
-            terms = self.weighting.task_terms(task_losses)
             dtype = keras.config.floatx()
             extra = None if not model.losses else replicas.scale_loss(tf.add_n(
                 [keras.ops.sum(keras.ops.cast(v, dtype)) for v in model.losses]))
             loss = tf.add_n([tf.cast(t, dtype) for t in terms])
             loss = loss if extra is None else loss + extra
-            scaled_terms = [optimizer.scale_loss(t) for t in terms]
             scaled_loss = optimizer.scale_loss(loss)
             scaled_extra = None if extra is None else optimizer.scale_loss(extra)
         return Forward(x, y, sample_weight, y_pred, loss, losses, task_losses, scaled_terms,
-                       scaled_loss,
-                       scaled_extra, representation, state_before, tape, batch)
+                       scaled_loss, scaled_extra, representation, state_before, tape, heads,
+                       batch)
 
     def values(self, forward: Forward, learning_rate: tf.Tensor) -> parts.StepValues:
         """The global batch's task losses and what the methods' ``needs`` ask for."""
@@ -140,7 +146,8 @@ class TrainStep:
                        if m.needs.kernel is not None), None)
         if kernel is not None:
             local = per_task.task_gradients(forward.tape, forward.task_losses, [kernel],
-                                            outputs=self._outputs(forward))
+                                            outputs=self._outputs(forward),
+                                            outputs_tape=forward.heads_tape)
             grads = forward.batch.stacked_gradients(local)[0]
             kernel_norms = tf.cast(tf.norm(tf.reshape(grads, [tf.shape(grads)[0], -1]), axis=1),
                                    "float32")
@@ -165,6 +172,7 @@ class TrainStep:
         per_task.check_connected(forward.tape, forward.terms, sources, model.tasks, what)
         local = per_task.task_gradients(
             forward.tape, forward.terms, sources, outputs=self._outputs(forward),
+            outputs_tape=forward.heads_tape,
             parallel=bool(config and config.parallel),
             chunk=config.parallel_chunk() if config else None)
         return parts.TaskGradients(local, forward.batch, representation=self.split is not None)

@@ -69,3 +69,35 @@ def test_task_gradients_with_and_without_outputs_equal_each_terms_gradient(layou
         for k, grads in enumerate(want):
             for got, expected in zip([s[k] for s in stacked], grads):
                 np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("layout", ["separate", "chained"])
+def test_cotangents_from_a_tape_of_the_losses_alone_equal_each_terms_gradient(layout):
+    """The training step's path: the cotangents come from a tape that recorded only the
+    terms from the watched outputs (one small backward pass); chained outputs are told
+    apart when the training tape alone is given."""
+    w, v, x, y = _problem(1)
+
+    @tf.function
+    def run():
+        with tf.GradientTape(persistent=True) as tape:
+            h = tf.tanh(x @ w + v)
+            a = h[:, :2]
+            b = tf.sin(a) * h[:, 2:] if layout == "chained" else h[:, 2:] ** 2
+            outputs = [a, b]
+            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as heads:
+                heads.watch(outputs)
+                terms = [tf.reduce_mean((a - y) ** 2), 0.5 * tf.reduce_sum(tf.exp(b) * y)]
+        chained.append(per_task._outputs_chained(outputs))
+        via_heads = per_task.task_gradients(tape, terms, [w, v], outputs=outputs,
+                                            outputs_tape=heads)
+        via_outputs = per_task.task_gradients(tape, terms, [w, v], outputs=outputs)
+        return via_heads, via_outputs, [tape.gradient(t, [w, v]) for t in terms]
+
+    chained = []
+    via_heads, via_outputs, want = run()
+    assert chained == [layout == "chained"]
+    for stacked in (via_heads, via_outputs):
+        for k, grads in enumerate(want):
+            for got, expected in zip([s[k] for s in stacked], grads):
+                np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
