@@ -41,7 +41,9 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from tag_tf.cli import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 25, "Timed backups per mode and model (after 2 untimed).")
@@ -191,4 +193,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -22,7 +22,9 @@ import statistics
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from tag_tf.cli import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 64, "Side of the fake Taskonomy PNGs.")
@@ -93,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -41,7 +41,9 @@ import tag_tf.cli.quiet  # noqa: F401  (first: quiets TensorFlow's C++ logs with
 import os
 import time
 
-from absl import app, flags
+from absl import flags
+
+from tag_tf.cli import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cache_dir", None, "Where each run's affinity.json is cached "
@@ -157,11 +159,11 @@ def run(*, cache_dir, runs, ks, budgets, data_seed, bootstrap, seed, train_only=
 def main(argv):
     del argv
     if not FLAGS.cache_dir:
-        raise app.UsageError("--cache_dir is required (runs are cached there).")
+        raise errors.UsageError("--cache_dir is required (runs are cached there).")
     run(cache_dir=FLAGS.cache_dir, runs=FLAGS.runs, ks=[int(k) for k in FLAGS.k],
         budgets=[int(b) for b in FLAGS.budgets], data_seed=FLAGS.data_seed,
         bootstrap=FLAGS.bootstrap, seed=FLAGS.seed, train_only=FLAGS.train_only)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

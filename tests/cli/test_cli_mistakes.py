@@ -294,6 +294,15 @@ def test_benchmark_mistakes():
     ]
 
 
+def test_more_benchmark_mistakes():
+    assert run_cases("from benchmarks import seed_agreement", [
+        ("seed_agreement.main", [])]) == [
+        "error: --cache_dir is required (runs are cached there)."]
+    assert run_cases("from benchmarks import backup_cost", [
+        ("backup_cost.main", ["--nope"])]) == [
+        "error: Unknown command line flag 'nope'. Pass --help to see the flags."]
+
+
 @pytest.mark.slow  # checking --measure imports TensorFlow
 def test_benchmark_measure_mistake():
     assert run_cases("from benchmarks import affinity_overhead", [
