@@ -27,6 +27,8 @@ import importlib.util
 import itertools
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -237,11 +239,26 @@ def test_example_runs(block):
     _check(block, _run(block))
 
 
+_ISOLATED = """
+import sys
+from tests.docs import test_examples as t
+(block,) = [b for b in t.PYTHON if b.id == sys.argv[1]]
+t._check(block, t._run(block))
+print("EXAMPLE OK")
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.usefixtures("clean_keras")
 @pytest.mark.parametrize("block", list(_params(slow=True)))
-def test_slow_example_runs(block):
-    _check(block, _run(block))
+def test_slow_example_runs(block, tmp_path):
+    """Each slow example in a fresh process, as a user runs it (TensorFlow allows one
+    MirroredStrategy per process, and other tests may have made theirs)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", _ISOLATED, block.id], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0 and "EXAMPLE OK" in result.stdout, (
+        result.stdout[-2000:] + result.stderr[-4000:])
 
 
 # ------------------------------------------------------------------ named things exist
