@@ -13,6 +13,7 @@ from scipy import optimize
 
 import tag_tf
 from tag_tf.methods import mgda
+from tests import toys
 from tests.toys import TASKS, linear_network
 from tests.toys import linear_batches as batches
 
@@ -170,7 +171,6 @@ def test_options_are_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("upper_bound", [True, False], ids=["ub", "exact"])
 def test_mirrored_strategy_equals_one_device(upper_bound):
-    from tests.core import test_distribute  # pylint: disable=import-outside-toplevel
     config = None if upper_bound else tag_tf.AffinityConfig(every_n=2)
-    test_distribute.compare(config=config,
-                            gradient=lambda: tag_tf.MGDA(upper_bound=upper_bound))
+    toys.one_device_and_mirrored(config=config,
+                                 gradient=lambda: tag_tf.MGDA(upper_bound=upper_bound))
