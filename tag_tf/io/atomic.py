@@ -83,31 +83,22 @@ def _makedirs(directory: str) -> None:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
     path = str(path)
-    directory = os.path.dirname(path)
-    _makedirs(directory)
-    tmp = temporary_name(path)
-    if not is_local(path):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        try:
-            with tf.io.gfile.GFile(tmp, "wb") as f:
+    if is_local(path):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
                 f.write(data)
-            tf.io.gfile.rename(tmp, path, overwrite=True)
-        except BaseException:
-            if tf.io.gfile.exists(tmp):
-                tf.io.gfile.remove(tmp)
-            raise
         return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    _makedirs(os.path.dirname(path))
+    tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
         raise
-    fsync_dir(directory)
 
 
 def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
