@@ -58,7 +58,6 @@ def check_run_inputs(mode: str, selection: Any) -> Any:
       ``groups``, else None.
     """
     from tag_tf.runner import groups  # pylint: disable=g-import-not-at-top
-    from tag_tf.runner import results  # pylint: disable=g-import-not-at-top
     references = {"mtl_results": selection.mtl_results, "stl_results": selection.stl_results}
     given = [f"--{name}" for name, path in references.items() if path]
     if given and mode != "groups":
@@ -68,7 +67,7 @@ def check_run_inputs(mode: str, selection: Any) -> Any:
         if path:
             with errors.user_input(flag=f"--{name}",
                                    hint=f"Pass the results.json of an {name[:3]} run."):
-                results.load_results(path)
+                groups.reference_results(path)  # what the groups run reads
     if mode != "groups" or not selection.selection_path:
         return None
     with errors.user_input(flag="--selection"):
