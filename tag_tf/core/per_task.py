@@ -14,8 +14,9 @@ ONE traced body in a ``tf.while_loop`` over the task index:
 * :func:`map_tasks`: iteration k calls a function on row k of stacked tensors (the
   lookahead forward of source task k).
 
-Iterations run one after another (``parallel_iterations=1``): their activation gradients
-never coexist, so peak memory stays that of one backward pass plus the T stacked results.
+At most :data:`ITERATIONS_IN_FLIGHT` (2) iterations run at once, so peak memory stays that
+of two backward (or forward) passes plus the T stacked results, whatever T; each iteration
+writes its own row, so the results do not depend on the overlap.
 ``parallel=True`` / n instead vectorises the T passes with ``pfor``
 (:mod:`tag_tf.core.vectorized`); results are the same up to float summation order.
 
@@ -31,6 +32,12 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 
 from tag_tf.core import vectorized
+
+# Iterations of a per-task loop that may run at once. Two let the executor overlap one
+# task's small ops with the next task's (on a 2-core CPU the unrolled step did this for
+# free: 8 % of a recording step at 40 heads, benchmarks/affinity_overhead.py --first_call);
+# each extra one costs one more pass's activations.
+ITERATIONS_IN_FLIGHT = 2
 
 
 def _handles(source) -> list:
@@ -210,7 +217,7 @@ def task_gradients(tape: tf.GradientTape, terms: Sequence[tf.Tensor], sources: S
         return k + 1, [a.write(k, g) for a, g in zip(arrays, grads)]
 
     _, arrays = tf.while_loop(lambda k, _: k < count, body, (tf.constant(0), arrays),
-                              parallel_iterations=1)
+                              parallel_iterations=ITERATIONS_IN_FLIGHT)
     return [a.stack() for a in arrays]
 
 
@@ -233,7 +240,7 @@ def map_tasks(fn: Callable[[list], tf.Tensor], stacked: Sequence[tf.Tensor], dty
         return k + 1, results.write(k, fn([s[k] for s in stacked]))
 
     _, results = tf.while_loop(lambda k, _: k < count, body, (tf.constant(0), results),
-                               parallel_iterations=1)
+                               parallel_iterations=ITERATIONS_IN_FLIGHT)
     return results.stack()
 
 
