@@ -183,7 +183,7 @@ def _step_counter(model):
     return getattr(model, "affinity_state", model).train_step_counter
 
 
-def first_call(mode, batch_size, image_size, num_tasks, steps=3, jit_compile=False):
+def first_call(mode, batch_size, image_size, num_tasks, steps=8, jit_compile=False):
     """Seconds of the first ``train_on_batch`` (tracing + one step; a TAG mode records on
     it), the median of ``steps`` more, and the peak RSS (MiB) of this process."""
     import numpy as np  # pylint: disable=import-outside-toplevel
