@@ -154,8 +154,9 @@ class AffinityRecorder:
           batch: the training batch's :class:`replicas.GlobalBatch`.
 
         Lookahead: the T lookahead forwards are one traced body in a ``tf.while_loop`` over
-        the source task (:func:`tag_tf.core.per_task.map_tasks`), at most two at a time so
-        that the activations of T forwards never coexist (``parallel=True`` batches them
+        the source task (:func:`tag_tf.core.per_task.map_tasks`), at most
+        ``per_task.ITERATIONS_IN_FLIGHT`` at a time so that the activations of T forwards
+        never coexist (``parallel=True`` batches them
         instead, :mod:`tag_tf.core.vectorized`, same Z). Cosine: cos(g_i, g_j) over the shared
         variables (kernels only by default, as the original CS baseline). Taylor:
         ``<s_i, grad L_j> / L_j`` from the same gradients, no forward pass; on the training
