@@ -29,10 +29,12 @@ same trunk. ``--slope_tasks`` times a plain and a recording step at each of seve
 counts (interleaved per count) and fits a line: the seconds each extra task adds.
 
 ``--first_call`` reports, for each ``--tasks`` count, the first call of ``plain`` and of
-``tag_every_1`` (tracing plus one step, which records) and then their steady step, each
-run in a fresh process (a subprocess per mode and round, modes alternating); the table
-gives medians over ``--rounds`` and the TAG / plain ratios. ``--jit_compile`` compiles
-every mode's step with XLA (``compile(jit_compile=True)``).
+``tag_every_1`` (tracing plus one step, which records), each run in a fresh process (a
+subprocess per mode and round, modes alternating), and their steady step, measured in one
+more fresh process per round with the two modes taking turns step by step: a process's own
+speed varies by up to 30 % here, so a ratio of steps from two processes mixes that in, and a
+ratio within one process does not. The table gives medians over ``--rounds``.
+``--jit_compile`` compiles every mode's step with XLA (``compile(jit_compile=True)``).
 
 ``--strategy=mirrored`` instead compares TAG / plain under one replica (default strategy)
 and under ``--replicas`` replicas of ``tf.distribute.MirroredStrategy`` (the local GPUs, or
@@ -91,11 +93,11 @@ class Args:
         "instead of the table, time plain and recording steps at each count.")
     replicas: int = setting(2, lower_bound=1, help="--strategy=mirrored: logical CPU devices "
                             "to create when there is no GPU.")
-    first_call: bool = setting(False, help="Report the first call (trace + one step) and the "
-                               "steady step of plain and TAG, each in a fresh process, per "
-                               "--tasks.")
-    rounds: int = setting(2, lower_bound=1,
-                          help="--first_call: fresh processes per mode and task count.")
+    first_call: bool = setting(False, help="Report the first call (trace + one step) of plain "
+                               "and TAG, each in a fresh process, and their steady step (both "
+                               "in one more process, taking turns), per --tasks.")
+    rounds: int = setting(2, lower_bound=1, help="--first_call: rounds of fresh processes "
+                          "(one per mode, one for the steady step) per task count.")
     jit_compile: bool = setting(False, help="Compile every mode's train step with XLA.")
 
 
@@ -110,7 +112,7 @@ def _measures():
 
 
 def _valid_mode(mode):
-    if mode is not None and mode.startswith("first_call:"):  # plain or tag_every_1:<measure>
+    if mode is not None and mode.startswith(("first_call:", "steady:")):  # internal modes
         mode = mode.split(":", 1)[1]
     try:
         return mode is None or parse_mode(mode)[1] in _measures()
@@ -183,9 +185,10 @@ def _step_counter(model):
     return getattr(model, "affinity_state", model).train_step_counter
 
 
-def first_call(mode, batch_size, image_size, num_tasks, steps=8, jit_compile=False):
+def first_call(mode, batch_size, image_size, num_tasks, steps=2, jit_compile=False):
     """Seconds of the first ``train_on_batch`` (tracing + one step; a TAG mode records on
-    it), the median of ``steps`` more, and the peak RSS (MiB) of this process."""
+    it), the median of ``steps`` more (for the peak RSS of later steps; the steady step is
+    :func:`steady_steps`'), and the peak RSS (MiB) of this process."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     tasks = [f"task_{k}" for k in range(num_tasks)]
     x, y = _data(batch_size, image_size, tasks)
@@ -202,41 +205,61 @@ def first_call(mode, batch_size, image_size, num_tasks, steps=8, jit_compile=Fal
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def steady_steps(mode, batch_size, image_size, num_tasks, rounds=8, jit_compile=False):
+    """Median seconds of a plain step and of a ``mode`` step in THIS process, the two taking
+    turns step by step after two untimed steps each, and their ratio."""
+    fns = _step_fns(["plain", mode], batch_size, image_size, num_tasks,
+                    jit_compile=jit_compile)
+    seconds = _time_rounds(fns, rounds, warmup=2)
+    return {"plain_s": seconds["plain"], "tag_s": seconds[mode],
+            "ratio": seconds[mode] / seconds["plain"]}
+
+
+def _subprocess_result(args, mode, count):
+    """The RESULT of this script run with ``--mode=mode`` in a fresh process."""
+    cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
+           f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
+           f"--tasks={count}", f"--jit_compile={args.jit_compile}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.split("RESULT ", 1)[1])
+
+
 def first_call_table(args, task_counts, modes):
-    """Runs :func:`first_call` in a fresh process per mode, task count and round (modes
-    alternating) and prints medians and TAG / plain ratios."""
+    """Per task count and round: :func:`first_call` of each mode in a fresh process (modes
+    alternating), then :func:`steady_steps` in one more; prints medians over the rounds."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     results = {}
+    plain, tag = modes
     for round_ in range(args.rounds):
         for count in task_counts:
             for mode in modes:
-                cmd = [sys.executable, "-m", "benchmarks.affinity_overhead",
-                       f"--mode=first_call:{mode}", f"--batch_size={args.batch_size}",
-                       f"--image_size={args.image_size}", f"--tasks={count}",
-                       f"--jit_compile={args.jit_compile}"]
-                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                     check=True).stdout
-                result = json.loads(out.split("RESULT ", 1)[1])
+                result = _subprocess_result(args, f"first_call:{mode}", count)
                 results.setdefault((count, mode), []).append(result)
                 print(f"round {round_}, T={count}, {mode}: first call "
-                      f"{result['first_call_s']:.1f} s, step {result['step_s']:.3f} s, peak "
-                      f"RSS {result['peak_rss_mib']:.0f} MiB ({machine_load()})", flush=True)
+                      f"{result['first_call_s']:.1f} s, peak RSS "
+                      f"{result['peak_rss_mib']:.0f} MiB ({machine_load()})", flush=True)
+            result = _subprocess_result(args, f"steady:{tag}", count)
+            results.setdefault((count, "steady"), []).append(result)
+            print(f"round {round_}, T={count}, steady (one process): plain "
+                  f"{result['plain_s']:.3f} s, TAG {result['tag_s']:.3f} s, TAG / plain "
+                  f"{result['ratio']:.2f} ({machine_load()})", flush=True)
     median = lambda key, count, mode: float(np.median(  # noqa: E731
         [r[key] for r in results[(count, mode)]]))
-    plain, tag = modes
     print(f"\nbatch {args.batch_size}, {args.image_size}x{args.image_size}, medians of "
           f"{args.rounds} fresh processes per cell, jit_compile={args.jit_compile}, "
-          f"{machine_load()}")
+          f"{machine_load()}; steady: both modes in one process, taking turns")
     print("| heads | first call, plain s | first call, TAG s | TAG / plain | steady step, "
-          "plain s | steady step, TAG s | TAG / plain | peak RSS plain / TAG MiB |")
+          "plain s | steady step, TAG s | TAG / plain (per process) | peak RSS plain / TAG "
+          "MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for count in task_counts:
         f_p, f_t = (median("first_call_s", count, m) for m in modes)
-        s_p, s_t = (median("step_s", count, m) for m in modes)
         r_p, r_t = (median("peak_rss_mib", count, m) for m in modes)
+        s_p, s_t, ratio = (median(k, count, "steady") for k in ("plain_s", "tag_s", "ratio"))
+        spread = [r["ratio"] for r in results[(count, "steady")]]
         print(f"| {count} | {f_p:.1f} | {f_t:.1f} | {f_t / f_p:.2f} | {s_p:.3f} | {s_t:.3f} | "
-              f"{s_t / s_p:.1f} | {r_p:.0f} / {r_t:.0f} |")
+              f"{ratio:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {r_p:.0f} / {r_t:.0f} |")
     return results
 
 
@@ -266,7 +289,8 @@ def _naive_step_fn(model):
     return step
 
 
-def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None, parallel_chunk=0):
+def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None, parallel_chunk=0,
+              jit_compile=False):
     """One callable per mode, each doing one training step of that mode on a fixed batch
     (models built under ``strategy`` when given)."""
     import contextlib  # pylint: disable=import-outside-toplevel
@@ -276,7 +300,7 @@ def _step_fns(modes, batch_size, image_size, num_tasks, strategy=None, parallel_
     fns = {}
     for mode in modes:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            model = _build(mode, tasks, image_size, parallel_chunk)
+            model = _build(mode, tasks, image_size, parallel_chunk, jit_compile)
         if mode == "naive":
             naive = _naive_step_fn(model)
             xt, yt = tf.constant(x), {t: tf.constant(v) for t, v in y.items()}
@@ -457,6 +481,11 @@ def main(argv):
         return
     if args.mode and args.mode.startswith("first_call:"):
         print("RESULT " + json.dumps(first_call(
+            args.mode.split(":", 1)[1], args.batch_size, args.image_size, task_counts[0],
+            jit_compile=args.jit_compile)))
+        return
+    if args.mode and args.mode.startswith("steady:"):
+        print("RESULT " + json.dumps(steady_steps(
             args.mode.split(":", 1)[1], args.batch_size, args.image_size, task_counts[0],
             jit_compile=args.jit_compile)))
         return

@@ -279,11 +279,13 @@ def test_benchmark_mistakes():
         ("affinity_overhead.main", ["--slope_tasks=2"]),
         ("affinity_overhead.main", ["--mode=fastest"]),
         ("affinity_overhead.main", ["extra"]),
+        ("affinity_overhead.main", ["--mode=steady:fastest"]),
     ])
     assert lines[0] == "error: --tasks must be integers >= 2 (heads). Received: --tasks=1"
     assert "--slope_tasks must be at least two different task counts" in lines[1]
     assert lines[2].startswith("error: flag --mode=fastest: --mode must be one of")
     assert lines[3].startswith("error: Unexpected arguments: ['extra'].")
+    assert lines[4].startswith("error: flag --mode=steady:fastest: --mode must be one of")
     lines = run_cases("from benchmarks import selection as bench", [
         ("bench.main", ["--sizes=3"]),
         ("bench.main", ["--large_time_limit=0"]),
