@@ -188,7 +188,7 @@ def _step_counter(model):
 def first_call(mode, batch_size, image_size, num_tasks, steps=2, jit_compile=False):
     """Seconds of the first ``train_on_batch`` (tracing + one step; a TAG mode records on
     it), the median of ``steps`` more (for the peak RSS of later steps; the steady step is
-    :func:`steady_steps`'), and the peak RSS (MiB) of this process."""
+    :func:`steady_steps`), and the peak RSS (MiB) of this process."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     tasks = [f"task_{k}" for k in range(num_tasks)]
     x, y = _data(batch_size, image_size, tasks)
@@ -230,7 +230,7 @@ def first_call_table(args, task_counts, modes):
     alternating), then :func:`steady_steps` in one more; prints medians over the rounds."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     results = {}
-    plain, tag = modes
+    tag = modes[1]
     for round_ in range(args.rounds):
         for count in task_counts:
             for mode in modes:
