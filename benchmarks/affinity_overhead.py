@@ -187,21 +187,17 @@ def _step_counter(model):
 
 def first_call(mode, batch_size, image_size, num_tasks, steps=2, jit_compile=False):
     """Seconds of the first ``train_on_batch`` (tracing + one step; a TAG mode records on
-    it), the median of ``steps`` more (for the peak RSS of later steps; the steady step is
-    :func:`steady_steps`), and the peak RSS (MiB) of this process."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
+    it) and the peak RSS (MiB) of this process after ``steps`` more (untimed: the steady
+    step is :func:`steady_steps`)."""
     tasks = [f"task_{k}" for k in range(num_tasks)]
     x, y = _data(batch_size, image_size, tasks)
     model = _build(mode, tasks, image_size, jit_compile=jit_compile)
     start = time.perf_counter()
     model.train_on_batch(x, y)
     first = time.perf_counter() - start
-    times = []
     for _ in range(steps):
-        start = time.perf_counter()
         model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return {"first_call_s": first, "step_s": float(np.median(times)),
+    return {"first_call_s": first,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -215,11 +211,9 @@ def steady_steps(mode, batch_size, image_size, num_tasks, rounds=8, jit_compile=
             "ratio": seconds[mode] / seconds["plain"]}
 
 
-def _subprocess_result(args, mode, count):
-    """The RESULT of this script run with ``--mode=mode`` in a fresh process."""
-    cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
-           f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
-           f"--tasks={count}", f"--jit_compile={args.jit_compile}"]
+def _subprocess_result(mode, flags):
+    """The RESULT of this script run with ``--mode=mode`` and ``flags`` in a fresh process."""
+    cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}", *flags]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.split("RESULT ", 1)[1])
@@ -233,13 +227,15 @@ def first_call_table(args, task_counts, modes):
     tag = modes[1]
     for round_ in range(args.rounds):
         for count in task_counts:
+            flags = [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
+                     f"--tasks={count}", f"--jit_compile={args.jit_compile}"]
             for mode in modes:
-                result = _subprocess_result(args, f"first_call:{mode}", count)
+                result = _subprocess_result(f"first_call:{mode}", flags)
                 results.setdefault((count, mode), []).append(result)
                 print(f"round {round_}, T={count}, {mode}: first call "
                       f"{result['first_call_s']:.1f} s, peak RSS "
                       f"{result['peak_rss_mib']:.0f} MiB ({machine_load()})", flush=True)
-            result = _subprocess_result(args, f"steady:{tag}", count)
+            result = _subprocess_result(f"steady:{tag}", flags)
             results.setdefault((count, "steady"), []).append(result)
             print(f"round {round_}, T={count}, steady (one process): plain "
                   f"{result['plain_s']:.3f} s, TAG {result['tag_s']:.3f} s, TAG / plain "
@@ -508,13 +504,10 @@ def main(argv):
         return
     modes = ["plain"] + tags + (["naive"] if args.naive else [])
     peaks = {}
+    flags = [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
+             f"--tasks={task_counts[0]}", f"--parallel_chunk={args.parallel_chunk}"]
     for mode in modes if args.memory else []:
-        cmd = [sys.executable, "-m", "benchmarks.affinity_overhead", f"--mode={mode}",
-               f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
-               f"--tasks={task_counts[0]}", f"--parallel_chunk={args.parallel_chunk}"]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-        peaks[mode] = json.loads(out.split("RESULT ", 1)[1])["peak_rss_mib"]
+        peaks[mode] = _subprocess_result(mode, flags)["peak_rss_mib"]
         print(f"{mode:>30}: peak RSS {peaks[mode]:.0f} MiB ({machine_load()})", flush=True)
     seconds = interleaved_times(modes, args.batch_size, args.image_size, task_counts[0],
                                 args.steps, args.warmup, args.parallel_chunk)
