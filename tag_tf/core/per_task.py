@@ -34,9 +34,9 @@ import tensorflow as tf
 from tag_tf.core import vectorized
 
 # Iterations of a per-task loop that may run at once. Two let the executor overlap one
-# task's small ops with the next task's, as the unrolled step did for free (5-8 % of a
-# 40-head recording step on a 2-core CPU, both settings timed in one process; see
-# docs/benchmarks.md); each extra one costs one more pass's activations.
+# task's small ops with the next task's, as the unrolled step did for free (5 % and 8 % of a
+# 40-head recording step on a 2-core CPU in two runs, none in a third, both settings timed
+# in one process; see docs/benchmarks.md); each extra one costs one more pass's activations.
 ITERATIONS_IN_FLIGHT = 2
 
 
